@@ -1,0 +1,230 @@
+"""Read FER-2013 in its public forms into uint8 arrays, with a checksum-keyed cache.
+
+Forms: the challenge CSV (``emotion,pixels,Usage``); the image-folder layout
+``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` as a folder or a zip read in place; a
+bare folder (or zip) of ``<class>/`` subfolders, read whole as the split ``all``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from device.preprocess import CLASSES, DISPLAY_NAMES
+
+SIZE = 48
+CSV_USAGE = {"train": "Training", "test": "PublicTest", "private": "PrivateTest"}
+SPLIT_DIRS = {"train": "train", "test": "test"}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
+# Folder names accepted for each class: FER-2013's own and the display names.
+CLASS_ALIASES = {name: i for i, name in enumerate(CLASSES)}
+CLASS_ALIASES.update({name.lower(): i for i, name in enumerate(DISPLAY_NAMES)})
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or line."""
+
+
+@dataclass
+class Split:
+    """One split of a data set: faces (N, 48, 48) uint8, labels (N,) int64."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+    split: str
+    checksum: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.y, minlength=len(CLASSES))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FEEDBACKD_CACHE") or Path.home() / ".cache" / "feedbackd"
+    return Path(root)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tree_sha256(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def source_checksum(path: Path) -> str:
+    """sha256 of a file source, or of every path and byte under a folder source."""
+    return _tree_sha256(path) if path.is_dir() else file_sha256(path)
+
+
+def detect_form(path: Path) -> str:
+    """Return 'csv', 'layout' (train/ and test/ folders) or 'classes' (bare class folders)."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv"
+    tops = {PurePosixPath(n).parts[0] for n in _entries(path) if PurePosixPath(n).parts}
+    if tops & set(SPLIT_DIRS.values()):
+        return "layout"
+    return "classes"
+
+
+def _entries(path: Path) -> list[str]:
+    """Relative POSIX paths of the files in a folder or zip, hidden files left out,
+    with one common top-level folder stripped (archives often wrap everything in one)."""
+    if path.is_dir():
+        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+    else:
+        raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
+    names = [n for n in names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
+    return names
+
+
+def _strip_prefix(names: list[str]) -> tuple[str, list[str]]:
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) == 1 and all("/" in n for n in names):
+        top = tops.pop()
+        if top not in SPLIT_DIRS.values() and top.lower() not in CLASS_ALIASES:
+            return top + "/", [n.split("/", 1)[1] for n in names]
+    return "", names
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{where}: cannot decode image ({e})") from None
+    if arr.shape != (SIZE, SIZE):
+        raise DataError(f"{where}: image is {arr.shape[1]}x{arr.shape[0]}, expected {SIZE}x{SIZE}")
+    return arr
+
+
+def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[list, list, list]:
+    prefix, names = _strip_prefix(_entries(path))
+    if form == "layout":
+        if split not in SPLIT_DIRS:
+            raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test)")
+        want = SPLIT_DIRS[split] + "/"
+        names = [n[len(want) :] for n in names if n.startswith(want)]
+        prefix += want
+    faces, labels, skipped = [], [], []
+    zf = zipfile.ZipFile(path) if path.is_file() else None
+    try:
+        for name in sorted(names):
+            where = f"{path}:{prefix}{name}" if zf else str(path / prefix / name)
+            parts = name.split("/")
+            try:
+                if len(parts) != 2:
+                    raise DataError(f"{where}: expected <class>/<image>, found a file at the wrong depth")
+                label = CLASS_ALIASES.get(parts[0].lower())
+                if label is None:
+                    raise DataError(
+                        f"{where}: unknown class folder {parts[0]!r} (expected one of {', '.join(CLASSES)})"
+                    )
+                if PurePosixPath(name).suffix.lower() not in IMAGE_EXT:
+                    raise DataError(f"{where}: not an image file")
+                data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
+                faces.append(_decode(data, where))
+                labels.append(label)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+    finally:
+        if zf:
+            zf.close()
+    return faces, labels, skipped
+
+
+def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]:
+    if split not in CSV_USAGE:
+        raise DataError(f"{path}: split {split!r} is not in the FER-2013 CSV (train, test, private)")
+    usage = CSV_USAGE[split]
+    faces, labels, skipped = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:3]] != ["emotion", "pixels", "usage"]:
+            raise DataError(f"{path}:1: expected the header 'emotion,pixels,Usage', got {header!r}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            try:
+                if len(row) < 3:
+                    raise DataError(f"{where}: expected 3 fields, got {len(row)}")
+                if row[2] not in CSV_USAGE.values():
+                    raise DataError(f"{where}: unknown Usage {row[2]!r}")
+                if row[2] != usage:
+                    continue
+                try:
+                    label = int(row[0])
+                    pixels = np.array(row[1].split(), dtype=np.int64)
+                except ValueError:
+                    raise DataError(f"{where}: emotion and pixels must be integers") from None
+                if not 0 <= label < len(CLASSES):
+                    raise DataError(f"{where}: emotion {label} out of range 0..{len(CLASSES) - 1}")
+                if pixels.size != SIZE * SIZE or pixels.min() < 0 or pixels.max() > 255:
+                    raise DataError(f"{where}: pixels must be {SIZE * SIZE} values in 0..255, got {pixels.size}")
+                faces.append(pixels.astype(np.uint8).reshape(SIZE, SIZE))
+                labels.append(label)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+    return faces, labels, skipped
+
+
+def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache: bool = True) -> Split:
+    """Load one split ('train', 'test', 'private' or 'all') of any supported form."""
+    path = Path(source)
+    form = detect_form(path)
+    if form == "classes" and split != "all":
+        raise DataError(f"{path}: a bare class-folder set has only the split 'all', not {split!r}")
+    checksum = source_checksum(path)
+    cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}.npz"
+    if use_cache and cached.exists():
+        with np.load(cached) as z:
+            return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))
+    if form == "csv":
+        faces, labels, skipped = _read_csv(path, split, skip_bad)
+    else:
+        faces, labels, skipped = _read_images(path, split, form, skip_bad)
+    if not faces:
+        raise DataError(f"{path}: split {split!r} holds no faces")
+    x = np.stack(faces).astype(np.uint8)
+    y = np.asarray(labels, dtype=np.int64)
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
+        os.replace(tmp, cached)
+    return Split(x, y, str(path), split, checksum, skipped)
+
+
+def eval_split_name(source: str | Path) -> str:
+    """The split to evaluate: 'test' for a split layout or CSV, 'all' for bare class folders."""
+    return "all" if detect_form(Path(source)) == "classes" else "test"

@@ -1,0 +1,261 @@
+"""Train VGG16 on FER-2013.
+
+    python -m training.train --data ../shared/data/fer2013/fer2013-training-publictest.zip
+
+Reads top to bottom: data, model, schedule, the epoch loop (checkpoint every epoch,
+best epoch chosen on PublicTest), then the export of the best weights to `models/`.
+A run directory holds everything needed to `--resume` exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
+from training import data as fer
+from training.metrics import report
+
+DEFAULTS = {
+    "epochs": 20,
+    "batch_size": 128,
+    "lr": 0.05,
+    "warmup_epochs": 0.5,
+    "weight_decay": 5e-3,
+    "momentum": 0.9,
+    "label_smoothing": 0.1,
+    "dropout": 0.5,
+    "width": 1.0,
+    "class_weight_power": 0.5,
+    "seed": 1234,
+}
+HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="FER-2013: CSV, image-folder layout folder or zip")
+    p.add_argument("--run-dir", type=Path, default=fer.cache_dir() / "runs" / "vgg16",
+                   help="checkpoints, history and logs of this run (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("models"), help="where the best model is exported")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--init", type=Path, help="warm start from a .keras model or ImageNet VGG16 .h5 weights")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
+    p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
+    for key, value in DEFAULTS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
+    return p.parse_args(argv)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def class_weights(y: np.ndarray, power: float) -> np.ndarray:
+    """Per-class weights ~ count^-power, scaled so the average sample weight is 1."""
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
+    return w * len(y) / (counts * w).sum()
+
+
+def train_dataset(x, y, w, cfg: dict, epoch: int):
+    """One epoch of shuffled, augmented batches; a pure function of (seed, epoch)."""
+    import tensorflow as tf
+
+    from training.augment import augment
+
+    order = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
+    seed = cfg["seed"] * 100_003 + epoch
+    eye = tf.eye(len(CLASSES))
+
+    def make_batch(i, idx):
+        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]))
+        return xb, tf.gather(eye, tf.gather(y, idx)), tf.gather(w, idx)
+
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(cfg["batch_size"]).enumerate()
+    return ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def build_and_compile(cfg: dict, steps_per_epoch: int):
+    import keras
+
+    from training.model import build_vgg16
+
+    model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg["lr"] / 10,
+        warmup_target=cfg["lr"],
+        warmup_steps=int(cfg["warmup_epochs"] * steps_per_epoch),
+        decay_steps=cfg["epochs"] * steps_per_epoch - int(cfg["warmup_epochs"] * steps_per_epoch),
+    )
+    opt = keras.optimizers.SGD(schedule, momentum=cfg["momentum"], nesterov=True,
+                               weight_decay=cfg["weight_decay"])
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"]),
+        metrics=["accuracy"],
+        jit_compile=True,  # XLA: about 1.15x faster per step on this CPU
+    )
+    return model
+
+
+def warm_start(model, path: Path) -> None:
+    """Copy weights from our own .keras model, or conv kernels from ImageNet VGG16 weights."""
+    import keras
+
+    if not path.is_file():
+        raise SystemExit(f"error: --init {path}: no such file")
+    if path.suffix == ".keras":
+        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        return
+    ref = keras.applications.VGG16(weights=str(path), include_top=False, input_shape=(48, 48, 3))
+    for layer in ref.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel = layer.get_weights()[0]
+            if layer.name == "block1_conv1":
+                kernel = kernel.sum(axis=2, keepdims=True)  # RGB -> gray
+            target = model.get_layer(layer.name)
+            if target.kernel.shape != kernel.shape:
+                raise SystemExit(f"error: --init {path}: {layer.name} has shape {kernel.shape}, "
+                                 f"this model needs {tuple(target.kernel.shape)}")
+            target.kernel.assign(kernel)
+
+
+def reseed_dropout(model, seed: int, epoch: int) -> None:
+    """Dropout draws from per-layer seed state; pin it per epoch so a resumed run repeats it."""
+    for i, layer in enumerate(model.layers):
+        gen = getattr(layer, "seed_generator", None)
+        if gen is not None:
+            gen.state.assign(np.array([seed + epoch, i], dtype=gen.state.dtype))
+
+
+def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([model(x[i : i + batch_size], training=False).numpy()
+                           for i in range(0, len(x), batch_size)])
+
+
+def save_atomic(model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + "".join(path.suffixes))
+    model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def fmt_time(s: float) -> str:
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = args.run_dir
+    state_path = run / "state.json"
+
+    # --- configuration: fresh from the command line, or as saved by the run we resume
+    if args.resume:
+        if not state_path.exists():
+            print(f"error: --resume: no run to resume in {run} (no state.json)", file=sys.stderr)
+            return 2
+        state = json.loads(state_path.read_text())
+        cfg = state["config"]  # the run's own settings; command-line hyperparameters are ignored
+    else:
+        cfg = {k: getattr(args, k) for k in DEFAULTS}
+        cfg.update(precision=args.precision, limit=args.limit, init=str(args.init) if args.init else None)
+        state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0}
+
+    # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
+    try:
+        train = fer.load_split(args.data, "train", skip_bad=args.skip_bad)
+        test = fer.load_split(args.data, "test", skip_bad=args.skip_bad)
+    except fer.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in (train, test):
+        if s.skipped:
+            print(f"skipped {len(s.skipped)} bad files in {s.split}, first: {s.skipped[0]}")
+    if cfg["limit"]:
+        keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
+        train.x, train.y = train.x[keep], train.y[keep]
+    print(f"data: {len(train)} training faces, {len(test)} PublicTest faces (sha256 {train.checksum[:12]})")
+
+    import keras
+    import tensorflow as tf
+
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg["seed"])
+    bf16 = cfg["precision"] == "bfloat16" or (cfg["precision"] == "auto" and cpu_has_bf16())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    print(f"precision: {'mixed_bfloat16' if bf16 else 'float32'}")
+
+    x_train = tf.constant(preprocess(train.x, DEFAULT_SPEC))
+    y_train = tf.constant(train.y)
+    w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
+    x_test = preprocess(test.x, DEFAULT_SPEC)
+    steps = -(-len(train) // cfg["batch_size"])
+
+    # --- model: a fresh VGG16, a warm start, or the last checkpoint of the run we resume
+    run.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        model = keras.saving.load_model(run / "last.keras")
+        model.jit_compile = True
+        print(f"resuming {run} after epoch {state['epochs_done']}")
+    else:
+        model = build_and_compile(cfg, steps)
+        if cfg["init"]:
+            warm_start(model, Path(cfg["init"]))
+        with open(run / "history.csv", "w", newline="") as f:
+            csv.writer(f).writerow(HISTORY_FIELDS)
+    (run / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    # --- the epoch loop
+    for epoch in range(state["epochs_done"], cfg["epochs"]):
+        t0 = time.time()
+        reseed_dropout(model, cfg["seed"], epoch)
+        fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, epoch),
+                        initial_epoch=epoch, epochs=epoch + 1, verbose=1)
+        val = report(test.y, predict(model, x_test).argmax(1))
+        seconds = time.time() - t0
+        lr = float(model.optimizer.learning_rate)
+        row = [epoch + 1, f"{lr:.6f}", f"{fit.history['loss'][0]:.4f}", f"{fit.history['accuracy'][0]:.4f}",
+               f"{val['accuracy']:.4f}", f"{val['macro_f1']:.4f}", f"{seconds:.1f}"]
+        with open(run / "history.csv", "a", newline="") as f:
+            csv.writer(f).writerow(row)
+        if val["accuracy"] > state["best_accuracy"]:
+            save_atomic(model, run / "best.weights.h5")
+            state.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_report=val)
+        save_atomic(model, run / "last.keras")
+        state["epochs_done"] = epoch + 1
+        state["wall_seconds"] += seconds
+        state_tmp = state_path.with_suffix(".tmp")
+        state_tmp.write_text(json.dumps(state, indent=2))
+        os.replace(state_tmp, state_path)
+        eta = seconds * (cfg["epochs"] - epoch - 1)
+        print(f"epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {row[2]}  acc {row[3]}  "
+              f"val_acc {val['accuracy']:.4f}  val_f1 {val['macro_f1']:.4f}  "
+              f"best {state['best_accuracy']:.4f}@{state['best_epoch']}  {fmt_time(seconds)}  "
+              f"eta {fmt_time(eta)}", flush=True)
+
+    # --- export the best epoch as a plain float32 model with its training record
+    from training.export import export_model
+
+    path = export_model(run, args.out, train, test)
+    print(f"exported the best epoch ({state['best_epoch']}, PublicTest accuracy "
+          f"{state['best_accuracy']:.4f}) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
