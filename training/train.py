@@ -31,9 +31,9 @@ DEFAULTS = {
     "weight_decay": 5e-3,
     "momentum": 0.9,
     "label_smoothing": 0.1,
-    "dropout": 0.5,
+    "dropout": 0.4,
     "width": 1.0,
-    "class_weight_power": 0.5,
+    "class_weight_power": 0.3,
     "seed": 1234,
 }
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
@@ -154,6 +154,18 @@ def save_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def code_commit() -> str:
+    """The git commit the run's code came from, '-dirty' when the work tree had changes."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def fmt_time(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -218,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_start(model, Path(cfg["init"]))
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
+        (run / "code_commit").write_text(code_commit() + "\n")
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
 
     # --- the epoch loop

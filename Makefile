@@ -1,0 +1,43 @@
+# feedbackd: `make run` starts the appliance, `make test` runs the whole suite.
+# Both bootstrap what they need (the .venv, pinned packages, face-detector files).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATA    ?= ../shared/data/fer2013/fer2013-training-publictest.zip
+MODEL   ?= models/fer_vgg16.keras
+ARGS    ?=
+STAMP   := $(VENV)/.installed
+
+.PHONY: venv run test lint train evaluate bench-train clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[device,train,dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv
+	@echo "feedbackd: the device daemon is not built yet (see issue 4); 'make train' and 'make evaluate' work."
+	@exit 1
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+train: venv
+	$(BIN)/python -m training.train --data $(DATA) $(ARGS)
+
+evaluate: venv
+	$(BIN)/python -m training.evaluate --model $(MODEL) --data $(DATA) $(ARGS)
+
+bench-train: venv
+	$(BIN)/python -m bench.train_pipeline $(ARGS)
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,199 @@
+"""`make convert`: quantize the trained VGG16 to TFLite, verify every variant through the
+device's own LiteRT code, and only then move the files into `models/`.
+
+    python -m convert [--model models/fer_vgg16.keras] --data FER2013 [--variants int8,float16,dynamic]
+
+Refuses (exit 1, `models/` untouched) when int8 accuracy falls more than --max-drop points
+below the float model, unless --allow-drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from convert.tflite import VARIANTS, representative_faces, to_tflite
+from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
+from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, preprocess
+from training import data as fer
+from training.metrics import report
+
+DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=Path("models/fer_vgg16.keras"), help="float Keras model")
+    p.add_argument("--data", type=Path, required=True, help="FER-2013 (CSV, layout folder or zip)")
+    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
+    p.add_argument("--calibration", type=int, default=300, help="int8 calibration faces (class-stratified)")
+    p.add_argument("--seed", type=int, default=2013)
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop allowed, in points")
+    p.add_argument("--allow-drop", action="store_true", help="keep an int8 model that breaks --max-drop")
+    p.add_argument("--latency-runs", type=int, default=100, help="single-face invokes timed per variant")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad or not args.variants:
+        p.error(f"--variants: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def tool_versions() -> dict:
+    out = {}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def io_details(tflite: Path) -> tuple[dict, dict]:
+    """Input and output tensor descriptions (shape, dtype, quantization) for the manifest."""
+    from device.model import load_interpreter
+
+    interp = load_interpreter(tflite)
+
+    def describe(d: dict) -> dict:
+        scale, zero = d["quantization"]
+        q = {"scale": float(scale), "zero_point": int(zero)} if scale else None
+        return {"shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name, "quantization": q}
+
+    return describe(interp.get_input_details()[0]), describe(interp.get_output_details()[0])
+
+
+def latency_ms(clf: EmotionClassifier, face: np.ndarray, runs: int) -> float:
+    """Median single-face latency with the interpreter's own thread count."""
+    clf.predict(face)
+    times = []
+    for _ in range(max(1, runs)):
+        t = time.perf_counter()
+        clf.predict(face)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def write_manifest(tflite: Path, final_name: str, variant: str, extra: dict) -> Path:
+    inp, out = io_details(tflite)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": final_name,
+        "variant": variant,
+        "labels": [{"name": n, "display_name": d} for n, d in zip(CLASSES, DISPLAY_NAMES, strict=True)],
+        "input": {**inp, **DEFAULT_SPEC.to_dict()},
+        "output": out,
+        "tflite_sha256": sha256_file(tflite),
+        **extra,
+    }
+    path = manifest_path(tflite)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.model.is_file():
+        print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
+        return 2
+    try:
+        train = fer.load_split(args.data, "train")
+        test = fer.load_split(args.data, fer.eval_split_name(args.data))
+    except fer.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import keras
+
+    from training.train import predict
+
+    model = keras.saving.load_model(args.model, compile=False)
+    source = {"file": args.model.name, "sha256": sha256_file(args.model)}
+    x_test = preprocess(test.x, DEFAULT_SPEC)
+    float_pred = predict(model, x_test).argmax(1)
+    float_report = report(test.y, float_pred)
+    calib = preprocess(representative_faces(train.x, train.y, args.calibration, args.seed), DEFAULT_SPEC)
+    print(f"float model {args.model}: PublicTest accuracy {float_report['accuracy']:.4f} "
+          f"({len(test)} faces); calibrating int8 on {len(calib)} Training faces")
+
+    # Reference row: the unquantized float32 TFLite, for size and latency ratios.
+    variants = list(dict.fromkeys(["float32", *args.variants]))
+    stem = args.model.stem
+    args.out.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []  # (temporary, final) pairs, renamed only after all checks
+    rows = []
+    try:
+        for variant in variants:
+            keep = variant in args.variants
+            final = args.out / f"{stem}_{variant}.tflite"
+            tmp = args.out / f".{stem}_{variant}.tmp.tflite"
+            tmp.write_bytes(to_tflite(model, variant, calib if variant == "int8" else None))
+            extra = {
+                "source_model": source,
+                "dataset": {"file": Path(test.source).name, "sha256": test.checksum},
+                "calibration": {"faces": len(calib), "split": "train", "seed": args.seed,
+                                "stratified": True} if variant == "int8" else None,
+                "tools": tool_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_manifest(tmp, final.name, variant, extra)
+            clf = EmotionClassifier(tmp, num_threads=2)  # the device's loader: checks the manifest too
+            pred = clf.predict_batched(test.x).argmax(1)
+            r = report(test.y, pred)
+            row = {
+                "variant": variant,
+                "file": final.name if keep else "(reference, not kept)",
+                "accuracy": r["accuracy"],
+                "macro_f1": r["macro_f1"],
+                "agreement": float((pred == float_pred).mean()),
+                "size": tmp.stat().st_size,
+                "latency_ms": latency_ms(EmotionClassifier(tmp, num_threads=1), test.x[:1], args.latency_runs),
+            }
+            rows.append(row)
+            print(f"{variant:>8}: accuracy {row['accuracy']:.4f}  macro-F1 {row['macro_f1']:.4f}  "
+                  f"agreement {row['agreement']:.4f}  {row['size'] / 1e6:.1f} MB  {row['latency_ms']:.1f} ms/face")
+            if keep:
+                metrics = {k: row[k] for k in ("accuracy", "macro_f1", "agreement")}
+                m = json.loads(manifest_path(tmp).read_text())
+                m.update(metrics={"split": test.split, "n": r["n"], **metrics,
+                                  "float_accuracy": float_report["accuracy"]},
+                         size_bytes=row["size"], latency_ms_per_face=round(row["latency_ms"], 3))
+                manifest_path(tmp).write_text(json.dumps(m, indent=2) + "\n")
+                staged.append((tmp, final))
+            else:
+                tmp.unlink()
+                manifest_path(tmp).unlink()
+
+        int8 = next((r for r in rows if r["variant"] == "int8"), None)
+        drop = 100 * (float_report["accuracy"] - int8["accuracy"]) if int8 else 0.0
+        if int8 and drop > args.max_drop and not args.allow_drop:
+            print(f"error: refused: int8 PublicTest accuracy {int8['accuracy']:.2%} is {drop:.2f} points below "
+                  f"the float model's {float_report['accuracy']:.2%} (allowed: {args.max_drop:.2f}); "
+                  f"{args.out} is unchanged (--allow-drop keeps it anyway)", file=sys.stderr)
+            return 1
+
+        from convert.report import write_report
+
+        report_tmp = write_report(args.out / ".CONVERT_REPORT.tmp.md", args, source, float_report, rows, len(test))
+        for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
+            os.replace(manifest_path(tmp), manifest_path(final))
+            os.replace(tmp, final)
+        os.replace(report_tmp, args.out / "CONVERT_REPORT.md")
+        print(f"wrote {', '.join(str(f) for _, f in staged)} and {args.out / 'CONVERT_REPORT.md'}")
+        return 0
+    except ModelError as e:
+        print(f"error: verification failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for tmp in args.out.glob(f".{stem}_*.tmp.*"):
+            tmp.unlink()
+        (args.out / ".CONVERT_REPORT.tmp.md").unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""The emotion model on the device: the manifest contract and the LiteRT classifier.
+
+The manifest (JSON beside the `.tflite`) is the one contract between training and
+device: labels, input spec and quantization are read from it, never assumed, and a
+model whose sha256 differs from its manifest is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.preprocess import InputSpec, preprocess
+
+SCHEMA_VERSION = 1
+
+
+class ModelError(RuntimeError):
+    """The model or its manifest is missing, malformed or inconsistent; names the file."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(model: Path) -> Path:
+    return model.with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    labels: tuple[str, ...]
+    display_names: tuple[str, ...]
+    spec: InputSpec
+    dtype: str
+    input_quant: tuple[float, int] | None
+    output_quant: tuple[float, int] | None
+    sha256: str
+    raw: dict
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"{path}: model manifest not found (run 'make convert')") from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path}: cannot read model manifest: {e}") from None
+        try:
+            if d["schema_version"] != SCHEMA_VERSION:
+                raise ModelError(f"{path}: manifest schema_version {d['schema_version']}, expected {SCHEMA_VERSION}")
+            labels = tuple(x["name"] for x in d["labels"])
+            display = tuple(x["display_name"] for x in d["labels"])
+            inp = d["input"]
+            quant = lambda q: (float(q["scale"]), int(q["zero_point"])) if q else None  # noqa: E731
+            m = cls(labels, display, InputSpec.from_dict(inp), str(inp["dtype"]), quant(inp.get("quantization")),
+                    quant(d["output"].get("quantization")), str(d["tflite_sha256"]), d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
+        if not labels or len(labels) != len(set(labels)):
+            raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
+        return m
+
+
+def load_interpreter(model: Path, num_threads: int = 1):
+    """A LiteRT interpreter: ai_edge_litert, else tflite_runtime, else tensorflow.lite."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            try:
+                from tensorflow.lite import Interpreter  # last resort, e.g. on a workstation
+            except ImportError:
+                raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)") from None
+    try:
+        return Interpreter(model_path=str(model), num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{model}: cannot load TFLite model: {e}") from None
+
+
+def runtime_name(interpreter) -> str:
+    return type(interpreter).__module__.split(".")[0]
+
+
+class EmotionClassifier:
+    """Classify uint8 face crops with a verified `.tflite` model and its manifest."""
+
+    def __init__(self, model: str | Path, num_threads: int = 1):
+        self.path = Path(model)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: emotion model not found (run 'make convert' or set model.path)")
+        self.manifest = Manifest.load(manifest_path(self.path))
+        actual = sha256_file(self.path)
+        if actual != self.manifest.sha256:
+            raise ModelError(
+                f"{self.path}: sha256 {actual[:16]}… does not match its manifest "
+                f"{manifest_path(self.path)} ({self.manifest.sha256[:16]}…); refusing to use it"
+            )
+        self.sha256 = actual
+        self.interpreter = load_interpreter(self.path, num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        if self._output["shape"][-1] != len(self.manifest.labels):
+            raise ModelError(f"{self.path}: model has {self._output['shape'][-1]} outputs, "
+                             f"manifest names {len(self.manifest.labels)} labels")
+        self._batch = int(self._input["shape"][0])
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.manifest.spec
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 faces (N, S, S) or (S, S) -> probabilities (N, classes) float32."""
+        x = preprocess(faces, self.spec)
+        if len(x) != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], [len(x), *x.shape[1:]])
+            self.interpreter.allocate_tensors()
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+            self._batch = len(x)
+        if self.manifest.input_quant:
+            scale, zero = self.manifest.input_quant
+            info = np.iinfo(self._input["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        self.interpreter.set_tensor(self._input["index"], x.astype(self._input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._output["index"])
+        if self.manifest.output_quant:
+            scale, zero = self.manifest.output_quant
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def predict_batched(self, faces: np.ndarray, batch: int = 64) -> np.ndarray:
+        return np.concatenate([self.predict(faces[i : i + batch]) for i in range(0, len(faces), batch)])

@@ -1,0 +1,116 @@
+"""Write models/MODEL_CARD.md from an export's training record, so the card never disagrees
+with the model beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from device.preprocess import CLASSES, DISPLAY_NAMES
+
+TARGET = 0.70
+GOAL = 0.73
+
+
+def _total_epochs(record: dict) -> int:
+    total, node = record["epochs"], record.get("warm_start_from")
+    while node and "epochs" in node:
+        total += node["epochs"]
+        node = node.get("warm_start_from")
+    return total
+
+
+def _verdict(acc: float) -> str:
+    if acc >= GOAL:
+        return f"This meets the {GOAL:.0%} goal."
+    if acc >= TARGET:
+        return f"This meets the {TARGET:.0%} target (the goal is {GOAL:.0%})."
+    return (f"**This falls short of the {TARGET:.0%} target** by {100 * (TARGET - acc):.1f} points. "
+            "See *Status* below.")
+
+
+def write_card(record: dict, path: Path) -> Path:
+    val = record["publictest"]
+    cfg = record["config"]
+    hours = record["wall_seconds"] / 3600
+    rows = "\n".join(
+        f"| {DISPLAY_NAMES[i]} | {val['per_class'][c]['precision']:.3f} | {val['per_class'][c]['recall']:.3f} "
+        f"| {val['per_class'][c]['f1']:.3f} | {val['per_class'][c]['support']} |"
+        for i, c in enumerate(CLASSES)
+    )
+    hp = "\n".join(f"| {k} | {v} |" for k, v in cfg.items())
+    ws = record.get("warm_start_from")
+    lineage = (
+        f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
+        + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%}" if "epochs" in ws else "")
+        + f"); {_total_epochs(record)} epochs in all."
+        if ws else "Trained from scratch (no pretrained weights)."
+    )
+    text = f"""# Model card: `{record['model']}`
+
+A VGG16 that classifies a 48x48 grayscale face into seven expressions
+({', '.join(DISPLAY_NAMES)}). It is the float model that `make convert` quantizes for the
+feedbackd appliance. This card is written by `training/export.py` from
+`{Path(record['model']).stem}.train.json`; do not edit it by hand.
+
+## Result on FER-2013 PublicTest ({val['n']} faces)
+
+| metric | value |
+| --- | --- |
+| accuracy | **{val['accuracy']:.2%}** |
+| macro-F1 | {val['macro_f1']:.4f} |
+
+{_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
+used here; the best epoch was selected on PublicTest, so this figure is slightly optimistic.
+
+| class | precision | recall | F1 | support |
+| --- | --- | --- | --- | --- |
+{rows}
+
+![confusion matrix](fer_vgg16_confusion.png)
+
+![training curves](fer_vgg16_curves.png)
+
+## Training
+
+- Architecture: {record['architecture']}, {record['parameters']:,} parameters, batch norm, dropout.
+- {lineage}
+- This run: {record['epochs']} epochs, best epoch {record['best_epoch']}, wall time {hours:.2f} h on
+  a {record['cpu']} CPU (2 cores, float32, XLA, oneDNN).
+- Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
+  {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.
+- Code: commit `{record['code_commit']}`; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
+- Model file sha256: `{record['sha256']}`.
+- Input: {record['input']['size']}x{record['input']['size']} {record['input']['color_mode']},
+  `(pixel * {record['input']['scale']:.6g} - {record['input']['mean']}) / {record['input']['std']}`.
+
+| hyperparameter | value |
+| --- | --- |
+{hp}
+
+SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight decay (not on
+batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
+(Disgusted has 436 of 28,709 faces), augmentation by random flip, rotation, scale, shift,
+brightness and contrast.
+
+## Reproduce
+
+    make train DATA=../shared/data/fer2013/fer2013-training-publictest.zip
+    make evaluate MODEL=models/fer_vgg16.keras DATA=../shared/data/fer2013/fer2013-training-publictest.zip
+
+## Status
+
+The target is PublicTest accuracy >= {TARGET:.0%} ({GOAL:.0%} the goal). On this project's
+2-core CPU (no AVX-512, no bfloat16) a VGG16 training epoch takes about 22 minutes, so
+training proceeds in warm-restart cycles of a few epochs, each one a finished run whose model
+is committed; the next cycle warm-starts from it (`--init models/fer_vgg16.keras`).
+
+## Intended use and limits
+
+For the feedbackd appliance: one customer looking at a checkout camera, the face cropped
+square and tight as in FER-2013. FER-2013 faces come from web searches; expressions are
+posed or exaggerated more often than at a checkout, labels are noisy (human accuracy on
+FER-2013 is about 65 %), and age, skin tone and lighting are not balanced. Treat a reading
+as a rough mood signal for aggregate feedback, never as a judgement about one person.
+"""
+    path.write_text(text)
+    return path

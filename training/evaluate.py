@@ -1,0 +1,105 @@
+"""Evaluate an emotion model on a labelled FER-2013-style set.
+
+    python -m training.evaluate --model models/fer_vgg16.keras --data FER2013 [--json]
+
+MODEL is a Keras model (`.keras`), a training run folder (its best epoch; the curves
+are drawn too) or a `.tflite` file, which runs through the device's own LiteRT
+classifier with the preprocessing its manifest names. DATA is any form that
+`training.data` reads; a split layout or CSV is evaluated on its test split, a bare
+class-folder set whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from device.model import EmotionClassifier, ModelError
+from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, preprocess
+from training import data as fer
+from training.metrics import report
+
+
+def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
+    import keras
+
+    from training.train import predict
+
+    if path.is_dir():  # a training run: rebuild the model and load its best epoch
+        from training.model import build_vgg16
+
+        cfg = json.loads((path / "config.json").read_text())
+        model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+        model.load_weights(path / "best.weights.h5")
+    else:
+        model = keras.saving.load_model(path, compile=False)
+    return predict(model, preprocess(faces, DEFAULT_SPEC))
+
+
+def predict_probs(model: Path, faces: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Class probabilities (N, 7) from a `.tflite` (device code) or a Keras model or run."""
+    if model.suffix == ".tflite":
+        clf = EmotionClassifier(model, num_threads=threads)
+        if tuple(clf.manifest.labels) != CLASSES:
+            raise ModelError(f"{model}: manifest labels {clf.manifest.labels} are not FER-2013's {CLASSES}")
+        return clf.predict_batched(faces)
+    if not model.exists():
+        raise ModelError(f"{model}: no such model file or run folder")
+    return predict_keras(model, faces)
+
+
+def format_report(r: dict) -> str:
+    lines = [f"faces {r['n']}   accuracy {r['accuracy']:.4f}   macro-F1 {r['macro_f1']:.4f}", "",
+             f"{'class':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
+    for name, shown in zip(CLASSES, DISPLAY_NAMES, strict=True):
+        c = r["per_class"][name]
+        lines.append(f"{shown:<10} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>6.3f} {c['support']:>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True, help=".keras, .tflite or a training run folder")
+    p.add_argument("--data", type=Path, required=True, help="FER-2013 CSV, layout folder/zip or class folders")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out-dir", type=Path, default=Path("build/eval"), help="where the PNGs go")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    try:
+        split = fer.eval_split_name(args.data)
+        data = fer.load_split(args.data, split, skip_bad=args.skip_bad)
+        probs = predict_probs(args.model, data.x, args.threads)
+    except (fer.DataError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    r = report(data.y, probs.argmax(1))
+    r.update(model=str(args.model), data=str(args.data), split=split, skipped=len(data.skipped))
+
+    from training.plots import confusion_png, curves_png
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.model.name if args.model.is_dir() else args.model.stem
+    pngs = [confusion_png(np.array(r["confusion_matrix"]), args.out_dir / f"{stem}_confusion.png",
+                          f"{stem} on {args.data.name} ({split}): accuracy {r['accuracy']:.1%}")]
+    if args.model.is_dir() and (args.model / "history.csv").exists():
+        pngs.append(curves_png(args.model / "history.csv", args.out_dir / f"{stem}_curves.png"))
+    r["images"] = [str(x) for x in pngs]
+
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(format_report(r))
+        if data.skipped:
+            print(f"\nskipped {len(data.skipped)} bad files, first: {data.skipped[0]}")
+        print("\nwrote " + ", ".join(r["images"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Export a run's best epoch to `models/`: the float32 Keras model, its training record
+(JSON), the confusion matrix and curves, and the model card.
+
+    python -m training.export --run-dir RUN --data FER2013 [--out models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
+from training import data as fer
+from training.metrics import report
+
+MODEL_NAME = "fer_vgg16"
+
+
+def warm_start_lineage(init: str | None) -> dict | None:
+    """What a warm start began from (read before the export may overwrite that file)."""
+    if not init or not Path(init).is_file():
+        return None
+    entry = {"file": Path(init).name, "sha256": fer.file_sha256(Path(init))}
+    record_path = Path(init).with_name(Path(init).stem + ".train.json")
+    if record_path.exists():
+        prev = json.loads(record_path.read_text())
+        if prev.get("sha256") == entry["sha256"]:
+            entry.update(
+                epochs=prev["epochs"],
+                publictest_accuracy=prev["publictest"]["accuracy"],
+                warm_start_from=prev.get("warm_start_from"),
+            )
+    return entry
+
+
+def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from training.card import write_card
+    from training.model import build_vgg16
+    from training.plots import confusion_png, curves_png
+    from training.train import predict
+
+    cfg = json.loads((run / "config.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+    model.load_weights(run / "best.weights.h5")
+
+    lineage = warm_start_lineage(cfg.get("init"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{MODEL_NAME}.keras"
+    tmp = out / f"{MODEL_NAME}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+    val = report(test.y, predict(model, preprocess(test.x, DEFAULT_SPEC)).argmax(1))
+    with open(run / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    commit_file = run / "code_commit"
+    record = {
+        "model": path.name,
+        "sha256": fer.file_sha256(path),
+        "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
+        "parameters": int(model.count_params()),
+        "input": DEFAULT_SPEC.to_dict(),
+        "labels": list(CLASSES),
+        "config": cfg,
+        "epochs": state["epochs_done"],
+        "warm_start_from": lineage,
+        "best_epoch": state["best_epoch"],
+        "wall_seconds": round(state["wall_seconds"], 1),
+        "publictest": val,
+        "data": {
+            "source": Path(train.source).name,
+            "sha256": train.checksum,
+            "train_faces": len(train),
+            "train_class_counts": train.class_counts().tolist(),
+            "publictest_faces": len(test),
+        },
+        "code_commit": commit_file.read_text().strip() if commit_file.exists() else "unknown",
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        },
+        "cpu": platform.processor() or platform.machine(),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "history": history,
+    }
+    (out / f"{MODEL_NAME}.train.json").write_text(json.dumps(record, indent=2) + "\n")
+    confusion_png(np.array(val["confusion_matrix"]), out / f"{MODEL_NAME}_confusion.png",
+                  f"VGG16 on FER-2013 PublicTest: accuracy {val['accuracy']:.1%}")
+    curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
+    write_card(record, out / "MODEL_CARD.md")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", type=Path, default=Path("models"))
+    args = p.parse_args(argv)
+    try:
+        train = fer.load_split(args.data, "train")
+        test = fer.load_split(args.data, "test")
+    except fer.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(export_model(args.run_dir, args.out, train, test))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
