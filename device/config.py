@@ -1,0 +1,190 @@
+"""One TOML file configures the daemon. Every key is optional with a documented default;
+an unknown key, a wrong type or an out-of-range value is an error that names the key
+and the file. `config.example.toml` lists every key with its default."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
+DEFAULT_RATINGS = {"Happy": 5, "Surprised": 4, "Neutral": 3, "Sad": 2, "Fearful": 2, "Disgusted": 1, "Angry": 1}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key and the file."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    kind: type | tuple[type, ...]
+    check: Any = None  # (lo, hi) range, a tuple of choices, or None
+    doc: str = ""
+
+
+def _choices(*names: str) -> tuple[str, ...]:
+    return names
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "device": {
+        "id": Key("", str, None, "device id stored with each entry (empty: the host name)"),
+    },
+    "camera": {
+        "source": Key("auto", str, _choices("auto", "picamera2", "v4l2", "video", "images", "demo"),
+                      "auto: picamera2, else the first V4L2 camera, else the demo photos"),
+        "device": Key("0", str, None, "V4L2 camera index or path, e.g. 0 or /dev/video0"),
+        "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
+        "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
+        "height": Key(480, int, (48, 4096), "capture height"),
+        "fps": Key(15.0, (int, float), (0.5, 120), "frames per second asked of the camera / played"),
+        "reconnect_max_s": Key(30.0, (int, float), (0.5, 3600), "longest wait between reconnect tries"),
+    },
+    "detector": {
+        "dir": Key(str(ROOT / "models" / "face"), str, None, "folder with the res10 files (make models)"),
+        "confidence": Key(0.5, (int, float), (0.05, 0.99), "face detection threshold"),
+        "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
+        "crop_shift_y": Key(0.0, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
+    },
+    "model": {
+        "path": Key(str(ROOT / "models" / "fer_vgg16_int8.tflite"), str, None, "emotion model (.tflite)"),
+        "num_threads": Key(2, int, (1, 16), "LiteRT threads"),
+    },
+    "smoothing": {
+        "window_s": Key(1.0, (int, float), (0.0, 10.0), "probabilities are averaged over this long"),
+        "reset_after_s": Key(2.0, (int, float), (0.1, 60.0), "forget the reading when no face this long"),
+        "min_confidence": Key(0.4, (int, float), (0.0, 1.0), "below this the screen says 'Not sure'"),
+    },
+    "rating": {
+        "max": Key(5, int, (1, 100), "top of the rating scale (stars drawn up to 10)"),
+        "map": Key(DEFAULT_RATINGS, dict, None, "emotion display name -> rating"),
+    },
+    "display": {
+        "driver": Key("ssd1306", str, _choices("ssd1306", "sh1106", "st7789", "terminal", "png", "none"),
+                      "screen driver"),
+        "i2c_port": Key(1, int, (0, 10), "OLED I2C bus"),
+        "i2c_address": Key(0x3C, int, (0x03, 0x77), "OLED I2C address"),
+        "spi_port": Key(0, int, (0, 10), "LCD SPI bus"),
+        "spi_device": Key(0, int, (0, 10), "LCD SPI chip select"),
+        "gpio_dc": Key(24, int, (0, 27), "LCD data/command pin (BCM)"),
+        "gpio_rst": Key(25, int, (0, 27), "LCD reset pin (BCM)"),
+        "gpio_backlight": Key(18, int, (0, 27), "LCD backlight pin (BCM)"),
+        "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns"),
+        "png_path": Key("build/screen.png", str, None, "file the png driver writes"),
+        "thank_you_s": Key(2.0, (int, float), (0.5, 30.0), "how long the thank-you screen stays"),
+    },
+    "button": {
+        "kind": Key("gpio", str, _choices("gpio", "keyboard", "none"), "submit button"),
+        "pin": Key(17, int, (0, 27), "button pin (BCM), wired to GND"),
+        "pull_up": Key(True, bool, None, "internal pull-up (button to GND)"),
+        "bounce_s": Key(0.05, (int, float), (0.0, 1.0), "debounce time"),
+        "cooldown_s": Key(3.0, (int, float), (0.0, 60.0), "one entry per press: presses this soon are ignored"),
+        "face_window_s": Key(1.5, (int, float), (0.1, 30.0), "a press counts if a face was seen this recently"),
+        "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
+    },
+    "storage": {
+        "path": Key("/var/lib/feedbackd/feedback.db", str, None, "SQLite feedback log"),
+        "retry_s": Key(5.0, (int, float), (0.1, 600), "retry a failed write this often"),
+    },
+    "daemon": {
+        "stats_interval_s": Key(60.0, (int, float), (1, 86400), "how often the stats line is logged"),
+    },
+}
+
+
+def _check(where: str, key: Key, value: Any) -> Any:
+    if key.kind is float or (isinstance(key.kind, tuple) and float in key.kind):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+    elif not isinstance(value, key.kind) or (key.kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {key.kind.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(key.check, tuple) and len(key.check) == 2 and all(isinstance(c, int | float) for c in key.check):
+        lo, hi = key.check
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where}: {value!r} is out of range [{lo}, {hi}]")
+    elif isinstance(key.check, tuple) and value not in key.check:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.check)}")
+    return value
+
+
+def _check_ratings(where: str, ratings: dict, top: int) -> dict[str, float]:
+    from device.preprocess import DISPLAY_NAMES
+
+    out = dict(DEFAULT_RATINGS)
+    for name, value in ratings.items():
+        if name not in DISPLAY_NAMES:
+            raise ConfigError(f"{where}.{name}: unknown emotion (expected one of {', '.join(DISPLAY_NAMES)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
+            raise ConfigError(f"{where}.{name}: rating must be a number in [0, {top}], got {value!r}")
+        out[name] = value
+    return out
+
+
+class Config(dict):
+    """Validated settings as config["section"]["key"]; `source` names the file they came from."""
+
+    source: str = "(defaults)"
+
+    @property
+    def device_id(self) -> str:
+        return self["device"]["id"] or socket.gethostname()
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file (if given and present), then 'section.key' overrides."""
+    cfg = Config({s: {k: key.default for k, key in keys.items()} for s, keys in SCHEMA.items()})
+    data: dict = {}
+    if path is not None:
+        cfg.source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+    merged: dict[str, dict] = {}
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{cfg.source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{cfg.source}: {section} must be a [section] table")
+        merged[section] = dict(values)
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        merged.setdefault(section, {})[key] = value
+    for section, values in merged.items():
+        for key, value in values.items():
+            where = f"{cfg.source}: {section}.{key}"
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
+                                  f"(known: {', '.join(SCHEMA[section])})")
+            cfg[section][key] = _check(where, SCHEMA[section][key], value)
+    cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", cfg["rating"]["map"], cfg["rating"]["max"])
+    return cfg
+
+
+def example_toml() -> str:
+    """Every key with its default and what it does: the shipped config.example.toml."""
+    lines = ["# feedbackd configuration: every key is optional; the values shown are the defaults.", ""]
+    for section, keys in SCHEMA.items():
+        lines.append(f"[{section}]")
+        for name, key in keys.items():
+            if name == "map":
+                continue
+            value = key.default
+            shown = ("true" if value else "false") if isinstance(value, bool) else (
+                f'"{value}"' if isinstance(value, str) else repr(value))
+            lines.append(f"# {key.doc}")
+            lines.append(f"# {name} = {shown}")
+        lines.append("")
+    lines.append("[rating.map]")
+    lines.append("# 1 to 5 stars by default; for the 0-10 scale set rating.max = 10 and the map to e.g.")
+    lines.append("# Happy = 10, Surprised = 8, Neutral = 5, Sad = 3, Fearful = 3, Disgusted = 1, Angry = 0")
+    lines += [f"# {k} = {v}" for k, v in DEFAULT_RATINGS.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""The appliance loop: source -> face detector -> crop -> emotion model -> steady reading ->
+display, with the submit button and the durable log beside it.
+
+Each stage is a plain object handed in (Frigate-style), so tests run the real loop on an
+image folder, a gpiozero MockFactory pin and luma's dummy display."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device.detector import CropGeometry, choose_face, crop_face
+from device.display import Screen
+from device.notify import Notifier
+from device.preprocess import to_gray
+from device.reading import Reading, Smoother
+from device.storage import Entry, StorageError
+
+log = logging.getLogger("feedbackd")
+STAGES = ("capture", "detect", "classify", "render")
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    faces: int = 0
+    entries: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    since: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        span = max(1e-9, time.monotonic() - self.since)
+        per = " ".join(f"{s} {1000 * self.seconds[s] / max(1, self.frames):.1f}ms" for s in STAGES)
+        return (f"stats: {self.frames / span:.1f} frames/s, {self.faces} with a face, {self.entries} entries; "
+                f"per frame: {per}")
+
+
+class Daemon:
+    def __init__(self, cfg: dict, source, detector, classifier, display, button, store,
+                 notifier: Notifier | None = None, device_id: str = "feedbackd"):
+        self.cfg = cfg
+        self.source, self.detector, self.classifier = source, detector, classifier
+        self.display, self.button, self.store = display, button, store
+        self.notifier = notifier or Notifier({})
+        self.device_id = device_id
+        sm, rt = cfg["smoothing"], cfg["rating"]
+        self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
+                                 sm["reset_after_s"], sm["min_confidence"])
+        self.geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
+        self.stats = Stats()
+        self._last_accepted = -1e9
+        self._thanks: tuple[float, Screen] | None = None
+        self._no_face_until = 0.0
+        self._pending: list[Entry] = []  # entries whose write failed; retried, never dropped
+        self._retry_at = 0.0
+        self.storage_error: str | None = None
+
+    # --- one frame
+    def step(self) -> None:
+        t0 = time.monotonic()
+        frame = self.source.read()
+        t1 = time.monotonic()
+        self.stats.seconds["capture"] += t1 - t0
+        if frame is not None:
+            self._see(frame, t1)
+        self._handle_presses()
+        self._retry_pending()
+        t2 = time.monotonic()
+        self.display.show(self.screen(t2))
+        self.stats.seconds["render"] += time.monotonic() - t2
+        self.stats.frames += 1
+
+    def _see(self, frame: np.ndarray, now: float) -> None:
+        boxes = self.detector.detect(frame)
+        t = time.monotonic()
+        self.stats.seconds["detect"] += t - now
+        box = choose_face(boxes, frame.shape)
+        if box is None:
+            return
+        face = crop_face(to_gray(frame), box, self.geometry, self.classifier.spec.size)
+        probs = self.classifier.predict(face)[0]
+        self.stats.seconds["classify"] += time.monotonic() - t
+        self.stats.faces += 1
+        self.smoother.add(time.monotonic(), probs)
+
+    # --- the button
+    def _handle_presses(self) -> None:
+        bt = self.cfg["button"]
+        for pressed_at in self.button.presses():
+            if pressed_at - self._last_accepted < bt["cooldown_s"]:
+                continue  # one press, one entry
+            self._last_accepted = pressed_at
+            now = time.monotonic()
+            reading = self.smoother.reading(now)
+            if reading is None or not self.smoother.face_seen_within(now, bt["face_window_s"]):
+                self._no_face_until = now + self.cfg["display"]["thank_you_s"]
+                log.info("press without a face: nothing stored")
+                continue
+            self._store(self._entry(reading), now)
+
+    def _entry(self, r: Reading) -> Entry:
+        return Entry(r.emotion, r.rating if r.rating is not None else 0.0, r.confidence, r.probabilities,
+                     self.classifier.sha256, self.device_id)
+
+    def _store(self, entry: Entry, now: float) -> bool:
+        try:
+            row = self.store.add(entry)
+        except StorageError as e:
+            if entry not in self._pending:
+                self._pending.append(entry)
+            self.storage_error = str(e)
+            self._retry_at = now + self.cfg["storage"]["retry_s"]
+            log.error("%s (kept in memory, retrying every %.0f s)", e, self.cfg["storage"]["retry_s"])
+            return False
+        self.storage_error = None
+        self.stats.entries += 1
+        log.info("stored entry %d: %s, rating %s, confidence %.2f", row, entry.emotion, entry.rating,
+                 entry.confidence)
+        self._thanks = (now + self.cfg["display"]["thank_you_s"],
+                        Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
+        self.button.acknowledge()
+        return True
+
+    def _retry_pending(self) -> None:
+        now = time.monotonic()
+        while self._pending and now >= self._retry_at:
+            if not self._store(self._pending[0], now):
+                return
+            self._pending.pop(0)
+
+    # --- what the screen shows
+    def screen(self, now: float) -> Screen:
+        if self._thanks and now < self._thanks[0]:
+            return self._thanks[1]
+        if now < self._no_face_until:
+            return Screen("no_face")
+        if self.storage_error:
+            return Screen("error", title="Storage error", detail="feedback not saved yet, retrying")
+        if getattr(self.source, "error", None):
+            return Screen("error", title="Camera error", detail="reconnecting...")
+        r = self.smoother.reading(now)
+        if r is None:
+            return Screen("idle")
+        return Screen("live", r.emotion if r.sure else None, r.rating if r.sure else None,
+                      self.cfg["rating"]["max"], face=self.smoother.face_seen_within(now, 0.5))
+
+    # --- the loop
+    def run(self, stop: threading.Event) -> None:
+        self.notifier.ready()
+        self.notifier.status("running")
+        log.info("running: %s", self.stats.line())
+        next_stats = time.monotonic() + self.cfg["daemon"]["stats_interval_s"]
+        next_ping = 0.0
+        fps = self.cfg["camera"]["fps"]
+        while not stop.is_set():
+            started = time.monotonic()
+            self.step()
+            if self.notifier.watchdog_s and started >= next_ping:
+                self.notifier.watchdog()
+                next_ping = started + self.notifier.watchdog_s
+            if started >= next_stats:
+                log.info(self.stats.line())
+                self.stats = Stats(entries=self.stats.entries)
+                next_stats = started + self.cfg["daemon"]["stats_interval_s"]
+            stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - started)))
+        self.notifier.stopping()

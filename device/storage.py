@@ -1,0 +1,136 @@
+"""The feedback log: SQLite in WAL mode with synchronous=FULL, so an entry acknowledged by
+`add()` survives a power cut a moment later. The schema is versioned (PRAGMA user_version)
+and migrated forward in order at open."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+MIGRATIONS = (
+    # 1: the first schema
+    """
+    CREATE TABLE entries (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        utc           TEXT NOT NULL,
+        local_date    TEXT NOT NULL,
+        local_time    TEXT NOT NULL,
+        emotion       TEXT NOT NULL,
+        rating        REAL NOT NULL,
+        confidence    REAL NOT NULL,
+        probabilities TEXT NOT NULL,
+        model_sha256  TEXT NOT NULL,
+        device_id     TEXT NOT NULL
+    );
+    CREATE INDEX entries_utc ON entries (utc);
+    """,
+)
+EXPORT_FIELDS = ("date", "time", "rating", "emotion", "confidence", "utc", "probabilities",
+                 "model_sha256", "device_id", "id")
+
+
+class StorageError(RuntimeError):
+    """The log cannot be opened or written (full disk, read-only file system, corrupt file)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    emotion: str
+    rating: float
+    confidence: float
+    probabilities: dict[str, float]
+    model_sha256: str
+    device_id: str
+
+
+class FeedbackLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
+                               f"({len(MIGRATIONS)}); upgrade feedbackd")
+        for v in range(version, len(MIGRATIONS)):
+            try:  # one transaction per step: the schema and its version number move together
+                self.db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def add(self, entry: Entry, now: datetime | None = None) -> int:
+        """Store one entry; returns its id only once it is committed to disk."""
+        now = now or datetime.now(UTC)
+        local = now.astimezone()
+        row = (
+            now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            local.strftime("%Y-%m-%d"),
+            local.strftime("%H:%M:%S"),
+            entry.emotion,
+            float(entry.rating),
+            float(entry.confidence),
+            json.dumps({k: round(float(v), 4) for k, v in entry.probabilities.items()}),
+            entry.model_sha256,
+            entry.device_id,
+        )
+        try:
+            cur = self.db.execute(
+                "INSERT INTO entries (utc, local_date, local_time, emotion, rating, confidence, probabilities,"
+                " model_sha256, device_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return int(cur.lastrowid)
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: cannot store the entry: {e}") from None
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+    def rows(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
+        """Entries in order; since/until are local dates (YYYY-MM-DD), both inclusive."""
+        q = "SELECT * FROM entries WHERE 1=1"
+        args: list[str] = []
+        if since:
+            q += " AND local_date >= ?"
+            args.append(since)
+        if until:
+            q += " AND local_date <= ?"
+            args.append(until)
+        cur = self.db.execute(q + " ORDER BY id", args)
+        names = [c[0] for c in cur.description]
+        for values in cur:
+            yield dict(zip(names, values, strict=True))
+
+    def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None) -> int:
+        w = csv.writer(out)
+        w.writerow(EXPORT_FIELDS)
+        n = 0
+        for r in self.rows(since, until):
+            w.writerow([r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
+                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"]])
+            n += 1
+        return n
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def close(self) -> None:
+        self.db.close()

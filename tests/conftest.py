@@ -1,0 +1,105 @@
+"""Shared fixtures: small synthetic FER-2013 sets in every form, and a tiny VGG16."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from device.preprocess import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+FACE_DIR = ROOT / "models" / "face"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep the decoded-data cache of the tests out of the user's ~/.cache."""
+    os.environ["FEEDBACKD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def synthetic_faces(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 48x48 faces: class k is a stripe pattern of frequency k+1, plus noise.
+    Flip, shift and small rotations keep the class, as augmentation needs."""
+    rng = np.random.default_rng(seed)
+    cols = np.arange(48) / 48.0
+    faces, labels = [], []
+    for k in range(len(CLASSES)):
+        for _ in range(n_per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            row = 0.5 + 0.4 * np.sin(2 * np.pi * (k + 1) * cols + phase)
+            img = np.tile(row, (48, 1)) + rng.normal(0, 0.08, (48, 48))
+            faces.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+            labels.append(k)
+    return np.stack(faces), np.array(labels)
+
+
+def png_bytes(face: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, format="PNG")  # lossless, so loaders can be compared exactly
+    return buf.getvalue()
+
+
+def write_csv(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    lines = ["emotion,pixels,Usage"]
+    for usage, (x, y) in splits.items():
+        lines += [f"{label},{' '.join(map(str, face.ravel()))},{usage}" for face, label in zip(x, y, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_folder(root: Path, x: np.ndarray, y: np.ndarray, prefix: str = "") -> Path:
+    for i, (face, label) in enumerate(zip(x, y, strict=True)):
+        d = root / prefix / CLASSES[label]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"face_{i:05d}.png").write_bytes(png_bytes(face))
+    return root
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fer_csv(tmp_path_factory) -> Path:
+    """A small FER-2013 challenge CSV: 12 Training and 4 PublicTest faces per class."""
+    d = tmp_path_factory.mktemp("fer")
+    return write_csv(d / "fer2013.csv", {
+        "Training": synthetic_faces(12, seed=1),
+        "PublicTest": synthetic_faces(4, seed=2),
+        "PrivateTest": synthetic_faces(1, seed=3),
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """An untrained VGG16 at width 1/16, saved as .keras (about 1 MB)."""
+    import keras
+
+    from training.model import build_vgg16
+
+    keras.utils.set_random_seed(7)
+    model = build_vgg16(width=1 / 16)
+    path = tmp_path_factory.mktemp("model") / "fer_vgg16.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, tiny_model, fer_csv) -> Path:
+    """The tiny model converted to all three variants, as `make convert` would."""
+    from convert.convert import main
+
+    out = tmp_path_factory.mktemp("models")
+    rc = main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(out),
+               "--calibration", "21", "--latency-runs", "3", "--allow-drop"])
+    assert rc == 0
+    return out

@@ -1,0 +1,107 @@
+"""`make convert` and `make models`: variants, manifests, refusal, atomicity, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FACE_DIR, ROOT
+
+from convert.convert import main as convert_main
+from device.detector import CAFFEMODEL, DetectorError, FaceDetector
+from device.model import EmotionClassifier, ModelError, sha256_file
+from device.preprocess import CLASSES
+
+
+def snapshot(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("variant, dtype", [("int8", "int8"), ("float16", "float32"), ("dynamic", "float32")])
+def test_every_variant_loads_with_a_matching_manifest(converted, tiny_model, variant, dtype):
+    path = converted / f"fer_vgg16_{variant}.tflite"
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    assert manifest["tflite_sha256"] == sha256_file(path)
+    assert manifest["source_model"]["sha256"] == sha256_file(tiny_model)
+    assert manifest["variant"] == variant and manifest["input"]["dtype"] == dtype
+    assert [lab["name"] for lab in manifest["labels"]] == list(CLASSES)
+    assert manifest["metrics"]["n"] == 28 and 0 <= manifest["metrics"]["accuracy"] <= 1
+    assert (manifest["input"]["quantization"] is not None) == (variant == "int8")
+    clf = EmotionClassifier(path)
+    probs = clf.predict(np.full((2, 48, 48), 128, np.uint8))
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
+
+
+def test_report_lists_every_variant(converted):
+    report = (converted / "CONVERT_REPORT.md").read_text()
+    for variant in ("float32", "int8", "float16", "dynamic"):
+        assert f"| {variant} |" in report
+    assert not list(converted.glob(".*tmp*")), "staging files left behind"
+
+
+def test_refusal_leaves_models_byte_for_byte_unchanged(converted, tiny_model, fer_csv, capsys):
+    before = snapshot(converted)
+    rc = convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(converted),
+                       "--calibration", "21", "--latency-runs", "1", "--max-drop", "-100"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "below the float model" in err
+    assert snapshot(converted) == before
+
+
+def test_tampered_model_is_refused_by_the_device_loader(converted, tmp_path):
+    for name in ("fer_vgg16_int8.tflite", "fer_vgg16_int8.json"):
+        shutil.copy(converted / name, tmp_path / name)
+    model = tmp_path / "fer_vgg16_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        EmotionClassifier(model)
+    (tmp_path / "fer_vgg16_int8.json").unlink()
+    with pytest.raises(ModelError, match="manifest not found"):
+        EmotionClassifier(model)
+
+
+def test_evaluate_keras_and_tflite_agree(converted, tiny_model, fer_csv, tmp_path):
+    """The CLI on the float Keras model and on its float16 TFLite: same predictions."""
+    def run(model):
+        r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--data",
+                            str(fer_csv), "--json", "--out-dir", str(tmp_path)],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    keras_r = run(tiny_model)
+    tflite_r = run(converted / "fer_vgg16_float16.tflite")
+    assert keras_r["n"] == tflite_r["n"] == 28
+    assert keras_r["confusion_matrix"] == tflite_r["confusion_matrix"]
+    assert keras_r["accuracy"] == tflite_r["accuracy"]
+    assert {"accuracy", "macro_f1", "n", "per_class"} <= keras_r.keys()
+    assert (tmp_path / "fer_vgg16_float16_confusion.png").exists()
+
+
+def test_face_detector_files_are_checked(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "convert.face_detector", "--dest", str(FACE_DIR)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for f in FACE_DIR.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    FaceDetector(tmp_path)  # loads
+    with open(tmp_path / CAFFEMODEL, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0" * 16)
+    r = subprocess.run([sys.executable, "-m", "convert.face_detector", "--dest", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert CAFFEMODEL in r.stderr and "sha256" in r.stderr
+    with pytest.raises(DetectorError, match="corrupt"):
+        FaceDetector(tmp_path)
+    (tmp_path / CAFFEMODEL).unlink()
+    with pytest.raises(DetectorError, match="missing"):
+        FaceDetector(tmp_path)

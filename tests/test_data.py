@@ -1,0 +1,124 @@
+"""FER-2013 loaders: every form, every bad-input case, the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import png_bytes, synthetic_faces, write_csv, write_folder, write_zip
+
+from training import data as fer
+from training.data import DataError, load_split
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return synthetic_faces(3, seed=5)
+
+
+def test_csv_splits(fer_csv):
+    train = load_split(fer_csv, "train")
+    test = load_split(fer_csv, "test")
+    private = load_split(fer_csv, "private")
+    assert (len(train), len(test), len(private)) == (84, 28, 7)
+    x, y = synthetic_faces(12, seed=1)
+    np.testing.assert_array_equal(train.x, x)
+    np.testing.assert_array_equal(train.y, y)
+    assert train.x.dtype == np.uint8 and train.x.shape[1:] == (48, 48)
+    assert fer.eval_split_name(fer_csv) == "test"
+
+
+def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
+    x, y = faces
+    layout = tmp_path / "layout"
+    write_folder(layout, x, y, "train")
+    write_folder(layout, x[::-1], y[::-1], "test")
+    members = {f"fer2013/{p.relative_to(layout).as_posix()}": p.read_bytes()
+               for p in layout.rglob("*.png")}
+    zipped = write_zip(tmp_path / "fer.zip", members)  # with one wrapping top folder
+    bare = write_folder(tmp_path / "bare", x, y)
+
+    from_dir = load_split(layout, "train")
+    from_zip = load_split(zipped, "train")
+    from_bare = load_split(bare, "all")
+    for s in (from_zip, from_bare):
+        np.testing.assert_array_equal(s.x, from_dir.x)
+        np.testing.assert_array_equal(s.y, from_dir.y)
+    assert sorted(from_dir.y.tolist()) == sorted(y.tolist())
+    assert len(load_split(zipped, "test")) == len(y)
+    assert fer.eval_split_name(bare) == "all"
+    with pytest.raises(DataError, match="only the split 'all'"):
+        load_split(bare, "train")
+
+
+def test_display_name_folders_are_accepted(tmp_path, faces):
+    x, y = faces
+    root = tmp_path / "set"
+    (root / "Disgusted").mkdir(parents=True)
+    (root / "Disgusted" / "a.png").write_bytes(png_bytes(x[0]))
+    assert load_split(root, "all").y.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("joy/a.png", "ok", "unknown class folder 'joy'"),
+        ("happy/a.png", b"not an image", "cannot decode image"),
+        ("happy/a.png", "big", "image is 64x64, expected 48x48"),
+        ("happy/notes.txt", "ok", "not an image file"),
+    ],
+)
+def test_bad_images_name_the_file(tmp_path, faces, name, data, message):
+    good = png_bytes(faces[0][0])
+    payload = {"ok": good, "big": png_bytes(np.zeros((64, 64), np.uint8))}.get(data, data)
+    members = {"angry/good.png": good, name: payload}
+    zipped = write_zip(tmp_path / "set.zip", members)
+    with pytest.raises(DataError, match=message) as err:
+        load_split(zipped, "all")
+    assert f"set.zip:{name}" in str(err.value)
+    skipped = load_split(zipped, "all", skip_bad=True)
+    assert len(skipped) == 1 and len(skipped.skipped) == 1 and message.split("'")[0] in skipped.skipped[0]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("3,1 2 3,Training", "must be 2304 values"),
+        ("9," + " ".join(["1"] * 2304) + ",Training", "emotion 9 out of range"),
+        ("x," + " ".join(["1"] * 2304) + ",Training", "must be integers"),
+        ("3," + " ".join(["1"] * 2304) + ",Validation", "unknown Usage 'Validation'"),
+        ("3," + " ".join(["300"] * 2304) + ",Training", "in 0..255"),
+        ("3", "expected 3 fields"),
+    ],
+)
+def test_malformed_csv_row_names_the_line(tmp_path, row, message):
+    x, y = synthetic_faces(1)
+    path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
+    path.write_text(path.read_text() + row + "\n")
+    with pytest.raises(DataError, match=message) as err:
+        load_split(path, "train")
+    assert f"fer.csv:{len(y) + 2}" in str(err.value)
+    assert len(load_split(path, "train", skip_bad=True).skipped) == 1
+
+
+def test_wrong_header_and_empty_split(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,image\n")
+    with pytest.raises(DataError, match="bad.csv:1: expected the header"):
+        load_split(bad, "train")
+    x, y = synthetic_faces(1)
+    only_train = write_csv(tmp_path / "train_only.csv", {"Training": (x, y)})
+    with pytest.raises(DataError, match="split 'test' holds no faces"):
+        load_split(only_train, "test")
+    with pytest.raises(DataError, match="no such file"):
+        load_split(tmp_path / "missing.zip", "train")
+
+
+def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):
+    x, y = synthetic_faces(2)
+    path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
+    first = load_split(path, "train")
+    monkeypatch.setattr(fer, "_read_csv", lambda *a: pytest.fail("decoded again despite the cache"))
+    np.testing.assert_array_equal(load_split(path, "train").x, first.x)
+    monkeypatch.undo()
+    write_csv(path, {"Training": (x[:7], y[:7])})  # changed source: new checksum, re-read
+    assert len(load_split(path, "train")) == 7

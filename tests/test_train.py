@@ -1,0 +1,113 @@
+"""Training: the model builder learns, a stopped run resumes exactly, export and warm start."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from device.preprocess import preprocess
+from training import train as T
+
+TINY = ["--width", "0.0625", "--batch-size", "16", "--seed", "3", "--deterministic"]
+
+
+def test_vgg16_topology():
+    from keras import layers
+
+    from training.model import build_vgg16
+
+    model = build_vgg16()
+    convs = [lay for lay in model.layers if isinstance(lay, layers.Conv2D)]
+    assert len(convs) == 13
+    assert [c.filters for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    dense = [lay for lay in model.layers if isinstance(lay, layers.Dense)]
+    assert len(dense) == 3 and dense[-1].units == 7
+    assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 7)
+
+
+def test_one_epoch_on_synthetic_faces_lowers_the_loss():
+    import keras
+    import tensorflow as tf
+    from conftest import synthetic_faces
+
+    x, y = synthetic_faces(24)
+    cfg = dict(T.DEFAULTS, width=0.0625, batch_size=16, epochs=1, lr=0.02, dropout=0.0)
+    keras.utils.set_random_seed(0)
+    model = T.build_and_compile(cfg, steps_per_epoch=len(y) // 16)
+    xp = preprocess(x)
+
+    def loss() -> float:  # batch statistics: ten steps are too few to settle BN's moving averages
+        probs = model(xp, training=True)
+        return float(keras.ops.mean(keras.losses.categorical_crossentropy(np.eye(7)[y], probs)))
+
+    before = loss()
+    w = tf.constant(T.class_weights(y, 0.3)[y], tf.float32)
+    model.fit(T.train_dataset(tf.constant(xp), tf.constant(y), w, cfg, 0), verbose=0)
+    after = loss()
+    assert after < before - 0.1, (before, after)
+
+
+def test_class_weights_favour_rare_classes():
+    y = np.array([0] * 90 + [1] * 10)
+    w = T.class_weights(y, 0.5)
+    assert w[1] / w[0] == pytest.approx(3.0)
+    assert (w[y]).mean() == pytest.approx(1.0)
+
+
+def _history(run) -> list[dict]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_stopped_run_resumes_exactly(tmp_path, fer_csv):
+    common = ["--data", str(fer_csv), "--epochs", "2", *TINY]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert T.main([*common, "--run-dir", str(straight), "--out", str(tmp_path / "out1")]) == 0
+    assert T.main([*common, "--run-dir", str(stopped), "--out", str(tmp_path / "out2"), "--stop-after", "1"]) == 0
+    assert len(_history(stopped)) == 1 and not (tmp_path / "out2").exists()
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume",
+                   "--out", str(tmp_path / "out2"), "--deterministic"]) == 0
+    a, b = _history(straight), _history(stopped)
+    assert len(a) == len(b) == 2
+    for key in ("loss", "accuracy", "val_accuracy", "val_macro_f1", "lr"):
+        assert a[1][key] == b[1][key], key
+
+    # the export: float model, its training record, pictures and the card
+    out = tmp_path / "out1"
+    record = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert record["epochs"] == 2 and record["best_epoch"] in (1, 2)
+    assert record["data"]["sha256"] and len(record["history"]) == 2
+    for name in ("fer_vgg16.keras", "fer_vgg16_confusion.png", "fer_vgg16_curves.png", "MODEL_CARD.md"):
+        assert (out / name).stat().st_size > 0, name
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
+
+
+def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_bad_data_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("emotion,pixels,Usage\n3,1 2,Training\n")
+    assert T.main(["--data", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "bad.csv:2" in capsys.readouterr().err
+
+
+def test_warm_start_copies_weights(tmp_path, tiny_model):
+    import keras
+
+    from training.model import build_vgg16
+
+    model = build_vgg16(width=1 / 16)
+    T.warm_start(model, tiny_model)
+    ref = keras.saving.load_model(tiny_model, compile=False)
+    for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SystemExit, match="no such file"):
+        T.warm_start(model, tmp_path / "missing.keras")
