@@ -23,9 +23,15 @@ venv: $(STAMP)
 models: venv
 	$(BIN)/python -m convert.face_detector --dest models/face
 
-run: venv
-	@echo "feedbackd: the device daemon is not built yet (see issue 4); 'make train' and 'make evaluate' work."
-	@exit 1
+# On a Raspberry Pi: the OLED and the GPIO button; elsewhere a desk setup (terminal, Enter).
+ON_PI     := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo yes)
+RUN_MODEL ?= models/fer_vgg16_int8.tflite
+RUN_ARGS  ?= --source auto --model $(RUN_MODEL) --db var/feedback.db \
+             $(if $(ON_PI),--display ssd1306 --button gpio,--display terminal --button keyboard)
+
+run: venv models
+	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
+	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
 test: venv models
 	$(BIN)/ruff check .

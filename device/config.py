@@ -46,13 +46,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reconnect_max_s": Key(30.0, (int, float), (0.5, 3600), "longest wait between reconnect tries"),
     },
     "detector": {
-        "dir": Key(str(ROOT / "models" / "face"), str, None, "folder with the res10 files (make models)"),
+        "dir": Key("models/face", str, None, "folder with the res10 files (relative: to the feedbackd folder)"),
         "confidence": Key(0.5, (int, float), (0.05, 0.99), "face detection threshold"),
         "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
         "crop_shift_y": Key(0.0, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
     },
     "model": {
-        "path": Key(str(ROOT / "models" / "fer_vgg16_int8.tflite"), str, None, "emotion model (.tflite)"),
+        "path": Key("models/fer_vgg16_int8.tflite", str, None, "emotion model (relative: to the feedbackd folder)"),
         "num_threads": Key(2, int, (1, 16), "LiteRT threads"),
     },
     "smoothing": {
@@ -165,6 +165,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _check(where, SCHEMA[section][key], value)
+    for section, key in (("detector", "dir"), ("model", "path")):  # shipped files live beside the code
+        cfg[section][key] = str(ROOT / cfg[section][key])
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", cfg["rating"]["map"], cfg["rating"]["max"])
     return cfg
 
@@ -184,7 +186,7 @@ def example_toml() -> str:
             lines.append(f"# {name} = {shown}")
         lines.append("")
     lines.append("[rating.map]")
-    lines.append("# 1 to 5 stars by default; for the 0-10 scale set rating.max = 10 and the map to e.g.")
-    lines.append("# Happy = 10, Surprised = 8, Neutral = 5, Sad = 3, Fearful = 3, Disgusted = 1, Angry = 0")
+    lines.append("# 1 to 5 stars by default. The paper's 0-10 scale: set max to 10 in [rating] and map")
+    lines.append("# Happy 10, Surprised 8, Neutral 5, Sad 3, Fearful 3, Disgusted 1, Angry 0 (see README).")
     lines += [f"# {k} = {v}" for k, v in DEFAULT_RATINGS.items()]
     return "\n".join(lines) + "\n"

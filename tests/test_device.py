@@ -1,0 +1,331 @@
+"""The appliance at the level people see it: the daemon loop on a real photo, the GPIO button
+(gpiozero MockFactory), luma's dummy display, the SQLite log, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FACE_DIR, ROOT
+
+from device import cli
+from device.button import GpioButton
+from device.config import ConfigError, example_toml, load_config
+from device.daemon import Daemon
+from device.detector import FaceDetector
+from device.display import Display, Screen, render
+from device.model import EmotionClassifier
+from device.sources import ImageSource, ReconnectingSource, SourceError
+from device.storage import FeedbackLog
+
+
+def photo() -> Path:
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@pytest.fixture
+def face_folder(tmp_path) -> Path:
+    d = tmp_path / "frames"
+    d.mkdir()
+    shutil.copy(photo(), d / "customer.jpg")
+    return d
+
+
+@pytest.fixture
+def empty_folder(tmp_path) -> Path:
+    import cv2
+
+    d = tmp_path / "empty"
+    d.mkdir()
+    cv2.imwrite(str(d / "nobody.png"), np.full((480, 640, 3), 90, np.uint8))
+    return d
+
+
+@pytest.fixture
+def model(converted) -> Path:
+    return converted / "fer_vgg16_int8.tflite"
+
+
+class Rig:
+    """The real daemon with a mock GPIO pin and luma's dummy display."""
+
+    def __init__(self, model: Path, frames: Path, db: Path, **cfg_overrides):
+        from gpiozero.pins.mock import MockFactory
+        from luma.core.device import dummy
+
+        overrides = {"button.cooldown_s": 3.0, "smoothing.min_confidence": 0.0, **cfg_overrides}
+        self.cfg = load_config(None, overrides)
+        self.factory = MockFactory()
+        self.button = GpioButton(17, pull_up=True, bounce_s=0, pin_factory=self.factory)
+        self.pin = self.factory.pin(17)
+        self.screen = dummy(width=128, height=64, mode="1")
+        self.store = FeedbackLog(db)
+        self.daemon = Daemon(self.cfg, ImageSource(str(frames), fps=30), FaceDetector(FACE_DIR),
+                             EmotionClassifier(model), Display(self.screen), self.button, self.store,
+                             device_id="till-3")
+
+    def press(self) -> None:
+        self.pin.drive_low()
+        self.pin.drive_high()
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            self.daemon.step()
+
+    def close(self) -> None:
+        self.button.close()
+        self.store.close()
+
+
+def test_end_to_end_press_stores_one_entry_and_thanks(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.steps(3)
+    assert rig.daemon.screen(time.monotonic()).kind == "live"
+    rig.press()
+    rig.steps(1)
+    rows = list(rig.store.rows())
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["emotion"] in rig.daemon.classifier.manifest.display_names
+    assert row["rating"] == rig.cfg["rating"]["map"][row["emotion"]]
+    assert row["model_sha256"] == rig.daemon.classifier.sha256 and row["device_id"] == "till-3"
+    assert set(json.loads(row["probabilities"])) == set(rig.daemon.classifier.manifest.display_names)
+    assert row["utc"].endswith("Z") and len(row["local_date"]) == 10 and len(row["local_time"]) == 8
+    expected = render(Screen("thanks", row["emotion"], row["rating"], 5), (128, 64), "1")
+    assert rig.screen.image.tobytes() == expected.tobytes()
+    rig.close()
+
+
+def test_ten_presses_within_100ms_store_one_entry(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.steps(2)
+    for _ in range(10):
+        rig.press()
+        time.sleep(0.008)
+    rig.steps(2)
+    assert rig.store.count() == 1
+    rig.close()
+
+
+def test_press_without_a_face_stores_nothing(model, empty_folder, tmp_path):
+    rig = Rig(model, empty_folder, tmp_path / "feedback.db")
+    rig.steps(2)
+    assert rig.daemon.screen(time.monotonic()).kind == "idle"
+    rig.press()
+    rig.steps(1)
+    assert rig.store.count() == 0
+    assert rig.daemon.screen(time.monotonic()) == Screen("no_face")
+    assert rig.screen.image.tobytes() == render(Screen("no_face"), (128, 64), "1").tobytes()
+    rig.close()
+
+
+def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_path):
+    db = tmp_path / "feedback.db"
+    rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1})
+    rig.steps(2)
+    os.chmod(db, 0o444)  # read-only file: the write fails
+    rig.store.db.execute("PRAGMA query_only = ON")  # root ignores file modes; make sure it fails
+    rig.press()
+    rig.steps(1)
+    assert rig.daemon.screen(time.monotonic()).title == "Storage error"
+    assert rig.store.count() == 0
+    rig.store.db.execute("PRAGMA query_only = OFF")
+    os.chmod(db, 0o644)
+    time.sleep(0.15)
+    rig.steps(1)
+    assert rig.store.count() == 1 and rig.daemon.storage_error is None
+    rig.close()
+
+
+CHILD = """
+import sys
+from device.storage import Entry, FeedbackLog
+log = FeedbackLog(sys.argv[1])
+e = Entry("Happy", 5, 0.9, {"Happy": 0.9, "Sad": 0.1}, "0" * 64, "pi")
+while True:
+    print(log.add(e), flush=True)
+"""
+
+
+def test_power_cut_loses_no_acknowledged_entry(tmp_path):
+    """200 times: a writer is SIGKILLed at a random moment; every id it printed (after the
+    commit returned) must be in the log, and the file must pass integrity_check."""
+    db = tmp_path / "feedback.db"
+    rng = np.random.default_rng(0)
+    acknowledged: set[int] = set()
+    for _ in range(200):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, cwd=ROOT)
+        time.sleep(float(rng.uniform(0.03, 0.12)))
+        child.kill()
+        out, _ = child.communicate()
+        acknowledged.update(int(x) for x in out.split())
+    log = FeedbackLog(db)
+    assert log.integrity_ok()
+    stored = {r["id"] for r in log.rows()}
+    assert acknowledged and acknowledged <= stored
+    log.close()
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[camera]\nsorce = 'demo'\n", "unknown key camera.sorce"),
+        ("[button]\npin = 'seventeen'\n", "button.pin: expected int"),
+        ("[detector]\nconfidence = 1.5\n", "detector.confidence: 1.5 is out of range"),
+        ("[display]\ndriver = 'hdmi'\n", "display.driver: 'hdmi' is not one of"),
+        ("[gpio]\npin = 4\n", "unknown section [gpio]"),
+        ("[rating.map]\nJoyful = 5\n", "rating.map.Joyful: unknown emotion"),
+        ("[camera\n", "cannot read config"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match="config.toml") as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert cli.main(["--config", str(path), "check"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_example_config_is_the_defaults(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(line[2:] if line.startswith("# ") and " = " in line else line
+                              for line in example_toml().splitlines()))
+    assert load_config(path) == load_config(None)
+
+
+def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
+    base = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db")]
+    assert cli.main([*base, "--model", str(tmp_path / "none.tflite")]) == 2
+    assert "none.tflite: emotion model not found" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in (model.name, model.with_suffix(".json").name):
+        shutil.copy(model.parent / name, bad / name)
+    data = bytearray((bad / model.name).read_bytes())
+    data[-64] ^= 1
+    (bad / model.name).write_bytes(bytes(data))
+    assert cli.main([*base, "--model", str(bad / model.name)]) == 2
+    assert "does not match its manifest" in capsys.readouterr().err
+    assert cli.main([*base, "--model", str(model), "--detector-dir", str(tmp_path)]) == 2
+    assert "face-detector file missing" in capsys.readouterr().err
+
+
+def test_failing_source_recovers():
+    good = np.zeros((4, 4, 3), np.uint8)
+    frames = iter([good, SourceError("camera 0: unplugged")] + [good] * 5)
+    opened = []
+
+    class Flaky:
+        def read(self):
+            item = next(frames)
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+        def close(self):
+            pass
+
+    def opener():
+        opened.append(1)
+        if len(opened) == 2:
+            raise SourceError("camera 0: not there yet")
+        return Flaky()
+
+    src = ReconnectingSource(opener, max_backoff_s=0.02)
+    assert src.read() is not None
+    assert src.read() is None and "unplugged" in src.error
+    deadline = time.monotonic() + 2
+    frame = None
+    while frame is None and time.monotonic() < deadline:
+        frame = src.read()
+        time.sleep(0.005)
+    assert frame is not None and src.error is None and len(opened) == 3
+
+
+def test_sigterm_exits_zero_within_two_seconds(model, face_folder, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path", str(face_folder),
+         "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db"), "--model", str(model)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until the loop runs
+        lines.append(line)
+        if "running" in line:
+            break
+    assert proc.poll() is None, "".join(lines)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert time.monotonic() - t < 2.0
+
+
+def test_analyze_json_finds_the_face(model):
+    r = subprocess.run([sys.executable, "-m", "device.cli", "analyze", "--json", "--model", str(model), str(photo())],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["file"] == str(photo()) and len(result["faces"]) == 1
+    face = result["faces"][0]
+    x0, y0, x1, y1 = face["box"]
+    assert 150 < x0 < x1 < 380 and 90 < y0 < y1 < 360  # Grace Hopper's face in the 512x600 photo
+    assert result["emotion"] == face["emotion"] and abs(sum(face["probabilities"].values()) - 1) < 0.05
+    assert face["rating"] in (1, 2, 3, 4, 5)
+
+
+def test_export_csv(tmp_path, capsys):
+    from device.storage import Entry
+
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("date,time,rating,emotion") and ",5.0,Happy," in lines[1]
+
+
+def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):
+    """Privacy: while the loop sees a face and stores an entry, nothing image-like is written."""
+    import cv2
+    from PIL import Image
+
+    writes = []
+    for target, name in ((cv2, "imwrite"), (cv2, "imencode"), (np, "save"), (Image.Image, "save")):
+        monkeypatch.setattr(target, name, lambda *a, _n=name, **k: writes.append(_n))
+    before = {p for p in tmp_path.rglob("*")}
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.steps(3)
+    rig.press()
+    rig.steps(2)
+    rig.close()
+    assert rig.store is not None and not writes
+    new = {p.name for p in tmp_path.rglob("*")} - {p.name for p in before}
+    assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm"}
+
+
+def test_daemon_run_loop_stops_on_event(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"daemon.stats_interval_s": 1})
+    stop = threading.Event()
+    t = threading.Thread(target=rig.daemon.run, args=(stop,))
+    t.start()
+    time.sleep(0.5)
+    stop.set()
+    t.join(timeout=2)
+    assert not t.is_alive() and rig.daemon.stats.frames > 0
+    rig.close()
+
+
+def test_shipped_example_config_is_current():
+    assert (ROOT / "systemd" / "config.example.toml").read_text() == example_toml()
