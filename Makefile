@@ -9,7 +9,7 @@ MODEL   ?= models/fer_vgg16.keras
 ARGS    ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv models run test lint train evaluate convert bench-train clean
+.PHONY: venv models run test lint train evaluate convert bench bench-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ evaluate: venv
 
 convert: venv
 	$(BIN)/python -m convert --model $(MODEL) --data $(DATA) $(ARGS)
+
+bench: venv models
+	$(BIN)/python -m bench.device --data $(DATA) $(ARGS)
 
 bench-train: venv
 	$(BIN)/python -m bench.train_pipeline $(ARGS)

@@ -1,0 +1,172 @@
+"""`make bench`: the appliance's speed and the crop round trip, on this machine, one thread.
+
+    python -m bench.device [--model models/fer_vgg16_int8.tflite] [--float models/fer_vgg16.keras]
+
+1. ms per stage (capture, detect, classify, render) and end-to-end frames/s on fixed frames,
+   against the paper's approach (the float Keras model's `predict` per face, same detector);
+2. press-to-committed-row latency p50/p99 of the SQLite log;
+3. peak RSS of `feedbackd run` on an image folder;
+4. the crop round trip: FER-2013 PublicTest faces, upscaled and pasted into larger frames, go
+   through detector, crop and classifier for several crop geometries; accuracy is printed
+   beside direct classification of the same faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.detector import CropGeometry, FaceDetector, choose_face, crop_face
+from device.display import Screen, render
+from device.model import EmotionClassifier
+from device.preprocess import DEFAULT_SPEC, preprocess, to_gray
+from device.storage import Entry, FeedbackLog
+from training import data as fer
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRIES = [CropGeometry(s, d) for s in (0.8, 0.9, 1.0, 1.1) for d in (0.0, 0.05, 0.1)]
+
+
+def paste_frames(faces: np.ndarray, seed: int, size: tuple[int, int] = (480, 640)) -> list[np.ndarray]:
+    """Each face upscaled to 150-260 px (bicubic) and pasted at a random spot of a textured
+    640x480 frame, as a checkout camera would see a customer."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for face in faces:
+        h, w = size
+        bg = cv2.GaussianBlur(rng.integers(40, 200, (h // 8, w // 8), dtype=np.uint8), (5, 5), 0)
+        frame = cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+        side = int(rng.integers(150, 260))
+        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        frame[y : y + side, x : x + side] = big
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    return frames
+
+
+def ms(samples: list[float]) -> str:
+    return f"{1000 * float(np.mean(samples)):7.2f} ms"
+
+
+def pipeline_timing(frames, detector, classify, geometry) -> dict[str, list[float]]:
+    t: dict[str, list[float]] = {k: [] for k in ("capture", "detect", "classify", "render", "total")}
+    for frame in frames:
+        t0 = time.perf_counter()
+        f = frame.copy()  # capture: the frame handed over by the source
+        t1 = time.perf_counter()
+        box = choose_face(detector.detect(f), f.shape)
+        t2 = time.perf_counter()
+        probs = classify(crop_face(to_gray(f), box, geometry)) if box else None
+        t3 = time.perf_counter()
+        render(Screen("live", "Happy" if probs is not None else None, 5, 5, True), (128, 64), "1")
+        t4 = time.perf_counter()
+        for k, a, b in (("capture", t0, t1), ("detect", t1, t2), ("classify", t2, t3), ("render", t3, t4),
+                        ("total", t0, t4)):
+            t[k].append(b - a)
+    return t
+
+
+def press_to_commit(n: int = 300) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
+        log = FeedbackLog(Path(d) / "bench.db")
+        e = Entry("Happy", 5, 0.9, {"Happy": 0.9}, "0" * 64, "bench")
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            log.add(e)
+            times.append(time.perf_counter() - t)
+        log.close()
+    return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
+
+
+def peak_rss_mb(model: Path, frames_dir: Path, seconds: float = 12.0) -> float:
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
+        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path",
+                                 str(frames_dir), "--display", "none", "--button", "none", "--model", str(model),
+                                 "--threads", "1", "--db", str(Path(d) / "rss.db")],
+                                cwd=ROOT, stderr=subprocess.DEVNULL)
+        time.sleep(seconds)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        proc.terminate()
+        proc.wait(timeout=10)
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=ROOT / "models/fer_vgg16_int8.tflite")
+    p.add_argument("--float", dest="float_model", type=Path, default=ROOT / "models/fer_vgg16.keras")
+    p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
+    p.add_argument("--frames", type=int, default=40, help="frames for the stage timing")
+    p.add_argument("--round-trip", type=int, default=700, help="PublicTest faces for the crop round trip")
+    args = p.parse_args(argv)
+    (ROOT / "build").mkdir(exist_ok=True)
+
+    test = fer.load_split(args.data, fer.eval_split_name(args.data))
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.permutation(len(test))[: max(args.frames, args.round_trip)])
+    detector = FaceDetector(ROOT / "models/face")
+    clf = EmotionClassifier(args.model, num_threads=1)
+    geometry = CropGeometry()
+
+    # 1. stages and the paper's approach
+    frames = paste_frames(test.x[pick[: args.frames]], seed=1)
+    ours = pipeline_timing(frames, detector, clf.predict, geometry)
+    print(f"pipeline ({args.model.name}, 1 thread, {len(frames)} frames of 640x480):")
+    for k in ("capture", "detect", "classify", "render"):
+        print(f"  {k:<9}{ms(ours[k])}")
+    ours_fps = 1 / np.mean(ours["total"])
+    print(f"  end-to-end {ours_fps:6.1f} frames/s")
+    if args.float_model.exists():
+        import keras
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        km = keras.saving.load_model(args.float_model, compile=False)
+        paper = pipeline_timing(frames, detector, lambda face: km.predict(preprocess(face, DEFAULT_SPEC), verbose=0),
+                                geometry)
+        paper_fps = 1 / np.mean(paper["total"])
+        print(f"paper's approach (Keras predict per face, float32): classify {ms(paper['classify'])}, "
+              f"end-to-end {paper_fps:.1f} frames/s -> ours is {ours_fps / paper_fps:.1f}x (target >= 4x)")
+
+    # 2. press to committed row
+    p50, p99 = press_to_commit()
+    print(f"press-to-commit: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 20 ms)")
+
+    # 3. peak RSS of the daemon
+    import cv2
+
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
+        for i, f in enumerate(frames[:5]):
+            cv2.imwrite(str(Path(d) / f"f{i}.png"), f)  # synthetic benchmark frames, not camera frames
+        print(f"peak RSS of feedbackd run: {peak_rss_mb(args.model, Path(d)):.0f} MB (target <= 150 MB)")
+
+    # 4. the crop round trip
+    faces, labels = test.x[pick[: args.round_trip]], test.y[pick[: args.round_trip]]
+    direct = clf.predict_batched(faces).argmax(1)
+    direct_acc = float((direct == labels).mean())
+    frames = paste_frames(faces, seed=2)
+    boxes = [choose_face(detector.detect(f), f.shape) for f in frames]
+    found = [i for i, b in enumerate(boxes) if b is not None]
+    print(f"crop round trip: {len(found)}/{len(faces)} faces found; direct accuracy {direct_acc:.2%} "
+          f"on all, {float((direct[found] == labels[found]).mean()):.2%} on the found ones")
+    print("  scale shift_y  accuracy  gap (points, vs direct on the found faces)")
+    for g in GEOMETRIES:
+        crops = np.stack([crop_face(to_gray(frames[i]), boxes[i], g) for i in found])
+        acc = float((clf.predict_batched(crops).argmax(1) == labels[found]).mean())
+        gap = 100 * (acc - float((direct[found] == labels[found]).mean()))
+        print(f"  {g.scale:5.2f} {g.shift_y:7.2f}  {acc:8.2%}  {gap:+6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
