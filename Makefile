@@ -33,7 +33,14 @@ run: venv models
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
 	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
-test: venv models
+# A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images.
+OLD_VENV := .venv-tflite
+$(OLD_VENV)/.installed:
+	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4"
+	@touch $@
+
+test: venv models $(OLD_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
