@@ -75,7 +75,7 @@ used here; the best epoch was selected on PublicTest, so this figure is slightly
 - Architecture: {record['architecture']}, {record['parameters']:,} parameters, batch norm, dropout.
 - {lineage}
 - This run: {record['epochs']} epochs, best epoch {record['best_epoch']}, wall time {hours:.2f} h on
-  a {record['cpu']} CPU (2 cores, float32, XLA, oneDNN).
+  {record['cpu']} ({record['precision']}, XLA, oneDNN).
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.
 - Code: commit `{record['code_commit']}`; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from device.model import sha256_file
 from device.preprocess import CLASSES, DISPLAY_NAMES
 
 SIZE = 48
@@ -55,14 +56,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _tree_sha256(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
@@ -73,7 +66,7 @@ def _tree_sha256(root: Path) -> str:
 
 def source_checksum(path: Path) -> str:
     """sha256 of a file source, or of every path and byte under a folder source."""
-    return _tree_sha256(path) if path.is_dir() else file_sha256(path)
+    return _tree_sha256(path) if path.is_dir() else sha256_file(path)
 
 
 def detect_form(path: Path) -> str:

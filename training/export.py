@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.model import sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.metrics import report
@@ -24,11 +25,21 @@ from training.metrics import report
 MODEL_NAME = "fer_vgg16"
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
 def warm_start_lineage(init: str | None) -> dict | None:
     """What a warm start began from (read before the export may overwrite that file)."""
     if not init or not Path(init).is_file():
         return None
-    entry = {"file": Path(init).name, "sha256": fer.file_sha256(Path(init))}
+    entry = {"file": Path(init).name, "sha256": sha256_file(Path(init))}
     record_path = Path(init).with_name(Path(init).stem + ".train.json")
     if record_path.exists():
         prev = json.loads(record_path.read_text())
@@ -48,7 +59,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     from training.card import write_card
     from training.model import build_vgg16
     from training.plots import confusion_png, curves_png
-    from training.train import predict
+    from training.train import cpu_has_bf16, predict
 
     cfg = json.loads((run / "config.json").read_text())
     state = json.loads((run / "state.json").read_text())
@@ -69,7 +80,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     commit_file = run / "code_commit"
     record = {
         "model": path.name,
-        "sha256": fer.file_sha256(path),
+        "sha256": sha256_file(path),
         "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
         "parameters": int(model.count_params()),
         "input": DEFAULT_SPEC.to_dict(),
@@ -94,7 +105,9 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "keras": keras.__version__,
             "numpy": np.__version__,
         },
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "precision": "mixed_bfloat16" if cfg["precision"] == "bfloat16" or (
+            cfg["precision"] == "auto" and cpu_has_bf16()) else "float32",
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }
