@@ -153,7 +153,7 @@ class Daemon:
     def run(self, stop: threading.Event) -> None:
         self.notifier.ready()
         self.notifier.status("running")
-        log.info("running: %s", self.stats.line())
+        log.info("running")
         next_stats = time.monotonic() + self.cfg["daemon"]["stats_interval_s"]
         next_ping = 0.0
         fps = self.cfg["camera"]["fps"]
