@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from convert.report import write_report
 
-        report_tmp = write_report(args.out / ".CONVERT_REPORT.tmp.md", args, source, float_report, rows, len(test))
+        report_tmp = write_report(args.out / ".CONVERT_REPORT.tmp.md", args, source, float_report, rows, len(test),
+                                  len(calib))
         for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
             os.replace(manifest_path(tmp), manifest_path(final))
             os.replace(tmp, final)

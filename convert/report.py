@@ -11,7 +11,8 @@ TARGETS = (
 )
 
 
-def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int) -> Path:
+def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int,
+                 calibration_faces: int) -> Path:
     ref = next(r for r in rows if r["variant"] == "float32")
     lines = [
         "# Conversion report",
@@ -35,7 +36,7 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
     lines += [
         "",
         f"Targets: {TARGETS}",
-        f"int8 calibration: {args.calibration} class-stratified FER-2013 Training faces, seed {args.seed}.",
+        f"int8 calibration: {calibration_faces} class-stratified FER-2013 Training faces, seed {args.seed}.",
         "",
         "Reproduce: `make convert` (or `python -m convert --data DATA`).",
         "",
