@@ -25,7 +25,7 @@ import numpy as np
 from device.detector import CropGeometry, FaceDetector, choose_face, crop_face
 from device.display import Screen, render
 from device.model import EmotionClassifier
-from device.preprocess import DEFAULT_SPEC, preprocess, to_gray
+from device.preprocess import DEFAULT_SPEC, preprocess
 from device.storage import Entry, FeedbackLog
 from training import data as fer
 
@@ -64,7 +64,7 @@ def pipeline_timing(frames, detector, classify, geometry) -> dict[str, list[floa
         t1 = time.perf_counter()
         box = choose_face(detector.detect(f), f.shape)
         t2 = time.perf_counter()
-        probs = classify(crop_face(to_gray(f), box, geometry)) if box else None
+        probs = classify(crop_face(f, box, geometry)) if box else None
         t3 = time.perf_counter()
         render(Screen("live", "Happy" if probs is not None else None, 5, 5, True), (128, 64), "1")
         t4 = time.perf_counter()
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
           f"on all, {float((direct[found] == labels[found]).mean()):.2%} on the found ones")
     print("  scale shift_y  accuracy  gap (points, vs direct on the found faces)")
     for g in GEOMETRIES:
-        crops = np.stack([crop_face(to_gray(frames[i]), boxes[i], g) for i in found])
+        crops = np.stack([crop_face(frames[i], boxes[i], g) for i in found])
         acc = float((clf.predict_batched(crops).argmax(1) == labels[found]).mean())
         gap = 100 * (acc - float((direct[found] == labels[found]).mean()))
         print(f"  {g.scale:5.2f} {g.shift_y:7.2f}  {acc:8.2%}  {gap:+6.1f}")

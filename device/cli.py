@@ -157,18 +157,16 @@ def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassif
     import cv2
 
     from device.detector import CropGeometry
-    from device.preprocess import to_gray
 
     frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if frame is None:
         return {"file": str(path), "error": "cannot decode image", "faces": [], "emotion": None}
     boxes = detector.detect(frame)
     geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
-    gray = to_gray(frame)
     names = classifier.manifest.display_names
     faces = []
     for box in boxes:
-        probs = classifier.predict(crop_face(gray, box, geometry, classifier.spec.size))[0]
+        probs = classifier.predict(crop_face(frame, box, geometry, classifier.spec.size))[0]
         best = int(probs.argmax())
         faces.append({"box": box.as_list(), "detection": round(box.confidence, 4), "emotion": names[best],
                       "confidence": round(float(probs[best]), 4),

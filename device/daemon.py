@@ -17,7 +17,6 @@ import numpy as np
 from device.detector import CropGeometry, choose_face, crop_face
 from device.display import Screen
 from device.notify import Notifier
-from device.preprocess import to_gray
 from device.reading import Reading, Smoother
 from device.storage import Entry, StorageError
 
@@ -82,7 +81,7 @@ class Daemon:
         box = choose_face(boxes, frame.shape)
         if box is None:
             return
-        face = crop_face(to_gray(frame), box, self.geometry, self.classifier.spec.size)
+        face = crop_face(frame, box, self.geometry, self.classifier.spec.size)
         probs = self.classifier.predict(face)[0]
         self.stats.seconds["classify"] += time.monotonic() - t
         self.stats.faces += 1

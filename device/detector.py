@@ -110,11 +110,12 @@ class CropGeometry:
     shift_y: float = 0.0
 
 
-def crop_face(gray: np.ndarray, box: Box, geometry: CropGeometry, size: int = 48) -> np.ndarray:
-    """A size x size uint8 face: the square crop, clamped to the frame, then resized."""
-    from device.preprocess import resize_square
+def crop_face(frame: np.ndarray, box: Box, geometry: CropGeometry, size: int = 48) -> np.ndarray:
+    """A size x size uint8 gray face: the square crop, clamped to the frame, made gray (only
+    the crop, not the whole frame), then resized."""
+    from device.preprocess import resize_square, to_gray
 
-    h, w = gray.shape[:2]
+    h, w = frame.shape[:2]
     side = max(box.width, box.height) * geometry.scale
     side = max(2.0, min(side, w, h))  # a square must fit in the frame
     cx = (box.x0 + box.x1) / 2
@@ -122,4 +123,4 @@ def crop_face(gray: np.ndarray, box: Box, geometry: CropGeometry, size: int = 48
     x0 = int(round(min(max(cx - side / 2, 0), w - side)))
     y0 = int(round(min(max(cy - side / 2, 0), h - side)))
     s = int(round(side))
-    return resize_square(np.ascontiguousarray(gray[y0 : y0 + s, x0 : x0 + s]), size)
+    return resize_square(np.ascontiguousarray(to_gray(frame[y0 : y0 + s, x0 : x0 + s])), size)
