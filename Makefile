@@ -9,7 +9,7 @@ MODEL   ?= models/fer_vgg16.keras
 ARGS    ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv models run test lint train evaluate convert bench bench-train clean
+.PHONY: venv models run test lint train evaluate convert bench bench-train install uninstall status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,27 @@ bench: venv models
 
 bench-train: venv
 	$(BIN)/python -m bench.train_pipeline $(ARGS)
+
+# The kiosk: `sudo make install` on the Pi (systemd/install.sh says what it does), `sudo make
+# uninstall` (PURGE=1 also removes the logged feedback and the config), `sudo make status`.
+# DESTDIR=/tmp/root installs into a folder instead, without root, apt, a user or systemctl.
+PREFIX  ?= /opt/feedbackd
+DESTDIR ?=
+KIOSK   := DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)"
+
+install:
+	$(KIOSK) bash systemd/install.sh
+
+uninstall:
+	$(KIOSK) PURGE="$(PURGE)" bash systemd/uninstall.sh
+
+status:
+	@systemctl status --no-pager feedbackd.service || true
+	@test -x /usr/local/bin/feedbackd || { echo "feedbackd is not installed: sudo make install"; exit 1; }
+	@if systemctl is-active --quiet feedbackd.service; then \
+	    echo "check (the running service holds the camera, display and button; stop it to check those):"; \
+	    /usr/local/bin/feedbackd check --skip camera --skip display --skip button; \
+	else /usr/local/bin/feedbackd check; fi
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -4,13 +4,16 @@ and the file. `config.example.toml` lists every key with its default."""
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+# Relative model and detector paths resolve against FEEDBACKD_HOME (set by `make install`),
+# else the source tree this module runs from.
+ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents[1])
 DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
 DEFAULT_RATINGS = {"Happy": 5, "Surprised": 4, "Neutral": 3, "Sad": 2, "Fearful": 2, "Disgusted": 1, "Angry": 1}
 

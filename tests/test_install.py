@@ -1,0 +1,139 @@
+"""`make install` into a DESTDIR (no root, apt, user or systemctl): the tree it lays out, the unit
+systemd verifies and scores, the installed command working from the installed files, and the
+upgrade / uninstall / purge cycle keeping what a store cannot lose."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from device.storage import Entry, FeedbackLog
+
+PREFIX = "/opt/feedbackd"
+ANALYZE = shutil.which("systemd-analyze")
+needs_systemd = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing (.ci/run installs it)")
+
+
+def make(target: str, dest: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-C", str(ROOT), target, f"DESTDIR={dest}"], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    r = make("install", root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root
+
+
+def unit_value(unit: Path, key: str) -> str:
+    return re.search(rf"^{key}=(.*)$", unit.read_text(), re.M).group(1)
+
+
+def with_system_units(root: Path) -> Path:
+    """systemd-analyze --root needs the targets the unit hangs on (multi-user.target...)."""
+    units = root / "usr/lib/systemd/system"
+    if not units.exists():
+        shutil.copytree("/usr/lib/systemd/system", units, symlinks=True)
+    return root
+
+
+def test_install_lays_out_the_tree(dest):
+    opt = dest / PREFIX.lstrip("/")
+    for path in ["etc/systemd/system/feedbackd.service", "etc/feedbackd/config.toml",
+                 "etc/feedbackd/config.example.toml", "usr/local/bin/feedbackd", "var/lib/feedbackd",
+                 f"{PREFIX}/README.md", f"{PREFIX}/models/fer_vgg16_int8.tflite",
+                 f"{PREFIX}/models/fer_vgg16_int8.json",
+                 f"{PREFIX}/models/face/deploy.prototxt",
+                 f"{PREFIX}/models/face/res10_300x300_ssd_iter_140000.caffemodel"]:
+        assert (dest / path.lstrip("/")).exists(), path
+    assert (opt / "models/fer_vgg16_int8.tflite").read_bytes() == (ROOT / "models/fer_vgg16_int8.tflite").read_bytes()
+    assert f"FEEDBACKD_HOME={PREFIX}" in (dest / "usr/local/bin/feedbackd").read_text()
+
+
+def test_exec_start_is_what_the_install_created(dest, tmp_path):
+    unit = dest / "etc/systemd/system/feedbackd.service"
+    command, *args = unit_value(unit, "ExecStart").split()
+    assert command == f"{PREFIX}/venv/bin/feedbackd" and args == ["run", "--config", "/etc/feedbackd/config.toml"]
+    assert os.access(dest / command.lstrip("/"), os.X_OK)
+    # The installed command, its venv and the installed config, model and detector files work together.
+    env = {**os.environ, "FEEDBACKD_HOME": str(dest / PREFIX.lstrip("/"))}
+    r = subprocess.run([str(dest / command.lstrip("/")), "--config", str(dest / "etc/feedbackd/config.toml"), "check",
+                        "--skip", "camera", "--skip", "display", "--skip", "button", "--db", str(tmp_path / "f.db")],
+                       capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line.split()[:2] for line in r.stdout.splitlines()] == [["ok", "detector"], ["ok", "model"],
+                                                                      ["ok", "storage"]]
+
+
+@needs_systemd
+def test_unit_verifies(dest, tmp_path):
+    root = with_system_units(dest)
+    r = subprocess.run([ANALYZE, "verify", f"--root={root}", "/etc/systemd/system/feedbackd.service"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The same check refuses a unit whose command the install did not create.
+    broken = root / "etc/systemd/system/feedbackd-broken.service"
+    broken.write_text((root / "etc/systemd/system/feedbackd.service").read_text().replace("/venv/", "/nowhere/"))
+    r = subprocess.run([ANALYZE, "verify", f"--root={root}", "/etc/systemd/system/feedbackd-broken.service"],
+                       capture_output=True, text=True)
+    broken.unlink()
+    assert r.returncode != 0 and "/nowhere/bin/feedbackd" in r.stderr
+
+
+@needs_systemd
+def test_unit_security_exposure_is_ok(dest):
+    r = subprocess.run([ANALYZE, "security", "--offline=true", f"--root={with_system_units(dest)}",
+                        "feedbackd.service"], capture_output=True, text=True)
+    exposure = float(re.search(r"Overall exposure level for feedbackd.service: (\d+\.\d+)", r.stdout).group(1))
+    assert exposure <= 2.0, r.stdout[-3000:]
+
+
+def test_unsupported_os_is_refused(tmp_path):
+    release = tmp_path / "os-release"
+    release.write_text('ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04 LTS"\n')
+    r = make("install", tmp_path / "root", OS_RELEASE=str(release))
+    assert r.returncode != 0
+    assert "unsupported release 'Ubuntu 24.04 LTS'" in r.stderr and str(release) in r.stderr
+    release.write_text('ID=fedora\nVERSION_ID=41\nPRETTY_NAME="Fedora Linux 41"\n')
+    r = make("install", tmp_path / "root", OS_RELEASE=str(release))
+    assert r.returncode != 0 and "unsupported OS 'Fedora Linux 41'" in r.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_upgrade_keeps_config_and_uninstall_keeps_data(dest):
+    """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
+    config = dest / "etc/feedbackd/config.toml"
+    config.write_text(config.read_text().replace('# driver = "ssd1306"', 'driver = "st7789"'))
+    edited = config.read_text()
+    log = FeedbackLog(dest / "var/lib/feedbackd/feedback.db")
+    log.add(Entry(emotion="Happy", rating=5, confidence=0.9, probabilities={"Happy": 0.9, "Neutral": 0.1},
+                  model_sha256="0" * 64, device_id="till-3"))
+    log.close()
+
+    r = make("install", dest)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "kept /etc/feedbackd/config.toml" in r.stdout
+    assert config.read_text() == edited
+
+    r = make("uninstall", dest)
+    assert r.returncode == 0, r.stderr
+    assert not (dest / PREFIX.lstrip("/")).exists()
+    assert not (dest / "etc/systemd/system/feedbackd.service").exists()
+    assert not (dest / "usr/local/bin/feedbackd").exists()
+    assert config.read_text() == edited
+    log = FeedbackLog(dest / "var/lib/feedbackd/feedback.db")
+    assert log.count() == 1 and log.integrity_ok()
+    log.close()
+
+    r = subprocess.run(["make", "-C", str(ROOT), "uninstall", f"DESTDIR={dest}", "PURGE=1"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (dest / "var/lib/feedbackd").exists() and not (dest / "etc/feedbackd").exists()
