@@ -5,10 +5,36 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-TARGETS = (
-    "int8 file at most 30 % of float32's size; int8 single-thread latency per face at most 40 % of "
-    "float32's; int8 PublicTest accuracy within 1.0 point of the float model (0.5 is the goal)."
-)
+from training.export import cpu_name
+
+
+def int8_dot_product() -> str:
+    """The int8 dot-product instructions of this CPU, which decide how much faster int8 runs."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        flags = []
+    found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp") if f in flags]
+    return ", ".join(found) or "none (no VNNI / dot-product)"
+
+
+def target_lines(int8: dict, ref: dict, drop_points: float) -> list[str]:
+    """Each target of the issue with the measured figure and whether it was met."""
+    size, latency = int8["size"] / ref["size"], int8["latency_ms"] / ref["latency_ms"]
+    checks = [
+        ("int8 file at most 30 % of float32's size", f"{size:.0%}", size <= 0.30),
+        ("int8 single-thread latency per face at most 40 % of float32's", f"{latency:.0%}", latency <= 0.40),
+        ("int8 PublicTest accuracy within 1.0 point of float (0.5 is the goal)", f"{drop_points:+.2f} points",
+         drop_points >= -1.0),
+    ]
+    lines = ["| target | measured | |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in checks]
+    if latency > 0.40:
+        lines += ["", f"int8 dot-product instructions on this CPU: {int8_dot_product()}. Without them XNNPACK's "
+                  "int8 kernels widen to 16 bits and gain little over float32, so this ratio is a property of the "
+                  "workstation; `make bench` on the Pi measures the one that matters."]
+    return lines
 
 
 def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int,
@@ -20,7 +46,7 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         f"Source: `{source['file']}` (sha256 `{source['sha256'][:16]}…`), float PublicTest accuracy "
         f"**{float_report['accuracy']:.2%}**, macro-F1 {float_report['macro_f1']:.4f} ({n} faces).",
         f"Each variant was evaluated through the device's LiteRT classifier; latency is the median of "
-        f"{args.latency_runs} single-face invokes on one thread ({platform.machine()}, this workstation).",
+        f"{args.latency_runs} single-face invokes on one thread ({cpu_name()}, {platform.machine()}).",
         "",
         "| variant | file | accuracy | Δ vs float (points) | macro-F1 | agreement with float | size (MB) "
         "| size vs float32 | latency (ms/face) | latency vs float32 |",
@@ -33,9 +59,11 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
             f"{r['size'] / 1e6:.2f} | {r['size'] / ref['size']:.0%} | {r['latency_ms']:.2f} | "
             f"{r['latency_ms'] / ref['latency_ms']:.0%} |"
         )
+    int8 = next((r for r in rows if r["variant"] == "int8"), None)
+    if int8:
+        lines += ["", *target_lines(int8, ref, 100 * (int8["accuracy"] - float_report["accuracy"]))]
     lines += [
         "",
-        f"Targets: {TARGETS}",
         f"int8 calibration: {calibration_faces} class-stratified FER-2013 Training faces, seed {args.seed}.",
         "",
         "Reproduce: `make convert` (or `python -m convert --data DATA`).",

@@ -36,7 +36,10 @@ check_os() {
     case "$VERSION_ID" in 12|13) ;; *)
         die "unsupported release '${PRETTY_NAME:-$VERSION_ID}' ($OS_RELEASE): Debian 12 (bookworm) or 13 (trixie) based only" ;;
     esac
-    say "OS: ${PRETTY_NAME:-$ID $VERSION_ID}"
+    case "$(uname -m)" in aarch64|x86_64) ;; *)
+        die "$(uname -m) is not supported: install the 64-bit Raspberry Pi OS (LiteRT has no 32-bit wheels)" ;;
+    esac
+    say "OS: ${PRETTY_NAME:-$ID $VERSION_ID} ($(uname -m))"
 }
 
 on_pi() { grep -qs "Raspberry Pi" /proc/device-tree/model; }

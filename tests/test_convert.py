@@ -13,6 +13,7 @@ import pytest
 from conftest import FACE_DIR, ROOT
 
 from convert.convert import main as convert_main
+from convert.report import target_lines
 from device.detector import CAFFEMODEL, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
 from device.preprocess import CLASSES
@@ -42,6 +43,18 @@ def test_report_lists_every_variant(converted):
     for variant in ("float32", "int8", "float16", "dynamic"):
         assert f"| {variant} |" in report
     assert not list(converted.glob(".*tmp*")), "staging files left behind"
+    assert "| int8 file at most 30 % of float32's size |" in report
+
+
+def test_report_says_which_targets_were_met():
+    ref = {"size": 64e6, "latency_ms": 20.0}
+    lines = target_lines({"size": 16e6, "latency_ms": 15.0}, ref, -0.25)
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in lines[2:5]]
+    assert verdicts == ["met", "**missed**", "met"]
+    assert "75%" in lines[3] and "dot-product" in lines[-1]
+    lines = target_lines({"size": 25e6, "latency_ms": 7.0}, ref, -1.5)
+    assert [line.rsplit("|", 2)[1].strip() for line in lines[2:5]] == ["**missed**", "met", "**missed**"]
+    assert len(lines) == 5
 
 
 def test_refusal_leaves_models_byte_for_byte_unchanged(converted, tiny_model, fer_csv, capsys):
