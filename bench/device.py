@@ -30,6 +30,7 @@ from device.storage import Entry, FeedbackLog
 from training import data as fer
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("stages", "commit", "rss", "crop")
 GEOMETRIES = [CropGeometry(s, d) for s in (0.8, 0.9, 1.0, 1.1) for d in (0.0, 0.05, 0.1)]
 
 
@@ -107,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
     p.add_argument("--frames", type=int, default=40, help="frames for the stage timing")
     p.add_argument("--round-trip", type=int, default=700, help="PublicTest faces for the crop round trip")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        p.error(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
     (ROOT / "build").mkdir(exist_ok=True)
 
     test = fer.load_split(args.data, fer.eval_split_name(args.data))
@@ -117,8 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     clf = EmotionClassifier(args.model, num_threads=1)
     geometry = CropGeometry()
 
-    # 1. stages and the paper's approach
     frames = paste_frames(test.x[pick[: args.frames]], seed=1)
+    if "stages" in parts:
+        stages(args, frames, detector, clf, geometry)
+    if "commit" in parts:
+        p50, p99 = press_to_commit()
+        print(f"press-to-commit: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 20 ms)")
+    if "rss" in parts:
+        import cv2
+
+        with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
+            for i, f in enumerate(frames[:5]):
+                cv2.imwrite(str(Path(d) / f"f{i}.png"), f)  # synthetic benchmark frames, not camera frames
+            print(f"peak RSS of feedbackd run: {peak_rss_mb(args.model, Path(d)):.0f} MB (target <= 150 MB)")
+    if "crop" in parts:
+        crop_round_trip(test.x[pick[: args.round_trip]], test.y[pick[: args.round_trip]], detector, clf)
+    return 0
+
+
+def stages(args, frames, detector, clf, geometry) -> None:
+    """ms per stage and frames/s, ours against the paper's Keras predict per face."""
     ours = pipeline_timing(frames, detector, clf.predict, geometry)
     print(f"pipeline ({args.model.name}, 1 thread, {len(frames)} frames of 640x480):")
     for k in ("capture", "detect", "classify", "render"):
@@ -138,20 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paper's approach (Keras predict per face, float32): classify {ms(paper['classify'])}, "
               f"end-to-end {paper_fps:.1f} frames/s -> ours is {ours_fps / paper_fps:.1f}x (target >= 4x)")
 
-    # 2. press to committed row
-    p50, p99 = press_to_commit()
-    print(f"press-to-commit: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 20 ms)")
 
-    # 3. peak RSS of the daemon
-    import cv2
-
-    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
-        for i, f in enumerate(frames[:5]):
-            cv2.imwrite(str(Path(d) / f"f{i}.png"), f)  # synthetic benchmark frames, not camera frames
-        print(f"peak RSS of feedbackd run: {peak_rss_mb(args.model, Path(d)):.0f} MB (target <= 150 MB)")
-
-    # 4. the crop round trip
-    faces, labels = test.x[pick[: args.round_trip]], test.y[pick[: args.round_trip]]
+def crop_round_trip(faces: np.ndarray, labels: np.ndarray, detector, clf) -> None:
+    """Pasted PublicTest faces through detector, crop and classifier, per crop geometry."""
     direct = clf.predict_batched(faces).argmax(1)
     direct_acc = float((direct == labels).mean())
     frames = paste_frames(faces, seed=2)
@@ -165,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         acc = float((clf.predict_batched(crops).argmax(1) == labels[found]).mean())
         gap = 100 * (acc - float((direct[found] == labels[found]).mean()))
         print(f"  {g.scale:5.2f} {g.shift_y:7.2f}  {acc:8.2%}  {gap:+6.1f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -329,15 +329,34 @@ def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeyp
     assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm"}
 
 
-def test_daemon_run_loop_stops_on_event(model, face_folder, tmp_path):
+def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp_path, caplog):
+    import socket
+
+    from device.notify import Notifier
+
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"daemon.stats_interval_s": 1})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(0.2)
+    rig.daemon.notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
     stop = threading.Event()
     t = threading.Thread(target=rig.daemon.run, args=(stop,))
-    t.start()
-    time.sleep(0.5)
-    stop.set()
-    t.join(timeout=2)
-    assert not t.is_alive() and rig.daemon.stats.frames > 0
+    with caplog.at_level("INFO", logger="feedbackd"):
+        t.start()
+        time.sleep(1.6)
+        stop.set()
+        t.join(timeout=2)
+    assert not t.is_alive()
+    messages = []
+    try:
+        while True:
+            messages.append(sock.recv(256).decode())
+    except TimeoutError:
+        sock.close()
+    assert messages[:2] == ["READY=1", "STATUS=running"] and messages[-1] == "STOPPING=1"
+    assert messages.count("WATCHDOG=1") >= 3  # every WATCHDOG_USEC / 2
+    stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
+    assert stats and "frames/s" in stats[0] and "detect" in stats[0]
     rig.close()
 
 

@@ -1,0 +1,165 @@
+"""The daemon's smaller parts, each against its real library: the steady reading, the sd_notify
+protocol on a real socket, the newest-frame grabber, every screen on both display sizes, the
+PNG and terminal drivers, the LED on a gpiozero mock pin and the keyboard button."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from device.button import GpioButton, KeyboardButton
+from device.config import DEFAULT_RATINGS, load_config
+from device.display import Display, PngDisplay, Screen, TerminalDisplay, render
+from device.notify import Notifier
+from device.preprocess import DISPLAY_NAMES
+from device.reading import Smoother
+from device.sources import LatestFrame, SourceError
+
+HAPPY = np.eye(7)[DISPLAY_NAMES.index("Happy")]
+SAD = np.eye(7)[DISPLAY_NAMES.index("Sad")]
+
+
+def test_reading_is_averaged_over_the_window():
+    s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, window_s=1.0, reset_after_s=2.0, min_confidence=0.4)
+    assert s.reading(0.0) is None
+    for t in (0.0, 0.2, 0.4):
+        s.add(t, HAPPY)
+    s.add(0.6, SAD)  # one odd frame does not flip the label
+    r = s.reading(0.6)
+    assert r.emotion == "Happy" and r.confidence == pytest.approx(0.75) and r.rating == 5 and r.sure
+    for t in (1.0, 1.2, 1.4, 1.6):  # a second later the old frames have left the window
+        s.add(t, SAD)
+    r = s.reading(1.6)
+    assert r.emotion == "Sad" and r.rating == 2 and r.probabilities["Happy"] == 0
+
+
+def test_reading_is_forgotten_when_the_face_leaves():
+    s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, window_s=5.0, reset_after_s=2.0)
+    s.add(0.0, SAD)
+    assert s.reading(1.9) is not None and s.face_seen_within(1.9, 1.95)
+    assert s.reading(2.1) is None and not s.face_seen_within(2.1, 1.5)
+    s.add(3.0, HAPPY)  # a new customer starts a fresh average even inside the 5 s window
+    assert s.reading(3.0).confidence == 1.0
+
+
+def test_flat_probabilities_are_not_sure():
+    s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, min_confidence=0.4)
+    s.add(0.0, np.full(7, 1 / 7))
+    r = s.reading(0.0)
+    assert not r.sure
+    assert Screen("live", None, None, 5, True).text() == "Not sure"
+
+
+def test_custom_rating_scale(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[rating]\nmax = 10\n[rating.map]\nHappy = 10\nAngry = 0\n")
+    cfg = load_config(path)
+    assert cfg["rating"]["map"]["Happy"] == 10 and cfg["rating"]["map"]["Angry"] == 0
+    assert cfg["rating"]["map"]["Neutral"] == DEFAULT_RATINGS["Neutral"]
+    assert Screen("thanks", "Happy", 10, 10).text() == "Thank you! Happy **********"
+
+
+def test_sd_notify_on_a_real_socket(tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(2)
+        n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"})
+        assert n.enabled and n.watchdog_s == 15
+        n.ready()
+        n.watchdog()
+        n.status("running")
+        assert [server.recv(256) for _ in range(3)] == [b"READY=1", b"WATCHDOG=1", b"STATUS=running"]
+    off = Notifier({})
+    assert not off.enabled and off.watchdog_s is None
+    off.ready()  # no socket: a no-op, never an error
+
+
+def test_latest_frame_skips_the_backlog():
+    counter = iter(range(10**6))
+
+    def grab():
+        time.sleep(0.001)
+        return np.full((2, 2), next(counter))
+
+    src = LatestFrame(grab, "fast camera")
+    first = int(src.read()[0, 0])
+    time.sleep(0.2)  # a slow pipeline: ~100 frames were grabbed meanwhile
+    assert int(src.read()[0, 0]) > first + 20
+    src.stop()
+
+
+def test_latest_frame_reports_a_dead_camera():
+    src = LatestFrame(lambda: None, "camera 0", timeout_s=1)
+    with pytest.raises(SourceError, match="camera 0: camera returned no frame"):
+        src.read()
+    src.stop()
+
+
+SCREENS = [Screen("idle"), Screen("live", "Surprised", 4, 5, True), Screen("live", None, None, 5, True),
+           Screen("thanks", "Happy", 5, 5), Screen("no_face"),
+           Screen("error", title="Camera error", detail="reconnecting...")]
+
+
+@pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((240, 240), "RGB")])
+def test_every_screen_draws_inside_the_panel(size, mode):
+    images = [render(s, size, mode) for s in SCREENS]
+    for screen, image in zip(SCREENS, images, strict=True):
+        assert image.size == size and image.mode == mode
+        bbox = image.convert("L").getbbox()
+        assert bbox is not None, f"{screen.kind} is blank"
+        x0, y0, x1, y1 = bbox
+        assert x0 > 0 and y0 >= 0 and x1 < size[0] and y1 <= size[1], f"{screen.kind} touches the edge: {bbox}"
+    assert len({im.tobytes() for im in images}) == len(images), "two screens look the same"
+
+
+def test_png_driver_writes_the_screen(tmp_path):
+    png = PngDisplay(tmp_path / "screens" / "now.png")
+    display = Display(png)
+    assert display.show(Screen("idle")) and not display.show(Screen("idle"))  # unchanged: not redrawn
+    with Image.open(tmp_path / "screens" / "now.png") as im:
+        assert im.convert("1").tobytes() == render(Screen("idle"), (128, 64), "1").tobytes()
+    assert os.listdir(tmp_path / "screens") == ["now.png"]
+
+
+def test_terminal_driver_prints_one_line_per_change():
+    out = io.StringIO()
+    display = Display(TerminalDisplay(out))
+    for s in (Screen("idle"), Screen("idle"), Screen("no_face")):
+        display.show(s)
+    assert out.getvalue().splitlines() == ["[screen] Look at the camera", "[screen] No face - try again"]
+
+
+def test_led_blinks_when_an_entry_is_stored():
+    from gpiozero.pins.mock import MockFactory
+
+    factory = MockFactory()
+    button = GpioButton(17, led_pin=27, bounce_s=0, pin_factory=factory)
+    led = factory.pin(27)
+    assert led.state == 0
+    button.acknowledge()
+    time.sleep(0.7)
+    states = [s for _, s in led.states]
+    assert states.count(1) == 2 and states[-1] == 0  # two blinks, then off
+    button.close()
+
+
+def test_keyboard_button_counts_each_enter():
+    read, write = os.pipe()
+    with os.fdopen(read) as r, os.fdopen(write, "w") as w:
+        button = KeyboardButton(r)
+        w.write("\n\n")
+        w.flush()
+        deadline = time.monotonic() + 2
+        presses: list[float] = []
+        while len(presses) < 2 and time.monotonic() < deadline:
+            presses += button.presses()
+            time.sleep(0.01)
+        assert len(presses) == 2
+        button.close()
