@@ -5,7 +5,7 @@
 1. ms per stage (capture, detect, classify, render) and end-to-end frames/s on fixed frames,
    against the paper's approach (the float Keras model's `predict` per face, same detector);
 2. press-to-committed-row latency p50/p99 of the SQLite log;
-3. peak RSS of `feedbackd run` on an image folder;
+3. peak RSS of `feedbackd run` on an image folder (private and file-backed);
 4. the crop round trip: FER-2013 PublicTest faces, upscaled and pasted into larger frames, go
    through detector, crop and classifier for several crop geometries; accuracy is printed
    beside direct classification of the same faces.
@@ -88,7 +88,9 @@ def press_to_commit(n: int = 300) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
 
 
-def peak_rss_mb(model: Path, frames_dir: Path, seconds: float = 12.0) -> float:
+def daemon_memory_mb(model: Path, frames_dir: Path, seconds: float = 12.0) -> dict[str, float]:
+    """Peak RSS (VmHWM) of `feedbackd run` on an image folder, and its resident memory split
+    into private (anonymous) and file-backed pages (shared libraries, the mapped model)."""
     with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path",
                                  str(frames_dir), "--display", "none", "--button", "none", "--model", str(model),
@@ -98,7 +100,8 @@ def peak_rss_mb(model: Path, frames_dir: Path, seconds: float = 12.0) -> float:
         status = Path(f"/proc/{proc.pid}/status").read_text()
         proc.terminate()
         proc.wait(timeout=10)
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
             for i, f in enumerate(frames[:5]):
                 cv2.imwrite(str(Path(d) / f"f{i}.png"), f)  # synthetic benchmark frames, not camera frames
-            print(f"peak RSS of feedbackd run: {peak_rss_mb(args.model, Path(d)):.0f} MB (target <= 150 MB)")
+            mem = daemon_memory_mb(args.model, Path(d))
+            print(f"peak RSS of feedbackd run: {mem['VmHWM']:.0f} MB (target <= 150 MB); resident now: "
+                  f"{mem['RssAnon']:.0f} MB private, {mem['RssFile']:.0f} MB file-backed (libraries, model)")
     if "crop" in parts:
         crop_round_trip(test.x[pick[: args.round_trip]], test.y[pick[: args.round_trip]], detector, clf)
     return 0

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check.add_argument("--skip", action="append", default=[], choices=CHECK_PARTS, metavar="PART",
                        help=f"leave out a part, e.g. those the running service holds ({', '.join(CHECK_PARTS)})")
     for s in (run, check):
-        s.add_argument("--source", help="auto, picamera2, v4l2, video, images or demo")
+        s.add_argument("--source", help="camera, auto, picamera2, v4l2, video, images or demo")
         s.add_argument("--camera-path", help="video file, image folder or glob")
         s.add_argument("--camera-device", help="V4L2 index or /dev/video path")
         s.add_argument("--display", help="ssd1306, sh1106, st7789, terminal, png or none")

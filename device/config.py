@@ -39,8 +39,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "id": Key("", str, None, "device id stored with each entry (empty: the host name)"),
     },
     "camera": {
-        "source": Key("auto", str, _choices("auto", "picamera2", "v4l2", "video", "images", "demo"),
-                      "auto: picamera2, else the first V4L2 camera, else the demo photos"),
+        "source": Key("camera", str, _choices("camera", "auto", "picamera2", "v4l2", "video", "images", "demo"),
+                      "camera: picamera2, else the first V4L2 webcam (retried until one answers); "
+                      "auto: the same, else the demo photos (for a desk)"),
         "device": Key("0", str, None, "V4L2 camera index or path, e.g. 0 or /dev/video0"),
         "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),

@@ -190,6 +190,7 @@ class Picamera2Source:
             from picamera2 import Picamera2
         except ImportError:
             raise SourceError("picamera2 is not installed (apt install python3-picamera2)") from None
+        self.cam = None
         try:
             self.cam = Picamera2()
             config = self.cam.create_video_configuration(
@@ -198,6 +199,8 @@ class Picamera2Source:
             self.cam.configure(config)
             self.cam.start()
         except Exception as e:  # picamera2 raises plain RuntimeError/IndexError when no camera
+            if self.cam is not None:
+                self.cam.close()  # else the next reconnect finds the camera still held
             raise SourceError(f"Pi camera: {e}") from None
         self.name = "picamera2"
 
@@ -213,7 +216,8 @@ class Picamera2Source:
 
 
 def open_source(cfg: dict):
-    """The configured source; 'auto' tries the Pi camera, a V4L2 webcam, then the demo."""
+    """The configured source. 'camera' is the Pi camera, else the first V4L2 webcam, and an
+    error the daemon retries if neither answers; 'auto' (for a desk) falls back to the demo."""
     kind = cfg["source"]
     if kind == "picamera2":
         return Picamera2Source(cfg["width"], cfg["height"], cfg["fps"])
@@ -225,12 +229,15 @@ def open_source(cfg: dict):
         return ImageSource(cfg["path"], cfg["fps"])
     if kind == "demo":
         return DemoSource()
+    errors = []
     for attempt in (lambda: Picamera2Source(cfg["width"], cfg["height"], cfg["fps"]),
                     lambda: _first_webcam(cfg)):
         try:
             return attempt()
-        except SourceError:
-            continue
+        except SourceError as e:
+            errors.append(str(e))
+    if kind == "camera":
+        raise SourceError("no camera: " + "; ".join(errors))
     return DemoSource()
 
 

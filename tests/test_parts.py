@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import time
 
 import numpy as np
@@ -93,6 +94,19 @@ def test_latest_frame_skips_the_backlog():
     time.sleep(0.2)  # a slow pipeline: ~100 frames were grabbed meanwhile
     assert int(src.read()[0, 0]) > first + 20
     src.stop()
+
+
+def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
+    from device import sources
+    from device.config import SCHEMA
+
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: [])  # no webcam on this machine
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # and no picamera2
+    cfg = {k: key.default for k, key in SCHEMA["camera"].items()}
+    assert cfg["source"] == "camera"  # the kiosk default: a missing camera is an error the daemon retries
+    with pytest.raises(SourceError, match=r"no camera: picamera2 is not installed.*; no /dev/video\* device"):
+        sources.open_source(cfg)
+    assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
 
 
 def test_latest_frame_reports_a_dead_camera():
