@@ -12,7 +12,7 @@ DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/opt/feedbackd}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
-MODEL=${MODEL:-models/fer_vgg16_int8.tflite}
+MODEL=models/fer_vgg16_int8.tflite  # the one the default config names
 SERVICE_USER=feedbackd
 GROUPS_NEEDED=(video gpio i2c spi)
 ROOT_DIR=$DESTDIR$PREFIX
@@ -36,9 +36,10 @@ check_os() {
     case "$VERSION_ID" in 12|13) ;; *)
         die "unsupported release '${PRETTY_NAME:-$VERSION_ID}' ($OS_RELEASE): Debian 12 (bookworm) or 13 (trixie) based only" ;;
     esac
-    case "$(uname -m)" in aarch64|x86_64) ;; *)
-        die "$(uname -m) is not supported: install the 64-bit Raspberry Pi OS (LiteRT has no 32-bit wheels)" ;;
-    esac
+    # A 32-bit Raspberry Pi OS may run a 64-bit kernel: ask the Python that will run feedbackd.
+    if ! "$PYTHON" -c 'import platform, struct, sys; sys.exit(struct.calcsize("P") != 8 or platform.machine() not in ("aarch64", "x86_64"))'; then
+        die "$PYTHON is not a 64-bit ARM or x86 Python: install the 64-bit Raspberry Pi OS (LiteRT has no 32-bit wheels)"
+    fi
     say "OS: ${PRETTY_NAME:-$ID $VERSION_ID} ($(uname -m))"
 }
 
@@ -46,10 +47,11 @@ on_pi() { grep -qs "Raspberry Pi" /proc/device-tree/model; }
 
 apt_packages() {
     local pkgs=(python3-venv python3-pip python3-numpy i2c-tools)
-    on_pi && pkgs+=(python3-picamera2 python3-lgpio)
+    # lgpio for gpiozero (Pi 5 too); rpi-lgpio and spidev for luma's SPI LCD driver.
+    on_pi && pkgs+=(python3-picamera2 python3-lgpio python3-rpi-lgpio python3-spidev)
     say "apt: ${pkgs[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 }
 
 service_user() {
@@ -74,7 +76,7 @@ build_venv() {
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$venv" \
         || die "cannot create $venv (is python3-venv installed?)"
     constraints=$(mktemp)
-    "$venv/bin/python" - >"$constraints" <<'EOF'
+    "$PYTHON" - >"$constraints" <<'EOF'
 import importlib.metadata as md
 try:
     print(f"numpy=={md.version('numpy')}")
@@ -117,7 +119,7 @@ install_config() {
         sed "s|^# feedbackd configuration:.*|# feedbackd configuration, installed by make install. Uncomment a key to change it.|" \
             "$SRC/systemd/config.example.toml" >"$CONF_DIR/config.toml"
         chmod 0644 "$CONF_DIR/config.toml"
-        say "installed /etc/feedbackd/config.toml (defaults: SSD1306 OLED, GPIO17 button, camera auto)"
+        say "installed /etc/feedbackd/config.toml (defaults: Pi camera or webcam, SSD1306 OLED, GPIO17 button)"
     fi
     (cd / && FEEDBACKD_HOME=$ROOT_DIR "$ROOT_DIR/venv/bin/python" - "$CONF_DIR/config.toml" <<'PY'
 import sys
@@ -156,8 +158,11 @@ start_service() {
     fi
     systemctl daemon-reload
     systemctl enable feedbackd.service
-    systemctl restart feedbackd.service
-    say "feedbackd.service enabled and (re)started"
+    if systemctl restart feedbackd.service; then
+        say "feedbackd.service enabled and (re)started"
+    else
+        say "WARNING: feedbackd.service did not start: see journalctl -u feedbackd -e and sudo make status"
+    fi
 }
 
 check_os

@@ -21,7 +21,9 @@ rm -f "$DESTDIR/etc/systemd/system/feedbackd.service" "$DESTDIR/usr/local/bin/fe
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
-rm -rf "$DESTDIR$PREFIX"
+# Only what the install put there, so a wrong PREFIX cannot take a system folder with it.
+rm -rf "$DESTDIR$PREFIX/venv" "$DESTDIR$PREFIX/models" "$DESTDIR$PREFIX/README.md"
+rmdir "$DESTDIR$PREFIX" 2>/dev/null || true
 say "removed the service, $PREFIX and the feedbackd command"
 if [ "$PURGE" = 1 ]; then
     rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd"

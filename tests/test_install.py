@@ -108,6 +108,15 @@ def test_unsupported_os_is_refused(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+def test_uninstall_removes_only_what_the_install_made(tmp_path):
+    (tmp_path / "usr/local/lib").mkdir(parents=True)
+    (tmp_path / "usr/local/lib/other.so").write_text("not ours")
+    r = subprocess.run(["make", "-C", str(ROOT), "uninstall", f"DESTDIR={tmp_path}", "PREFIX=/usr/local"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "usr/local/lib/other.so").read_text() == "not ours"
+
+
 def test_upgrade_keeps_config_and_uninstall_keeps_data(dest):
     """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
     config = dest / "etc/feedbackd/config.toml"
