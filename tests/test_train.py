@@ -112,3 +112,18 @@ def test_warm_start_copies_weights(tmp_path, tiny_model):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(SystemExit, match="no such file"):
         T.warm_start(model, tmp_path / "missing.keras")
+
+
+def test_card_reproduces_every_cycle_oldest_first():
+    from training.card import _reproduce
+
+    first = dict(T.DEFAULTS, epochs=4, init=None)
+    second = dict(T.DEFAULTS, epochs=5, lr=0.03, init="models/fer_vgg16.keras")
+    record = {"config": second, "warm_start_from": {"file": "fer_vgg16.keras", "sha256": "ab" * 32, "config": first,
+                                                    "warm_start_from": None}}
+    assert _reproduce(record).splitlines() == [
+        '    make train ARGS="--epochs 4"',
+        '    make train ARGS="--init models/fer_vgg16.keras --epochs 5 --lr 0.03"',
+    ]
+    record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
+    assert _reproduce(record).splitlines()[0].startswith("    # start from `fer_vgg16.keras` (sha256 abab")

@@ -19,6 +19,29 @@ def _total_epochs(record: dict) -> int:
     return total
 
 
+def train_command(cfg: dict) -> str:
+    """The `make train` line that repeats a run: the flags where its config left the defaults."""
+    from training.train import DEFAULTS
+
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in DEFAULTS and v != DEFAULTS[k]]
+    if cfg.get("init"):
+        flags.insert(0, f"--init {cfg['init']}")
+    return "make train" + (f' ARGS="{" ".join(flags)}"' if flags else "")
+
+
+def _reproduce(record: dict) -> str:
+    """One command per cycle, oldest first; each cycle starts from the model the one before exported."""
+    chain, node = [record["config"]], record.get("warm_start_from")
+    while node and "config" in node:
+        chain.insert(0, node["config"])
+        node = node.get("warm_start_from")
+    if node:  # an older record without its config: the chain starts from that model
+        chain.insert(0, None)
+    lines = [f"    {train_command(c)}" if c else f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)"
+             for c in chain]
+    return "\n".join(lines)
+
+
 def _verdict(acc: float) -> str:
     if acc >= GOAL:
         return f"This meets the {GOAL:.0%} goal."
@@ -94,7 +117,10 @@ brightness and contrast.
 
 ## Reproduce
 
-    make train DATA=../shared/data/fer2013/fer2013-training-publictest.zip
+With `DATA` at its default (`../shared/data/fer2013/fer2013-training-publictest.zip`), one
+`make train` per cycle, each exporting to `models/` what the next one starts from:
+
+{_reproduce(record)}
     make evaluate MODEL=models/fer_vgg16.keras DATA=../shared/data/fer2013/fer2013-training-publictest.zip
 
 ## Status

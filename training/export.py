@@ -46,6 +46,7 @@ def warm_start_lineage(init: str | None) -> dict | None:
         if prev.get("sha256") == entry["sha256"]:
             entry.update(
                 epochs=prev["epochs"],
+                config=prev["config"],
                 publictest_accuracy=prev["publictest"]["accuracy"],
                 warm_start_from=prev.get("warm_start_from"),
             )
