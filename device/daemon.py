@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.detector import CropGeometry, choose_face, crop_face
+from device.detector import CropGeometry, FaceFinder, crop_face
 from device.display import Screen
 from device.notify import Notifier
 from device.reading import Reading, Smoother
@@ -51,6 +51,7 @@ class Daemon:
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
+        self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
@@ -75,10 +76,9 @@ class Daemon:
         self.stats.frames += 1
 
     def _see(self, frame: np.ndarray, now: float) -> None:
-        boxes = self.detector.detect(frame)
+        box = self.finder.find(frame)
         t = time.monotonic()
         self.stats.seconds["detect"] += t - now
-        box = choose_face(boxes, frame.shape)
         if box is None:
             return
         face = crop_face(frame, box, self.geometry, self.classifier.spec.size)

@@ -100,6 +100,24 @@ def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
     return max(boxes, key=score)
 
 
+class FaceFinder:
+    """The customer's box, detected on every `every`-th frame; the frames between reuse the
+    last box (a customer at a till barely moves in a few frames), and a frame where no face
+    was found makes the next one detect again."""
+
+    def __init__(self, detector: FaceDetector, every: int = 1):
+        self.detector, self.every = detector, every
+        self._box: Box | None = None
+        self._age = 0  # frames since the box was detected
+
+    def find(self, frame: np.ndarray) -> Box | None:
+        if self._box is None or self._age + 1 >= self.every:
+            self._box, self._age = choose_face(self.detector.detect(frame), frame.shape), 0
+        else:
+            self._age += 1
+        return self._box
+
+
 @dataclass(frozen=True)
 class CropGeometry:
     """Square crop around a detection: side = scale * max(w, h), centre moved down by

@@ -177,3 +177,29 @@ def test_keyboard_button_counts_each_enter():
             time.sleep(0.01)
         assert len(presses) == 2
         button.close()
+
+
+def test_face_finder_detects_on_every_nth_frame():
+    import cv2
+    import matplotlib.cbook
+    from conftest import FACE_DIR
+
+    from device.detector import FaceDetector, FaceFinder
+
+    class Counting(FaceDetector):
+        calls = 0
+
+        def detect(self, bgr):
+            self.calls += 1
+            return super().detect(bgr)
+
+    face = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    blank = np.full_like(face, 90)
+    detector = Counting(FACE_DIR)
+    finder = FaceFinder(detector, every=3)
+    boxes = [finder.find(face) for _ in range(7)]
+    assert detector.calls == 3 and boxes[0] is not None and len(set(boxes)) == 1  # frames 0, 3 and 6
+    detector.calls = 0
+    finder = FaceFinder(detector, every=3)
+    assert finder.find(blank) is None and finder.find(face) is not None
+    assert detector.calls == 2  # no face: the next frame detects at once
