@@ -203,3 +203,28 @@ def test_face_finder_detects_on_every_nth_frame():
     finder = FaceFinder(detector, every=3)
     assert finder.find(blank) is None and finder.find(face) is not None
     assert detector.calls == 2  # no face: the next frame detects at once
+
+
+def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path):
+    import cv2
+
+    from device.sources import VideoSource
+
+    path = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(10):  # frame i is a flat grey of 20 * i
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    src = VideoSource(path)
+    assert abs(int(src.read().mean()) - 0) <= 3
+    time.sleep(0.26)  # ~5 frame periods later the source hands out frame ~5, not frame 1
+    seen = [round(src.read().mean() / 20)]
+    assert 4 <= seen[0] <= 9
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and seen[-1] >= max(seen):  # past the end it starts over
+        seen.append(round(src.read().mean() / 20))
+        time.sleep(0.02)
+    assert seen[-1] < max(seen), seen
+    src.close()
+    with pytest.raises(SourceError, match="missing.avi: cannot open video"):
+        VideoSource(str(tmp_path / "missing.avi"))
