@@ -43,7 +43,7 @@ class Daemon:
     def __init__(self, cfg: dict, source, detector, classifier, display, button, store,
                  notifier: Notifier | None = None, device_id: str = "feedbackd"):
         self.cfg = cfg
-        self.source, self.detector, self.classifier = source, detector, classifier
+        self.source, self.classifier = source, classifier
         self.display, self.button, self.store = display, button, store
         self.notifier = notifier or Notifier({})
         self.device_id = device_id
