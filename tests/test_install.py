@@ -111,8 +111,7 @@ def test_unsupported_os_is_refused(tmp_path):
 def test_uninstall_removes_only_what_the_install_made(tmp_path):
     (tmp_path / "usr/local/lib").mkdir(parents=True)
     (tmp_path / "usr/local/lib/other.so").write_text("not ours")
-    r = subprocess.run(["make", "-C", str(ROOT), "uninstall", f"DESTDIR={tmp_path}", "PREFIX=/usr/local"],
-                       capture_output=True, text=True)
+    r = make("uninstall", tmp_path, PREFIX="/usr/local")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "usr/local/lib/other.so").read_text() == "not ours"
 
@@ -142,7 +141,6 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest):
     assert log.count() == 1 and log.integrity_ok()
     log.close()
 
-    r = subprocess.run(["make", "-C", str(ROOT), "uninstall", f"DESTDIR={dest}", "PURGE=1"], capture_output=True,
-                       text=True)
+    r = make("uninstall", dest, PURGE="1")
     assert r.returncode == 0, r.stderr
     assert not (dest / "var/lib/feedbackd").exists() and not (dest / "etc/feedbackd").exists()
