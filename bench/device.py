@@ -1,6 +1,7 @@
 """`make bench`: the appliance's speed and the crop round trip, on this machine, one thread.
 
     python -m bench.device [--model models/fer_vgg16_int8.tflite] [--float models/fer_vgg16.keras]
+                           [--config config.toml]   (the daemon's defaults without it)
 
 1. ms per stage (capture, detect, classify, render) and end-to-end frames/s on fixed frames,
    against the paper's approach (the float Keras model's `predict` per face, same detector);
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.config import SCHEMA
+from device.config import load_config
 from device.detector import CropGeometry, FaceDetector, FaceFinder, choose_face, crop_face
 from device.display import Screen, render
 from device.model import EmotionClassifier
@@ -89,15 +90,17 @@ def press_to_commit(n: int = 300) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
 
 
-def daemon_memory_mb(model: Path, frames_dir: Path, seconds: float = 12.0) -> dict[str, float]:
+def daemon_memory_mb(model: Path, frames_dir: Path, config: Path | None, seconds: float = 12.0) -> dict[str, float]:
     """Peak RSS (VmHWM) of `feedbackd run` on an image folder, and its resident memory split
     into private (anonymous) and file-backed pages (shared libraries, the mapped model)."""
     with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
-        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path",
-                                 str(frames_dir), "--display", "none", "--button", "none", "--model", str(model),
-                                 "--threads", "1", "--db", str(Path(d) / "rss.db")],
-                                cwd=ROOT, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "device.cli", *(["--config", str(config)] if config else []),
+                                 "run", "--source", "images", "--camera-path", str(frames_dir), "--display", "none",
+                                 "--button", "none", "--model", str(model), "--threads", "1",
+                                 "--db", str(Path(d) / "rss.db")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
         time.sleep(seconds)
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: feedbackd run exited with {proc.returncode}: {proc.stderr.read().strip()}")
         status = Path(f"/proc/{proc.pid}/status").read_text()
         proc.terminate()
         proc.wait(timeout=10)
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=ROOT / "models/fer_vgg16_int8.tflite")
     p.add_argument("--float", dest="float_model", type=Path, default=ROOT / "models/fer_vgg16.keras")
+    p.add_argument("--config", type=Path, help="daemon config whose [detector] settings to measure")
     p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
     p.add_argument("--frames", type=int, default=40, help="frames for the stage timing")
     p.add_argument("--round-trip", type=int, default=700, help="PublicTest faces for the crop round trip")
@@ -125,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     test = fer.load_split(args.data, fer.eval_split_name(args.data))
     rng = np.random.default_rng(0)
     pick = np.sort(rng.permutation(len(test))[: max(args.frames, args.round_trip)])
-    detector = FaceDetector(ROOT / "models/face")
+    cfg = load_config(args.config)
+    detector = FaceDetector.from_config(cfg["detector"])
     clf = EmotionClassifier(args.model, num_threads=1)
     geometry = CropGeometry()
 
     frames = paste_frames(test.x[pick[: args.frames]], seed=1)
     if "stages" in parts:
-        stages(args, frames, detector, clf, geometry)
+        stages(args, frames, detector, cfg["detector"]["every_n_frames"], clf, geometry)
     if "commit" in parts:
         p50, p99 = press_to_commit()
         print(f"press-to-commit: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 20 ms)")
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
             for i, f in enumerate(frames[:5]):
                 cv2.imwrite(str(Path(d) / f"f{i}.png"), f)  # synthetic benchmark frames, not camera frames
-            mem = daemon_memory_mb(args.model, Path(d))
+            mem = daemon_memory_mb(args.model, Path(d), args.config)
             print(f"peak RSS of feedbackd run: {mem['VmHWM']:.0f} MB (target <= 150 MB); resident now: "
                   f"{mem['RssAnon']:.0f} MB private, {mem['RssFile']:.0f} MB file-backed (libraries, model)")
     if "crop" in parts:
@@ -147,12 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def stages(args, frames, detector, clf, geometry) -> None:
+def stages(args, frames, detector, every: int, clf, geometry) -> None:
     """ms per stage and frames/s, ours against the paper's Keras predict per face."""
-    every = SCHEMA["detector"]["every_n_frames"].default
     ours = pipeline_timing(frames, FaceFinder(detector, every), clf.predict, geometry)
     print(f"pipeline ({args.model.name}, 1 thread, {len(frames)} frames of 640x480, "
-          f"the detector on 1 frame in {every}, the default):")
+          f"the detector on 1 frame in {every}, Winograd {'on' if detector.winograd else 'off'}):")
     for k in ("capture", "detect", "classify", "render"):
         print(f"  {k:<9}{ms(ours[k])}")
     ours_fps = 1 / np.mean(ours["total"])

@@ -76,7 +76,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
     display = open_display(cfg["display"])
     try:
         classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
-        detector = FaceDetector(cfg["detector"]["dir"], cfg["detector"]["confidence"])
+        detector = FaceDetector.from_config(cfg["detector"])
         store = FeedbackLog(cfg["storage"]["path"])
     except (ModelError, DetectorError) as e:
         display.show(Screen("error", title="Model error", detail=str(e)))
@@ -148,7 +148,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
                                                else "")
 
     part("camera", camera)
-    part("detector", lambda: (FaceDetector(cfg["detector"]["dir"]), f"{cfg['detector']['dir']} sha256 ok")[1])
+    part("detector", lambda: (FaceDetector.from_config(cfg["detector"]), f"{cfg['detector']['dir']} sha256 ok")[1])
     part("model", model)
     part("display", display)
     part("button", button)
@@ -184,7 +184,7 @@ def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassif
 
 def cmd_analyze(cfg, args) -> int:
     classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
-    detector = FaceDetector(cfg["detector"]["dir"], cfg["detector"]["confidence"])
+    detector = FaceDetector.from_config(cfg["detector"])
     failed = False
     for path in args.images:
         result = analyze_image(path, detector, classifier, cfg)

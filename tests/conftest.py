@@ -39,6 +39,18 @@ def synthetic_faces(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return np.stack(faces), np.array(labels)
 
 
+def resident_kb(path) -> int:
+    """Resident kB of this process's mappings of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header line
+            inside = len(head) == 6 and head[5] == str(path)
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
 def png_bytes(face: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(face).save(buf, format="PNG")  # lossless, so loaders can be compared exactly
