@@ -52,7 +52,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "detector": {
         "dir": Key("models/face", str, None, "folder with the res10 files (relative: to the feedbackd folder)"),
         "confidence": Key(0.5, (int, float), (0.05, 0.99), "face detection threshold"),
-        "winograd": Key(False, bool, None, "OpenCV's Winograd convolution: detection about 2x faster, "
+        "winograd": Key(False, bool, None, "OpenCV's Winograd convolution: detection about 1.6x faster, "
                         "27 MB more memory"),
         "every_n_frames": Key(3, int, (1, 30), "detect on every Nth frame; the frames between reuse the last box"),
         "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
