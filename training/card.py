@@ -55,6 +55,7 @@ def write_card(record: dict, path: Path) -> Path:
     val = record["publictest"]
     cfg = record["config"]
     hours = record["wall_seconds"] / 3600
+    epoch_minutes = record["wall_seconds"] / 60 / record["epochs"]
     rows = "\n".join(
         f"| {DISPLAY_NAMES[i]} | {val['per_class'][c]['precision']:.3f} | {val['per_class'][c]['recall']:.3f} "
         f"| {val['per_class'][c]['f1']:.3f} | {val['per_class'][c]['support']} |"
@@ -126,7 +127,7 @@ With `DATA` at its default (`../shared/data/fer2013/fer2013-training-publictest.
 ## Status
 
 The target is PublicTest accuracy >= {TARGET:.0%} ({GOAL:.0%} the goal). On this project's
-2-core CPU a VGG16 training epoch took {record['wall_seconds'] / 60 / record['epochs']:.0f} minutes in this run ({record['precision']}), so
+2-core CPU a VGG16 training epoch took {epoch_minutes:.0f} minutes in this run ({record['precision']}), so
 training proceeds in warm-restart cycles of a few epochs, each one a finished run whose model
 is committed; the next cycle warm-starts from it (`--init models/fer_vgg16.keras`).
 
