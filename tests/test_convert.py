@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FACE_DIR, ROOT, resident_kb
+from conftest import FACE_DIR, ROOT
 
 from convert.convert import main as convert_main
 from convert.report import target_lines
@@ -36,8 +36,6 @@ def test_every_variant_loads_with_a_matching_manifest(converted, tiny_model, var
     clf = EmotionClassifier(path)
     probs = clf.predict(np.full((2, 48, 48), 128, np.uint8))
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
-    if sys.platform.startswith("linux"):  # XNNPACK holds its own copy: the mapped file is let go
-        assert resident_kb(path.resolve()) * 1024 <= 0.25 * path.stat().st_size + 16384
 
 
 def test_report_lists_every_variant(converted):

@@ -263,3 +263,15 @@ def test_released_model_pages_read_back_the_same(tmp_path):
         assert release_mapped_pages(path) >= len(data)
         assert resident_kb(path) < 100
         assert m[:] == data  # faulted back in from the file, unchanged
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
+def test_classifier_lets_go_of_the_mapped_model_file():
+    from conftest import ROOT, resident_kb
+
+    from device.model import EmotionClassifier
+
+    path = (ROOT / "models" / "fer_vgg16_int8.tflite").resolve()  # the shipped model: 16 MB
+    clf = EmotionClassifier(path)
+    clf.predict(np.full((2, 48, 48), 128, np.uint8))  # a resize re-packs the weights
+    assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # XNNPACK's copy is what runs
