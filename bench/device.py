@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     detector = FaceDetector.from_config(cfg["detector"])
     clf = EmotionClassifier(args.model, num_threads=1)
-    geometry = CropGeometry()
+    geometry = CropGeometry.from_config(cfg["detector"])
 
     frames = paste_frames(test.x[pick[: args.frames]], seed=1)
     if "stages" in parts:

@@ -167,7 +167,7 @@ def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassif
     if frame is None:
         return {"file": str(path), "error": "cannot decode image", "faces": [], "emotion": None}
     boxes = detector.detect(frame)
-    geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
+    geometry = CropGeometry.from_config(cfg["detector"])
     names = classifier.manifest.display_names
     faces = []
     for box in boxes:

@@ -56,7 +56,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "27 MB more memory"),
         "every_n_frames": Key(3, int, (1, 30), "detect on every Nth frame; the frames between reuse the last box"),
         "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
-        "crop_shift_y": Key(0.0, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
+        "crop_shift_y": Key(0.05, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
     },
     "model": {
         "path": Key("models/fer_vgg16_int8.tflite", str, None, "emotion model (relative: to the feedbackd folder)"),

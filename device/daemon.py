@@ -50,7 +50,7 @@ class Daemon:
         sm, rt = cfg["smoothing"], cfg["rating"]
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
-        self.geometry = CropGeometry(cfg["detector"]["crop_scale"], cfg["detector"]["crop_shift_y"])
+        self.geometry = CropGeometry.from_config(cfg["detector"])
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
         self.stats = Stats()
         self._last_accepted = -1e9

@@ -128,10 +128,14 @@ class FaceFinder:
 class CropGeometry:
     """Square crop around a detection: side = scale * max(w, h), centre moved down by
     shift_y * side. FER-2013 faces are tight squares from brows to chin; res10 boxes
-    include some forehead, so the defaults come from the crop round trip in `make bench`."""
+    include some forehead, so the configured defaults come from the crop round trip in `make bench`."""
 
-    scale: float = 1.0
-    shift_y: float = 0.0
+    scale: float
+    shift_y: float
+
+    @classmethod
+    def from_config(cls, section: dict) -> CropGeometry:
+        return cls(section["crop_scale"], section["crop_shift_y"])
 
 
 def crop_face(frame: np.ndarray, box: Box, geometry: CropGeometry, size: int = 48) -> np.ndarray:
