@@ -51,6 +51,13 @@ def resident_kb(path) -> int:
     return total
 
 
+def photo() -> Path:
+    """A real photo of one face: matplotlib's public-domain sample of Grace Hopper."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
 def png_bytes(face: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(face).save(buf, format="PNG")  # lossless, so loaders can be compared exactly

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACE_DIR, ROOT
+from conftest import FACE_DIR, ROOT, photo
 
 from device import cli
 from device.button import GpioButton
@@ -26,12 +26,6 @@ from device.display import Display, Screen, render
 from device.model import EmotionClassifier
 from device.sources import ImageSource, ReconnectingSource, SourceError
 from device.storage import FeedbackLog
-
-
-def photo() -> Path:
-    import matplotlib.cbook
-
-    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
 @pytest.fixture

@@ -181,8 +181,7 @@ def test_keyboard_button_counts_each_enter():
 
 def test_face_finder_detects_on_every_nth_frame():
     import cv2
-    import matplotlib.cbook
-    from conftest import FACE_DIR
+    from conftest import FACE_DIR, photo
 
     from device.detector import FaceDetector, FaceFinder
 
@@ -193,7 +192,7 @@ def test_face_finder_detects_on_every_nth_frame():
             self.calls += 1
             return super().detect(bgr)
 
-    face = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    face = cv2.imread(str(photo()))
     blank = np.full_like(face, 90)
     detector = Counting(FACE_DIR)
     finder = FaceFinder(detector, every=3)
@@ -232,12 +231,11 @@ def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path):
 
 def test_winograd_setting_finds_the_same_face():
     import cv2
-    import matplotlib.cbook
-    from conftest import FACE_DIR
+    from conftest import FACE_DIR, photo
 
     from device.detector import FaceDetector
 
-    face = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    face = cv2.imread(str(photo()))
     cfg = load_config(overrides={"detector.dir": str(FACE_DIR)})
     plain = FaceDetector.from_config(cfg["detector"])
     fast = FaceDetector.from_config(load_config(overrides={"detector.dir": str(FACE_DIR),
