@@ -65,7 +65,7 @@ class Manifest:
             quant = lambda q: (float(q["scale"]), int(q["zero_point"])) if q else None  # noqa: E731
             m = cls(labels, display, InputSpec.from_dict(inp), str(inp["dtype"]), quant(inp.get("quantization")),
                     quant(d["output"].get("quantization")), str(d["tflite_sha256"]), d)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
         if not labels or len(labels) != len(set(labels)):
             raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
@@ -132,10 +132,28 @@ class EmotionClassifier:
         self._allocate()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
-        if self._output["shape"][-1] != len(self.manifest.labels):
-            raise ModelError(f"{self.path}: model has {self._output['shape'][-1]} outputs, "
-                             f"manifest names {len(self.manifest.labels)} labels")
+        self._check_manifest()
         self._batch = int(self._input["shape"][0])
+
+    def _check_manifest(self) -> None:
+        """The manifest's input and quantization must be the model's own: a mismatch would
+        otherwise surface as a bare runtime error (or silently wrong scores) in the loop."""
+        m, inp, out = self.manifest, self._input, self._output
+        found = {
+            "input size": (tuple(int(v) for v in inp["shape"][1:]), (m.spec.size, m.spec.size, 1)),
+            "input dtype": (np.dtype(inp["dtype"]).name, m.dtype),
+            "outputs": (int(out["shape"][-1]), len(m.labels)),
+        }
+        for name, details, manifest_q in (("input", inp, m.input_quant), ("output", out, m.output_quant)):
+            scale, zero = details["quantization"]
+            model_q = (float(scale), int(zero)) if scale else None
+            same = (model_q is None) == (manifest_q is None) and (
+                model_q is None or (np.isclose(model_q[0], manifest_q[0]) and model_q[1] == manifest_q[1]))
+            found[f"{name} quantization"] = (model_q, model_q if same else manifest_q)
+        for name, (model_value, manifest_value) in found.items():
+            if model_value != manifest_value:
+                raise ModelError(f"{manifest_path(self.path)}: {name} {manifest_value} does not match "
+                                 f"the model's {model_value} ({self.path})")
 
     def _allocate(self) -> None:
         """Allocate tensors, then unmap the model file's pages: XNNPACK has packed its own copy

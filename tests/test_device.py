@@ -229,6 +229,12 @@ def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
     assert "does not match its manifest" in capsys.readouterr().err
     assert cli.main([*base, "--model", str(model), "--detector-dir", str(tmp_path)]) == 2
     assert "face-detector file missing" in capsys.readouterr().err
+    shutil.copy(model, bad / model.name)  # the right model, a manifest that misdescribes it
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    manifest["input"]["quantization"]["zero_point"] += 1
+    (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
+    assert cli.main([*base, "--model", str(bad / model.name)]) == 2
+    assert f"{bad / model.with_suffix('.json').name}: input quantization" in capsys.readouterr().err
 
 
 def test_failing_source_recovers():

@@ -74,8 +74,13 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv):
     a, b = _history(straight), _history(stopped)
     assert len(a) == len(b) == 2
     assert a[1]["lr"] == b[1]["lr"]
-    for key in ("loss", "accuracy", "val_accuracy", "val_macro_f1"):  # equal up to float round-off
-        assert float(a[1][key]) == pytest.approx(float(b[1][key]), abs=2e-3), key
+    for key in ("loss", "accuracy", "val_accuracy", "val_macro_f1"):
+        assert a[1][key] == b[1][key], key
+    import keras  # the weights too: a resumed optimizer that decayed BN or biases would differ
+
+    for x, y in zip(*(keras.saving.load_model(r / "last.keras").get_weights() for r in (straight, stopped)),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
 
     # the export: float model, its training record, pictures and the card
     out = tmp_path / "out1"
@@ -86,6 +91,23 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
+
+
+def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, fer_csv, monkeypatch, capsys):
+    first, out = tmp_path / "first", tmp_path / "out"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(first), "--out", str(out)]) == 0
+    init = out / "fer_vgg16.keras"
+    assert T.epoch_offset(init) == 1 and T.epoch_offset(None) == 0
+    before = init.read_bytes()
+    scores = iter([0.9, 0.5])  # the init model scores 0.9, the cycle's one epoch 0.5
+    real_report = T.report
+    monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
+    second = tmp_path / "second"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--init", str(init),
+                   "--run-dir", str(second), "--out", str(out)]) == 0
+    assert json.loads((second / "config.json").read_text())["epoch_offset"] == 1
+    assert "no epoch beat the --init model (0.9000)" in capsys.readouterr().out
+    assert init.read_bytes() == before
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):

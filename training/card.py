@@ -11,7 +11,8 @@ TARGET = 0.70
 GOAL = 0.73
 
 
-def _total_epochs(record: dict) -> int:
+def total_epochs(record: dict) -> int:
+    """Epochs of a model and of every model its warm starts came from."""
     total, node = record["epochs"], record.get("warm_start_from")
     while node and "epochs" in node:
         total += node["epochs"]
@@ -66,7 +67,7 @@ def write_card(record: dict, path: Path) -> Path:
     lineage = (
         f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
         + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%}" if "epochs" in ws else "")
-        + f"); {_total_epochs(record)} epochs in all."
+        + f"); {total_epochs(record)} epochs in all."
         if ws else "Trained from scratch (no pretrained weights)."
     )
     text = f"""# Model card: `{record['model']}`
@@ -84,7 +85,8 @@ feedbackd appliance. This card is written by `training/export.py` from
 | macro-F1 | {val['macro_f1']:.4f} |
 
 {_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
-used here; the best epoch was selected on PublicTest, so this figure is slightly optimistic.
+used here. PublicTest chose the best epoch of every cycle and guided the learning rates, so
+this figure is optimistic; PrivateTest gives the unbiased one.
 
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |

@@ -74,7 +74,11 @@ def class_weights(y: np.ndarray, power: float) -> np.ndarray:
 
 
 def train_dataset(x, y, w, cfg: dict, epoch: int):
-    """One epoch of shuffled, augmented batches; a pure function of (seed, epoch)."""
+    """One epoch of shuffled, augmented batches; a pure function of (seed, epoch).
+
+    `epoch` counts from the start of the model's lineage (see `epoch_offset`), so a
+    warm-restart cycle draws new orders and augmentations instead of replaying its
+    predecessor's epoch 1, 2, 3 (which the model had already fitted)."""
     import tensorflow as tf
 
     from training.augment import augment
@@ -115,6 +119,15 @@ def build_and_compile(cfg: dict, steps_per_epoch: int):
     return model
 
 
+def epoch_offset(init: Path | None) -> int:
+    """Epochs the --init model already had, from the training record beside it (0 if none)."""
+    from training.card import total_epochs
+    from training.export import warm_start_lineage
+
+    lineage = warm_start_lineage(str(init)) if init else None
+    return total_epochs(lineage) if lineage and "epochs" in lineage else 0
+
+
 def warm_start(model, path: Path) -> None:
     """Copy weights from our own .keras model, or conv kernels from ImageNet VGG16 weights."""
     import keras
@@ -135,6 +148,20 @@ def warm_start(model, path: Path) -> None:
                 raise SystemExit(f"error: --init {path}: {layer.name} has shape {kernel.shape}, "
                                  f"this model needs {tuple(target.kernel.shape)}")
             target.kernel.assign(kernel)
+
+
+def resume_model(cfg: dict, steps: int, path: Path):
+    """The run's model and optimizer state from `last.keras`, in a freshly compiled model: a
+    loaded optimizer forgets which variables are excluded from weight decay."""
+    import keras
+
+    saved = keras.saving.load_model(path)
+    model = build_and_compile(cfg, steps)
+    model.set_weights(saved.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
+        mine.assign(theirs)
+    return model
 
 
 def reseed_dropout(model, seed: int, epoch: int) -> None:
@@ -186,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = state["config"]  # the run's own settings; command-line hyperparameters are ignored
     else:
         cfg = {k: getattr(args, k) for k in DEFAULTS}
-        cfg.update(precision=args.precision, limit=args.limit, init=str(args.init) if args.init else None)
+        cfg.update(precision=args.precision, limit=args.limit, init=str(args.init) if args.init else None,
+                   epoch_offset=epoch_offset(args.init))
         state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0}
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
@@ -223,23 +251,27 @@ def main(argv: list[str] | None = None) -> int:
     # --- model: a fresh VGG16, a warm start, or the last checkpoint of the run we resume
     run.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        model = keras.saving.load_model(run / "last.keras")
-        model.jit_compile = True
+        model = resume_model(cfg, steps, run / "last.keras")
         print(f"resuming {run} after epoch {state['epochs_done']}")
     else:
         model = build_and_compile(cfg, steps)
         if cfg["init"]:
             warm_start(model, Path(cfg["init"]))
+            # the bar to beat: an export never replaces the init model with a worse one
+            state.update(best_accuracy=report(test.y, predict(model, x_test).argmax(1))["accuracy"])
+            print(f"--init {cfg['init']}: PublicTest accuracy {state['best_accuracy']:.4f}, "
+                  f"{cfg['epoch_offset']} epochs so far")
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
         (run / "code_commit").write_text(code_commit() + "\n")
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
 
     # --- the epoch loop
+    offset = cfg.get("epoch_offset", 0)
     for epoch in range(state["epochs_done"], cfg["epochs"]):
         t0 = time.time()
-        reseed_dropout(model, cfg["seed"], epoch)
-        fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, epoch),
+        reseed_dropout(model, cfg["seed"], offset + epoch)
+        fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, offset + epoch),
                         initial_epoch=epoch, epochs=epoch + 1, verbose=1)
         val = report(test.y, predict(model, x_test).argmax(1))
         seconds = time.time() - t0
@@ -267,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
     # --- export the best epoch as a plain float32 model with its training record
+    if state["best_epoch"] == 0:
+        print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {args.out} left as it was")
+        return 0
     from training.export import export_model
 
     path = export_model(run, args.out, train, test)
