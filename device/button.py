@@ -78,10 +78,19 @@ class NoButton(PressQueue):
         pass
 
 
+class ButtonError(RuntimeError):
+    """The configured button cannot be opened; names the setting."""
+
+
 def open_button(cfg: dict, pin_factory=None) -> PressQueue:
     kind = cfg["kind"]
     if kind == "gpio":
-        return GpioButton(cfg["pin"], cfg["pull_up"], cfg["bounce_s"], cfg["led_pin"], pin_factory)
+        try:
+            return GpioButton(cfg["pin"], cfg["pull_up"], cfg["bounce_s"], cfg["led_pin"], pin_factory)
+        except Exception as e:  # gpiozero's BadPinFactory, PinInvalidPin, GPIOPinInUse, lgpio errors...
+            raise ButtonError(f"button.pin = {cfg['pin']}" + (f", button.led_pin = {cfg['led_pin']}"
+                              if cfg["led_pin"] else "") + f": cannot open the GPIO ({type(e).__name__}: {e})"
+                              ) from None
     if kind == "keyboard":
         return KeyboardButton()
     return NoButton()

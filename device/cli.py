@@ -11,22 +11,34 @@ import logging
 import signal
 import sys
 import threading
+from datetime import date
 from pathlib import Path
 
+from device.button import ButtonError, open_button
 from device.config import DEFAULT_PATH, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
-from device.display import Screen, open_display
+from device.display import DisplayError, Screen, open_display
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
 from device.storage import FeedbackLog, StorageError
 
-FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError)
+FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
     "source": "camera.source", "camera_path": "camera.path", "camera_device": "camera.device",
     "display": "display.driver", "png_path": "display.png_path", "button": "button.kind",
     "db": "storage.path", "model": "model.path", "detector_dir": "detector.dir", "threads": "model.num_threads",
 }
 CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage")
+
+
+def local_date(text: str) -> str:
+    """An export bound: a real date written YYYY-MM-DD, since the log compares them as text."""
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     analyze.add_argument("--json", action="store_true", help="one JSON object per image")
     export = sub.add_parser("export", help="the feedback log as CSV (date, time, rating, emotion, ...)")
     export.add_argument("--db", help="SQLite feedback log")
-    export.add_argument("--since", help="first local date, YYYY-MM-DD")
-    export.add_argument("--until", help="last local date, YYYY-MM-DD")
+    export.add_argument("--since", type=local_date, help="first local date, YYYY-MM-DD")
+    export.add_argument("--until", type=local_date, help="last local date, YYYY-MM-DD")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
     return p.parse_args(argv)
 
@@ -67,7 +79,6 @@ def config_from(args: argparse.Namespace):
 
 
 def cmd_run(cfg, pin_factory=None) -> int:
-    from device.button import open_button
     from device.daemon import Daemon
     from device.notify import Notifier
     from device.sources import ReconnectingSource, open_source
@@ -104,7 +115,6 @@ def cmd_run(cfg, pin_factory=None) -> int:
 
 
 def cmd_check(cfg, skip: list[str]) -> int:
-    from device.button import open_button
     from device.sources import open_source
 
     results = []
@@ -204,8 +214,11 @@ def cmd_export(cfg, args) -> int:
     store = FeedbackLog(path)
     try:
         if args.output:
-            with open(args.output, "w", newline="") as f:
-                n = store.export_csv(f, args.since, args.until)
+            try:
+                with open(args.output, "w", newline="") as f:
+                    n = store.export_csv(f, args.since, args.until)
+            except OSError as e:
+                raise StorageError(f"{args.output}: cannot write the export: {e.strerror}") from None
             print(f"wrote {n} entries to {args.output}", file=sys.stderr)
         else:
             store.export_csv(sys.stdout, args.since, args.until)

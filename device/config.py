@@ -121,8 +121,13 @@ def _check(where: str, key: Key, value: Any) -> Any:
 
 
 def _check_ratings(where: str, ratings: dict, top: int) -> dict[str, float]:
+    """The defaults are a 1-5 scale: any other rating.max needs a rating for every emotion."""
     from device.preprocess import DISPLAY_NAMES
 
+    missing = [n for n in DISPLAY_NAMES if n not in ratings]
+    if top != SCHEMA["rating"]["max"].default and missing:
+        raise ConfigError(f"{where}: rating.max is {top}, so every emotion needs a rating; "
+                          f"missing {', '.join(missing)}")
     out = dict(DEFAULT_RATINGS)
     for name, value in ratings.items():
         if name not in DISPLAY_NAMES:
@@ -174,7 +179,11 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             cfg[section][key] = _check(where, SCHEMA[section][key], value)
     for section, key in (("detector", "dir"), ("model", "path")):  # shipped files live beside the code
         cfg[section][key] = str(ROOT / cfg[section][key])
-    cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", cfg["rating"]["map"], cfg["rating"]["max"])
+    if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:
+        raise ConfigError(f"{cfg.source}: camera.path: required when camera.source is "
+                          f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
+    given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
+    cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
     return cfg
 
 

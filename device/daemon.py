@@ -6,14 +6,17 @@ image folder, a gpiozero MockFactory pin and luma's dummy display."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
+from device.config import ConfigError
 from device.detector import CropGeometry, FaceFinder, crop_face
 from device.display import Screen
 from device.notify import Notifier
@@ -48,6 +51,9 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.device_id = device_id
         sm, rt = cfg["smoothing"], cfg["rating"]
+        unrated = [n for n in classifier.manifest.display_names if n not in rt["map"]]
+        if unrated:
+            raise ConfigError(f"rating.map has no rating for {', '.join(unrated)} (labels of {classifier.path})")
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])
@@ -56,7 +62,7 @@ class Daemon:
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
         self._no_face_until = 0.0
-        self._pending: list[Entry] = []  # entries whose write failed; retried, never dropped
+        self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
         self.storage_error: str | None = None
 
@@ -93,25 +99,25 @@ class Daemon:
         for pressed_at in self.button.presses():
             if pressed_at - self._last_accepted < bt["cooldown_s"]:
                 continue  # one press, one entry
-            self._last_accepted = pressed_at
             now = time.monotonic()
             reading = self.smoother.reading(now)
             if reading is None or not self.smoother.face_seen_within(now, bt["face_window_s"]):
                 self._no_face_until = now + self.cfg["display"]["thank_you_s"]
                 log.info("press without a face: nothing stored")
-                continue
-            self._store(self._entry(reading), now)
+                continue  # and the customer may press again at once
+            self._last_accepted = pressed_at
+            entry, at = self._entry(reading), datetime.now(UTC)
+            if not self._store(entry, at, now):
+                self._pending.append((entry, at))
 
     def _entry(self, r: Reading) -> Entry:
-        return Entry(r.emotion, r.rating if r.rating is not None else 0.0, r.confidence, r.probabilities,
-                     self.classifier.sha256, self.device_id)
+        return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id)
 
-    def _store(self, entry: Entry, now: float) -> bool:
+    def _store(self, entry: Entry, at: datetime, now: float) -> bool:
+        """Commit one entry stamped with its press time `at` (a retry keeps the original time)."""
         try:
-            row = self.store.add(entry)
+            row = self.store.add(entry, at)
         except StorageError as e:
-            if entry not in self._pending:
-                self._pending.append(entry)
             self.storage_error = str(e)
             self._retry_at = now + self.cfg["storage"]["retry_s"]
             log.error("%s (kept in memory, retrying every %.0f s)", e, self.cfg["storage"]["retry_s"])
@@ -128,9 +134,18 @@ class Daemon:
     def _retry_pending(self) -> None:
         now = time.monotonic()
         while self._pending and now >= self._retry_at:
-            if not self._store(self._pending[0], now):
+            if not self._store(*self._pending[0], now):
                 return
             self._pending.pop(0)
+
+    def flush_pending(self) -> None:
+        """At shutdown: one last try for entries still in memory; any the log cannot take go
+        to the journal in full, so a technician can restore them by hand."""
+        self._retry_at = 0.0
+        self._retry_pending()
+        for entry, at in self._pending:
+            log.error("entry not stored (the log cannot be written): %s",
+                      json.dumps({"utc": at.isoformat(), **asdict(entry)}))
 
     # --- what the screen shows
     def screen(self, now: float) -> Screen:
@@ -168,3 +183,4 @@ class Daemon:
                 next_stats = started + self.cfg["daemon"]["stats_interval_s"]
             stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - started)))
         self.notifier.stopping()
+        self.flush_pending()

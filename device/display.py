@@ -3,6 +3,7 @@ and thin drivers that show the canvas on an OLED, an LCD, a terminal or a PNG fi
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -10,6 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger("feedbackd")
+
+
+class DisplayError(RuntimeError):
+    """The configured display cannot be opened; names the setting."""
 
 
 @dataclass(frozen=True)
@@ -143,25 +150,44 @@ class TerminalDisplay:
 
 
 class Display:
-    """Shows screens on a driver; draws only when the screen changed."""
+    """Shows screens on a driver; draws only when the screen changed. A failed write (a loose
+    I2C/SPI cable) is logged and retried on the next frame: the kiosk keeps logging feedback."""
 
     def __init__(self, device):
         self.device = device
         self.current: Screen | None = None
+        self.error: str | None = None
 
     def show(self, screen: Screen) -> bool:
         if screen == self.current:
             return False
-        self.current = screen
-        if isinstance(self.device, TerminalDisplay):
-            self.device.show(screen)
-        elif self.device is not None:
-            self.device.display(render(screen, self.device.size, self.device.mode))
+        try:
+            if isinstance(self.device, TerminalDisplay):
+                self.device.show(screen)
+            elif self.device is not None:
+                self.device.display(render(screen, self.device.size, self.device.mode))
+        except OSError as e:
+            if self.error is None:
+                log.error("display: cannot draw (%s); retrying every frame", e)
+            self.error, self.current = str(e), None
+            return False
+        if self.error is not None:
+            log.info("display: drawing again")
+        self.current, self.error = screen, None
         return True
 
 
 def open_display(cfg: dict) -> Display:
-    """The configured driver. The luma hardware drivers are imported only here."""
+    """The configured driver; a hardware driver that cannot start is a DisplayError."""
+    try:
+        return _open_display(cfg)
+    except Exception as e:  # luma and smbus/spidev raise their own kinds; all mean the same here
+        raise DisplayError(f"display.driver = {cfg['driver']!r}: cannot open the display "
+                           f"({type(e).__name__}: {e}); check the wiring and [display]") from None
+
+
+def _open_display(cfg: dict) -> Display:
+    """The luma hardware drivers are imported only here."""
     driver = cfg["driver"]
     if driver == "none":
         return Display(None)

@@ -116,10 +116,12 @@ class VideoSource:
 
 
 class LatestFrame:
-    """Grabs frames on a thread and keeps only the newest, so a slow pipeline never lags."""
+    """Grabs frames on a thread and keeps only the newest, so a slow pipeline never lags.
+    The thread alone calls `release`, after its last grab: releasing a capture while another
+    thread is inside its read() is undefined behaviour in OpenCV."""
 
-    def __init__(self, grab, name: str, timeout_s: float = 5.0):
-        self.name, self._grab, self._timeout = name, grab, timeout_s
+    def __init__(self, grab, name: str, release=lambda: None, timeout_s: float = 5.0):
+        self.name, self._grab, self._release, self._timeout = name, grab, release, timeout_s
         self._frame: np.ndarray | None = None
         self._error: str | None = None
         self._at = time.monotonic()
@@ -129,6 +131,12 @@ class LatestFrame:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._grab_until_stopped()
+        finally:
+            self._release()
+
+    def _grab_until_stopped(self) -> None:
         while not self._stop.is_set():
             try:
                 frame = self._grab()
@@ -152,7 +160,8 @@ class LatestFrame:
                 raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
             return self._frame
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Ask the grab thread to finish; it releases the camera once its read returns."""
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -175,11 +184,7 @@ class V4L2Source(LatestFrame):
             ok, frame = self.cap.read()
             return frame if ok else None
 
-        super().__init__(grab, f"camera {device}")
-
-    def close(self) -> None:
-        self.stop()
-        self.cap.release()
+        super().__init__(grab, f"camera {device}", release=self.cap.release)
 
 
 class Picamera2Source:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_ten_presses_within_100ms_store_one_entry(model, face_folder, tmp_path):
     rig.close()
 
 
-def test_press_without_a_face_stores_nothing(model, empty_folder, tmp_path):
+def test_press_without_a_face_stores_nothing(model, empty_folder, face_folder, tmp_path):
     rig = Rig(model, empty_folder, tmp_path / "feedback.db")
     rig.steps(2)
     assert rig.daemon.screen(time.monotonic()).kind == "idle"
@@ -121,24 +122,55 @@ def test_press_without_a_face_stores_nothing(model, empty_folder, tmp_path):
     assert rig.store.count() == 0
     assert rig.daemon.screen(time.monotonic()) == Screen("no_face")
     assert rig.screen.image.tobytes() == render(Screen("no_face"), (128, 64), "1").tobytes()
+    rig.daemon.source = ImageSource(str(face_folder), fps=30)  # the customer steps in and presses again
+    rig.steps(2)
+    rig.press()
+    rig.steps(1)
+    assert rig.store.count() == 1  # a refused press starts no cooldown
     rig.close()
+
+
+def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
+    os.chmod(db, 0o444 if broken else 0o644)  # read-only file: the write fails
+    rig.store.db.execute(f"PRAGMA query_only = {'ON' if broken else 'OFF'}")  # root ignores file modes
 
 
 def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_path):
     db = tmp_path / "feedback.db"
-    rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1})
+    rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1, "button.cooldown_s": 0.0})
     rig.steps(2)
-    os.chmod(db, 0o444)  # read-only file: the write fails
-    rig.store.db.execute("PRAGMA query_only = ON")  # root ignores file modes; make sure it fails
-    rig.press()
-    rig.steps(1)
+    _break_storage(rig, db, True)
+    pressed = datetime.now(UTC)
+    for _ in range(2):  # two customers, the same reading
+        rig.press()
+        rig.steps(1)
     assert rig.daemon.screen(time.monotonic()).title == "Storage error"
     assert rig.store.count() == 0
-    rig.store.db.execute("PRAGMA query_only = OFF")
-    os.chmod(db, 0o644)
-    time.sleep(0.15)
+    time.sleep(1.1)
+    _break_storage(rig, db, False)
     rig.steps(1)
-    assert rig.store.count() == 1 and rig.daemon.storage_error is None
+    rows = list(rig.store.rows())
+    assert len(rows) == 2 and rig.daemon.storage_error is None
+    for row in rows:  # stamped when pressed, not when the retry got through
+        utc = datetime.strptime(row["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs((utc - pressed).total_seconds()) < 0.5
+    rig.close()
+
+
+def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_folder, tmp_path, caplog):
+    db = tmp_path / "feedback.db"
+    rig = Rig(model, face_folder, db)
+    rig.steps(2)
+    _break_storage(rig, db, True)
+    rig.press()
+    rig.steps(1)
+    stop = threading.Event()
+    stop.set()
+    rig.daemon.run(stop)
+    lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("entry not stored")]
+    assert len(lost) == 1
+    entry = json.loads(lost[0].split(": ", 1)[1])
+    assert entry["emotion"] in rig.daemon.classifier.manifest.display_names and entry["utc"]
     rig.close()
 
 
@@ -152,9 +184,10 @@ while True:
 """
 
 
-def test_power_cut_loses_no_acknowledged_entry(tmp_path):
+def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
     """200 times: a writer is SIGKILLed at a random moment; every id it printed (after the
-    commit returned) must be in the log, and the file must pass integrity_check."""
+    commit returned) must be in the log, and the file must pass integrity_check. The log's
+    own settings (WAL, synchronous=FULL) are what carry this over to a power cut."""
     db = tmp_path / "feedback.db"
     rng = np.random.default_rng(0)
     acknowledged: set[int] = set()
@@ -168,6 +201,9 @@ def test_power_cut_loses_no_acknowledged_entry(tmp_path):
     assert log.integrity_ok()
     stored = {r["id"] for r in log.rows()}
     assert acknowledged and acknowledged <= stored
+    # SIGKILL keeps the page cache: a real power cut needs the WAL synced at each commit
+    assert log.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert log.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     log.close()
 
 
@@ -180,6 +216,9 @@ def test_power_cut_loses_no_acknowledged_entry(tmp_path):
         ("[display]\ndriver = 'hdmi'\n", "display.driver: 'hdmi' is not one of"),
         ("[gpio]\npin = 4\n", "unknown section [gpio]"),
         ("[rating.map]\nJoyful = 5\n", "rating.map.Joyful: unknown emotion"),
+        ("[rating]\nmax = 10\n[rating.map]\nHappy = 10\n", "rating.max is 10, so every emotion needs a rating"),
+        ("[rating]\nmax = 3\n", "rating.max is 3, so every emotion needs a rating; missing Angry"),
+        ("[camera]\nsource = 'video'\n", "camera.path: required when camera.source is 'video'"),
         ("[camera\n", "cannot read config"),
     ],
 )
@@ -235,6 +274,39 @@ def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
     (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
     assert cli.main([*base, "--model", str(bad / model.name)]) == 2
     assert f"{bad / model.with_suffix('.json').name}: input quantization" in capsys.readouterr().err
+
+
+def test_hardware_that_cannot_start_names_its_setting(model, face_folder, tmp_path, capsys):
+    base = ["run", "--source", "images", "--camera-path", str(face_folder), "--db", str(tmp_path / "f.db"),
+            "--model", str(model), "--detector-dir", str(FACE_DIR)]
+    config = tmp_path / "config.toml"
+    config.write_text("[display]\ni2c_port = 9\n")  # the default OLED driver on a bus this machine lacks
+    assert cli.main(["--config", str(config), *base, "--button", "none"]) == 2
+    assert "display.driver = 'ssd1306': cannot open the display" in capsys.readouterr().err
+    assert cli.main([*base, "--display", "none", "--button", "gpio"]) == 2  # no GPIO chip on this machine
+    assert "button.pin = 17: cannot open the GPIO" in capsys.readouterr().err
+    assert FeedbackLog(tmp_path / "f.db").count() == 0
+
+
+def test_a_display_write_error_is_logged_and_retried(caplog):
+    class LooseCable:
+        size, mode = (128, 64), "1"
+
+        def __init__(self):
+            self.calls, self.drawn = 0, []
+
+        def display(self, image):
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(121, "Remote I/O error")
+            self.drawn.append(image)
+
+    caplog.set_level("INFO", logger="feedbackd")
+    display = Display(LooseCable())
+    assert display.show(Screen("idle")) is False and "Remote I/O" in display.error
+    assert display.show(Screen("idle")) is True and display.error is None  # the same screen is drawn again
+    assert len(display.device.drawn) == 1
+    assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 
 def test_failing_source_recovers():
@@ -308,6 +380,11 @@ def test_export_csv(tmp_path, capsys):
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("date,time,rating,emotion") and ",5.0,Happy," in lines[1]
+    with pytest.raises(SystemExit):  # "2026-1-5" would compare as text and pick the wrong rows
+        cli.main(["export", "--db", str(tmp_path / "f.db"), "--since", "2026-1-5"])
+    assert "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
+    assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
+    assert "f.csv: cannot write the export" in capsys.readouterr().err
 
 
 def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -59,10 +60,11 @@ def test_flat_probabilities_are_not_sure():
 
 def test_custom_rating_scale(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text("[rating]\nmax = 10\n[rating.map]\nHappy = 10\nAngry = 0\n")
-    cfg = load_config(path)
-    assert cfg["rating"]["map"]["Happy"] == 10 and cfg["rating"]["map"]["Angry"] == 0
-    assert cfg["rating"]["map"]["Neutral"] == DEFAULT_RATINGS["Neutral"]
+    paper = {"Happy": 10, "Surprised": 8, "Neutral": 5, "Sad": 3, "Fearful": 3, "Disgusted": 1, "Angry": 0}
+    path.write_text("[rating]\nmax = 10\n[rating.map]\n" + "".join(f"{k} = {v}\n" for k, v in paper.items()))
+    assert load_config(path)["rating"]["map"] == paper
+    path.write_text("[rating.map]\nSad = 1\n")  # on the default 1-5 scale the rest keep their defaults
+    assert load_config(path)["rating"]["map"] == dict(DEFAULT_RATINGS, Sad=1)
     assert Screen("thanks", "Happy", 10, 10).text() == "Thank you! Happy **********"
 
 
@@ -82,18 +84,22 @@ def test_sd_notify_on_a_real_socket(tmp_path):
     off.ready()  # no socket: a no-op, never an error
 
 
-def test_latest_frame_skips_the_backlog():
+def test_latest_frame_skips_the_backlog_and_releases_after_the_last_grab():
     counter = iter(range(10**6))
+    grabbing, released = threading.Event(), []
 
     def grab():
+        grabbing.set()
         time.sleep(0.001)
+        grabbing.clear()
         return np.full((2, 2), next(counter))
 
-    src = LatestFrame(grab, "fast camera")
+    src = LatestFrame(grab, "fast camera", release=lambda: released.append(grabbing.is_set()))
     first = int(src.read()[0, 0])
     time.sleep(0.2)  # a slow pipeline: ~100 frames were grabbed meanwhile
     assert int(src.read()[0, 0]) > first + 20
-    src.stop()
+    src.close()
+    assert released == [False]  # once, and never while a grab was running
 
 
 def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
@@ -113,7 +119,7 @@ def test_latest_frame_reports_a_dead_camera():
     src = LatestFrame(lambda: None, "camera 0", timeout_s=1)
     with pytest.raises(SourceError, match="camera 0: camera returned no frame"):
         src.read()
-    src.stop()
+    src.close()
 
 
 SCREENS = [Screen("idle"), Screen("live", "Surprised", 4, 5, True), Screen("live", None, None, 5, True),
