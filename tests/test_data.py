@@ -50,6 +50,33 @@ def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
         load_split(bare, "train")
 
 
+def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
+    """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
+    x, y = faces
+    good = png_bytes(x[0])
+    members = {"train/happy/Training_1.png": good, "test/happy/PublicTest_1.png": good,
+               "test/sad/PublicTest_2.png": good, "test/angry/PrivateTest_3.png": good}
+    zipped = write_zip(tmp_path / "kaggle.zip", members)
+    assert load_split(zipped, "test").y.tolist() == [3, 5]
+    assert load_split(zipped, "private").y.tolist() == [0]
+    plain = write_zip(tmp_path / "plain.zip", {"train/happy/a.png": good, "test/sad/b.png": good})
+    assert load_split(plain, "test").y.tolist() == [5]
+    with pytest.raises(DataError, match="no PrivateTest_"):
+        load_split(plain, "private")
+
+
+def test_corrupt_zip_member_names_the_file_and_can_be_skipped(tmp_path, faces):
+    x, _ = faces
+    bad = png_bytes(x[1])
+    path = write_zip(tmp_path / "set.zip", {"angry/good.png": png_bytes(x[0]), "happy/bad.png": bad})
+    data = bytearray(path.read_bytes())
+    data[data.find(bad) + len(bad) // 2] ^= 0xFF  # the CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="set.zip:happy/bad.png: cannot read"):
+        load_split(path, "all")
+    assert len(load_split(path, "all", skip_bad=True).skipped) == 1
+
+
 def test_display_name_folders_are_accepted(tmp_path, faces):
     x, y = faces
     root = tmp_path / "set"

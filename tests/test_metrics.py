@@ -19,9 +19,15 @@ def test_report_on_hand_made_predictions():
     assert (disgust["precision"], disgust["recall"], disgust["f1"]) == (0.0, 0.0, 0.0)
     assert fear["precision"] == pytest.approx(2 / 3) and fear["recall"] == 1.0
     assert fear["f1"] == pytest.approx(0.8)
-    # macro-F1 averages the classes present in y_true only (angry, disgust, fear)
+    # macro-F1 averages the classes that are true or predicted (angry, disgust, fear)
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.0 + 0.8) / 3)
     assert r["per_class"]["happy"]["support"] == 0
+
+
+def test_macro_f1_counts_a_class_that_is_only_predicted():
+    # two angry faces, one called happy: angry F1 2/3, happy F1 0 (a false positive), as scikit-learn
+    r = report(np.array([0, 0]), np.array([0, 3]))
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
 
 
 def test_confusion_matrix_rows_are_true_classes():

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import synthetic_faces, write_csv
 
 from device.preprocess import preprocess
 from training import train as T
@@ -32,7 +33,6 @@ def test_vgg16_topology():
 def test_one_epoch_on_synthetic_faces_lowers_the_loss():
     import keras
     import tensorflow as tf
-    from conftest import synthetic_faces
 
     x, y = synthetic_faces(24)
     cfg = dict(T.DEFAULTS, width=0.0625, batch_size=16, epochs=1, lr=0.02, dropout=0.0)
@@ -63,12 +63,15 @@ def _history(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_stopped_run_resumes_exactly(tmp_path, fer_csv):
+def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     common = ["--data", str(fer_csv), "--epochs", "2", *TINY]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert T.main([*common, "--run-dir", str(straight), "--out", str(tmp_path / "out1")]) == 0
     assert T.main([*common, "--run-dir", str(stopped), "--out", str(tmp_path / "out2"), "--stop-after", "1"]) == 0
     assert len(_history(stopped)) == 1 and not (tmp_path / "out2").exists()
+    other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
+    assert T.main(["--data", str(other), "--run-dir", str(stopped), "--resume"]) == 2
+    assert "was trained on data sha256" in capsys.readouterr().err
     assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume",
                    "--out", str(tmp_path / "out2"), "--deterministic"]) == 0
     a, b = _history(straight), _history(stopped)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -22,7 +23,11 @@ from device.preprocess import CLASSES, DISPLAY_NAMES
 
 SIZE = 48
 CSV_USAGE = {"train": "Training", "test": "PublicTest", "private": "PrivateTest"}
-SPLIT_DIRS = {"train": "train", "test": "test"}
+SPLIT_DIRS = {"train": "train", "test": "test", "private": "test"}
+# Kaggle's image-folder FER-2013 puts PublicTest and PrivateTest together in test/ (7,178 faces);
+# its file names say which is which.
+NAME_PREFIX = {"test": "PublicTest_", "private": "PrivateTest_"}
+LOADER_VERSION = 2  # part of the cache key: a loader change re-reads the data
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
 # Folder names accepted for each class: FER-2013's own and the display names.
 CLASS_ALIASES = {name: i for i, name in enumerate(CLASSES)}
@@ -118,14 +123,28 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return arr
 
 
+def _by_name_prefix(path: Path, names: list[str], split: str) -> list[str]:
+    """In test/, keep PublicTest_* for 'test' and PrivateTest_* for 'private' when the file
+    names carry those prefixes; otherwise test/ is all of 'test' and there is no 'private'."""
+    if split not in NAME_PREFIX:
+        return names
+    tagged = any(n.rsplit("/", 1)[-1].startswith(tuple(NAME_PREFIX.values())) for n in names)
+    if not tagged:
+        if split == "private":
+            raise DataError(f"{path}: test/ has no PrivateTest_* files, so no split 'private'")
+        return names
+    return [n for n in names if n.rsplit("/", 1)[-1].startswith(NAME_PREFIX[split])]
+
+
 def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[list, list, list]:
     prefix, names = _strip_prefix(_entries(path))
     if form == "layout":
         if split not in SPLIT_DIRS:
-            raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test)")
+            raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test, private)")
         want = SPLIT_DIRS[split] + "/"
         names = [n[len(want) :] for n in names if n.startswith(want)]
         prefix += want
+        names = _by_name_prefix(path, names, split)
     faces, labels, skipped = [], [], []
     zf = zipfile.ZipFile(path) if path.is_file() else None
     try:
@@ -142,7 +161,10 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
                     )
                 if PurePosixPath(name).suffix.lower() not in IMAGE_EXT:
                     raise DataError(f"{where}: not an image file")
-                data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
+                try:
+                    data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
+                except (OSError, zipfile.BadZipFile, zlib.error) as e:
+                    raise DataError(f"{where}: cannot read ({e})") from None
                 faces.append(_decode(data, where))
                 labels.append(label)
             except DataError as e:
@@ -199,7 +221,7 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     if form == "classes" and split != "all":
         raise DataError(f"{path}: a bare class-folder set has only the split 'all', not {split!r}")
     checksum = source_checksum(path)
-    cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}.npz"
+    cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}-v{LOADER_VERSION}.npz"
     if use_cache and cached.exists():
         with np.load(cached) as z:
             return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))

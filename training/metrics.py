@@ -24,7 +24,7 @@ def report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = support > 0
+    present = (support > 0) | (predicted > 0)  # as scikit-learn: a class only predicted counts too
     return {
         "n": int(cm.sum()),
         "accuracy": float(tp.sum() / max(1, cm.sum())),

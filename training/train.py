@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in (train, test):
         if s.skipped:
             print(f"skipped {len(s.skipped)} bad files in {s.split}, first: {s.skipped[0]}")
+    if state.setdefault("data_sha256", train.checksum) != train.checksum:
+        print(f"error: --resume: {run} was trained on data sha256 {state['data_sha256'][:12]}, "
+              f"{args.data} is {train.checksum[:12]}", file=sys.stderr)
+        return 2
     if cfg["limit"]:
         keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
         train.x, train.y = train.x[keep], train.y[keep]
