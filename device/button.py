@@ -88,9 +88,8 @@ def open_button(cfg: dict, pin_factory=None) -> PressQueue:
         try:
             return GpioButton(cfg["pin"], cfg["pull_up"], cfg["bounce_s"], cfg["led_pin"], pin_factory)
         except Exception as e:  # gpiozero's BadPinFactory, PinInvalidPin, GPIOPinInUse, lgpio errors...
-            raise ButtonError(f"button.pin = {cfg['pin']}" + (f", button.led_pin = {cfg['led_pin']}"
-                              if cfg["led_pin"] else "") + f": cannot open the GPIO ({type(e).__name__}: {e})"
-                              ) from None
+            where = f"button.pin = {cfg['pin']}" + (f", button.led_pin = {cfg['led_pin']}" if cfg["led_pin"] else "")
+            raise ButtonError(f"{where}: cannot open the GPIO ({type(e).__name__}: {e})") from None
     if kind == "keyboard":
         return KeyboardButton()
     return NoButton()

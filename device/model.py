@@ -139,19 +139,19 @@ class EmotionClassifier:
         """The manifest's input and quantization must be the model's own: a mismatch would
         otherwise surface as a bare runtime error (or silently wrong scores) in the loop."""
         m, inp, out = self.manifest, self._input, self._output
-        found = {
-            "input size": (tuple(int(v) for v in inp["shape"][1:]), (m.spec.size, m.spec.size, 1)),
-            "input dtype": (np.dtype(inp["dtype"]).name, m.dtype),
-            "outputs": (int(out["shape"][-1]), len(m.labels)),
+
+        def quant(q) -> tuple[float, int] | None:  # scales compared to 6 digits (float32 in the model)
+            return (float(f"{q[0]:.6g}"), int(q[1])) if q and q[0] else None
+
+        checks = {
+            "input size": ((m.spec.size, m.spec.size, 1), tuple(int(v) for v in inp["shape"][1:])),
+            "input dtype": (m.dtype, np.dtype(inp["dtype"]).name),
+            "outputs": (len(m.labels), int(out["shape"][-1])),
+            "input quantization": (quant(m.input_quant), quant(inp["quantization"])),
+            "output quantization": (quant(m.output_quant), quant(out["quantization"])),
         }
-        for name, details, manifest_q in (("input", inp, m.input_quant), ("output", out, m.output_quant)):
-            scale, zero = details["quantization"]
-            model_q = (float(scale), int(zero)) if scale else None
-            same = (model_q is None) == (manifest_q is None) and (
-                model_q is None or (np.isclose(model_q[0], manifest_q[0]) and model_q[1] == manifest_q[1]))
-            found[f"{name} quantization"] = (model_q, model_q if same else manifest_q)
-        for name, (model_value, manifest_value) in found.items():
-            if model_value != manifest_value:
+        for name, (manifest_value, model_value) in checks.items():
+            if manifest_value != model_value:
                 raise ModelError(f"{manifest_path(self.path)}: {name} {manifest_value} does not match "
                                  f"the model's {model_value} ({self.path})")
 
