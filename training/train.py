@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     y_train = tf.constant(train.y)
     w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
     x_test = preprocess(test.x, DEFAULT_SPEC)
+
+    def publictest(model) -> dict:
+        return report(test.y, predict(model, x_test).argmax(1))
+
     steps = -(-len(train) // cfg["batch_size"])
 
     # --- model: a fresh VGG16, a warm start, or the last checkpoint of the run we resume
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["init"]:
             warm_start(model, Path(cfg["init"]))
             # the bar to beat: an export never replaces the init model with a worse one
-            state.update(best_accuracy=report(test.y, predict(model, x_test).argmax(1))["accuracy"])
+            state.update(best_accuracy=publictest(model)["accuracy"])
             print(f"--init {cfg['init']}: PublicTest accuracy {state['best_accuracy']:.4f}, "
                   f"{cfg['epoch_offset']} epochs so far")
         with open(run / "history.csv", "w", newline="") as f:
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         reseed_dropout(model, cfg["seed"], offset + epoch)
         fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, offset + epoch),
                         initial_epoch=epoch, epochs=epoch + 1, verbose=1)
-        val = report(test.y, predict(model, x_test).argmax(1))
+        val = publictest(model)
         seconds = time.time() - t0
         lr = float(model.optimizer.learning_rate)
         row = [epoch + 1, f"{lr:.6f}", f"{fit.history['loss'][0]:.4f}", f"{fit.history['accuracy'][0]:.4f}",
