@@ -41,10 +41,19 @@ def local_date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
 
 
+def global_flags(parser: argparse.ArgumentParser, config, log_level) -> None:
+    """--config and --log-level go before or after the command (systemd runs `feedbackd run --config F`).
+
+    A command's own copies default to "not given", so they never undo the same flag given before it.
+    """
+    parser.add_argument("--config", type=Path, default=config,
+                        help=f"TOML config (default: {DEFAULT_PATH} if it exists)")
+    parser.add_argument("--log-level", default=log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="feedbackd", description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_PATH} if it exists)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    global_flags(p, config=None, log_level="INFO")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the daemon")
     check = sub.add_parser("check", help="self-test every part; non-zero exit if one fails")
@@ -58,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--png-path", help="file for the png display")
         s.add_argument("--button", help="gpio, keyboard or none")
         s.add_argument("--db", help="SQLite feedback log")
-    for s in (run, check, analyze := sub.add_parser("analyze", help="faces and emotions in image files")):
+    analyze = sub.add_parser("analyze", help="faces and emotions in image files")
+    for s in (run, check, analyze):
         s.add_argument("--model", help="emotion model (.tflite)")
         s.add_argument("--detector-dir", help="folder with the res10 face-detector files")
         s.add_argument("--threads", type=int, help="LiteRT threads")
@@ -69,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--since", type=local_date, help="first local date, YYYY-MM-DD")
     export.add_argument("--until", type=local_date, help="last local date, YYYY-MM-DD")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    for s in sub.choices.values():
+        global_flags(s, config=argparse.SUPPRESS, log_level=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

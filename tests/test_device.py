@@ -230,6 +230,8 @@ def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
     assert message in str(err.value)
     assert cli.main(["--config", str(path), "check"]) == 2
     assert message in capsys.readouterr().err
+    assert cli.main(["check", "--config", str(path)]) == 2  # after the command, as the systemd unit has it
+    assert message in capsys.readouterr().err
 
 
 def test_example_config_is_the_defaults(tmp_path):

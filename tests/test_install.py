@@ -8,11 +8,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
+from device.cli import parse_args
 from device.storage import Entry, FeedbackLog
 
 PREFIX = "/opt/feedbackd"
@@ -26,9 +28,17 @@ def make(target: str, dest: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dest(tmp_path_factory) -> Path:
+def debian12(tmp_path_factory) -> dict[str, str]:
+    """Install as if on Debian 12 with the suite's own Python, whatever the host runs."""
+    os_release = tmp_path_factory.mktemp("os") / "os-release"
+    os_release.write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
+    return {"OS_RELEASE": str(os_release), "PYTHON": sys.executable}
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory, debian12) -> Path:
     root = tmp_path_factory.mktemp("root")
-    r = make("install", root)
+    r = make("install", root, **debian12)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return root
 
@@ -61,12 +71,14 @@ def test_install_lays_out_the_tree(dest):
 def test_exec_start_is_what_the_install_created(dest, tmp_path):
     unit = dest / "etc/systemd/system/feedbackd.service"
     command, *args = unit_value(unit, "ExecStart").split()
-    assert command == f"{PREFIX}/venv/bin/feedbackd" and args == ["run", "--config", "/etc/feedbackd/config.toml"]
-    assert os.access(dest / command.lstrip("/"), os.X_OK)
-    # The installed command, its venv and the installed config, model and detector files work together.
+    assert command == f"{PREFIX}/venv/bin/feedbackd" and os.access(dest / command.lstrip("/"), os.X_OK)
+    parsed = parse_args(args)
+    assert parsed.command == "run" and parsed.config == Path("/etc/feedbackd/config.toml")
+    # The unit's own arguments, with `check` for `run`, work with the installed venv, config, model and detector.
+    args = [str(dest / a.lstrip("/")) if a.startswith("/etc/") else a for a in args]
     env = {**os.environ, "FEEDBACKD_HOME": str(dest / PREFIX.lstrip("/"))}
-    r = subprocess.run([str(dest / command.lstrip("/")), "--config", str(dest / "etc/feedbackd/config.toml"), "check",
-                        "--skip", "camera", "--skip", "display", "--skip", "button", "--db", str(tmp_path / "f.db")],
+    r = subprocess.run([str(dest / command.lstrip("/")), "check", *args[1:], "--skip", "camera", "--skip", "display",
+                        "--skip", "button", "--db", str(tmp_path / "f.db")],
                        capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [line.split()[:2] for line in r.stdout.splitlines()] == [["ok", "detector"], ["ok", "model"],
@@ -116,7 +128,7 @@ def test_uninstall_removes_only_what_the_install_made(tmp_path):
     assert (tmp_path / "usr/local/lib/other.so").read_text() == "not ours"
 
 
-def test_upgrade_keeps_config_and_uninstall_keeps_data(dest):
+def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
     config = dest / "etc/feedbackd/config.toml"
     config.write_text(config.read_text().replace('# driver = "ssd1306"', 'driver = "st7789"'))
@@ -126,7 +138,7 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest):
                   model_sha256="0" * 64, device_id="till-3"))
     log.close()
 
-    r = make("install", dest)
+    r = make("install", dest, **debian12)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "kept /etc/feedbackd/config.toml" in r.stdout
     assert config.read_text() == edited
