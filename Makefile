@@ -33,12 +33,21 @@ run: venv models
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
 	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
-# A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images.
-OLD_VENV := .venv-tflite
+# A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images. Its
+# wheels stop at Python 3.11: the first of PYTHON, python3.11, 3.10, 3.9 that is 3.9 to 3.11;
+# without one its test is skipped and says why (.venv-tflite/.unavailable).
+OLD_VENV   := .venv-tflite
+OLD_PYTHON ?= $(firstword $(foreach p,$(PYTHON) python3.11 python3.10 python3.9,$(shell $(p) -c \
+              'import sys; sys.exit(not (3, 9) <= sys.version_info < (3, 12))' 2>/dev/null && command -v $(p))))
 $(OLD_VENV)/.installed:
-	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4"
-	@touch $@
+	@mkdir -p $(OLD_VENV) && rm -f $(OLD_VENV)/.unavailable
+	@if [ -z "$(OLD_PYTHON)" ]; then \
+	    echo "no Python 3.9 to 3.11 here for tflite-runtime 2.14 ($$($(PYTHON) -V 2>&1) has no wheel): its test is skipped" \
+	        | tee $(OLD_VENV)/.unavailable; \
+	else \
+	    { test -x $(OLD_VENV)/bin/python || $(OLD_PYTHON) -m venv $(OLD_VENV); } && \
+	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4" && touch $@; \
+	fi
 
 test: venv models $(OLD_VENV)/.installed
 	$(BIN)/ruff check .

@@ -8,11 +8,13 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import ROOT, synthetic_faces
 
 from device.model import EmotionClassifier, runtime_name
 
 OLD_ENV = ROOT / ".venv-tflite" / "bin" / "python"
+UNAVAILABLE = ROOT / ".venv-tflite" / ".unavailable"  # written by make when no Python 3.9-3.11 is found
 SCRIPT = """
 import json, sys
 import numpy as np
@@ -20,11 +22,13 @@ from device.model import EmotionClassifier, runtime_name
 clf = EmotionClassifier(sys.argv[1])
 faces = np.load(sys.argv[2])
 print(json.dumps({"runtime": runtime_name(clf.interpreter), "numpy": np.__version__,
-                  "top1": clf.predict(faces).argmax(1).tolist()}))
+                  "probabilities": clf.predict(faces).tolist()}))
 """
 
 
 def test_int8_model_agrees_under_tflite_runtime(converted, tmp_path):
+    if UNAVAILABLE.exists() and not OLD_ENV.exists():
+        pytest.skip(UNAVAILABLE.read_text().strip())
     assert OLD_ENV.exists(), "the tflite_runtime environment is missing: 'make test' builds .venv-tflite"
     model = converted / "fer_vgg16_int8.tflite"
     faces, _ = synthetic_faces(2, seed=11)
@@ -36,4 +40,6 @@ def test_int8_model_agrees_under_tflite_runtime(converted, tmp_path):
     assert old["runtime"] == "tflite_runtime" and old["numpy"].startswith("1.")
     clf = EmotionClassifier(model)
     assert runtime_name(clf.interpreter) == "ai_edge_litert"
-    assert old["top1"] == clf.predict(faces).argmax(1).tolist()
+    # Two builds of the int8 kernels round a little differently: within four output steps (1/256 each).
+    new = clf.predict(faces)
+    np.testing.assert_allclose(old["probabilities"], new, atol=4 / 256)
