@@ -9,12 +9,18 @@ MODEL   ?= models/fer_vgg16.keras
 ARGS    ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv models run test lint train evaluate convert bench bench-train install uninstall status clean
+.PHONY: venv models run test workstation lint train evaluate convert bench bench-train install uninstall status clean
+
+# On a Raspberry Pi the venv also sees apt's picamera2 and lgpio, keeps numpy at the system's
+# version (the one picamera2 was built against) and leaves out the training side (TensorFlow).
+ON_PI     := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo yes)
+EXTRAS    := $(if $(ON_PI),device,device,train,dev)
+PIN_NUMPY := $(if $(ON_PI),$(shell $(PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' 2>/dev/null))
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[device,train,dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]" $(PIN_NUMPY)
 	@touch $@
 
 venv: $(STAMP)
@@ -24,7 +30,6 @@ models: venv
 	$(BIN)/python -m convert.face_detector --dest models/face
 
 # On a Raspberry Pi: the OLED and the GPIO button; elsewhere a desk setup (terminal, Enter).
-ON_PI     := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo yes)
 RUN_MODEL ?= models/fer_vgg16_int8.tflite
 RUN_ARGS  ?= --source auto --model $(RUN_MODEL) --db var/feedback.db \
              $(if $(ON_PI),--display ssd1306 --button gpio,--display terminal --button keyboard)
@@ -49,9 +54,13 @@ $(OLD_VENV)/.installed:
 	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4" && touch $@; \
 	fi
 
-test: venv models $(OLD_VENV)/.installed
+test: workstation venv models $(OLD_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The suite trains and converts small models with TensorFlow, which a Pi's venv leaves out.
+workstation:
+	@if [ -n "$(ON_PI)" ]; then echo "make test: run the suite on a workstation; on the Pi: make run, or sudo make install then sudo make status"; exit 1; fi
 
 lint: venv
 	$(BIN)/ruff check .
