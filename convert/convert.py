@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-drop", action="store_true", help="keep an int8 model that breaks --max-drop")
     p.add_argument("--latency-runs", type=int, default=100, help="single-face invokes timed per variant")
     args = p.parse_args(argv)
+    if args.calibration < len(CLASSES):
+        p.error(f"--calibration: {args.calibration} faces cannot cover the {len(CLASSES)} classes")
+    if args.latency_runs < 1:
+        p.error("--latency-runs: at least 1")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
@@ -83,6 +87,24 @@ def latency_ms(clf: EmotionClassifier, face: np.ndarray, runs: int) -> float:
     return float(np.median(times) * 1000)
 
 
+def check_training_record(model: Path) -> None:
+    """The manifest's labels and input spec are this code's constants: refuse a model whose
+    training record (the .train.json beside it) says it was trained with others."""
+    path = model.with_suffix(".train.json")
+    if not path.is_file():
+        return
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable training record ({e})") from None
+    if record.get("sha256") != sha256_file(model):
+        raise ValueError(f"{path}: this training record is for another model than {model} (sha256 differs)")
+    for key, ours in (("labels", list(CLASSES)), ("input", DEFAULT_SPEC.to_dict())):
+        if record.get(key) != ours:
+            raise ValueError(f"{path}: the model was trained with {key} {record.get(key)}, "
+                             f"but the manifest would say {ours}")
+
+
 def write_manifest(tflite: Path, final_name: str, variant: str, extra: dict) -> Path:
     inp, out = io_details(tflite)
     manifest = {
@@ -106,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
         return 2
     try:
+        check_training_record(args.model)
         train = fer.load_split(args.data, "train")
         test = fer.load_split(args.data, fer.eval_split_name(args.data))
-    except fer.DataError as e:
+    except (ValueError, fer.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -116,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.train import predict
 
-    model = keras.saving.load_model(args.model, compile=False)
+    try:
+        model = keras.saving.load_model(args.model, compile=False)
+    except Exception as e:  # Keras raises many kinds for a file that is not one of its models
+        print(f"error: {args.model}: cannot load the float Keras model ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
     source = {"file": args.model.name, "sha256": sha256_file(args.model)}
     x_test = preprocess(test.x, DEFAULT_SPEC)
     float_pred = predict(model, x_test).argmax(1)

@@ -16,7 +16,7 @@ from convert.convert import main as convert_main
 from convert.report import target_lines
 from device.detector import CAFFEMODEL, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
-from device.preprocess import CLASSES
+from device.preprocess import CLASSES, DEFAULT_SPEC
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -65,6 +65,30 @@ def test_refusal_leaves_models_byte_for_byte_unchanged(converted, tiny_model, fe
     err = capsys.readouterr().err
     assert "refused" in err and "below the float model" in err
     assert snapshot(converted) == before
+
+
+def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer_csv, tmp_path, capsys):
+    model = tmp_path / "fer_vgg16.keras"
+    out = tmp_path / "out"
+    shutil.copy(tiny_model, model)
+    record = model.with_suffix(".train.json")
+    args = ["--model", str(model), "--data", str(fer_csv), "--out", str(out), "--calibration", "21"]
+    shuffled = [*CLASSES[1:], CLASSES[0]]
+    record.write_text(json.dumps({"sha256": sha256_file(model), "labels": shuffled,
+                                  "input": DEFAULT_SPEC.to_dict()}))
+    assert convert_main(args) == 2
+    assert f"{record}: the model was trained with labels" in capsys.readouterr().err
+    record.write_text(json.dumps({"sha256": "0" * 64, "labels": list(CLASSES), "input": DEFAULT_SPEC.to_dict()}))
+    assert convert_main(args) == 2
+    assert "is for another model" in capsys.readouterr().err
+    record.unlink()
+    model.write_bytes(b"not a keras file")
+    assert convert_main(args) == 2
+    assert f"{model}: cannot load the float Keras model" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        convert_main([*args, "--calibration", "3"])
+    assert "cannot cover the 7 classes" in capsys.readouterr().err
 
 
 def test_tampered_model_is_refused_by_the_device_loader(converted, tmp_path):
