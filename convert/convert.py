@@ -122,6 +122,23 @@ def write_manifest(tflite: Path, final_name: str, variant: str, extra: dict) -> 
     return path
 
 
+def remove_stale_variants(out: Path, stem: str, source_sha256: str) -> list[Path]:
+    """Variants left from an earlier float model (not rebuilt this time) would contradict the
+    report and the card: every converted file in `out` comes from the current model."""
+    removed = []
+    for manifest in sorted(out.glob(f"{stem}_*.json")):
+        try:
+            source = json.loads(manifest.read_text()).get("source_model") or {}
+        except (OSError, ValueError):
+            continue
+        model = manifest.with_suffix(".tflite")
+        if model.exists() and source.get("sha256") not in (None, source_sha256):
+            model.unlink()
+            manifest.unlink()
+            removed.append(model)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, final)
         os.replace(report_tmp, args.out / "CONVERT_REPORT.md")
         print(f"wrote {', '.join(str(f) for _, f in staged)} and {args.out / 'CONVERT_REPORT.md'}")
+        for old in remove_stale_variants(args.out, stem, source["sha256"]):
+            print(f"removed {old}: converted from an older {args.model.name}")
         return 0
     except ModelError as e:
         print(f"error: verification failed: {e}", file=sys.stderr)

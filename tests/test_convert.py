@@ -91,6 +91,19 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
     assert "cannot cover the 7 classes" in capsys.readouterr().err
 
 
+def test_variants_of_an_older_model_are_removed(converted, tiny_model, fer_csv, tmp_path):
+    for name in ("fer_vgg16_float16.tflite", "fer_vgg16_dynamic.tflite"):
+        shutil.copy(converted / name, tmp_path / name)
+    older = json.loads((converted / "fer_vgg16_float16.json").read_text())
+    older["source_model"]["sha256"] = "0" * 64
+    (tmp_path / "fer_vgg16_float16.json").write_text(json.dumps(older))
+    shutil.copy(converted / "fer_vgg16_dynamic.json", tmp_path / "fer_vgg16_dynamic.json")  # same model: kept
+    assert convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(tmp_path),
+                         "--variants", "int8", "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.tflite")) == ["fer_vgg16_dynamic.tflite", "fer_vgg16_int8.tflite"]
+    assert not (tmp_path / "fer_vgg16_float16.json").exists()
+
+
 def test_tampered_model_is_refused_by_the_device_loader(converted, tmp_path):
     for name in ("fer_vgg16_int8.tflite", "fer_vgg16_int8.json"):
         shutil.copy(converted / name, tmp_path / name)
