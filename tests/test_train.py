@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_faces, write_csv
 
+from device.model import sha256_file
 from device.preprocess import preprocess
 from training import train as T
+from training.export import main as export_main
+from training.export import warm_start_lineage
 
 TINY = ["--width", "0.0625", "--batch-size", "16", "--seed", "3", "--deterministic"]
 
@@ -100,7 +103,7 @@ def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, f
     first, out = tmp_path / "first", tmp_path / "out"
     assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(first), "--out", str(out)]) == 0
     init = out / "fer_vgg16.keras"
-    assert T.epoch_offset(init) == 1 and T.epoch_offset(None) == 0
+    assert T.epoch_offset(warm_start_lineage(str(init))) == 1 and T.epoch_offset(None) == 0
     before = init.read_bytes()
     scores = iter([0.9, 0.5])  # the init model scores 0.9, the cycle's one epoch 0.5
     real_report = T.report
@@ -111,6 +114,24 @@ def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, f
     assert json.loads((second / "config.json").read_text())["epoch_offset"] == 1
     assert "no epoch beat the --init model (0.9000)" in capsys.readouterr().out
     assert init.read_bytes() == before
+
+
+def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
+    """A warm start's export replaces its --init file; exporting the run again must still name the parent."""
+    out = tmp_path / "out"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(tmp_path / "a"),
+                   "--out", str(out)]) == 0
+    parent = sha256_file(out / "fer_vgg16.keras")
+    scores = iter([0.1, 0.5])  # the init model scores 0.1, the cycle's epoch 0.5: it is exported
+    real_report = T.report
+    monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--init", str(out / "fer_vgg16.keras"),
+                   "--run-dir", str(tmp_path / "b"), "--out", str(out)]) == 0
+    record = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert record["warm_start_from"]["sha256"] == parent and record["sha256"] != parent
+    assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(fer_csv), "--out", str(out)]) == 0
+    again = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert again["warm_start_from"] == record["warm_start_from"] and again["epochs"] == record["epochs"]
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):

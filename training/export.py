@@ -36,7 +36,7 @@ def cpu_name() -> str:
 
 
 def warm_start_lineage(init: str | None) -> dict | None:
-    """What a warm start began from (read before the export may overwrite that file)."""
+    """What a warm start began from; read when the run starts, before its export may overwrite that file."""
     if not init or not Path(init).is_file():
         return None
     entry = {"file": Path(init).name, "sha256": sha256_file(Path(init))}
@@ -68,7 +68,9 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
     model.load_weights(run / "best.weights.h5")
 
-    lineage = warm_start_lineage(cfg.get("init"))
+    # Saved when the run started (runs before that saving: read now, which is right only for the
+    # run's own first export, before it replaced the --init file).
+    lineage = state["warm_start_from"] if "warm_start_from" in state else warm_start_lineage(cfg.get("init"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{MODEL_NAME}.keras"
     tmp = out / f"{MODEL_NAME}.tmp.keras"

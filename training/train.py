@@ -21,6 +21,7 @@ import numpy as np
 
 from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
 from training import data as fer
+from training.export import warm_start_lineage
 from training.metrics import report
 
 DEFAULTS = {
@@ -119,12 +120,10 @@ def build_and_compile(cfg: dict, steps_per_epoch: int):
     return model
 
 
-def epoch_offset(init: Path | None) -> int:
+def epoch_offset(lineage: dict | None) -> int:
     """Epochs the --init model already had, from the training record beside it (0 if none)."""
     from training.card import total_epochs
-    from training.export import warm_start_lineage
 
-    lineage = warm_start_lineage(str(init)) if init else None
     return total_epochs(lineage) if lineage and "epochs" in lineage else 0
 
 
@@ -212,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads(state_path.read_text())
         cfg = state["config"]  # the run's own settings; command-line hyperparameters are ignored
     else:
+        # The lineage is read now: the export overwrites the --init file when it lands in --out.
+        lineage = warm_start_lineage(str(args.init)) if args.init else None
         cfg = {k: getattr(args, k) for k in DEFAULTS}
         cfg.update(precision=args.precision, limit=args.limit, init=str(args.init) if args.init else None,
-                   epoch_offset=epoch_offset(args.init))
-        state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0}
+                   epoch_offset=epoch_offset(lineage))
+        state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
+                 "warm_start_from": lineage}
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
