@@ -59,9 +59,11 @@ def ms(samples: list[float]) -> str:
     return f"{1000 * float(np.mean(samples)):7.2f} ms"
 
 
-def pipeline_timing(frames, finder: FaceFinder, classify, geometry) -> dict[str, list[float]]:
+def pipeline_timing(frames, finder: FaceFinder, classify, geometry, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per stage for each frame, after `warmup` untimed frames (first calls trace,
+    allocate and fill caches: Keras's first predict alone costs about a second)."""
     t: dict[str, list[float]] = {k: [] for k in ("capture", "detect", "classify", "render", "total")}
-    for frame in frames:
+    for i, frame in enumerate([*frames[:warmup], *frames]):
         t0 = time.perf_counter()
         f = frame.copy()  # capture: the frame handed over by the source
         t1 = time.perf_counter()
@@ -71,6 +73,8 @@ def pipeline_timing(frames, finder: FaceFinder, classify, geometry) -> dict[str,
         t3 = time.perf_counter()
         render(Screen("live", "Happy" if probs is not None else None, 5, 5, True), (128, 64), "1")
         t4 = time.perf_counter()
+        if i < warmup:
+            continue
         for k, a, b in (("capture", t0, t1), ("detect", t1, t2), ("classify", t2, t3), ("render", t3, t4),
                         ("total", t0, t4)):
             t[k].append(b - a)

@@ -29,9 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=T.DEFAULTS["batch_size"])
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="as training's: auto is mixed bfloat16 where the CPU has bf16 instructions")
     args = p.parse_args(argv)
 
+    import keras
     import tensorflow as tf
+
+    keras.mixed_precision.set_global_policy(T.policy_name(args.precision))
 
     train = fer.load_split(args.data, "train")
     cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size)
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
               for _ in range(args.rounds)]
     mem, real = max(r[0] for r in rounds), max(r[1] for r in rounds)
     cost = 1 - real / mem
-    print(f"VGG16 width {args.width}, batch {n}, best of {args.rounds} rounds of {args.steps} timed steps")
+    print(f"VGG16 width {args.width}, batch {n}, {T.policy_name(args.precision)}, "
+          f"best of {args.rounds} rounds of {args.steps} timed steps")
     print(f"in-memory batch : {mem:8.1f} img/s")
     print(f"input pipeline  : {real:8.1f} img/s")
     print(f"pipeline cost   : {100 * cost:8.1f} %  (target <= 10 %)")

@@ -60,7 +60,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     from training.card import write_card
     from training.model import build_vgg16
     from training.plots import confusion_png, curves_png
-    from training.train import cpu_has_bf16, predict
+    from training.train import policy_name, predict
 
     cfg = json.loads((run / "config.json").read_text())
     state = json.loads((run / "state.json").read_text())
@@ -109,8 +109,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "numpy": np.__version__,
         },
         "cpu": cpu_name(),
-        "precision": "mixed_bfloat16" if cfg["precision"] == "bfloat16" or (
-            cfg["precision"] == "auto" and cpu_has_bf16()) else "float32",
+        "precision": policy_name(cfg["precision"]),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }

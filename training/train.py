@@ -67,6 +67,12 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def policy_name(precision: str) -> str:
+    """The Keras dtype policy for --precision: auto is mixed bfloat16 where the CPU has bf16 instructions."""
+    bf16 = precision == "bfloat16" or (precision == "auto" and cpu_has_bf16())
+    return "mixed_bfloat16" if bf16 else "float32"
+
+
 def class_weights(y: np.ndarray, power: float) -> np.ndarray:
     """Per-class weights ~ count^-power, scaled so the average sample weight is 1."""
     counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
@@ -244,9 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
-    bf16 = cfg["precision"] == "bfloat16" or (cfg["precision"] == "auto" and cpu_has_bf16())
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
-    print(f"precision: {'mixed_bfloat16' if bf16 else 'float32'}")
+    keras.mixed_precision.set_global_policy(policy_name(cfg["precision"]))
+    print(f"precision: {policy_name(cfg['precision'])}")
 
     x_train = tf.constant(preprocess(train.x, DEFAULT_SPEC))
     y_train = tf.constant(train.y)
