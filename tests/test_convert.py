@@ -138,6 +138,24 @@ def test_evaluate_keras_and_tflite_agree(converted, tiny_model, fer_csv, tmp_pat
     assert (tmp_path / "fer_vgg16_float16_confusion.png").exists()
 
 
+def test_evaluate_private_split_and_bad_models(converted, fer_csv, tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    model = converted / "fer_vgg16_int8.tflite"
+    common = ["--data", str(fer_csv), "--json", "--out-dir", str(tmp_path)]
+    assert evaluate_main(["--model", str(model), "--split", "private", *common]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["split"] == "private" and r["n"] == 7  # the fixture's one PrivateTest face per class
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    (tmp_path / "run").mkdir()
+    for path, message in ((tmp_path / "broken.keras", "cannot load the Keras model"),
+                          (tmp_path / "run", "not a training run folder (no config.json, best.weights.h5)"),
+                          (tmp_path / "model.h5", "no such model file"),
+                          (model.with_suffix(".json"), "expected a .tflite or .keras model")):
+        assert evaluate_main(["--model", str(path), *common]) == 2
+        assert f"{path}: {message}" in capsys.readouterr().err
+
+
 def test_face_detector_files_are_checked(tmp_path):
     r = subprocess.run([sys.executable, "-m", "convert.face_detector", "--dest", str(FACE_DIR)],
                        capture_output=True, text=True, cwd=ROOT)

@@ -1,12 +1,12 @@
 """Evaluate an emotion model on a labelled FER-2013-style set.
 
-    python -m training.evaluate --model models/fer_vgg16.keras --data FER2013 [--json]
+    python -m training.evaluate --model models/fer_vgg16.keras --data FER2013 [--split private] [--json]
 
 MODEL is a Keras model (`.keras`), a training run folder (its best epoch; the curves
 are drawn too) or a `.tflite` file, which runs through the device's own LiteRT
 classifier with the preprocessing its manifest names. DATA is any form that
-`training.data` reads; a split layout or CSV is evaluated on its test split, a bare
-class-folder set whole.
+`training.data` reads; a split layout or CSV is evaluated on its test split (PublicTest;
+--split private for PrivateTest where the data has it), a bare class-folder set whole.
 """
 
 from __future__ import annotations
@@ -29,15 +29,30 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
 
     from training.train import predict
 
-    if path.is_dir():  # a training run: rebuild the model and load its best epoch
-        from training.model import build_vgg16
+    try:
+        if path.is_dir():  # a training run: rebuild the model and load its best epoch
+            from training.model import build_vgg16
 
-        cfg = json.loads((path / "config.json").read_text())
-        model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-        model.load_weights(path / "best.weights.h5")
-    else:
-        model = keras.saving.load_model(path, compile=False)
+            cfg = json.loads((path / "config.json").read_text())
+            model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+            model.load_weights(path / "best.weights.h5")
+        else:
+            model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
+        raise ModelError(f"{path}: cannot load the Keras model ({type(e).__name__}: {e})") from None
     return predict(model, preprocess(faces, DEFAULT_SPEC))
+
+
+def check_model_path(model: Path) -> None:
+    """Fail before minutes of data loading: the model must be a .tflite, a .keras or a run folder."""
+    if model.is_dir():
+        missing = [n for n in ("config.json", "best.weights.h5") if not (model / n).is_file()]
+        if missing:
+            raise ModelError(f"{model}: not a training run folder (no {', '.join(missing)})")
+    elif not model.is_file():
+        raise ModelError(f"{model}: no such model file or run folder")
+    elif model.suffix not in (".tflite", ".keras"):
+        raise ModelError(f"{model}: expected a .tflite or .keras model or a training run folder")
 
 
 def predict_probs(model: Path, faces: np.ndarray, threads: int = 2) -> np.ndarray:
@@ -47,8 +62,6 @@ def predict_probs(model: Path, faces: np.ndarray, threads: int = 2) -> np.ndarra
         if tuple(clf.manifest.labels) != CLASSES:
             raise ModelError(f"{model}: manifest labels {clf.manifest.labels} are not FER-2013's {CLASSES}")
         return clf.predict_batched(faces)
-    if not model.exists():
-        raise ModelError(f"{model}: no such model file or run folder")
     return predict_keras(model, faces)
 
 
@@ -69,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("build/eval"), help="where the PNGs go")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split", choices=["test", "private"],
+                   help="of a CSV or split layout: test (PublicTest, the default) or private (PrivateTest)")
     args = p.parse_args(argv)
 
     try:
-        split = fer.eval_split_name(args.data)
+        check_model_path(args.model)
+        split = args.split or fer.eval_split_name(args.data)
         data = fer.load_split(args.data, split, skip_bad=args.skip_bad)
         probs = predict_probs(args.model, data.x, args.threads)
     except (fer.DataError, ModelError) as e:
