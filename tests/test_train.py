@@ -163,13 +163,17 @@ def test_warm_start_copies_weights(tmp_path, tiny_model):
 def test_card_reproduces_every_cycle_oldest_first():
     from training.card import _reproduce
 
-    first = dict(T.DEFAULTS, epochs=4, init=None)
-    second = dict(T.DEFAULTS, epochs=5, lr=0.03, init="models/fer_vgg16.keras")
+    first = dict(T.DEFAULTS, epochs=4, init=None, epoch_offset=0, precision="auto", limit=0)
+    second = dict(T.DEFAULTS, epochs=5, lr=0.03, init="models/fer_vgg16.keras", epoch_offset=4, precision="float32",
+                  limit=0)
     record = {"config": second, "warm_start_from": {"file": "fer_vgg16.keras", "sha256": "ab" * 32, "config": first,
                                                     "warm_start_from": None}}
     assert _reproduce(record).splitlines() == [
         '    make train ARGS="--epochs 4"',
-        '    make train ARGS="--init models/fer_vgg16.keras --epochs 5 --lr 0.03"',
+        '    make train ARGS="--init models/fer_vgg16.keras --epochs 5 --lr 0.03 --precision float32"',
     ]
+    first.pop("epoch_offset")  # run before warm starts continued the epoch numbering: marked and explained
+    lines = _reproduce(record).splitlines()
+    assert lines[0].endswith("# *") and not lines[1].endswith("# *") and "bf6f45c" in lines[3]
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[0].startswith("    # start from `fer_vgg16.keras` (sha256 abab")

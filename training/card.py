@@ -25,6 +25,10 @@ def train_command(cfg: dict) -> str:
     from training.train import DEFAULTS
 
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in DEFAULTS and v != DEFAULTS[k]]
+    if cfg.get("precision", "auto") != "auto":
+        flags.append(f"--precision {cfg['precision']}")
+    if cfg.get("limit"):
+        flags.append(f"--limit {cfg['limit']}")
     if cfg.get("init"):
         flags.insert(0, f"--init {cfg['init']}")
     return "make train" + (f' ARGS="{" ".join(flags)}"' if flags else "")
@@ -38,8 +42,12 @@ def _reproduce(record: dict) -> str:
         node = node.get("warm_start_from")
     if node:  # an older record without its config: the chain starts from that model
         chain.insert(0, None)
-    lines = [f"    {train_command(c)}" if c else f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)"
-             for c in chain]
+    lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
+             else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
+    if any(c is not None and "epoch_offset" not in c for c in chain):
+        lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
+                  "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
+                  "epochs): today's code repeats those commands, not their exact models."]
     return "\n".join(lines)
 
 
@@ -67,7 +75,8 @@ def write_card(record: dict, path: Path) -> Path:
     lineage = (
         f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
         + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%}" if "epochs" in ws else "")
-        + f"); {total_epochs(record)} epochs in all."
+        + (f"); {total_epochs(record)} epochs in all." if "epochs" in ws
+           else f"); its epochs are unknown, so at least {total_epochs(record)} in all.")
         if ws else "Trained from scratch (no pretrained weights)."
     )
     text = f"""# Model card: `{record['model']}`
@@ -83,6 +92,9 @@ feedbackd appliance. This card is written by `training/export.py` from
 | --- | --- |
 | accuracy | **{val['accuracy']:.2%}** |
 | macro-F1 | {val['macro_f1']:.4f} |
+
+The float32 model is evaluated at export; the per-epoch figures in the curves were measured
+during training in {record['precision']} and may differ in the second decimal.
 
 {_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
 used here. PublicTest chose the best epoch of every cycle and guided the learning rates, so
@@ -129,7 +141,8 @@ With `DATA` at its default (`../shared/data/fer2013/fer2013-training-publictest.
 ## Status
 
 The target is PublicTest accuracy >= {TARGET:.0%} ({GOAL:.0%} the goal). On this project's
-2-core CPU a VGG16 training epoch took {epoch_minutes:.0f} minutes in this run ({record['precision']}), so
+2-core CPU a VGG16 epoch (its PublicTest evaluation included) took {epoch_minutes:.0f} minutes in this run
+({record['precision']}), so
 training proceeds in warm-restart cycles of a few epochs, each one a finished run whose model
 is committed; the next cycle warm-starts from it (`--init models/fer_vgg16.keras`).
 
