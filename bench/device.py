@@ -97,14 +97,15 @@ def press_to_commit(n: int = 300) -> tuple[float, float]:
 def daemon_memory_mb(model: Path, frames_dir: Path, config: Path | None, seconds: float = 12.0) -> dict[str, float]:
     """Peak RSS (VmHWM) of `feedbackd run` on an image folder, and its resident memory split
     into private (anonymous) and file-backed pages (shared libraries, the mapped model)."""
-    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as d, open(Path(d) / "stderr.log", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", *(["--config", str(config)] if config else []),
                                  "run", "--source", "images", "--camera-path", str(frames_dir), "--display", "none",
                                  "--button", "none", "--model", str(model), "--threads", "1",
-                                 "--db", str(Path(d) / "rss.db")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                                 "--db", str(Path(d) / "rss.db")], cwd=ROOT, stderr=err)  # a file: an unread pipe fills
         time.sleep(seconds)
         if proc.poll() is not None:
-            raise SystemExit(f"bench: feedbackd run exited with {proc.returncode}: {proc.stderr.read().strip()}")
+            err.seek(0)
+            raise SystemExit(f"bench: feedbackd run exited with {proc.returncode}: {err.read().strip()}")
         status = Path(f"/proc/{proc.pid}/status").read_text()
         proc.terminate()
         proc.wait(timeout=10)
@@ -189,6 +190,9 @@ def crop_round_trip(faces: np.ndarray, labels: np.ndarray, detector, clf) -> Non
     frames = paste_frames(faces, seed=2)
     boxes = [choose_face(detector.detect(f), f.shape) for f in frames]
     found = [i for i, b in enumerate(boxes) if b is not None]
+    if not found:
+        print(f"crop round trip: the detector found none of the {len(faces)} pasted faces")
+        return
     found_acc = float((direct[found] == labels[found]).mean())
     print(f"crop round trip: {len(found)}/{len(faces)} faces found; direct accuracy {direct_acc:.2%} "
           f"on all, {found_acc:.2%} on the found ones")
