@@ -96,12 +96,12 @@ def check_training_record(model: Path) -> None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable training record ({e})") from None
+        raise ModelError(f"{path}: unreadable training record ({e})") from None
     if record.get("sha256") != sha256_file(model):
-        raise ValueError(f"{path}: this training record is for another model than {model} (sha256 differs)")
+        raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
     for key, ours in (("labels", list(CLASSES)), ("input", DEFAULT_SPEC.to_dict())):
         if record.get(key) != ours:
-            raise ValueError(f"{path}: the model was trained with {key} {record.get(key)}, "
+            raise ModelError(f"{path}: the model was trained with {key} {record.get(key)}, "
                              f"but the manifest would say {ours}")
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         check_training_record(args.model)
         train = fer.load_split(args.data, "train")
         test = fer.load_split(args.data, fer.eval_split_name(args.data))
-    except (ValueError, fer.DataError) as e:
+    except (ModelError, fer.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

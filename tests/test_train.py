@@ -171,9 +171,10 @@ def test_card_reproduces_every_cycle_oldest_first():
     assert _reproduce(record).splitlines() == [
         '    make train ARGS="--epochs 4"',
         '    make train ARGS="--init models/fer_vgg16.keras --epochs 5 --lr 0.03 --precision float32"',
+        "    make evaluate MODEL=models/fer_vgg16.keras DATA=../shared/data/fer2013/fer2013-training-publictest.zip",
     ]
     first.pop("epoch_offset")  # run before warm starts continued the epoch numbering: marked and explained
     lines = _reproduce(record).splitlines()
-    assert lines[0].endswith("# *") and not lines[1].endswith("# *") and "bf6f45c" in lines[3]
+    assert lines[0].endswith("# *") and not lines[1].endswith("# *") and "bf6f45c" in lines[4]
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[0].startswith("    # start from `fer_vgg16.keras` (sha256 abab")

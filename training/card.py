@@ -9,6 +9,7 @@ from device.preprocess import CLASSES, DISPLAY_NAMES
 
 TARGET = 0.70
 GOAL = 0.73
+DEFAULT_DATA = "../shared/data/fer2013/fer2013-training-publictest.zip"  # the Makefile's DATA
 
 
 def total_epochs(record: dict) -> int:
@@ -44,6 +45,7 @@ def _reproduce(record: dict) -> str:
         chain.insert(0, None)
     lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
              else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
+    lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
                   "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
@@ -132,11 +134,10 @@ brightness and contrast.
 
 ## Reproduce
 
-With `DATA` at its default (`../shared/data/fer2013/fer2013-training-publictest.zip`), one
+With `DATA` at its default (`{DEFAULT_DATA}`), one
 `make train` per cycle, each exporting to `models/` what the next one starts from:
 
 {_reproduce(record)}
-    make evaluate MODEL=models/fer_vgg16.keras DATA=../shared/data/fer2013/fer2013-training-publictest.zip
 
 ## Status
 
