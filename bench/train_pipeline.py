@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    keras.mixed_precision.set_global_policy(T.policy_name(args.precision))
+    policy = T.policy_name(args.precision)
+    keras.mixed_precision.set_global_policy(policy)
 
     train = fer.load_split(args.data, "train")
     cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
               for _ in range(args.rounds)]
     mem, real = max(r[0] for r in rounds), max(r[1] for r in rounds)
     cost = 1 - real / mem
-    print(f"VGG16 width {args.width}, batch {n}, {T.policy_name(args.precision)}, "
+    print(f"VGG16 width {args.width}, batch {n}, {policy}, "
           f"best of {args.rounds} rounds of {args.steps} timed steps")
     print(f"in-memory batch : {mem:8.1f} img/s")
     print(f"input pipeline  : {real:8.1f} img/s")

@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
-    keras.mixed_precision.set_global_policy(policy_name(cfg["precision"]))
-    print(f"precision: {policy_name(cfg['precision'])}")
+    policy = policy_name(cfg["precision"])
+    keras.mixed_precision.set_global_policy(policy)
+    print(f"precision: {policy}")
 
     x_train = tf.constant(preprocess(train.x, DEFAULT_SPEC))
     y_train = tf.constant(train.y)
