@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from training.train import predict
+    from training.train import classify
 
     try:
         model = keras.saving.load_model(args.model, compile=False)
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: cannot load the float Keras model ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     source = {"file": args.model.name, "sha256": sha256_file(args.model)}
-    x_test = preprocess(test.x, DEFAULT_SPEC)
-    float_pred = predict(model, x_test).argmax(1)
+    float_pred = classify(model, test.x).argmax(1)  # as the device will run it
     float_report = report(test.y, float_pred)
     calib = preprocess(representative_faces(train.x, train.y, args.calibration, args.seed), DEFAULT_SPEC)
     print(f"float model {args.model}: PublicTest accuracy {float_report['accuracy']:.4f} "

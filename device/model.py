@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.preprocess import InputSpec, preprocess
+from device.preprocess import InputSpec, predict_faces
 
 SCHEMA_VERSION = 1
 MADV_DONTNEED = 4  # <sys/mman.h> on Linux
@@ -172,7 +172,10 @@ class EmotionClassifier:
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """uint8 faces (N, S, S) or (S, S) -> probabilities (N, classes) float32."""
-        x = preprocess(faces, self.spec)
+        return predict_faces(self._invoke, faces, self.spec)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed float input (N, S, S, 1) -> probabilities, resizing the batch as needed."""
         if len(x) != self._batch:
             self.interpreter.resize_tensor_input(self._input["index"], [len(x), *x.shape[1:]])
             self._allocate()

@@ -38,6 +38,25 @@ def test_every_variant_loads_with_a_matching_manifest(converted, tiny_model, var
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
 
 
+def test_classifier_averages_each_face_with_its_mirror_image(converted, tmp_path):
+    """The manifest's `mirror` makes the device average a face's and its mirror image's
+    probabilities; a manifest without the key (older models) classifies one view."""
+    src = converted / "fer_vgg16_float16.tflite"
+    assert json.loads(src.with_suffix(".json").read_text())["input"]["mirror"] is True
+    one_view = tmp_path / src.name
+    shutil.copy(src, one_view)
+    manifest = json.loads(src.with_suffix(".json").read_text())
+    del manifest["input"]["mirror"]
+    one_view.with_suffix(".json").write_text(json.dumps(manifest))
+
+    faces = np.random.default_rng(3).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    mirrored, single = EmotionClassifier(src), EmotionClassifier(one_view)
+    left, right = single.predict(faces), single.predict(faces[:, :, ::-1])
+    assert np.abs(left - right).max() > 1e-3, "the views must differ for this test to mean anything"
+    np.testing.assert_allclose(mirrored.predict(faces), (left + right) / 2, atol=1e-5)
+    np.testing.assert_allclose(mirrored.predict(faces[:1]), (left[:1] + right[:1]) / 2, atol=1e-5)
+
+
 def test_report_lists_every_variant(converted):
     report = (converted / "CONVERT_REPORT.md").read_text()
     for variant in ("float32", "int8", "float16", "dynamic"):

@@ -97,6 +97,13 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
+    # the record scores the model the device's way (mirror averaging) and the way epochs were chosen
+    assert record["input"]["mirror"] and f"{record['publictest_single_view']['accuracy']:.2%}" in card
+    from training.evaluate import main as evaluate_main
+
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(out / "fer_vgg16.keras"), "--data", str(fer_csv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == record["publictest"]["accuracy"]
 
 
 def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, fer_csv, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.model import EmotionClassifier, ModelError
-from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, preprocess
+from device.preprocess import CLASSES, DISPLAY_NAMES
 from training import data as fer
 from training.metrics import report
 
@@ -27,7 +27,7 @@ from training.metrics import report
 def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
     import keras
 
-    from training.train import predict
+    from training.train import classify
 
     try:
         if path.is_dir():  # a training run: rebuild the model and load its best epoch
@@ -40,7 +40,7 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
             model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
         raise ModelError(f"{path}: cannot load the Keras model ({type(e).__name__}: {e})") from None
-    return predict(model, preprocess(faces, DEFAULT_SPEC))
+    return classify(model, faces)
 
 
 def check_model_path(model: Path) -> None:

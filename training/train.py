@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
+from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
 from training.export import warm_start_lineage
 from training.metrics import report
@@ -180,6 +180,11 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([model(x[i : i + batch_size], training=False).numpy()
                            for i in range(0, len(x), batch_size)])
+
+
+def classify(model, faces: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Probabilities for uint8 faces exactly as the device computes them (mirror averaging too)."""
+    return predict_faces(lambda x: predict(model, x), faces, spec)
 
 
 def save_atomic(model, path: Path) -> None:
