@@ -66,6 +66,8 @@ def write_card(record: dict, path: Path) -> Path:
     val = record["publictest"]
     single = record.get("publictest_single_view", val)
     mirror = record["input"].get("mirror", False)
+    export = record.get("export_commit", record["code_commit"])
+    exported_by = f" (trained); exported and scored by `{export}`" if export != record["code_commit"] else ""
     mirror_note = (", the way the device classifies a face: the face and its mirror image each go through\n"
                    "the network and their probabilities are averaged (twice the compute of one view)") if mirror else ""
     cfg = record["config"]
@@ -124,7 +126,7 @@ this figure is optimistic; PrivateTest gives the unbiased one.
   {record['cpu']} ({record['precision']}, XLA, oneDNN).
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.
-- Code: commit `{record['code_commit']}`; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
+- Code: commit `{record['code_commit']}`{exported_by}; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
 - Model file sha256: `{record['sha256']}`.
 - Input: {record['input']['size']}x{record['input']['size']} {record['input']['color_mode']},
   `(pixel * {record['input']['scale']:.6g} - {record['input']['mean']}) / {record['input']['std']}`{

@@ -60,7 +60,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     from training.card import write_card
     from training.model import build_vgg16
     from training.plots import confusion_png, curves_png
-    from training.train import classify, policy_name, predict
+    from training.train import classify, code_commit, policy_name, predict
 
     cfg = json.loads((run / "config.json").read_text())
     state = json.loads((run / "state.json").read_text())
@@ -104,6 +104,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "publictest_faces": len(test),
         },
         "code_commit": commit_file.read_text().strip() if commit_file.exists() else "unknown",
+        "export_commit": code_commit(),  # an export redone later may score the model with newer code
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
