@@ -62,6 +62,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     from training.plots import confusion_png, curves_png
     from training.train import classify, code_commit, policy_name, predict
 
+    export_commit = code_commit()  # before this export's own files make the tree dirty; an export
+    # redone later may score the model with newer code than the run's
     cfg = json.loads((run / "config.json").read_text())
     state = json.loads((run / "state.json").read_text())
     keras.mixed_precision.set_global_policy("float32")
@@ -104,7 +106,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "publictest_faces": len(test),
         },
         "code_commit": commit_file.read_text().strip() if commit_file.exists() else "unknown",
-        "export_commit": code_commit(),  # an export redone later may score the model with newer code
+        "export_commit": export_commit,
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
