@@ -13,12 +13,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from device.model import sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC, preprocess
+from device.preprocess import CLASSES, DEFAULT_SPEC
 from training import data as fer
 from training.metrics import report
 
@@ -60,7 +61,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     from training.card import write_card
     from training.model import build_vgg16
     from training.plots import confusion_png, curves_png
-    from training.train import classify, code_commit, policy_name, predict
+    from training.train import classify, code_commit, policy_name
 
     export_commit = code_commit()  # before this export's own files make the tree dirty; an export
     # redone later may score the model with newer code than the run's
@@ -80,7 +81,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     os.replace(tmp, path)
 
     val = report(test.y, classify(model, test.x).argmax(1))  # as the device runs it
-    single = report(test.y, predict(model, preprocess(test.x, DEFAULT_SPEC)).argmax(1))  # as training scored epochs
+    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, mirror=False)).argmax(1))  # one view
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     commit_file = run / "code_commit"
