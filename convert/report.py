@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from device.preprocess import DEFAULT_SPEC
 from training.export import cpu_name
 
 
@@ -45,8 +46,10 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         "",
         f"Source: `{source['file']}` (sha256 `{source['sha256'][:16]}…`), float PublicTest accuracy "
         f"**{float_report['accuracy']:.2%}**, macro-F1 {float_report['macro_f1']:.4f} ({n} faces).",
-        f"Each variant was evaluated through the device's LiteRT classifier; latency is the median of "
-        f"{args.latency_runs} single-face invokes on one thread ({cpu_name()}, {platform.machine()}).",
+        "Each variant was evaluated through the device's LiteRT classifier"
+        + (", each face averaged with its mirror image as the manifest says" if DEFAULT_SPEC.mirror else "")
+        + f"; latency is the median of {args.latency_runs} single-face classifications on one thread "
+        f"({cpu_name()}, {platform.machine()}).",
         "",
         "| variant | file | accuracy | Δ vs float (points) | macro-F1 | agreement with float | size (MB) "
         "| size vs float32 | latency (ms/face) | latency vs float32 |",

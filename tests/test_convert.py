@@ -63,6 +63,7 @@ def test_report_lists_every_variant(converted):
         assert f"| {variant} |" in report
     assert not list(converted.glob(".*tmp*")), "staging files left behind"
     assert "| int8 file at most 30 % of float32's size |" in report
+    assert "each face averaged with its mirror image" in report
 
 
 def test_report_says_which_targets_were_met():
