@@ -67,7 +67,7 @@ def _history(run) -> list[dict]:
 
 
 def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
-    common = ["--data", str(fer_csv), "--epochs", "2", *TINY]
+    common = ["--data", str(fer_csv), "--epochs", "2", "--erase", "0.5", *TINY]  # erasing repeats too
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert T.main([*common, "--run-dir", str(straight), "--out", str(tmp_path / "out1")]) == 0
     assert T.main([*common, "--run-dir", str(stopped), "--out", str(tmp_path / "out2"), "--stop-after", "1"]) == 0
@@ -97,6 +97,7 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
+    assert "--erase 0.5" in card  # the command that repeats the run
     # the record scores the model the device's way (mirror averaging) and the way epochs were chosen
     assert record["input"]["mirror"] and f"{record['publictest_single_view']['accuracy']:.2%}" in card
     from training.evaluate import main as evaluate_main
@@ -185,3 +186,23 @@ def test_card_reproduces_every_cycle_oldest_first():
     assert lines[0].endswith("# *") and not lines[1].endswith("# *") and "bf6f45c" in lines[4]
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[0].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
+
+
+def test_random_erasing_hides_one_rectangle_per_chosen_face():
+    import tensorflow as tf
+
+    from training.augment import erase_boxes
+
+    x = tf.ones([64, 48, 48, 1])
+    seed = tf.constant([7, 1], tf.int64)
+    out = erase_boxes(x, seed, p=0.5).numpy()[..., 0]
+    erased = (out == 0).sum(axis=(1, 2))
+    assert 16 < (erased > 0).sum() < 48  # about half the faces, the others untouched
+    assert np.all(out[erased == 0] == 1)
+    for face, n in zip(out, erased, strict=True):
+        if n:  # one axis-aligned rectangle of 2 % to 33 % of the face
+            rows, cols = np.nonzero(face == 0)
+            box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            assert box == n and 0.02 * 48 * 48 - 100 <= n <= 0.33 * 48 * 48 + 100
+    assert np.array_equal(out, erase_boxes(x, seed, p=0.5).numpy()[..., 0])  # stateless: --resume repeats it
+    assert np.array_equal(erase_boxes(x, seed, p=0.0).numpy(), x.numpy())

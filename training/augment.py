@@ -9,15 +9,17 @@ import tensorflow as tf
 
 
 def augment(x: tf.Tensor, seed: tf.Tensor, max_rot_deg: float = 10.0, max_scale: float = 0.1,
-            max_shift: float = 0.1, brightness: float = 0.4, contrast: float = 0.2) -> tf.Tensor:
-    """Random flip, rotation, scale, shift (one affine warp) and brightness/contrast.
+            max_shift: float = 0.1, brightness: float = 0.4, contrast: float = 0.2,
+            erase: float = 0.0) -> tf.Tensor:
+    """Random flip, rotation, scale, shift (one affine warp), brightness/contrast, and with
+    probability `erase` one random rectangle erased (see `erase_boxes`).
 
     `x` is a preprocessed batch (N, H, W, 1); `seed` a stateless seed of shape (2,).
     """
     n = tf.shape(x)[0]
     h = tf.cast(tf.shape(x)[1], tf.float32)
     w = tf.cast(tf.shape(x)[2], tf.float32)
-    seeds = tf.random.experimental.stateless_split(seed, 6)
+    seeds = tf.random.experimental.stateless_split(seed, 7)
     uni = lambda i, lo, hi: tf.random.stateless_uniform([n], seeds[i], lo, hi)  # noqa: E731
     angle = uni(0, -max_rot_deg, max_rot_deg) * (math.pi / 180.0)
     scale = uni(1, 1.0 - max_scale, 1.0 + max_scale)
@@ -40,4 +42,29 @@ def augment(x: tf.Tensor, seed: tf.Tensor, max_rot_deg: float = 10.0, max_scale:
     gain = uni(4, 1.0 - contrast, 1.0 + contrast)[:, None, None, None]
     bias = uni(5, -brightness, brightness)[:, None, None, None]
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    return (x - mean) * gain + mean + bias
+    x = (x - mean) * gain + mean + bias
+    return erase_boxes(x, seeds[6], erase) if erase > 0 else x
+
+
+def erase_boxes(x: tf.Tensor, seed: tf.Tensor, p: float, area: tuple[float, float] = (0.02, 0.33),
+                ratio: tuple[float, float] = (0.3, 3.3)) -> tf.Tensor:
+    """Random erasing (Zhong et al., 2017): with probability `p` a rectangle of `area` of the
+    face, aspect `ratio`, set to 0 (mid grey after preprocessing). A face with an eye or the
+    mouth hidden must still be read from the rest, which curbs the overfitting VGG16 shows on
+    FER-2013's 28,709 faces."""
+    n = tf.shape(x)[0]
+    h = tf.cast(tf.shape(x)[1], tf.float32)
+    w = tf.cast(tf.shape(x)[2], tf.float32)
+    u = tf.random.stateless_uniform([n, 5], seed)
+    s = (area[0] + u[:, 0] * (area[1] - area[0])) * h * w
+    r = tf.exp(math.log(ratio[0]) + u[:, 1] * math.log(ratio[1] / ratio[0]))
+    bh = tf.minimum(tf.sqrt(s / r), h)
+    bw = tf.minimum(tf.sqrt(s * r), w)
+    y0 = u[:, 2] * (h - bh)
+    x0 = u[:, 3] * (w - bw)
+    rows = tf.range(h)[None, :, None]
+    cols = tf.range(w)[None, None, :]
+    inside = ((rows >= y0[:, None, None]) & (rows < (y0 + bh)[:, None, None])
+              & (cols >= x0[:, None, None]) & (cols < (x0 + bw)[:, None, None])
+              & (u[:, 4] < p)[:, None, None])
+    return tf.where(inside[..., None], tf.zeros_like(x), x)

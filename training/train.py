@@ -35,6 +35,7 @@ DEFAULTS = {
     "dropout": 0.4,
     "width": 1.0,
     "class_weight_power": 0.3,
+    "erase": 0.0,
     "seed": 1234,
 }
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
@@ -95,7 +96,7 @@ def train_dataset(x, y, w, cfg: dict, epoch: int):
     eye = tf.eye(len(CLASSES))
 
     def make_batch(i, idx):
-        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]))
+        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]), erase=cfg.get("erase", 0.0))
         return xb, tf.gather(eye, tf.gather(y, idx)), tf.gather(w, idx)
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(cfg["batch_size"]).enumerate()
