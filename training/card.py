@@ -45,12 +45,25 @@ def _reproduce(record: dict) -> str:
         chain.insert(0, None)
     lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
              else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
+    if record.get("average"):
+        lines.append("    python -m training.average --run-dir RUN --data $DATA --models "
+                     + " ".join(m["file"] for m in record["average"]["models"])
+                     + "   # epochN.weights.h5: kept by --keep-epochs")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
                   "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
                   "epochs): today's code repeats those commands, not their exact models."]
     return "\n".join(lines)
+
+
+def _average_note(record: dict) -> str:
+    avg = record.get("average")
+    if not avg:
+        return ""
+    files = ", ".join(f"`{m['file']}`" for m in avg["models"])
+    return (f"\n- Exported weights: the average of {len(avg['models'])} models ({files}), batch-norm"
+            f"\n  statistics re-estimated on {avg['batch_norm_faces']} Training faces (`training.average`).")
 
 
 def _verdict(acc: float) -> str:
@@ -123,7 +136,7 @@ this figure is optimistic; PrivateTest gives the unbiased one.
 - Architecture: {record['architecture']}, {record['parameters']:,} parameters, batch norm, dropout.
 - {lineage}
 - This run: {record['epochs']} epochs, best epoch {record['best_epoch']}, wall time {hours:.2f} h on
-  {record['cpu']} ({record['precision']}, XLA, oneDNN).
+  {record['cpu']} ({record['precision']}, XLA, oneDNN).{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.
 - Code: commit `{record['code_commit']}`{exported_by}; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
@@ -139,7 +152,8 @@ this figure is optimistic; PrivateTest gives the unbiased one.
 SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight decay (not on
 batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
 (Disgusted has 436 of 28,709 faces), augmentation by random flip, rotation, scale, shift,
-brightness and contrast.
+brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']:.0%} of the faces"
+                         if cfg.get("erase") else ""}.
 
 ## Reproduce
 

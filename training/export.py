@@ -1,5 +1,5 @@
-"""Export a run's best epoch to `models/`: the float32 Keras model, its training record
-(JSON), the confusion matrix and curves, and the model card.
+"""Export a run's best epoch (or its average, see `training.average`) to `models/`: the float32
+Keras model, its training record (JSON), the confusion matrix and curves, and the model card.
 
     python -m training.export --run-dir RUN --data FER2013 [--out models]
 """
@@ -69,7 +69,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     state = json.loads((run / "state.json").read_text())
     keras.mixed_precision.set_global_policy("float32")
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-    model.load_weights(run / "best.weights.h5")
+    # the best epoch, or the average of several models when `training.average` chose it
+    model.load_weights(run / ("average.weights.h5" if "average" in state else "best.weights.h5"))
 
     # Saved when the run started (runs before that saving: read now, which is right only for the
     # run's own first export, before it replaced the --init file).
@@ -96,6 +97,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
         "epochs": state["epochs_done"],
         "warm_start_from": lineage,
         "best_epoch": state["best_epoch"],
+        "average": state.get("average"),
         "wall_seconds": round(state["wall_seconds"], 1),
         "publictest": val,
         "publictest_single_view": {k: single[k] for k in ("accuracy", "macro_f1")},

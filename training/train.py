@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="keep every epoch's weights (epochN.weights.h5) for training.average")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop cleanly after epoch N of the run (continue later with --resume)")
     for key, value in DEFAULTS.items():
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             save_atomic(model, run / "best.weights.h5")
             state.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_report=val)
         save_atomic(model, run / "last.keras")
+        if args.keep_epochs:
+            save_atomic(model, run / f"epoch{epoch + 1}.weights.h5")
         state["epochs_done"] = epoch + 1
         state["wall_seconds"] += seconds
         state_tmp = state_path.with_suffix(".tmp")

@@ -1,0 +1,86 @@
+"""Weight averaging: the mean of kept epochs, batch norm re-estimated, exported only when it beats the run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_train import TINY
+
+from device.preprocess import preprocess
+from training import average as A
+from training import train as T
+from training.evaluate import main as evaluate_main
+
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory, fer_csv):
+    """A two-epoch tiny run that kept both epochs' weights."""
+    d = tmp_path_factory.mktemp("avg")
+    assert T.main(["--data", str(fer_csv), "--epochs", "2", *TINY, "--keep-epochs",
+                   "--run-dir", str(d / "run"), "--out", str(d / "first")]) == 0
+    return d / "run"
+
+
+def _model():
+    from training.model import build_vgg16
+
+    return build_vgg16(width=0.0625)
+
+
+def test_average_is_the_mean_of_the_models(kept_run):
+    paths = [kept_run / "epoch1.weights.h5", kept_run / "epoch2.weights.h5"]
+    weights = [A.load_weights(_model(), p) for p in paths]
+    assert any(not np.array_equal(a, b) for a, b in zip(*weights, strict=True))  # the epochs differ
+    model = _model()
+    A.average_weights(model, paths)
+    for got, a, b in zip(model.get_weights(), *weights, strict=True):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-6, atol=1e-7)
+    with pytest.raises(SystemExit, match="missing.keras: no such file"):
+        A.average_weights(model, [kept_run / "missing.keras"])
+
+
+def test_batch_norm_statistics_are_the_mean_over_the_data(kept_run):
+    import keras
+
+    model = _model()
+    A.average_weights(model, [kept_run / "epoch2.weights.h5"])
+    x = preprocess(np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8))
+    A.recalibrate_batch_norm(model, x, batch_size=8)
+    bn = model.get_layer("block1_bn1")
+    conv = keras.Model(model.input, model.get_layer("block1_conv1").output)(x).numpy()
+    batch_means = [conv[i : i + 8].mean(axis=(0, 1, 2)) for i in range(0, 40, 8)]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.99  # restored for later training
+
+
+def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path, capsys):
+    out = tmp_path / "models"
+    args = ["--run-dir", str(kept_run), "--data", str(fer_csv), "--out", str(out),
+            "--models", str(kept_run / "epoch1.weights.h5"), str(kept_run / "epoch2.weights.h5")]
+    state_path = kept_run / "state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps(dict(state, best_accuracy=1.0)))  # a run nothing beats
+    assert A.main(args) == 0
+    assert "does not beat the run's best" in capsys.readouterr().out and not out.exists()
+
+    state_path.write_text(json.dumps(dict(state, best_accuracy=0.0)))  # a run any average beats
+    assert A.main(args) == 0
+    record = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert [m["file"] for m in record["average"]["models"]] == ["epoch1.weights.h5", "epoch2.weights.h5"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "the average of 2 models" in card and "python -m training.average" in card
+    import keras
+
+    kernel = keras.saving.load_model(out / "fer_vgg16.keras").get_layer("block1_conv1").get_weights()[0]
+    epochs = [A.load_weights(_model(), p)[0] for p in (kept_run / "epoch1.weights.h5", kept_run / "epoch2.weights.h5")]
+    np.testing.assert_allclose(kernel, (epochs[0] + epochs[1]) / 2, rtol=1e-6, atol=1e-7)
+    capsys.readouterr()  # scored as the record says
+    assert evaluate_main(["--model", str(out / "fer_vgg16.keras"), "--data", str(fer_csv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == record["publictest"]["accuracy"]
+
+
+def test_average_names_a_missing_run(tmp_path, fer_csv, capsys):
+    assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
+    assert "no run there" in capsys.readouterr().err

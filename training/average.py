@@ -1,0 +1,127 @@
+"""Average the weights of models from one run's lineage (stochastic weight averaging, Izmailov
+et al. 2018), re-estimate batch-norm statistics on the Training faces, and export the average
+in place of the run's best epoch when it scores higher on PublicTest.
+
+    python -m training.average --run-dir RUN --data FER2013 --models RUN/epoch7.weights.h5 ...
+
+Models of one lineage (the epochs of a cycle, kept by `training.train --keep-epochs`, or the
+cycle's starting model) lie in one basin of the loss, and their average sits nearer its flat
+middle than any of them: it generalizes better at the cost of one pass over the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from device.model import sha256_file
+from device.preprocess import DEFAULT_SPEC, preprocess
+from training import data as fer
+from training.metrics import report
+
+
+def load_weights(model, path: Path) -> list[np.ndarray]:
+    """The weights of a `.keras` model or a `.weights.h5` file, checked against `model`'s shapes."""
+    import keras
+
+    if not path.is_file():
+        raise SystemExit(f"error: --models {path}: no such file")
+    if path.suffix == ".keras":
+        weights = keras.saving.load_model(path, compile=False).get_weights()
+    else:
+        model.load_weights(path)
+        weights = model.get_weights()
+    shapes = [w.shape for w in model.get_weights()]
+    if [w.shape for w in weights] != shapes:
+        raise SystemExit(f"error: --models {path}: not the run's architecture")
+    return weights
+
+
+def average_weights(model, paths: list[Path]) -> None:
+    """Set `model`'s weights to the element-wise mean of the models in `paths`."""
+    total = None
+    for path in paths:
+        weights = [w.astype(np.float64) for w in load_weights(model, path)]
+        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
+    model.set_weights([(t / len(paths)).astype(np.float32) for t in total])
+
+
+def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
+    """Batch norm's moving statistics belong to the weights they were gathered with; for the
+    average they are re-estimated as the plain mean over batches of `x` (momentum 1 - 1/k)."""
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    momentum = [layer.momentum for layer in layers]
+    try:
+        for k, i in enumerate(range(0, len(x), batch_size), start=1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / k
+            model(x[i : i + batch_size], training=True)  # dropout comes after every batch norm
+    finally:
+        for layer, m in zip(layers, momentum, strict=True):
+            layer.momentum = m
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", type=Path, required=True, help="the run whose record the export carries")
+    p.add_argument("--data", required=True, help="FER-2013 as the run was trained on")
+    p.add_argument("--models", type=Path, nargs="+", required=True, help=".keras or .weights.h5 files to average")
+    p.add_argument("--out", type=Path, default=Path("models"))
+    args = p.parse_args(argv)
+    run, state_path = args.run_dir, args.run_dir / "state.json"
+    if not state_path.exists():
+        print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
+        return 2
+    state = json.loads(state_path.read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    try:
+        train = fer.load_split(args.data, "train")
+        test = fer.load_split(args.data, "test")
+    except fer.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if train.checksum != state.get("data_sha256", train.checksum):
+        print(f"error: --data {args.data}: not the data {run} was trained on", file=sys.stderr)
+        return 2
+
+    import keras
+
+    from training.export import export_model
+    from training.model import build_vgg16
+    from training.train import predict, save_atomic
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+    average_weights(model, args.models)
+    recalibrate_batch_norm(model, preprocess(train.x, DEFAULT_SPEC))
+    acc = report(test.y, predict(model, preprocess(test.x, DEFAULT_SPEC)).argmax(1))["accuracy"]
+    print(f"average of {len(args.models)} models: PublicTest accuracy {acc:.4f} (one view); "
+          f"the run's best {state['best_accuracy']:.4f}")
+    if acc <= state["best_accuracy"]:
+        print(f"the average does not beat the run's best; {args.out} left as it was")
+        return 0
+    save_atomic(model, run / "average.weights.h5")
+    state.update(best_accuracy=acc, average={
+        "models": [{"file": m.name, "sha256": sha256_file(m)} for m in args.models],
+        "batch_norm_faces": len(train),
+        "publictest_accuracy": acc,
+    })
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, state_path)
+    print(f"exported the average to {export_model(run, args.out, train, test)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
