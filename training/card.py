@@ -46,9 +46,9 @@ def _reproduce(record: dict) -> str:
     lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
              else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
     if record.get("average"):
-        lines.append("    python -m training.average --run-dir RUN --data $DATA --models "
+        lines.append(f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} --models "
                      + " ".join(m["file"] for m in record["average"]["models"])
-                     + "   # epochN.weights.h5: kept by --keep-epochs")
+                     + "   # RUN: the last cycle's run folder; epochN.weights.h5: kept there by --keep-epochs")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
