@@ -39,6 +39,8 @@ def test_average_is_the_mean_of_the_models(kept_run):
         np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-6, atol=1e-7)
     with pytest.raises(SystemExit, match="missing.keras: no such file"):
         A.average_weights(model, [kept_run / "missing.keras"])
+    with pytest.raises(SystemExit, match="config.json: "):  # not a weights file: named, no traceback
+        A.average_weights(model, [kept_run / "config.json"])
 
 
 def test_batch_norm_statistics_are_those_of_all_the_data(kept_run):

@@ -31,11 +31,14 @@ def load_weights(model, path: Path) -> list[np.ndarray]:
 
     if not path.is_file():
         raise SystemExit(f"error: --models {path}: no such file")
-    if path.suffix == ".keras":
-        weights = keras.saving.load_model(path, compile=False).get_weights()
-    else:
-        model.load_weights(path)
-        weights = model.get_weights()
+    try:
+        if path.suffix == ".keras":
+            weights = keras.saving.load_model(path, compile=False).get_weights()
+        else:
+            model.load_weights(path)
+            weights = model.get_weights()
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: --models {path}: {e}") from None
     shapes = [w.shape for w in model.get_weights()]
     if [w.shape for w in weights] != shapes:
         raise SystemExit(f"error: --models {path}: not the run's architecture")
