@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(state_path.read_text())
     cfg = json.loads((run / "config.json").read_text())
     try:
-        train = fer.load_split(args.data, "train")
-        test = fer.load_split(args.data, "test")
+        train, test = fer.train_and_test(args.data)
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

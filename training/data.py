@@ -244,3 +244,8 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
 def eval_split_name(source: str | Path) -> str:
     """The split to evaluate: 'test' for a split layout or CSV, 'all' for bare class folders."""
     return "all" if detect_form(Path(source)) == "classes" else "test"
+
+
+def train_and_test(source: str | Path, skip_bad: bool = False) -> tuple[Split, Split]:
+    """Training and PublicTest: what a run learns from and what chooses its epochs."""
+    return load_split(source, "train", skip_bad=skip_bad), load_split(source, "test", skip_bad=skip_bad)

@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("models"))
     args = p.parse_args(argv)
     try:
-        train = fer.load_split(args.data, "train")
-        test = fer.load_split(args.data, "test")
+        train, test = fer.train_and_test(args.data)
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
-        train = fer.load_split(args.data, "train", skip_bad=args.skip_bad)
-        test = fer.load_split(args.data, "test", skip_bad=args.skip_bad)
+        train, test = fer.train_and_test(args.data, skip_bad=args.skip_bad)
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
