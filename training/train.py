@@ -197,7 +197,7 @@ def save_atomic(model, path: Path) -> None:
 
 
 def code_commit() -> str:
-    """The git commit the run's code came from, '-dirty' when the work tree had changes."""
+    """The git commit the run's code came from, '-dirty' when the code (not models/) had changes."""
     import subprocess
 
     def git(*a: str) -> str:
@@ -205,7 +205,8 @@ def code_commit() -> str:
         return r.stdout.strip() if r.returncode == 0 else ""
 
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)models")  # outputs
+    return head + ("-dirty" if changed else "")
 
 
 def fmt_time(s: float) -> str:
