@@ -73,6 +73,7 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     assert [m["file"] for m in record["average"]["models"]] == ["epoch1.weights.h5", "epoch2.weights.h5"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "the average of 2 models" in card and "python -m training.average" in card
+    assert "--batch-norm-faces" not in card  # all Training faces: the default
     import keras
 
     kernel = keras.saving.load_model(out / "fer_vgg16.keras").get_layer("block1_conv1").get_weights()[0]

@@ -45,8 +45,10 @@ def _reproduce(record: dict) -> str:
         chain.insert(0, None)
     lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
              else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
-    if record.get("average"):
-        lines.append(f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} --models "
+    if avg := record.get("average"):
+        faces = avg["batch_norm_faces"]
+        lines.append(f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
+                     + (f"--batch-norm-faces {faces} " if faces < record["data"]["train_faces"] else "") + "--models "
                      + " ".join(m["file"] for m in record["average"]["models"])
                      + "   # RUN: the last cycle's run folder; epochN.weights.h5: kept there by --keep-epochs")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
