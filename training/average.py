@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.export import export_model
     from training.model import build_vgg16
-    from training.train import predict, save_atomic
+    from training.train import predict, save_atomic, save_state
 
     keras.mixed_precision.set_global_policy("float32")
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
@@ -130,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_norm_faces": len(faces),
         "publictest_accuracy": acc,
     })
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_path)
+    save_state(state, state_path)
     print(f"exported the average to {export_model(run, args.out, train, test)}")
     return 0
 

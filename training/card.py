@@ -49,7 +49,7 @@ def _reproduce(record: dict) -> str:
         faces = avg["batch_norm_faces"]
         lines.append(f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
                      + (f"--batch-norm-faces {faces} " if faces < record["data"]["train_faces"] else "") + "--models "
-                     + " ".join(m["file"] for m in record["average"]["models"])
+                     + " ".join(m["file"] for m in avg["models"])
                      + "   # RUN: the last cycle's run folder; epochN.weights.h5: kept there by --keep-epochs")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c in chain):

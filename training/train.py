@@ -196,6 +196,13 @@ def save_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_state(state: dict, path: Path) -> None:
+    """Write a run's state.json whole or not at all: power may go at any instant."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
 def code_commit() -> str:
     """The git commit the run's code came from, '-dirty' when the code (not models/) had changes."""
     import subprocess
@@ -312,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             save_atomic(model, run / f"epoch{epoch + 1}.weights.h5")
         state["epochs_done"] = epoch + 1
         state["wall_seconds"] += seconds
-        state_tmp = state_path.with_suffix(".tmp")
-        state_tmp.write_text(json.dumps(state, indent=2))
-        os.replace(state_tmp, state_path)
+        save_state(state, state_path)
         eta = seconds * (cfg["epochs"] - epoch - 1)
         print(f"epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {row[2]}  acc {row[3]}  "
               f"val_acc {val['accuracy']:.4f}  val_f1 {val['macro_f1']:.4f}  "
