@@ -46,9 +46,9 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         "",
         f"Source: `{source['file']}` (sha256 `{source['sha256'][:16]}…`), float PublicTest accuracy "
         f"**{float_report['accuracy']:.2%}**, macro-F1 {float_report['macro_f1']:.4f} ({n} faces).",
-        "Each variant was evaluated through the device's LiteRT classifier"
-        + (", each face averaged with its mirror image as the manifest says" if DEFAULT_SPEC.mirror else "")
-        + f"; latency is the median of {args.latency_runs} single-face classifications on one thread "
+        f"Each variant was evaluated through the device's LiteRT classifier, {DEFAULT_SPEC.describe_views()} "
+        f"for each face as the manifest says; latency is the median of {args.latency_runs} single-face "
+        "classifications on one thread "
         f"({cpu_name()}, {platform.machine()}).",
         "",
         "| variant | file | accuracy | Δ vs float (points) | macro-F1 | agreement with float | size (MB) "

@@ -25,16 +25,70 @@ DISPLAY_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class View:
+    """One test-time view of a face: zoomed in about its centre, shifted by whole pixels (edge
+    pixels repeated), then maybe mirrored. An expression reads the same in every view, so the
+    average of several views' probabilities is steadier than any one of them."""
+
+    zoom: float = 1.0
+    shift: tuple[int, int] = (0, 0)  # (dx, dy): the face moves right and down
+    mirror: bool = False
+
+    def apply(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 faces (N, S, S) -> this view of each, same shape."""
+        size = faces.shape[1]
+        if self.zoom != 1.0:
+            crop = int(round(size / self.zoom))
+            o = (size - crop) // 2
+            faces = np.stack([resize_square(f[o : o + crop, o : o + crop], size) for f in faces])
+        dx, dy = self.shift
+        if dx or dy:
+            p = max(abs(dx), abs(dy))
+            padded = np.pad(faces, ((0, 0), (p, p), (p, p)), mode="edge")
+            faces = padded[:, p - dy : p - dy + size, p - dx : p - dx + size]
+        return faces[:, :, ::-1] if self.mirror else faces
+
+    def describe(self) -> str:
+        dx, dy = self.shift
+        moves = ([f"{abs(dx)} px {'right' if dx > 0 else 'left'}"] if dx else []) + (
+            [f"{abs(dy)} px {'down' if dy > 0 else 'up'}"] if dy else [])
+        parts = ([f"zoomed {self.zoom:g}x"] if self.zoom != 1.0 else []) + (
+            [f"shifted {' and '.join(moves)}"] if moves else []) + (["mirrored"] if self.mirror else [])
+        return ", ".join(parts) or "as is"
+
+    def to_dict(self) -> dict:
+        return {"zoom": self.zoom, "shift": list(self.shift), "mirror": self.mirror}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> View:
+        view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), bool(d.get("mirror")))
+        if not 1.0 <= view.zoom <= 2.0 or len(view.shift) != 2 or max(map(abs, view.shift)) > 8:
+            raise ValueError(f"invalid view {d!r} (zoom 1 to 2, shift [dx, dy] of at most 8 px)")
+        return view
+
+
+ONE_VIEW: tuple[View, ...] = (View(),)
+# The face, shifted 2 px and zoomed 1.1x, each also mirrored. On the cycle-8 model these six
+# scored 69.55 % on PublicTest, against 68.88 % for face and mirror image and 68.29 % for one
+# view, for three times the classifier's compute of face and mirror image.
+DEVICE_VIEWS: tuple[View, ...] = tuple(
+    View(zoom, shift, mirror)
+    for zoom, shift in ((1.0, (0, 0)), (1.0, (2, 0)), (1.1, (0, 0)))
+    for mirror in (False, True)
+)
+
+
+@dataclass(frozen=True)
 class InputSpec:
-    """How a face becomes a model input: ``(pixel * scale - mean) / std``; with `mirror`, the
-    face's mirror image is classified too and the two probability vectors averaged."""
+    """How a face becomes a model input: ``(pixel * scale - mean) / std``, for each of `views`;
+    the views' probability vectors are averaged."""
 
     size: int = 48
     color_mode: str = "grayscale"
     scale: float = 1.0 / 255.0
     mean: float = 0.5
     std: float = 0.25
-    mirror: bool = True
+    views: tuple[View, ...] = DEVICE_VIEWS
 
     def to_dict(self) -> dict:
         return {
@@ -43,24 +97,34 @@ class InputSpec:
             "scale": self.scale,
             "mean": self.mean,
             "std": self.std,
-            "mirror": self.mirror,
+            "views": [v.to_dict() for v in self.views],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
+        if "views" in d:
+            views = tuple(View.from_dict(v) for v in d["views"])
+        else:  # manifests before views: face and mirror image, or (before that) one view
+            views = (View(), View(mirror=True)) if d.get("mirror") else ONE_VIEW
         spec = cls(
             size=int(d["size"]),
             color_mode=str(d["color_mode"]),
             scale=float(d["scale"]),
             mean=float(d["mean"]),
             std=float(d["std"]),
-            mirror=bool(d.get("mirror", False)),  # manifests before it was added: one view
+            views=views,
         )
         if spec.color_mode != "grayscale":
             raise ValueError(f"unsupported color_mode {spec.color_mode!r} (only 'grayscale')")
-        if spec.size < 8 or spec.std <= 0:
+        if spec.size < 8 or spec.std <= 0 or not spec.views:
             raise ValueError(f"invalid input spec {d!r}")
         return spec
+
+    def describe_views(self) -> str:
+        """How a face is classified, for reports and the model card."""
+        if len(self.views) == 1:
+            return f"one view ({self.views[0].describe()})"
+        return f"{len(self.views)} views averaged ({', '.join(v.describe() for v in self.views)})"
 
 
 DEFAULT_SPEC = InputSpec()
@@ -101,12 +165,13 @@ def preprocess(faces: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
 def predict_faces(run: Callable[[np.ndarray], np.ndarray], faces: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Class probabilities (N, classes) for uint8 faces, `run` mapping model input to probabilities.
 
-    With `spec.mirror` each face and its mirror image go through `run` in one batch and their
-    probabilities are averaged: an expression means the same mirrored, and the average of the two
-    views scores about 1.5 points higher on PublicTest than either alone, for twice the compute.
+    Every view of `spec.views` of each face goes through `run` in one batch and the views'
+    probabilities are averaged.
     """
-    x = preprocess(faces, spec)
-    if not spec.mirror:
-        return run(x)
-    y = run(np.concatenate([x, x[:, :, ::-1]]))
-    return (y[: len(x)] + y[len(x) :]) / 2
+    faces = np.asarray(faces)
+    if faces.ndim == 2:
+        faces = faces[None]
+    if faces.shape[1:] != (spec.size, spec.size):
+        raise ValueError(f"faces must be {spec.size}x{spec.size}, got {faces.shape[1:]}")
+    y = run(np.concatenate([preprocess(view.apply(faces), spec) for view in spec.views]))
+    return y.reshape(len(spec.views), len(faces), -1).mean(0)

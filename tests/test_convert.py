@@ -16,7 +16,7 @@ from convert.convert import main as convert_main
 from convert.report import target_lines
 from device.detector import CAFFEMODEL, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC
+from device.preprocess import CLASSES, DEFAULT_SPEC, DEVICE_VIEWS, InputSpec, View
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -38,23 +38,41 @@ def test_every_variant_loads_with_a_matching_manifest(converted, tiny_model, var
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
 
 
-def test_classifier_averages_each_face_with_its_mirror_image(converted, tmp_path):
-    """The manifest's `mirror` makes the device average a face's and its mirror image's
-    probabilities; a manifest without the key (older models) classifies one view."""
+def test_classifier_averages_the_views_its_manifest_names(converted, tmp_path):
+    """The manifest's `views` make the device average each face's views' probabilities; an
+    older manifest with `mirror` averages face and mirror image, one with neither one view."""
     src = converted / "fer_vgg16_float16.tflite"
-    assert json.loads(src.with_suffix(".json").read_text())["input"]["mirror"] is True
-    one_view = tmp_path / src.name
-    shutil.copy(src, one_view)
     manifest = json.loads(src.with_suffix(".json").read_text())
-    del manifest["input"]["mirror"]
-    one_view.with_suffix(".json").write_text(json.dumps(manifest))
+    assert InputSpec.from_dict(manifest["input"]).views == DEVICE_VIEWS
 
+    def with_input(name: str, **keys) -> EmotionClassifier:
+        path = tmp_path / name / src.name
+        path.parent.mkdir()
+        shutil.copy(src, path)
+        inp = {k: v for k, v in manifest["input"].items() if k != "views"}
+        path.with_suffix(".json").write_text(json.dumps({**manifest, "input": {**inp, **keys}}))
+        return EmotionClassifier(path)
+
+    single, mirror = with_input("single"), with_input("mirror", mirror=True)
     faces = np.random.default_rng(3).integers(0, 256, (5, 48, 48), dtype=np.uint8)
-    mirrored, single = EmotionClassifier(src), EmotionClassifier(one_view)
-    left, right = single.predict(faces), single.predict(faces[:, :, ::-1])
-    assert np.abs(left - right).max() > 1e-3, "the views must differ for this test to mean anything"
-    np.testing.assert_allclose(mirrored.predict(faces), (left + right) / 2, atol=1e-5)
-    np.testing.assert_allclose(mirrored.predict(faces[:1]), (left[:1] + right[:1]) / 2, atol=1e-5)
+    per_view = [single.predict(view.apply(faces)) for view in DEVICE_VIEWS]
+    assert min(np.abs(p - per_view[0]).max() for p in per_view[1:]) > 1e-3, "the views must differ"
+    np.testing.assert_allclose(EmotionClassifier(src).predict(faces), np.mean(per_view, axis=0), atol=1e-5)
+    np.testing.assert_allclose(mirror.predict(faces[:1]), (per_view[0][:1] + per_view[1][:1]) / 2, atol=1e-5)
+
+
+def test_views_move_zoom_and_mirror_the_face():
+    face = np.zeros((1, 48, 48), np.uint8)
+    face[0, 10, 20] = 255
+    assert View(shift=(2, 0)).apply(face)[0, 10, 22] == 255
+    assert View(shift=(-1, 3)).apply(face)[0, 13, 19] == 255
+    assert View(mirror=True).apply(face)[0, 10, 27] == 255
+    ramp = np.tile(np.arange(48, dtype=np.uint8) * 5, (1, 48, 1))
+    zoomed = View(zoom=1.1).apply(ramp)[0, 0]
+    assert zoomed.shape == (48,) and zoomed[0] > ramp[0, 0, 0] and zoomed[-1] < ramp[0, 0, -1]
+    assert View(zoom=1.1, shift=(2, 0), mirror=True).describe() == "zoomed 1.1x, shifted 2 px right, mirrored"
+    with pytest.raises(ValueError, match="invalid view"):
+        InputSpec.from_dict({**DEFAULT_SPEC.to_dict(), "views": [{"zoom": 0.5}]})
 
 
 def test_report_lists_every_variant(converted):
@@ -63,7 +81,7 @@ def test_report_lists_every_variant(converted):
         assert f"| {variant} |" in report
     assert not list(converted.glob(".*tmp*")), "staging files left behind"
     assert "| int8 file at most 30 % of float32's size |" in report
-    assert "each face averaged with its mirror image" in report
+    assert DEFAULT_SPEC.describe_views() in report
 
 
 def test_report_says_which_targets_were_met():

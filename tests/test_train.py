@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_faces, write_csv
 
 from device.model import sha256_file
-from device.preprocess import preprocess
+from device.preprocess import DEFAULT_SPEC, preprocess
 from training import train as T
 from training.export import main as export_main
 from training.export import warm_start_lineage
@@ -98,8 +98,9 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
     assert "--erase 0.5" in card  # the command that repeats the run
-    # the record scores the model the device's way (mirror averaging) and the way epochs were chosen
-    assert record["input"]["mirror"] and f"{record['publictest_single_view']['accuracy']:.2%}" in card
+    # the record scores the model the device's way (its views averaged) and the way epochs were chosen
+    assert record["input"] == DEFAULT_SPEC.to_dict() and DEFAULT_SPEC.describe_views() in card
+    assert f"{record['publictest_single_view']['accuracy']:.2%}" in card
     from training.evaluate import main as evaluate_main
 
     capsys.readouterr()

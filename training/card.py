@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device.preprocess import CLASSES, DISPLAY_NAMES
+from device.preprocess import CLASSES, DISPLAY_NAMES, InputSpec
 
 TARGET = 0.70
 GOAL = 0.73
@@ -80,11 +80,9 @@ def _verdict(acc: float) -> str:
 def write_card(record: dict, path: Path) -> Path:
     val = record["publictest"]
     single = record.get("publictest_single_view", val)
-    mirror = record["input"].get("mirror", False)
+    views = InputSpec.from_dict(record["input"]).describe_views()
     export = record.get("export_commit", record["code_commit"])
     exported_by = f" (trained); exported and scored by `{export}`" if export != record["code_commit"] else ""
-    mirror_note = (", the way the device classifies a face: the face and its mirror image each go through\n"
-                   "the network and their probabilities are averaged (twice the compute of one view)") if mirror else ""
     cfg = record["config"]
     hours = record["wall_seconds"] / 3600
     epoch_minutes = record["wall_seconds"] / 60 / record["epochs"]
@@ -111,12 +109,13 @@ feedbackd appliance. This card is written by `training/export.py` from
 
 ## Result on FER-2013 PublicTest ({val['n']} faces)
 
-| metric | as the device runs it{" (face and mirror image averaged)" if mirror else ""} | one view of each face |
+| metric | as the device runs it | one view of each face |
 | --- | --- | --- |
 | accuracy | **{val['accuracy']:.2%}** | {single['accuracy']:.2%} |
 | macro-F1 | {val['macro_f1']:.4f} | {single['macro_f1']:.4f} |
 
-The float32 model is evaluated at export{mirror_note}. Epochs were chosen, and the per-epoch
+The float32 model is evaluated at export the way the device classifies a face: {views},
+in one batch. Epochs were chosen, and the per-epoch
 figures in the curves measured, on one view in {record['precision']} during training (they may
 differ from the float32 figure in the second decimal). The per-class table and the confusion
 matrix are the device's way.
@@ -144,8 +143,8 @@ this figure is optimistic; PrivateTest gives the unbiased one.
 - Code: commit `{record['code_commit']}`{exported_by}; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
 - Model file sha256: `{record['sha256']}`.
 - Input: {record['input']['size']}x{record['input']['size']} {record['input']['color_mode']},
-  `(pixel * {record['input']['scale']:.6g} - {record['input']['mean']}) / {record['input']['std']}`{
-    "; the mirror image is classified too and the two averaged" if mirror else ""}.
+  `(pixel * {record['input']['scale']:.6g} - {record['input']['mean']}) / {record['input']['std']}`,
+  {views}.
 
 | hyperparameter | value |
 | --- | --- |

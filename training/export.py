@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.model import sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC
+from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW
 from training import data as fer
 from training.metrics import report
 
@@ -82,7 +82,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     os.replace(tmp, path)
 
     val = report(test.y, classify(model, test.x).argmax(1))  # as the device runs it
-    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, mirror=False)).argmax(1))  # one view
+    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, views=ONE_VIEW)).argmax(1))  # one view
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     commit_file = run / "code_commit"

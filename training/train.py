@@ -186,7 +186,7 @@ def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 
 def classify(model, faces: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Probabilities for uint8 faces exactly as the device computes them (mirror averaging too)."""
+    """Probabilities for uint8 faces exactly as the device computes them (its views averaged)."""
     return predict_faces(lambda x: predict(model, x), faces, spec)
 
 
