@@ -124,7 +124,7 @@ class InputSpec:
         """How a face is classified, for reports and the model card."""
         if len(self.views) == 1:
             return f"one view ({self.views[0].describe()})"
-        return f"{len(self.views)} views averaged ({', '.join(v.describe() for v in self.views)})"
+        return f"{len(self.views)} views averaged ({'; '.join(v.describe() for v in self.views)})"
 
 
 DEFAULT_SPEC = InputSpec()
