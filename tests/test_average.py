@@ -12,6 +12,7 @@ from device.preprocess import preprocess
 from training import average as A
 from training import train as T
 from training.evaluate import main as evaluate_main
+from training.export import warm_start_lineage
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,8 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     card = (out / "MODEL_CARD.md").read_text()
     assert "the average of 2 models" in card and "python -m training.average" in card
     assert "--batch-norm-faces" not in card  # all Training faces: the default
+    # a cycle warm-started from this model carries its average, so its card repeats that step too
+    assert warm_start_lineage(str(out / "fer_vgg16.keras"))["average"] == record["average"]
     import keras
 
     kernel = keras.saving.load_model(out / "fer_vgg16.keras").get_layer("block1_conv1").get_weights()[0]

@@ -185,8 +185,18 @@ def test_card_reproduces_every_cycle_oldest_first():
     first.pop("epoch_offset")  # run before warm starts continued the epoch numbering: marked and explained
     lines = _reproduce(record).splitlines()
     assert lines[0].endswith("# *") and not lines[1].endswith("# *") and "bf6f45c" in lines[4]
+    first["epoch_offset"] = 0
+    parent_avg = {"batch_norm_faces": 8192, "models": [{"file": "startmodel.keras"}, {"file": "epoch4.weights.h5"}]}
+    record.update(data={"train_faces": 28709}, average={"batch_norm_faces": 28709,
+                                                        "models": [{"file": "epoch5.weights.h5"}]})
+    record["warm_start_from"]["average"] = parent_avg  # each cycle's average follows its training command
+    lines = _reproduce(record).splitlines()
+    assert lines[0].startswith("    # RUN: that cycle's run folder") and lines[2] == '    make train ARGS="--epochs 4"'
+    assert lines[3].endswith("--batch-norm-faces 8192 --models startmodel.keras epoch4.weights.h5")
+    assert lines[4].startswith('    make train ARGS="--init') and lines[5].endswith("--models epoch5.weights.h5")
+    assert "--batch-norm-faces" not in lines[5] and lines[6].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
-    assert _reproduce(record).splitlines()[0].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
+    assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
 
 
 def test_random_erasing_hides_one_rectangle_per_chosen_face():

@@ -35,24 +35,33 @@ def train_command(cfg: dict) -> str:
     return "make train" + (f' ARGS="{" ".join(flags)}"' if flags else "")
 
 
+def _average_command(avg: dict, train_faces: int) -> str:
+    faces = avg["batch_norm_faces"]
+    return (f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
+            + (f"--batch-norm-faces {faces} " if faces < train_faces else "") + "--models "
+            + " ".join(m["file"] for m in avg["models"]))
+
+
 def _reproduce(record: dict) -> str:
-    """One command per cycle, oldest first; each cycle starts from the model the one before exported."""
-    chain, node = [record["config"]], record.get("warm_start_from")
+    """One command per cycle, oldest first; each cycle starts from the model the one before exported,
+    its weight average (`training.average`) when it had one."""
+    chain, node = [(record["config"], record.get("average"))], record.get("warm_start_from")
     while node and "config" in node:
-        chain.insert(0, node["config"])
+        chain.insert(0, (node["config"], node.get("average")))
         node = node.get("warm_start_from")
     if node:  # an older record without its config: the chain starts from that model
-        chain.insert(0, None)
-    lines = [f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
-             else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else "") for c in chain]
-    if avg := record.get("average"):
-        faces = avg["batch_norm_faces"]
-        lines.append(f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
-                     + (f"--batch-norm-faces {faces} " if faces < record["data"]["train_faces"] else "") + "--models "
-                     + " ".join(m["file"] for m in avg["models"])
-                     + "   # RUN: the last cycle's run folder; epochN.weights.h5: kept there by --keep-epochs")
+        chain.insert(0, (None, None))
+    lines = []
+    for c, avg in chain:
+        lines.append(f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
+                     else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else ""))
+        if avg:
+            lines.append(_average_command(avg, record["data"]["train_faces"]))
+    if any(avg for _, avg in chain):
+        lines[:0] = ["    # RUN: that cycle's run folder, where --keep-epochs kept epochN.weights.h5;",
+                     "    # a .keras file among --models: a copy of the model that cycle started from"]
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
-    if any(c is not None and "epoch_offset" not in c for c in chain):
+    if any(c is not None and "epoch_offset" not in c for c, _ in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
                   "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
                   "epochs): today's code repeats those commands, not their exact models."]

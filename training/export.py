@@ -50,6 +50,7 @@ def warm_start_lineage(init: str | None) -> dict | None:
                 config=prev["config"],
                 publictest_accuracy=prev.get("publictest_single_view", prev["publictest"])["accuracy"],
                 warm_start_from=prev.get("warm_start_from"),
+                average=prev.get("average"),
             )
     return entry
 
