@@ -204,7 +204,8 @@ def save_state(state: dict, path: Path) -> None:
 
 
 def code_commit() -> str:
-    """The git commit the run's code came from, '-dirty' when the code (not models/) had changes."""
+    """The git commit the run's code came from, '-dirty' when the code had changes (not models/ or
+    the Markdown documents, which change nothing a run does)."""
     import subprocess
 
     def git(*a: str) -> str:
@@ -212,7 +213,8 @@ def code_commit() -> str:
         return r.stdout.strip() if r.returncode == 0 else ""
 
     head = git("rev-parse", "HEAD") or "unknown"
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)models")  # outputs
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)models",
+                  ":(top,exclude,glob)**/*.md")
     return head + ("-dirty" if changed else "")
 
 
