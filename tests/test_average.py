@@ -86,6 +86,13 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     assert evaluate_main(["--model", str(out / "fer_vgg16.keras"), "--data", str(fer_csv), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == record["publictest"]["accuracy"]
 
+    # without --out the average goes where the run exported (the fixture's --out), never to models/
+    first = kept_run.parent / "first" / "fer_vgg16.train.json"
+    state_path.write_text(json.dumps(dict(json.loads(state_path.read_text()), best_accuracy=0.0)))
+    assert A.main(args[: args.index("--out")] + args[args.index("--out") + 2:]) == 0
+    assert json.loads(first.read_text())["average"] == record["average"]
+    state_path.write_text(json.dumps(state))
+
 
 def test_average_names_a_missing_run(tmp_path, fer_csv, capsys):
     assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2

@@ -70,13 +70,15 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     common = ["--data", str(fer_csv), "--epochs", "2", "--erase", "0.5", *TINY]  # erasing repeats too
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert T.main([*common, "--run-dir", str(straight), "--out", str(tmp_path / "out1")]) == 0
-    assert T.main([*common, "--run-dir", str(stopped), "--out", str(tmp_path / "out2"), "--stop-after", "1"]) == 0
+    assert T.main([*common, "--run-dir", str(stopped), "--out", str(tmp_path / "out2"), "--keep-epochs",
+                   "--stop-after", "1"]) == 0
     assert len(_history(stopped)) == 1 and not (tmp_path / "out2").exists()
     other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
     assert T.main(["--data", str(other), "--run-dir", str(stopped), "--resume"]) == 2
     assert "was trained on data sha256" in capsys.readouterr().err
-    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume",
-                   "--out", str(tmp_path / "out2"), "--deterministic"]) == 0
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume", "--deterministic"]) == 0
+    # the resume kept the run's --out and --keep-epochs without being told again
+    assert (tmp_path / "out2" / "fer_vgg16.keras").exists() and (stopped / "epoch2.weights.h5").exists()
     a, b = _history(straight), _history(stopped)
     assert len(a) == len(b) == 2
     assert a[1]["lr"] == b[1]["lr"]

@@ -21,6 +21,7 @@ import numpy as np
 from device.model import sha256_file
 from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
+from training.export import export_model, run_out
 from training.metrics import report
 
 
@@ -86,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, required=True, help="the run whose record the export carries")
     p.add_argument("--data", required=True, help="FER-2013 as the run was trained on")
     p.add_argument("--models", type=Path, nargs="+", required=True, help=".keras or .weights.h5 files to average")
-    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
     p.add_argument("--batch-norm-faces", type=int, default=0, metavar="N",
                    help="re-estimate batch norm on N Training faces drawn at random (default: all)")
     args = p.parse_args(argv)
     run, state_path = args.run_dir, args.run_dir / "state.json"
+    out = run_out(run, args.out)
     if not state_path.exists():
         print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
         return 2
@@ -107,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from training.export import export_model
     from training.model import build_vgg16
     from training.train import predict, save_atomic, save_state
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"average of {len(args.models)} models: PublicTest accuracy {acc:.4f} (one view); "
           f"the run's best {state['best_accuracy']:.4f}")
     if acc <= state["best_accuracy"]:
-        print(f"the average does not beat the run's best; {args.out} left as it was")
+        print(f"the average does not beat the run's best; {out} left as it was")
         return 0
     save_atomic(model, run / "average.weights.h5")
     state.update(best_accuracy=acc, average={
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "publictest_accuracy": acc,
     })
     save_state(state, state_path)
-    print(f"exported the average to {export_model(run, args.out, train, test)}")
+    print(f"exported the average to {export_model(run, out, train, test)}")
     return 0
 
 

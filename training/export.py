@@ -55,6 +55,16 @@ def warm_start_lineage(init: str | None) -> dict | None:
     return entry
 
 
+def run_out(run: Path, out: Path | None) -> Path:
+    """Where a run's export goes: --out if given, else where the run itself exported (models/ for runs
+    that did not record it), so a later average or re-export of a side run never lands in models/."""
+    if out:
+        return out
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    return Path(state.get("out", "models"))
+
+
 def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Path:
     import keras
     import tensorflow as tf
@@ -134,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
     args = p.parse_args(argv)
     try:
         train, test = fer.train_and_test(args.data)
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(export_model(args.run_dir, args.out, train, test))
+    print(export_model(args.run_dir, run_out(args.run_dir, args.out), train, test))
     return 0
 
 

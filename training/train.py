@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="FER-2013: CSV, image-folder layout folder or zip")
     p.add_argument("--run-dir", type=Path, default=fer.cache_dir() / "runs" / "vgg16",
                    help="checkpoints, history and logs of this run (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("models"), help="where the best model is exported")
+    p.add_argument("--out", type=Path,
+                   help="where the best model is exported (default: models/, or where the resumed run's goes)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--init", type=Path, help="warm start from a .keras model or ImageNet VGG16 .h5 weights")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
     p.add_argument("--keep-epochs", action="store_true",
-                   help="keep every epoch's weights (epochN.weights.h5) for training.average")
+                   help="keep every epoch's weights (epochN.weights.h5) for training.average; a resume keeps it")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop cleanly after epoch N of the run (continue later with --resume)")
     for key, value in DEFAULTS.items():
@@ -243,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
                  "warm_start_from": lineage}
 
+    # Run options a resume keeps, so that resuming with fewer flags cannot export over models/
+    out = (args.out or Path(state.get("out", "models"))).resolve()
+    keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
+    state.update(out=str(out), keep_epochs=keep_epochs)
+
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
         train, test = fer.train_and_test(args.data, skip_bad=args.skip_bad)
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             save_atomic(model, run / "best.weights.h5")
             state.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_report=val)
         save_atomic(model, run / "last.keras")
-        if args.keep_epochs:
+        if keep_epochs:
             save_atomic(model, run / f"epoch{epoch + 1}.weights.h5")
         state["epochs_done"] = epoch + 1
         state["wall_seconds"] += seconds
@@ -333,11 +339,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- export the best epoch as a plain float32 model with its training record
     if state["best_epoch"] == 0:
-        print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {args.out} left as it was")
+        print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {out} left as it was")
         return 0
     from training.export import export_model
 
-    path = export_model(run, args.out, train, test)
+    path = export_model(run, out, train, test)
     print(f"exported the best epoch ({state['best_epoch']}, PublicTest accuracy "
           f"{state['best_accuracy']:.4f}) to {path}")
     return 0
