@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                  "warm_start_from": lineage}
 
     # Run options a resume keeps, so that resuming with fewer flags cannot export over models/
-    out = (args.out or Path(state.get("out", "models"))).resolve()
+    out = args.out or Path(state.get("out", "models"))  # as given, like --init
     keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
     state.update(out=str(out), keep_epochs=keep_epochs)
 
