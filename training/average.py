@@ -92,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="re-estimate batch norm on N Training faces drawn at random (default: all)")
     args = p.parse_args(argv)
     run, state_path = args.run_dir, args.run_dir / "state.json"
-    out = run_out(run, args.out)
     if not state_path.exists():
         print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
         return 2
     state = json.loads(state_path.read_text())
+    out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
     try:
         train, test = fer.train_and_test(args.data)

@@ -55,14 +55,10 @@ def warm_start_lineage(init: str | None) -> dict | None:
     return entry
 
 
-def run_out(run: Path, out: Path | None) -> Path:
+def run_out(state: dict, out: Path | None) -> Path:
     """Where a run's export goes: --out if given, else where the run itself exported (models/ for runs
-    that did not record it), so a later average or re-export of a side run never lands in models/."""
-    if out:
-        return out
-    state_path = run / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    return Path(state.get("out", "models"))
+    that did not record it), so a resume, average or re-export of a side run never lands in models/."""
+    return out or Path(state.get("out", "models"))
 
 
 def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Path:
@@ -151,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(export_model(args.run_dir, run_out(args.run_dir, args.out), train, test))
+    state = json.loads((args.run_dir / "state.json").read_text())
+    print(export_model(args.run_dir, run_out(state, args.out), train, test))
     return 0
 
 

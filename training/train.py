@@ -21,7 +21,7 @@ import numpy as np
 
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
-from training.export import warm_start_lineage
+from training.export import export_model, run_out, warm_start_lineage
 from training.metrics import report
 
 DEFAULTS = {
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                  "warm_start_from": lineage}
 
     # Run options a resume keeps, so that resuming with fewer flags cannot export over models/
-    out = args.out or Path(state.get("out", "models"))  # as given, like --init
+    out = run_out(state, args.out)  # as given, like --init
     keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
     state.update(out=str(out), keep_epochs=keep_epochs)
 
@@ -341,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
     if state["best_epoch"] == 0:
         print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {out} left as it was")
         return 0
-    from training.export import export_model
-
     path = export_model(run, out, train, test)
     print(f"exported the best epoch ({state['best_epoch']}, PublicTest accuracy "
           f"{state['best_accuracy']:.4f}) to {path}")
