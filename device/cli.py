@@ -221,8 +221,13 @@ def cmd_analyze(cfg, args) -> int:
 
 def cmd_export(cfg, args) -> int:
     path = Path(cfg["storage"]["path"])
-    if not path.exists():
-        raise StorageError(f"{path}: no feedback log here")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise StorageError(f"{path}: no feedback log here") from None
+    except PermissionError:
+        raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd export), "
+                           "which reads the log as the feedbackd user") from None
     store = FeedbackLog(path)
     try:
         if args.output:

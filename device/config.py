@@ -95,7 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
     },
     "storage": {
-        "path": Key("/var/lib/feedbackd/feedback.db", str, None, "SQLite feedback log"),
+        "path": Key("/var/lib/feedbackd/feedback.db", str, None, "SQLite feedback log (an absolute path)"),
         "retry_s": Key(5.0, (int, float), (0.1, 600), "retry a failed write this often"),
     },
     "daemon": {
@@ -177,6 +177,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _check(where, SCHEMA[section][key], value)
+    if not Path(merged.get("storage", {}).get("path", "/")).is_absolute() and "storage.path" not in (overrides or {}):
+        raise ConfigError(f"{cfg.source}: storage.path: must be an absolute path, or the daemon, "
+                          "check and export would each find the log in a different folder")
     for section, key in (("detector", "dir"), ("model", "path")):  # shipped files live beside the code
         cfg[section][key] = str(ROOT / cfg[section][key])
     if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -99,14 +99,14 @@ class Daemon:
         for pressed_at in self.button.presses():
             if pressed_at - self._last_accepted < bt["cooldown_s"]:
                 continue  # one press, one entry
-            now = time.monotonic()
-            reading = self.smoother.reading(now)
-            if reading is None or not self.smoother.face_seen_within(now, bt["face_window_s"]):
+            now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
+            reading = self.smoother.reading(pressed_at)
+            if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
                 self._no_face_until = now + self.cfg["display"]["thank_you_s"]
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once
             self._last_accepted = pressed_at
-            entry, at = self._entry(reading), datetime.now(UTC)
+            entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             if not self._store(entry, at, now):
                 self._pending.append((entry, at))
 
@@ -171,16 +171,18 @@ class Daemon:
         next_stats = time.monotonic() + self.cfg["daemon"]["stats_interval_s"]
         next_ping = 0.0
         fps = self.cfg["camera"]["fps"]
-        while not stop.is_set():
-            started = time.monotonic()
-            self.step()
-            if self.notifier.watchdog_s and started >= next_ping:
-                self.notifier.watchdog()
-                next_ping = started + self.notifier.watchdog_s
-            if started >= next_stats:
-                log.info(self.stats.line())
-                self.stats = Stats(entries=self.stats.entries)
-                next_stats = started + self.cfg["daemon"]["stats_interval_s"]
-            stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - started)))
-        self.notifier.stopping()
-        self.flush_pending()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                self.step()
+                if self.notifier.watchdog_s and started >= next_ping:
+                    self.notifier.watchdog()
+                    next_ping = started + self.notifier.watchdog_s
+                if started >= next_stats:
+                    log.info(self.stats.line())
+                    self.stats = Stats(entries=self.stats.entries)
+                    next_stats = started + self.cfg["daemon"]["stats_interval_s"]
+                stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - started)))
+        finally:  # a crash too: entries still in memory reach the log or the journal
+            self.notifier.stopping()
+            self.flush_pending()

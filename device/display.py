@@ -166,7 +166,7 @@ class Display:
                 self.device.show(screen)
             elif self.device is not None:
                 self.device.display(render(screen, self.device.size, self.device.mode))
-        except OSError as e:
+        except (OSError, _luma_error()) as e:
             if self.error is None:
                 log.error("display: cannot draw (%s); retrying every frame", e)
             self.error, self.current = str(e), None
@@ -175,6 +175,15 @@ class Display:
             log.info("display: drawing again")
         self.current, self.error = screen, None
         return True
+
+
+def _luma_error() -> type[Exception]:
+    """luma turns I2C/SPI OSErrors into its own exceptions (a loose cable is DeviceNotFoundError)."""
+    try:
+        from luma.core.error import Error
+    except ImportError:  # no luma: only the terminal and PNG drivers, which raise OSError
+        return OSError
+    return Error
 
 
 def open_display(cfg: dict) -> Display:

@@ -145,7 +145,11 @@ install_unit() {
 
 enable_buses() {
     if command -v raspi-config >/dev/null; then
-        raspi-config nonint do_i2c 0 && raspi-config nonint do_spi 0 && say "enabled I2C and SPI (raspi-config)"
+        if raspi-config nonint do_i2c 0 && raspi-config nonint do_spi 0; then
+            say "enabled I2C and SPI (raspi-config)"
+        else
+            say "WARNING: raspi-config could not enable I2C/SPI: enable them in sudo raspi-config, Interface Options"
+        fi
     else
         say "no raspi-config: enable I2C/SPI yourself if the display needs them"
     fi
@@ -165,12 +169,23 @@ start_service() {
     fi
 }
 
+restart_if_failed() {
+    local rc=$?
+    if [ "$rc" != 0 ]; then
+        say "the service was running before this install failed: starting it again"
+        systemctl start feedbackd.service || true
+    fi
+}
+
 check_os
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages
     service_user
-    systemctl is-active --quiet feedbackd.service 2>/dev/null && systemctl stop feedbackd.service
+    if systemctl is-active --quiet feedbackd.service 2>/dev/null; then
+        trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
+        systemctl stop feedbackd.service
+    fi
 fi
 build_venv
 install_models

@@ -174,6 +174,39 @@ def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_fo
     rig.close()
 
 
+def test_a_crash_in_the_loop_still_journals_entries_held_in_memory(model, face_folder, tmp_path, caplog):
+    db = tmp_path / "feedback.db"
+    rig = Rig(model, face_folder, db)
+    rig.steps(2)
+    _break_storage(rig, db, True)
+    rig.press()
+    rig.steps(1)
+
+    def crash():
+        raise RuntimeError("a stage failed")
+
+    rig.daemon.step = crash
+    with pytest.raises(RuntimeError, match="a stage failed"):
+        rig.daemon.run(threading.Event())
+    assert sum(r.getMessage().startswith("entry not stored") for r in caplog.records) == 1
+    rig.close()
+
+
+def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db",
+              **{"button.face_window_s": 0.2, "smoothing.reset_after_s": 0.3})
+    rig.steps(2)
+    pressed = datetime.now(UTC)
+    rig.press()
+    time.sleep(0.5)  # the loop stalls (a camera reconnect) past both windows before it sees the press
+    rig.daemon._handle_presses()
+    rows = list(rig.store.rows())
+    assert len(rows) == 1
+    utc = datetime.strptime(rows[0]["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((utc - pressed).total_seconds()) < 0.2  # stamped at the press, not 0.5 s later
+    rig.close()
+
+
 CHILD = """
 import sys
 from device.storage import Entry, FeedbackLog
@@ -220,6 +253,7 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[rating]\nmax = 3\n", "rating.max is 3, so every emotion needs a rating; missing Angry"),
         ("[camera]\nsource = 'video'\n", "camera.path: required when camera.source is 'video'"),
         ("[camera\n", "cannot read config"),
+        ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
@@ -291,6 +325,8 @@ def test_hardware_that_cannot_start_names_its_setting(model, face_folder, tmp_pa
 
 
 def test_a_display_write_error_is_logged_and_retried(caplog):
+    from luma.core.error import DeviceNotFoundError
+
     class LooseCable:
         size, mode = (128, 64), "1"
 
@@ -299,13 +335,13 @@ def test_a_display_write_error_is_logged_and_retried(caplog):
 
         def display(self, image):
             self.calls += 1
-            if self.calls == 1:
-                raise OSError(121, "Remote I/O error")
+            if self.calls == 1:  # what luma's i2c interface raises for errno 121 (EREMOTEIO)
+                raise DeviceNotFoundError("I2C device not found on address: 0x3C")
             self.drawn.append(image)
 
     caplog.set_level("INFO", logger="feedbackd")
     display = Display(LooseCable())
-    assert display.show(Screen("idle")) is False and "Remote I/O" in display.error
+    assert display.show(Screen("idle")) is False and "0x3C" in display.error
     assert display.show(Screen("idle")) is True and display.error is None  # the same screen is drawn again
     assert len(display.device.drawn) == 1
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
@@ -387,6 +423,22 @@ def test_export_csv(tmp_path, capsys):
     assert "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
+
+
+def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    FeedbackLog(tmp_path / "f.db").close()
+    real_stat = pathlib.Path.stat
+
+    def stat(self, **kw):  # what a user outside the feedbackd group meets (root here reads all)
+        if self.name == "f.db":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 2
+    assert "f.db: permission denied: run it as root (sudo feedbackd export)" in capsys.readouterr().err
 
 
 def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):

@@ -115,6 +115,47 @@ def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
     assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
 
 
+def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
+    """picamera2's capture_array can block for good; the loop must still get an error."""
+    import types
+
+    from device.sources import Picamera2Source
+
+    hang, calls = threading.Event(), []
+
+    class FakePicamera2:  # the picamera2 calls the adapter makes, nothing more
+        def create_video_configuration(self, main, controls, buffer_count):
+            return main
+
+        def configure(self, config):
+            self.size = config["size"]
+
+        def start(self):
+            calls.append("start")
+
+        def capture_array(self, stream):
+            if len(calls) > 3:
+                hang.wait()  # the camera stops answering
+            calls.append(stream)
+            return np.zeros((self.size[1], self.size[0], 3), np.uint8)
+
+        def stop(self):
+            calls.append("stop")
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    src = Picamera2Source(640, 480, 15, timeout_s=0.3)
+    assert src.read().shape == (480, 640, 3)
+    time.sleep(0.5)
+    with pytest.raises(SourceError, match="Pi camera: no frame for"):
+        src.read()
+    hang.set()  # the stuck capture returns at last; only then is the camera released
+    src.close()
+    assert calls[-2:] == ["stop", "close"]
+
+
 def test_latest_frame_reports_a_dead_camera():
     src = LatestFrame(lambda: None, "camera 0", timeout_s=1)
     with pytest.raises(SourceError, match="camera 0: camera returned no frame"):
