@@ -14,6 +14,7 @@ import threading
 from datetime import date
 from pathlib import Path
 
+from device import clock
 from device.button import ButtonError, open_button
 from device.config import DEFAULT_PATH, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
@@ -28,7 +29,7 @@ OVERRIDES = {  # command-line flag -> config key
     "display": "display.driver", "png_path": "display.png_path", "button": "button.kind",
     "db": "storage.path", "model": "model.path", "detector_dir": "detector.dir", "threads": "model.num_threads",
 }
-CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage")
+CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage", "clock")
 
 
 def local_date(text: str) -> str:
@@ -175,6 +176,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
     part("display", display)
     part("button", button)
     part("storage", storage)
+    part("clock", lambda: clock.describe(clock.clock_synced()))  # informative: an RTC may keep good time
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1

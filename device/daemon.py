@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from device.clock import clock_synced
 from device.config import ConfigError
 from device.detector import CropGeometry, FaceFinder, crop_face
 from device.display import Screen
@@ -111,7 +112,8 @@ class Daemon:
                 self._pending.append((entry, at))
 
     def _entry(self, r: Reading) -> Entry:
-        return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id)
+        return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,
+                     clock_synced())
 
     def _store(self, entry: Entry, at: datetime, now: float) -> bool:
         """Commit one entry stamped with its press time `at` (a retry keeps the original time)."""

@@ -30,9 +30,12 @@ MIGRATIONS = (
     );
     CREATE INDEX entries_utc ON entries (utc);
     """,
+    # 2: whether the clock was synchronized when the entry was stored (NULL: unknown)
+    "ALTER TABLE entries ADD COLUMN clock_synced INTEGER",
 )
 EXPORT_FIELDS = ("date", "time", "rating", "emotion", "confidence", "utc", "probabilities",
-                 "model_sha256", "device_id", "id")
+                 "model_sha256", "device_id", "id", "clock_synced")
+CLOCK = {1: "yes", 0: "no", None: ""}
 
 
 class StorageError(RuntimeError):
@@ -47,6 +50,7 @@ class Entry:
     probabilities: dict[str, float]
     model_sha256: str
     device_id: str
+    clock_synced: bool | None = None
 
 
 class FeedbackLog:
@@ -92,11 +96,12 @@ class FeedbackLog:
             json.dumps({k: round(float(v), 4) for k, v in entry.probabilities.items()}),
             entry.model_sha256,
             entry.device_id,
+            None if entry.clock_synced is None else int(entry.clock_synced),
         )
         try:
             cur = self.db.execute(
                 "INSERT INTO entries (utc, local_date, local_time, emotion, rating, confidence, probabilities,"
-                " model_sha256, device_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                " model_sha256, device_id, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             return int(cur.lastrowid)
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: cannot store the entry: {e}") from None
@@ -125,7 +130,7 @@ class FeedbackLog:
         n = 0
         for r in self.rows(since, until):
             w.writerow([r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
-                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"]])
+                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"], CLOCK[r["clock_synced"]]])
             n += 1
         return n
 

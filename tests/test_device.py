@@ -285,7 +285,7 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
     assert all(line.startswith("ok ") for line in lines)
     assert cli.main([*base, "--skip", "camera", "--skip", "display", "--model", str(tmp_path / "none.tflite")]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage"]
+    assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage", "clock"]
     assert lines[1].startswith("FAIL model") and "none.tflite" in lines[1]
 
 
@@ -423,6 +423,51 @@ def test_export_csv(tmp_path, capsys):
     assert "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
+
+
+def test_clock_synchronization_is_read_from_timesyncd(tmp_path):
+    from device.clock import clock_synced
+
+    run = tmp_path / "timesync"
+    assert clock_synced(run) is None  # no systemd-timesyncd: unknown
+    run.mkdir()
+    assert clock_synced(run) is False  # timesyncd runs but has not reached a time server
+    (run / "synchronized").touch()
+    assert clock_synced(run) is True
+
+
+def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, tmp_path, monkeypatch, capsys):
+    from device import daemon
+
+    monkeypatch.setattr(daemon, "clock_synced", lambda: False)  # a Pi back from a power cut, offline
+    rig = Rig(model, face_folder, tmp_path / "f.db")
+    rig.steps(2)
+    rig.press()
+    rig.steps(1)
+    rig.close()
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split(",")[-1] == "clock_synced" and row.endswith(",no")
+
+
+def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
+    import sqlite3
+
+    from device.storage import MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / "f.db")  # a log written by the first release
+    db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO entries (utc, local_date, local_time, emotion, rating, confidence, probabilities,"
+               " model_sha256, device_id) VALUES ('2026-11-01T09:00:00.000000Z', '2026-11-01', '10:00:00',"
+               " 'Happy', 5, 0.9, '{}', 'ab', 'pi')")
+    db.commit()
+    db.close()
+    log = FeedbackLog(tmp_path / "f.db")
+    assert log.schema_version == len(MIGRATIONS) and log.integrity_ok()
+    assert [(r["emotion"], r["clock_synced"]) for r in log.rows()] == [("Happy", None)]
+    log.close()
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")
 
 
 def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkeypatch):

@@ -82,7 +82,7 @@ def test_exec_start_is_what_the_install_created(dest, tmp_path):
                        capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [line.split()[:2] for line in r.stdout.splitlines()] == [["ok", "detector"], ["ok", "model"],
-                                                                      ["ok", "storage"]]
+                                                                      ["ok", "storage"], ["ok", "clock"]]
 
 
 @needs_systemd
