@@ -187,7 +187,7 @@ def test_evaluate_private_split_and_bad_models(converted, fer_csv, tmp_path, cap
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     (tmp_path / "run").mkdir()
     for path, message in ((tmp_path / "broken.keras", "cannot load the Keras model"),
-                          (tmp_path / "run", "not a training run folder (no config.json, best.weights.h5)"),
+                          (tmp_path / "run", "not a training run folder (no config.json, state.json, best.weights.h5)"),
                           (tmp_path / "model.h5", "no such model file"),
                           (model.with_suffix(".json"), "expected a .tflite or .keras model")):
         assert evaluate_main(["--model", str(path), *common]) == 2

@@ -63,6 +63,11 @@ def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     assert load_split(plain, "test").y.tolist() == [5]
     with pytest.raises(DataError, match="no PrivateTest_"):
         load_split(plain, "private")
+    mixed = write_zip(tmp_path / "mixed.zip", {**members, "test/fear/img_4.png": good})  # in no split
+    with pytest.raises(DataError, match="mixed.zip:test/fear/img_4.png: neither PublicTest_ nor PrivateTest_"):
+        load_split(mixed, "test")
+    kept = load_split(mixed, "test", skip_bad=True)
+    assert kept.y.tolist() == [3, 5] and "img_4.png" in kept.skipped[0]
 
 
 def test_corrupt_zip_member_names_the_file_and_can_be_skipped(tmp_path, faces):

@@ -76,8 +76,12 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
     assert T.main(["--data", str(other), "--run-dir", str(stopped), "--resume"]) == 2
     assert "was trained on data sha256" in capsys.readouterr().err
-    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume", "--deterministic"]) == 0
-    # the resume kept the run's --out and --keep-epochs without being told again
+    state = json.loads((stopped / "state.json").read_text())
+    assert state["policy"] == T.policy_name("auto") and state["deterministic"] is True
+    state.pop("policy"), state.pop("cpus")  # as runs from before they were kept: still resumable
+    (stopped / "state.json").write_text(json.dumps(state))
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume"]) == 0
+    # the resume kept the run's --out, --keep-epochs and --deterministic without being told again
     assert (tmp_path / "out2" / "fer_vgg16.keras").exists() and (stopped / "epoch2.weights.h5").exists()
     a, b = _history(straight), _history(stopped)
     assert len(a) == len(b) == 2
@@ -88,6 +92,13 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
 
     for x, y in zip(*(keras.saving.load_model(r / "last.keras").get_weights() for r in (straight, stopped)),
                     strict=True):
+        np.testing.assert_array_equal(x, y)
+    # and both exported the same epoch: the resume kept the best so far
+    records = [json.loads((tmp_path / o / "fer_vgg16.train.json").read_text()) for o in ("out1", "out2")]
+    assert records[0]["best_epoch"] == records[1]["best_epoch"]
+    assert records[0]["publictest"] == records[1]["publictest"] and records[0]["sha256"] != ""
+    for x, y in zip(*(keras.saving.load_model(tmp_path / o / "fer_vgg16.keras").get_weights()
+                      for o in ("out1", "out2")), strict=True):
         np.testing.assert_array_equal(x, y)
 
     # the export: float model, its training record, pictures and the card
@@ -119,10 +130,15 @@ def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, f
     scores = iter([0.9, 0.5])  # the init model scores 0.9, the cycle's one epoch 0.5
     real_report = T.report
     monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
+    drawn = []  # the epochs whose shuffles and augmentations the cycle draws
+    real_dataset = T.train_dataset
+    monkeypatch.setattr(T, "train_dataset", lambda x, y, w, cfg, epoch: drawn.append(epoch) or real_dataset(
+        x, y, w, cfg, epoch))
     second = tmp_path / "second"
     assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--init", str(init),
                    "--run-dir", str(second), "--out", str(out)]) == 0
     assert json.loads((second / "config.json").read_text())["epoch_offset"] == 1
+    assert drawn == [1]  # the lineage's second epoch, not a replay of its first (0)
     assert "no epoch beat the --init model (0.9000)" in capsys.readouterr().out
     assert init.read_bytes() == before
 
@@ -143,6 +159,9 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(fer_csv), "--out", str(out)]) == 0
     again = json.loads((out / "fer_vgg16.train.json").read_text())
     assert again["warm_start_from"] == record["warm_start_from"] and again["epochs"] == record["epochs"]
+    other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
+    assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(other), "--out", str(out)]) == 2
+    assert json.loads((out / "fer_vgg16.train.json").read_text()) == again  # its record names the run's data
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
@@ -167,8 +186,54 @@ def test_warm_start_copies_weights(tmp_path, tiny_model):
     ref = keras.saving.load_model(tiny_model, compile=False)
     for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(SystemExit, match="missing.keras: cannot load it into this model"):
         T.warm_start(model, tmp_path / "missing.keras")
+    with pytest.raises(SystemExit, match=f"{tiny_model.name}: cannot load it into this model"):
+        T.warm_start(build_vgg16(width=1 / 8), tiny_model)  # another --width: named, no traceback
+
+
+def test_a_missing_init_is_named_before_the_data_is_read(tmp_path, capsys):
+    missing = tmp_path / "missing.keras"
+    assert T.main(["--data", str(tmp_path / "no-data.csv"), "--init", str(missing),
+                   "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"--init {missing}: no such file" in capsys.readouterr().err
+
+
+def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, capsys):
+    run = tmp_path / "run"
+    common = ["--data", str(fer_csv), *TINY, "--run-dir", str(run), "--out", str(tmp_path / "out")]
+    assert T.main([*common, "--epochs", "3", "--keep-epochs", "--stop-after", "2"]) == 0
+    assert T.main([*common, "--epochs", "1"]) == 2  # forgot --resume: the stopped run is kept
+    assert "stopped after epoch 2 of 3: --resume to continue it, --restart" in capsys.readouterr().err
+    assert (run / "epoch2.weights.h5").exists()
+    assert T.main([*common, "--epochs", "1", "--restart"]) == 0
+    assert not (run / "epoch2.weights.h5").exists() and len(_history(run)) == 1  # nothing left to average
+    assert T.main([*common, "--epochs", "1"]) == 0  # a finished run's folder is simply reused
+    assert "removed the previous run's" in capsys.readouterr().out and len(_history(run)) == 1
+
+
+def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path):
+    from training.run import PENDING, commit_epoch, finish_pending
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.keras").write_text("epoch 1")
+    state = {"epochs_done": 2}
+
+    def write_then_lose_power(folder):
+        (folder / "last.keras").write_text("epoch 2")
+        raise KeyboardInterrupt  # before state.json said epoch 2 was done
+
+    with pytest.raises(KeyboardInterrupt):
+        commit_epoch(run, state, 2, write_then_lose_power)
+    assert not (run / "state.json").exists()
+    finish_pending(run, 1)  # the resume: state.json still says epoch 1
+    assert (run / "last.keras").read_text() == "epoch 1" and not list(run.glob(PENDING + "*"))
+
+    (run / f"{PENDING}2").mkdir()  # power went after state.json said epoch 2, before the move
+    (run / f"{PENDING}2" / "last.keras").write_text("epoch 2")
+    finish_pending(run, 2)
+    assert (run / "last.keras").read_text() == "epoch 2" and not list(run.glob(PENDING + "*"))
 
 
 def test_card_reproduces_every_cycle_oldest_first():

@@ -27,7 +27,7 @@ SPLIT_DIRS = {"train": "train", "test": "test", "private": "test"}
 # Kaggle's image-folder FER-2013 puts PublicTest and PrivateTest together in test/ (7,178 faces);
 # its file names say which is which.
 NAME_PREFIX = {"test": "PublicTest_", "private": "PrivateTest_"}
-LOADER_VERSION = 2  # part of the cache key: a loader change re-reads the data
+LOADER_VERSION = 3  # part of the cache key: a loader change re-reads the data
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
 # Folder names accepted for each class: FER-2013's own and the display names.
 CLASS_ALIASES = {name: i for i, name in enumerate(CLASSES)}
@@ -123,28 +123,33 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return arr
 
 
-def _by_name_prefix(path: Path, names: list[str], split: str) -> list[str]:
+def _untagged(name: str) -> bool:
+    return not name.rsplit("/", 1)[-1].startswith(tuple(NAME_PREFIX.values()))
+
+
+def _by_name_prefix(path: Path, names: list[str], split: str) -> tuple[list[str], bool]:
     """In test/, keep PublicTest_* for 'test' and PrivateTest_* for 'private' when the file
-    names carry those prefixes; otherwise test/ is all of 'test' and there is no 'private'."""
+    names carry those prefixes, and files with neither (bad input: they belong to no split);
+    otherwise test/ is all of 'test' and there is no 'private'. Also says whether tagged."""
     if split not in NAME_PREFIX:
-        return names
-    tagged = any(n.rsplit("/", 1)[-1].startswith(tuple(NAME_PREFIX.values())) for n in names)
-    if not tagged:
+        return names, False
+    if all(_untagged(n) for n in names):
         if split == "private":
             raise DataError(f"{path}: test/ has no PrivateTest_* files, so no split 'private'")
-        return names
-    return [n for n in names if n.rsplit("/", 1)[-1].startswith(NAME_PREFIX[split])]
+        return names, False
+    return [n for n in names if _untagged(n) or n.rsplit("/", 1)[-1].startswith(NAME_PREFIX[split])], True
 
 
 def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[list, list, list]:
     prefix, names = _strip_prefix(_entries(path))
+    tagged = False
     if form == "layout":
         if split not in SPLIT_DIRS:
             raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test, private)")
         want = SPLIT_DIRS[split] + "/"
         names = [n[len(want) :] for n in names if n.startswith(want)]
         prefix += want
-        names = _by_name_prefix(path, names, split)
+        names, tagged = _by_name_prefix(path, names, split)
     faces, labels, skipped = [], [], []
     zf = zipfile.ZipFile(path) if path.is_file() else None
     try:
@@ -161,6 +166,9 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
                     )
                 if PurePosixPath(name).suffix.lower() not in IMAGE_EXT:
                     raise DataError(f"{where}: not an image file")
+                if tagged and _untagged(name):
+                    raise DataError(f"{where}: neither PublicTest_ nor PrivateTest_ in its name, "
+                                    "though test/ uses them: it belongs to no split")
                 try:
                     data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
                 except (OSError, zipfile.BadZipFile, zlib.error) as e:

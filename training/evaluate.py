@@ -30,12 +30,13 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
     from training.train import classify
 
     try:
-        if path.is_dir():  # a training run: rebuild the model and load its best epoch
+        if path.is_dir():  # a training run: rebuild the model, load what it exports (best epoch or average)
             from training.model import build_vgg16
+            from training.run import STATE, chosen_weights
 
             cfg = json.loads((path / "config.json").read_text())
             model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-            model.load_weights(path / "best.weights.h5")
+            model.load_weights(chosen_weights(path, json.loads((path / STATE).read_text())))
         else:
             model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
@@ -46,7 +47,7 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
 def check_model_path(model: Path) -> None:
     """Fail before minutes of data loading: the model must be a .tflite, a .keras or a run folder."""
     if model.is_dir():
-        missing = [n for n in ("config.json", "best.weights.h5") if not (model / n).is_file()]
+        missing = [n for n in ("config.json", "state.json", "best.weights.h5") if not (model / n).is_file()]
         if missing:
             raise ModelError(f"{model}: not a training run folder (no {', '.join(missing)})")
     elif not model.is_file():

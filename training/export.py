@@ -22,6 +22,7 @@ from device.model import sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW
 from training import data as fer
 from training.metrics import report
+from training.run import STATE, chosen_weights
 
 MODEL_NAME = "fer_vgg16"
 
@@ -73,11 +74,10 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     export_commit = code_commit()  # before this export's own files make the tree dirty; an export
     # redone later may score the model with newer code than the run's
     cfg = json.loads((run / "config.json").read_text())
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads((run / STATE).read_text())
     keras.mixed_precision.set_global_policy("float32")
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-    # the best epoch, or the average of several models when `training.average` chose it
-    model.load_weights(run / ("average.weights.h5" if "average" in state else "best.weights.h5"))
+    model.load_weights(chosen_weights(run, state))
 
     # Saved when the run started (runs before that saving: read now, which is right only for the
     # run's own first export, before it replaced the --init file).
@@ -123,8 +123,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "keras": keras.__version__,
             "numpy": np.__version__,
         },
-        "cpu": cpu_name(),
-        "precision": policy_name(cfg["precision"]),
+        "cpu": "; ".join(state.get("cpus") or [cpu_name()]),  # where it trained, not where it was exported
+        "precision": state.get("policy") or policy_name(cfg["precision"]),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }
@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state = json.loads((args.run_dir / "state.json").read_text())
+    state = json.loads((args.run_dir / STATE).read_text())
+    if train.checksum != state.get("data_sha256", train.checksum):
+        print(f"error: --data {args.data}: not the data {args.run_dir} was trained on", file=sys.stderr)
+        return 2
     print(export_model(args.run_dir, run_out(state, args.out), train, test))
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,8 +21,9 @@ import numpy as np
 
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
-from training.export import export_model, run_out, warm_start_lineage
+from training.export import cpu_name, export_model, run_out, warm_start_lineage
 from training.metrics import report
+from training.run import STATE, clear_run, commit_epoch, finish_pending
 
 DEFAULTS = {
     "epochs": 20,
@@ -49,8 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path,
                    help="where the best model is exported (default: models/, or where the resumed run's goes)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the unfinished run in --run-dir and start a new one there")
     p.add_argument("--init", type=Path, help="warm start from a .keras model or ImageNet VGG16 .h5 weights")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default): mixed bfloat16 where the CPU has it; a resume keeps the run's "
+                        "unless this is given")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
@@ -141,10 +146,12 @@ def warm_start(model, path: Path) -> None:
     """Copy weights from our own .keras model, or conv kernels from ImageNet VGG16 weights."""
     import keras
 
-    if not path.is_file():
-        raise SystemExit(f"error: --init {path}: no such file")
     if path.suffix == ".keras":
-        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        try:
+            model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        except Exception as e:  # Keras raises many kinds for another architecture or a broken file
+            raise SystemExit(f"error: --init {path}: cannot load it into this model "
+                             f"({type(e).__name__}: {e})") from None
         return
     ref = keras.applications.VGG16(weights=str(path), include_top=False, input_shape=(48, 48, 3))
     for layer in ref.layers:
@@ -191,19 +198,6 @@ def classify(model, faces: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.nda
     return predict_faces(lambda x: predict(model, x), faces, spec)
 
 
-def save_atomic(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + "".join(path.suffixes))
-    model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
-    os.replace(tmp, path)
-
-
-def save_state(state: dict, path: Path) -> None:
-    """Write a run's state.json whole or not at all: power may go at any instant."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
-
-
 def code_commit() -> str:
     """The git commit the run's code came from, '-dirty' when the code had changes (not models/ or
     the Markdown documents, which change nothing a run does)."""
@@ -219,6 +213,15 @@ def code_commit() -> str:
     return head + ("-dirty" if changed else "")
 
 
+def keep_history_rows(path: Path, n: int) -> None:
+    """A run saved before epochs were committed whole may have logged an epoch it never saved."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) > n + 1:
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(rows[: n + 1])
+
+
 def fmt_time(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -226,32 +229,52 @@ def fmt_time(s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir
-    state_path = run / "state.json"
+    state_path = run / STATE
+    old = json.loads(state_path.read_text()) if state_path.exists() else None
 
     # --- configuration: fresh from the command line, or as saved by the run we resume
     if args.resume:
-        if not state_path.exists():
+        if old is None:
             print(f"error: --resume: no run to resume in {run} (no state.json)", file=sys.stderr)
             return 2
-        state = json.loads(state_path.read_text())
+        state = old
         cfg = state["config"]  # the run's own settings; command-line hyperparameters are ignored
+        finish_pending(run, state["epochs_done"])  # a stop while an epoch was being saved
     else:
+        if old and old["epochs_done"] < old["config"]["epochs"] and not args.restart:
+            print(f"error: {run} holds a run stopped after epoch {old['epochs_done']} of "
+                  f"{old['config']['epochs']}: --resume to continue it, --restart to discard it, "
+                  "or another --run-dir", file=sys.stderr)
+            return 2
+        if args.init and not args.init.is_file():
+            print(f"error: --init {args.init}: no such file", file=sys.stderr)
+            return 2
+        if old or args.restart:
+            print(f"{run}: removed the previous run's {clear_run(run)} files")
         # The lineage is read now: the export overwrites the --init file when it lands in --out.
         lineage = warm_start_lineage(str(args.init)) if args.init else None
         cfg = {k: getattr(args, k) for k in DEFAULTS}
-        cfg.update(precision=args.precision, limit=args.limit, init=str(args.init) if args.init else None,
-                   epoch_offset=epoch_offset(lineage))
+        cfg.update(precision=args.precision or "auto", limit=args.limit,
+                   init=str(args.init) if args.init else None, epoch_offset=epoch_offset(lineage))
         state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
-                 "warm_start_from": lineage}
+                 "warm_start_from": lineage, "policy": policy_name(cfg["precision"])}
 
     # Run options a resume keeps, so that resuming with fewer flags cannot export over models/
+    # or repeat the run differently
     out = run_out(state, args.out)  # as given, like --init
     keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
-    state.update(out=str(out), keep_epochs=keep_epochs)
+    deterministic = args.deterministic or state.get("deterministic", False)
+    skip_bad = args.skip_bad or state.get("skip_bad", False)
+    if args.resume and args.precision:  # say, a sitting on a CPU without bfloat16 instructions
+        state["policy"] = policy_name(args.precision)
+    policy = state.get("policy") or policy_name(cfg["precision"])  # runs from before the policy was kept
+    cpus = state.get("cpus", [])
+    state.update(out=str(out), keep_epochs=keep_epochs, deterministic=deterministic, skip_bad=skip_bad,
+                 policy=policy, cpus=cpus + [cpu_name()] * (cpu_name() not in cpus))
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
-        train, test = fer.train_and_test(args.data, skip_bad=args.skip_bad)
+        train, test = fer.train_and_test(args.data, skip_bad=skip_bad)
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -270,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    if args.deterministic:
+    if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
-    policy = policy_name(cfg["precision"])
     keras.mixed_precision.set_global_policy(policy)
-    print(f"precision: {policy}")
+    print(f"precision: {policy}" + (" (this CPU has no bfloat16 instructions: slow; --resume --precision "
+                                     "float32 switches)" if policy == "mixed_bfloat16" and not cpu_has_bf16() else ""))
 
     x_train = tf.constant(preprocess(train.x, DEFAULT_SPEC))
     y_train = tf.constant(train.y)
@@ -291,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     if args.resume:
         model = resume_model(cfg, steps, run / "last.keras")
+        keep_history_rows(run / "history.csv", state["epochs_done"])
         print(f"resuming {run} after epoch {state['epochs_done']}")
     else:
         model = build_and_compile(cfg, steps)
@@ -317,17 +341,24 @@ def main(argv: list[str] | None = None) -> int:
         lr = float(model.optimizer.learning_rate)
         row = [epoch + 1, f"{lr:.6f}", f"{fit.history['loss'][0]:.4f}", f"{fit.history['accuracy'][0]:.4f}",
                f"{val['accuracy']:.4f}", f"{val['macro_f1']:.4f}", f"{seconds:.1f}"]
-        with open(run / "history.csv", "a", newline="") as f:
-            csv.writer(f).writerow(row)
-        if val["accuracy"] > state["best_accuracy"]:
-            save_atomic(model, run / "best.weights.h5")
+        best = val["accuracy"] > state["best_accuracy"]
+        if best:  # an average chosen earlier (training.average) gives way to a better epoch
+            state.pop("average", None)
             state.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_report=val)
-        save_atomic(model, run / "last.keras")
-        if keep_epochs:
-            save_atomic(model, run / f"epoch{epoch + 1}.weights.h5")
         state["epochs_done"] = epoch + 1
         state["wall_seconds"] += seconds
-        save_state(state, state_path)
+
+        def write(folder: Path, best=best, row=row, n=epoch + 1) -> None:
+            model.save(folder / "last.keras")
+            if best:
+                model.save_weights(folder / "best.weights.h5")
+            if keep_epochs:
+                model.save_weights(folder / f"epoch{n}.weights.h5")
+            shutil.copy(run / "history.csv", folder / "history.csv")
+            with open(folder / "history.csv", "a", newline="") as f:
+                csv.writer(f).writerow(row)
+
+        commit_epoch(run, state, epoch + 1, write)
         eta = seconds * (cfg["epochs"] - epoch - 1)
         print(f"epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {row[2]}  acc {row[3]}  "
               f"val_acc {val['accuracy']:.4f}  val_f1 {val['macro_f1']:.4f}  "

@@ -1,0 +1,63 @@
+"""A run folder: what a training run leaves on disk, and how it stays whole. Power may go at any
+instant, so an epoch's files are written to a staging folder and `state.json` is the one
+commit point: a resume finds the run at the end of the last committed epoch, never between."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+STATE = "state.json"
+PENDING = ".pending-epoch"  # + the epoch number
+# Everything a run writes; a new run in the folder of a finished one removes these first.
+RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
+             "average.weights.h5", "epoch*.weights.h5", PENDING + "*", "*.tmp", "*.tmp.*")
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Write a run's state.json whole or not at all."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def save_atomic(model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + "".join(path.suffixes))
+    model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def commit_epoch(run: Path, state: dict, epoch: int, write: Callable[[Path], None]) -> None:
+    """`write(folder)` puts epoch `epoch`'s files (checkpoint, best, kept weights, history) in a
+    staging folder; saving `state` (with epochs_done = epoch) commits them, then they move in."""
+    pending = run / f"{PENDING}{epoch}"
+    shutil.rmtree(pending, ignore_errors=True)
+    pending.mkdir()
+    write(pending)
+    save_state(state, run / STATE)
+    finish_pending(run, state["epochs_done"])
+
+
+def finish_pending(run: Path, epochs_done: int) -> None:
+    """Move a committed epoch's staged files into place; drop an uncommitted one's."""
+    for pending in run.glob(PENDING + "*"):
+        if int(pending.name[len(PENDING):]) <= epochs_done:
+            for f in pending.iterdir():
+                os.replace(f, run / f.name)
+        shutil.rmtree(pending)
+
+
+def clear_run(run: Path) -> int:
+    """Remove a finished run's files so that a new run cannot mix with them; returns how many."""
+    files = {f for pattern in RUN_FILES for f in run.glob(pattern)}
+    for f in files:
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return len(files)
+
+
+def chosen_weights(run: Path, state: dict) -> Path:
+    """The weights a run exports: its average when `training.average` chose one, else its best epoch."""
+    return run / ("average.weights.h5" if "average" in state else "best.weights.h5")
