@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, save_atomic, save_state
+from training.run import STATE, chosen_weights, other_data, save_atomic, save_state
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if train.checksum != state.get("data_sha256", train.checksum):
-        print(f"error: --data {args.data}: not the data {run} was trained on", file=sys.stderr)
+    if error := other_data(run, state, train.checksum, args.data):
+        print(error, file=sys.stderr)
         return 2
 
     import keras

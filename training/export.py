@@ -22,7 +22,7 @@ from device.model import sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights
+from training.run import STATE, chosen_weights, other_data
 
 MODEL_NAME = "fer_vgg16"
 
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     state = json.loads((args.run_dir / STATE).read_text())
-    if train.checksum != state.get("data_sha256", train.checksum):
-        print(f"error: --data {args.data}: not the data {args.run_dir} was trained on", file=sys.stderr)
+    if error := other_data(args.run_dir, state, train.checksum, args.data):
+        print(error, file=sys.stderr)
         return 2
     print(export_model(args.run_dir, run_out(state, args.out), train, test))
     return 0

@@ -58,6 +58,13 @@ def clear_run(run: Path) -> int:
     return len(files)
 
 
+def other_data(run: Path, state: dict, checksum: str, data: str) -> str | None:
+    """The error for data other than the run was trained on (averaging, re-exporting), else None."""
+    if checksum != state.get("data_sha256", checksum):
+        return f"error: --data {data}: not the data {run} was trained on"
+    return None
+
+
 def chosen_weights(run: Path, state: dict) -> Path:
     """The weights a run exports: its average when `training.average` chose one, else its best epoch."""
     return run / ("average.weights.h5" if "average" in state else "best.weights.h5")

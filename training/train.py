@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.precision:  # say, a sitting on a CPU without bfloat16 instructions
         state["policy"] = policy_name(args.precision)
     policy = state.get("policy") or policy_name(cfg["precision"])  # runs from before the policy was kept
-    cpus = state.get("cpus", [])
+    cpus = dict.fromkeys([*state.get("cpus", []), cpu_name()])  # each CPU a sitting trained on, once
     state.update(out=str(out), keep_epochs=keep_epochs, deterministic=deterministic, skip_bad=skip_bad,
-                 policy=policy, cpus=cpus + [cpu_name()] * (cpu_name() not in cpus))
+                 policy=policy, cpus=list(cpus))
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
