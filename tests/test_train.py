@@ -284,3 +284,27 @@ def test_random_erasing_hides_one_rectangle_per_chosen_face():
             assert box == n and 0.02 * 48 * 48 - 100 <= n <= 0.33 * 48 * 48 + 100
     assert np.array_equal(out, erase_boxes(x, seed, p=0.5).numpy()[..., 0])  # stateless: --resume repeats it
     assert np.array_equal(erase_boxes(x, seed, p=0.0).numpy(), x.numpy())
+
+
+def test_distillation_mixes_teacher_probabilities_into_the_targets(tmp_path, fer_csv, tiny_model, capsys):
+    import tensorflow as tf
+
+    x, y = synthetic_faces(2)
+    teacher = np.full((len(y), 7), 1 / 7, np.float32)
+    cfg = dict(T.DEFAULTS, batch_size=len(y), distill=0.25)
+    _, target, _ = next(iter(T.train_dataset(tf.constant(preprocess(x)), tf.constant(y),
+                                             tf.ones(len(y)), cfg, 0, tf.constant(teacher))))
+    order = np.random.default_rng([cfg["seed"], 0]).permutation(len(y))
+    np.testing.assert_allclose(target.numpy(), 0.75 * np.eye(7)[y[order]] + 0.25 / 7, rtol=1e-6)
+
+    run = tmp_path / "run"
+    args = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run), "--out", str(tmp_path / "out")]
+    assert T.main([*args, "--teacher", str(tiny_model)]) == 2  # a teacher needs a weight
+    assert "--distill" in capsys.readouterr().err
+    assert T.main([*args, "--teacher", str(tiny_model), "--distill", "0.5"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["teachers"] == [{"file": str(tiny_model), "sha256": sha256_file(tiny_model)}]
+    targets = np.load(run / "teacher_targets.npy")
+    assert targets.shape == (12 * 7, 7) and np.allclose(targets.sum(1), 1, atol=1e-5)
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert f"--teacher {tiny_model}" in card and "Distilled" in card

@@ -30,9 +30,20 @@ def train_command(cfg: dict) -> str:
         flags.append(f"--precision {cfg['precision']}")
     if cfg.get("limit"):
         flags.append(f"--limit {cfg['limit']}")
+    flags += [f"--teacher {t['file']}" for t in cfg.get("teachers", [])]
     if cfg.get("init"):
         flags.insert(0, f"--init {cfg['init']}")
     return "make train" + (f' ARGS="{" ".join(flags)}"' if flags else "")
+
+
+def _distilled(cfg: dict) -> str:
+    teachers = cfg.get("teachers")
+    if not teachers:
+        return ""
+    names = ", ".join(f"`{t['file']}` (sha256 {t['sha256'][:16]}…)" for t in teachers)
+    return (f"\nDistilled: each face's target mixed its one-hot label ({1 - cfg['distill']:.2g}) with the averaged "
+            f"probabilities ({cfg['distill']:.2g}) of {len(teachers)} teacher model(s) on the un-augmented face "
+            f"and its mirror image: {names}.")
 
 
 def _average_command(avg: dict, train_faces: int) -> str:
@@ -100,7 +111,7 @@ def write_card(record: dict, path: Path) -> Path:
         f"| {val['per_class'][c]['f1']:.3f} | {val['per_class'][c]['support']} |"
         for i, c in enumerate(CLASSES)
     )
-    hp = "\n".join(f"| {k} | {v} |" for k, v in cfg.items())
+    hp = "\n".join(f"| {k} | {v} |" for k, v in cfg.items() if k != "teachers")  # named below the table
     ws = record.get("warm_start_from")
     lineage = (
         f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
@@ -163,7 +174,7 @@ SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight d
 batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
 (Disgusted has 436 of 28,709 faces), augmentation by random flip, rotation, scale, shift,
 brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']:.0%} of the faces"
-                         if cfg.get("erase") else ""}.
+                         if cfg.get("erase") else ""}.{_distilled(cfg)}
 
 ## Reproduce
 

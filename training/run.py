@@ -14,7 +14,7 @@ STATE = "state.json"
 PENDING = ".pending-epoch"  # + the epoch number
 # Everything a run writes; a new run in the folder of a finished one removes these first.
 RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
-             "average.weights.h5", "epoch*.weights.h5", PENDING + "*", "*.tmp", "*.tmp.*")
+             "average.weights.h5", "epoch*.weights.h5", "teacher_targets.npy", PENDING + "*", "*.tmp", "*.tmp.*")
 
 
 def save_state(state: dict, path: Path) -> None:

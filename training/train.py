@@ -21,6 +21,7 @@ import numpy as np
 
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
+from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, run_out, warm_start_lineage
 from training.metrics import report
 from training.run import STATE, clear_run, commit_epoch, finish_pending
@@ -37,6 +38,7 @@ DEFAULTS = {
     "width": 1.0,
     "class_weight_power": 0.3,
     "erase": 0.0,
+    "distill": 0.0,
     "seed": 1234,
 }
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restart", action="store_true",
                    help="discard the unfinished run in --run-dir and start a new one there")
     p.add_argument("--init", type=Path, help="warm start from a .keras model or ImageNet VGG16 .h5 weights")
+    p.add_argument("--teacher", action="append", default=[], metavar="MODEL",
+                   help="a .keras model whose probabilities (averaged over all --teacher models) the "
+                        "training targets mix in with weight --distill; repeatable")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
                    help="auto (default): mixed bfloat16 where the CPU has it; a resume keeps the run's "
                         "unless this is given")
@@ -89,8 +94,9 @@ def class_weights(y: np.ndarray, power: float) -> np.ndarray:
     return w * len(y) / (counts * w).sum()
 
 
-def train_dataset(x, y, w, cfg: dict, epoch: int):
-    """One epoch of shuffled, augmented batches; a pure function of (seed, epoch).
+def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
+    """One epoch of shuffled, augmented batches; a pure function of (seed, epoch). The targets
+    are the one-hot labels, mixed with the `teacher` probabilities by weight cfg["distill"].
 
     `epoch` counts from the start of the model's lineage (see `epoch_offset`), so a
     warm-restart cycle draws new orders and augmentations instead of replaying its
@@ -102,10 +108,14 @@ def train_dataset(x, y, w, cfg: dict, epoch: int):
     order = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
     seed = cfg["seed"] * 100_003 + epoch
     eye = tf.eye(len(CLASSES))
+    mix = cfg.get("distill", 0.0) if teacher is not None else 0.0
 
     def make_batch(i, idx):
         xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]), erase=cfg.get("erase", 0.0))
-        return xb, tf.gather(eye, tf.gather(y, idx)), tf.gather(w, idx)
+        target = tf.gather(eye, tf.gather(y, idx))
+        if mix:
+            target = (1 - mix) * target + mix * tf.gather(teacher, idx)
+        return xb, target, tf.gather(w, idx)
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(cfg["batch_size"]).enumerate()
     return ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -249,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.init and not args.init.is_file():
             print(f"error: --init {args.init}: no such file", file=sys.stderr)
             return 2
+        for t in args.teacher:
+            if not Path(t).is_file():
+                print(f"error: --teacher {t}: no such file", file=sys.stderr)
+                return 2
+        if bool(args.teacher) != (args.distill > 0) or not 0 <= args.distill <= 1:
+            print(f"error: --distill {args.distill}: give it (between 0 and 1) with --teacher, and "
+                  "--teacher with it", file=sys.stderr)
+            return 2
         if old or args.restart:
             print(f"{run}: removed the previous run's {clear_run(run)} files")
         # The lineage is read now: the export overwrites the --init file when it lands in --out.
@@ -256,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: getattr(args, k) for k in DEFAULTS}
         cfg.update(precision=args.precision or "auto", limit=args.limit,
                    init=str(args.init) if args.init else None, epoch_offset=epoch_offset(lineage))
+        if args.teacher:
+            cfg["teachers"] = teacher_records(args.teacher)
         state = {"config": cfg, "epochs_done": 0, "best_accuracy": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
                  "warm_start_from": lineage, "policy": policy_name(cfg["precision"])}
 
@@ -304,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     y_train = tf.constant(train.y)
     w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
     x_test = preprocess(test.x, DEFAULT_SPEC)
+    run.mkdir(parents=True, exist_ok=True)
+    teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x)) if cfg.get("teachers") else None
 
     def publictest(model) -> dict:
         return report(test.y, predict(model, x_test).argmax(1))
@@ -311,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     steps = -(-len(train) // cfg["batch_size"])
 
     # --- model: a fresh VGG16, a warm start, or the last checkpoint of the run we resume
-    run.mkdir(parents=True, exist_ok=True)
     if args.resume:
         model = resume_model(cfg, steps, run / "last.keras")
         keep_history_rows(run / "history.csv", state["epochs_done"])
@@ -334,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(state["epochs_done"], cfg["epochs"]):
         t0 = time.time()
         reseed_dropout(model, cfg["seed"], offset + epoch)
-        fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, offset + epoch),
+        fit = model.fit(train_dataset(x_train, y_train, w_train, cfg, offset + epoch, teacher),
                         initial_epoch=epoch, epochs=epoch + 1, verbose=1)
         val = publictest(model)
         seconds = time.time() - t0

@@ -1,0 +1,46 @@
+"""Distillation targets: what an ensemble of teacher models says about each training face.
+
+Two VGG16s from different runs agree on most faces and err differently on the rest, so their
+averaged probabilities score above either one; a student trained toward them (mixed with the
+labels) can keep part of that gain in one network. The targets are computed once per run, on the
+un-augmented faces with the device's views (face and mirror image, so a flip leaves them true),
+and saved in the run folder so that a resume trains toward exactly the same numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from device.model import sha256_file
+
+TARGETS = "teacher_targets.npy"
+
+
+def teacher_records(paths: list[str]) -> list[dict]:
+    """Each teacher's file and checksum, for the run's config and the model card."""
+    return [{"file": p, "sha256": sha256_file(Path(p))} for p in paths]
+
+
+def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.ndarray:
+    """The teachers' averaged probabilities for `faces` (uint8), from the run folder when a
+    resumed run already computed them; a changed teacher file is an error, not a silent switch."""
+    path = run / TARGETS
+    if path.exists():
+        return np.load(path)
+    import keras
+
+    from training.train import classify
+
+    probs = []
+    for t in teachers:
+        if sha256_file(Path(t["file"])) != t["sha256"]:
+            raise SystemExit(f"error: --teacher {t['file']}: changed since the run started")
+        model = keras.saving.load_model(t["file"], compile=False)
+        probs.append(classify(model, faces))
+        print(f"teacher {t['file']}: {len(faces)} faces")
+    targets = np.mean(probs, axis=0).astype(np.float32)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, targets)
+    tmp.replace(path)
+    return targets
