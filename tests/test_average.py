@@ -105,3 +105,19 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
 def test_average_names_a_missing_run(tmp_path, fer_csv, capsys):
     assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
     assert "no run there" in capsys.readouterr().err
+
+
+def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
+        kept_run, fer_csv, tmp_path, capsys, monkeypatch):
+    init = kept_run.parent / "first" / "fer_vgg16.keras"
+    run, out = tmp_path / "cycle", tmp_path / "out"
+    scores = iter([0.9, 0.5])  # the --init model scores 0.9, the cycle's one epoch 0.5
+    real_report = T.report
+    monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--init", str(init),
+                   "--run-dir", str(run), "--out", str(out)]) == 0
+    assert not (run / "best.weights.h5").exists()
+    _scores(monkeypatch, 0.6, 0.7)
+    assert A.main(["--run-dir", str(run), "--data", str(fer_csv), "--models", str(init),
+                   str(run / "epoch1.weights.h5")]) == 0
+    assert "the run's --init model 0.7000" in capsys.readouterr().out and not out.exists()

@@ -123,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     acc = report(test.y, predict(model, x_test).argmax(1))["accuracy"]
     # the bar in float32 too: the run scored its epochs in its training precision (bfloat16)
     chosen = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-    chosen.load_weights(chosen_weights(run, state))
+    if state["best_epoch"] == 0 and "average" not in state:  # no epoch beat the --init model
+        chosen.set_weights(load_weights(chosen, Path(cfg["init"])))
+    else:
+        chosen.load_weights(chosen_weights(run, state))
     bar = report(test.y, predict(chosen, x_test).argmax(1))["accuracy"]
     print(f"average of {len(args.models)} models: PublicTest accuracy {acc:.4f} (one view, float32); "
-          f"the run's {'average' if 'average' in state else 'best epoch'} {bar:.4f}")
+          f"the run's {'average' if 'average' in state else 'best epoch' if state['best_epoch'] else '--init model'} "
+          f"{bar:.4f}")
     if acc <= bar:
         print(f"the average does not beat the run's best; {out} left as it was")
         return 0
