@@ -132,8 +132,8 @@ def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, f
     monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
     drawn = []  # the epochs whose shuffles and augmentations the cycle draws
     real_dataset = T.train_dataset
-    monkeypatch.setattr(T, "train_dataset", lambda x, y, w, cfg, epoch: drawn.append(epoch) or real_dataset(
-        x, y, w, cfg, epoch))
+    monkeypatch.setattr(T, "train_dataset", lambda x, y, w, cfg, epoch, teacher: drawn.append(epoch) or real_dataset(
+        x, y, w, cfg, epoch, teacher))
     second = tmp_path / "second"
     assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--init", str(init),
                    "--run-dir", str(second), "--out", str(out)]) == 0
