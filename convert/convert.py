@@ -21,7 +21,7 @@ import numpy as np
 
 from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, preprocess
+from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
 from training.metrics import report
 
@@ -87,32 +87,36 @@ def latency_ms(clf: EmotionClassifier, face: np.ndarray, runs: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def check_training_record(model: Path) -> None:
-    """The manifest's labels and input spec are this code's constants: refuse a model whose
-    training record (the .train.json beside it) says it was trained with others."""
+def training_spec(model: Path) -> InputSpec:
+    """The input spec the manifest will carry: the one the training record (the .train.json beside
+    the model) names, class_scale included, or the default for a model without a record. Refuses a
+    record of another model, or one whose labels are not this code's."""
     path = model.with_suffix(".train.json")
     if not path.is_file():
-        return
+        return DEFAULT_SPEC
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: unreadable training record ({e})") from None
+        spec = InputSpec.from_dict(record["input"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{path}: unreadable training record ({type(e).__name__}: {e})") from None
     if record.get("sha256") != sha256_file(model):
         raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
-    for key, ours in (("labels", list(CLASSES)), ("input", DEFAULT_SPEC.to_dict())):
-        if record.get(key) != ours:
-            raise ModelError(f"{path}: the model was trained with {key} {record.get(key)}, "
-                             f"but the manifest would say {ours}")
+    if record.get("labels") != list(CLASSES):
+        raise ModelError(f"{path}: the model was trained with labels {record.get('labels')}, "
+                         f"but the manifest would say {list(CLASSES)}")
+    if spec.class_scale and len(spec.class_scale) != len(CLASSES):
+        raise ModelError(f"{path}: class_scale has {len(spec.class_scale)} values for {len(CLASSES)} labels")
+    return spec
 
 
-def write_manifest(tflite: Path, final_name: str, variant: str, extra: dict) -> Path:
+def write_manifest(tflite: Path, final_name: str, variant: str, spec: InputSpec, extra: dict) -> Path:
     inp, out = io_details(tflite)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "model": final_name,
         "variant": variant,
         "labels": [{"name": n, "display_name": d} for n, d in zip(CLASSES, DISPLAY_NAMES, strict=True)],
-        "input": {**inp, **DEFAULT_SPEC.to_dict()},
+        "input": {**inp, **spec.to_dict()},
         "output": out,
         "tflite_sha256": sha256_file(tflite),
         **extra,
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
         return 2
     try:
-        check_training_record(args.model)
+        spec = training_spec(args.model)
         train = fer.load_split(args.data, "train")
         test = fer.load_split(args.data, fer.eval_split_name(args.data))
     except (ModelError, fer.DataError) as e:
@@ -162,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: cannot load the float Keras model ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     source = {"file": args.model.name, "sha256": sha256_file(args.model)}
-    float_pred = classify(model, test.x).argmax(1)  # as the device will run it
+    float_pred = classify(model, test.x, spec).argmax(1)  # as the device will run it
     float_report = report(test.y, float_pred)
-    calib = preprocess(representative_faces(train.x, train.y, args.calibration, args.seed), DEFAULT_SPEC)
+    calib = preprocess(representative_faces(train.x, train.y, args.calibration, args.seed), spec)
     print(f"float model {args.model}: PublicTest accuracy {float_report['accuracy']:.4f} "
           f"({len(test)} faces); calibrating int8 on {len(calib)} Training faces")
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tools": tool_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            write_manifest(tmp, final.name, variant, extra)
+            write_manifest(tmp, final.name, variant, spec, extra)
             clf = EmotionClassifier(tmp, num_threads=2)  # the device's loader: checks the manifest too
             pred = clf.predict_batched(test.x).argmax(1)
             r = report(test.y, pred)
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         from convert.report import write_report
 
         report_tmp = write_report(args.out / ".CONVERT_REPORT.tmp.md", args, source, float_report, rows, len(test),
-                                  len(calib))
+                                  len(calib), spec)
         for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
             os.replace(manifest_path(tmp), manifest_path(final))
             os.replace(tmp, final)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from device.preprocess import DEFAULT_SPEC
+from device.preprocess import InputSpec
 from training.export import cpu_name
 
 
@@ -39,14 +39,14 @@ def target_lines(int8: dict, ref: dict, drop_points: float) -> list[str]:
 
 
 def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int,
-                 calibration_faces: int) -> Path:
+                 calibration_faces: int, spec: InputSpec) -> Path:
     ref = next(r for r in rows if r["variant"] == "float32")
     lines = [
         "# Conversion report",
         "",
         f"Source: `{source['file']}` (sha256 `{source['sha256'][:16]}…`), float PublicTest accuracy "
         f"**{float_report['accuracy']:.2%}**, macro-F1 {float_report['macro_f1']:.4f} ({n} faces).",
-        f"Each variant was evaluated through the device's LiteRT classifier, {DEFAULT_SPEC.describe_views()} "
+        f"Each variant was evaluated through the device's LiteRT classifier, {spec.describe_views()} "
         f"for each face as the manifest says; latency is the median of {args.latency_runs} single-face "
         "classifications on one thread "
         f"({cpu_name()}, {platform.machine()}).",

@@ -69,6 +69,9 @@ class Manifest:
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
         if not labels or len(labels) != len(set(labels)):
             raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
+        if m.spec.class_scale and len(m.spec.class_scale) != len(labels):
+            raise ModelError(f"{path}: manifest class_scale has {len(m.spec.class_scale)} values "
+                             f"for {len(labels)} labels")
         return m
 
 

@@ -77,7 +77,10 @@ DEVICE_VIEWS: tuple[View, ...] = (View(), View(mirror=True))
 @dataclass(frozen=True)
 class InputSpec:
     """How a face becomes a model input: ``(pixel * scale - mean) / std``, for each of `views`;
-    the views' probability vectors are averaged."""
+    the views' probability vectors are averaged, then multiplied by `class_scale` (when given)
+    and renormalized. Training weights class c's loss by ~count^-p so rare expressions are
+    learned; that tilts the network's probabilities by the same factors, and a class_scale of
+    ~count^p tilts them back to what is most likely (logit adjustment, Menon et al. 2021)."""
 
     size: int = 48
     color_mode: str = "grayscale"
@@ -85,6 +88,7 @@ class InputSpec:
     mean: float = 0.5
     std: float = 0.25
     views: tuple[View, ...] = DEVICE_VIEWS
+    class_scale: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -94,7 +98,7 @@ class InputSpec:
             "mean": self.mean,
             "std": self.std,
             "views": [v.to_dict() for v in self.views],
-        }
+        } | ({"class_scale": list(self.class_scale)} if self.class_scale else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
@@ -109,7 +113,10 @@ class InputSpec:
             mean=float(d["mean"]),
             std=float(d["std"]),
             views=views,
+            class_scale=tuple(float(v) for v in d.get("class_scale", ())),
         )
+        if not all(0 < v < float("inf") for v in spec.class_scale):
+            raise ValueError(f"invalid class_scale {spec.class_scale!r} (positive numbers, one per class)")
         if spec.color_mode != "grayscale":
             raise ValueError(f"unsupported color_mode {spec.color_mode!r} (only 'grayscale')")
         if spec.size < 8 or spec.std <= 0 or not spec.views:
@@ -118,9 +125,9 @@ class InputSpec:
 
     def describe_views(self) -> str:
         """How a face is classified, for reports and the model card."""
-        if len(self.views) == 1:
-            return f"one view ({self.views[0].describe()})"
-        return f"{len(self.views)} views averaged ({'; '.join(v.describe() for v in self.views)})"
+        how = (f"one view ({self.views[0].describe()})" if len(self.views) == 1 else
+               f"{len(self.views)} views averaged ({'; '.join(v.describe() for v in self.views)})")
+        return how + (", then rescaled per class to undo the training's class weights" if self.class_scale else "")
 
 
 DEFAULT_SPEC = InputSpec()
@@ -162,7 +169,7 @@ def predict_faces(run: Callable[[np.ndarray], np.ndarray], faces: np.ndarray, sp
     """Class probabilities (N, classes) for uint8 faces, `run` mapping model input to probabilities.
 
     Every view of `spec.views` of each face goes through `run` in one batch and the views'
-    probabilities are averaged.
+    probabilities are averaged, then rescaled by `spec.class_scale` where it is given.
     """
     faces = np.asarray(faces)
     if faces.ndim == 2:
@@ -170,4 +177,10 @@ def predict_faces(run: Callable[[np.ndarray], np.ndarray], faces: np.ndarray, sp
     if faces.shape[1:] != (spec.size, spec.size):
         raise ValueError(f"faces must be {spec.size}x{spec.size}, got {faces.shape[1:]}")
     y = run(np.concatenate([preprocess(view.apply(faces), spec) for view in spec.views]))
-    return y.reshape(len(spec.views), len(faces), -1).mean(0)
+    p = y.reshape(len(spec.views), len(faces), -1).mean(0)
+    if not spec.class_scale:
+        return p
+    if len(spec.class_scale) != p.shape[1]:
+        raise ValueError(f"class_scale has {len(spec.class_scale)} values for {p.shape[1]} classes")
+    p = p * np.asarray(spec.class_scale, dtype=p.dtype)
+    return p / p.sum(axis=1, keepdims=True)

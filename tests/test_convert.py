@@ -129,6 +129,34 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
     assert "cannot cover the 7 classes" in capsys.readouterr().err
 
 
+def test_the_class_scale_travels_from_the_training_record_to_the_device(tiny_model, fer_csv, tmp_path):
+    """The record's class_scale reaches the manifest, and the device's classifier applies it as
+    training's `classify` does; a manifest with a bad one is refused by name."""
+    import keras
+
+    from training.train import classify
+
+    model, out = tmp_path / "fer_vgg16.keras", tmp_path / "out"
+    shutil.copy(tiny_model, model)
+    spec = InputSpec(class_scale=(0.9, 0.5, 1.0, 1.3, 1.1, 1.1, 1.0))
+    model.with_suffix(".train.json").write_text(json.dumps(
+        {"sha256": sha256_file(model), "labels": list(CLASSES), "input": spec.to_dict()}))
+    assert convert_main(["--model", str(model), "--data", str(fer_csv), "--out", str(out), "--variants", "float16",
+                         "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
+    tflite = out / "fer_vgg16_float16.tflite"
+    clf = EmotionClassifier(tflite)
+    assert clf.spec == spec and spec.describe_views() in (out / "CONVERT_REPORT.md").read_text()
+    faces = np.random.default_rng(5).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    keras_model = keras.saving.load_model(model, compile=False)
+    np.testing.assert_allclose(clf.predict(faces), classify(keras_model, faces, spec), atol=2e-3)
+    assert not np.allclose(classify(keras_model, faces, DEFAULT_SPEC), classify(keras_model, faces, spec), atol=2e-3)
+    manifest = json.loads(tflite.with_suffix(".json").read_text())
+    manifest["input"]["class_scale"] = [1.0] * 6
+    tflite.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="class_scale has 6 values for 7 labels"):
+        EmotionClassifier(tflite)
+
+
 def test_variants_of_an_older_model_are_removed(converted, tiny_model, fer_csv, tmp_path):
     for name in ("fer_vgg16_float16.tflite", "fer_vgg16_dynamic.tflite"):
         shutil.copy(converted / name, tmp_path / name)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import synthetic_faces, write_csv
 
 from device.model import sha256_file
-from device.preprocess import DEFAULT_SPEC, preprocess
+from device.preprocess import DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import train as T
 from training.export import main as export_main
 from training.export import warm_start_lineage
@@ -59,6 +61,30 @@ def test_class_weights_favour_rare_classes():
     w = T.class_weights(y, 0.5)
     assert w[1] / w[0] == pytest.approx(3.0)
     assert (w[y]).mean() == pytest.approx(1.0)
+
+
+def test_the_device_undoes_the_class_weights():
+    """class_scale x class weight is the same for every class: the tilt training gave the rare
+    classes is taken back at inference, where a balanced guess would cost accuracy."""
+    y = np.repeat(np.arange(7), [3995, 436, 4097, 7215, 4965, 4830, 3171])
+    counts = np.bincount(y)
+    spec = T.model_spec({"class_weight_power": 0.3}, counts)
+    product = T.class_weights(y, 0.3) * np.array(spec.class_scale)
+    np.testing.assert_allclose(product, product[0], rtol=1e-5)
+    assert np.mean(spec.class_scale) == pytest.approx(1.0, abs=1e-5)
+    assert replace(spec, class_scale=()) == DEFAULT_SPEC
+    assert T.model_spec({"class_weight_power": 0}, counts) == DEFAULT_SPEC  # no weights, nothing to undo
+    # on the device: probabilities scaled, renormalized; a close call between classes flips
+    probs = np.array([[0.3, 0.32, 0.08, 0.3, 0, 0, 0]], np.float32)
+    out = predict_faces(lambda x: np.repeat(probs, len(x), axis=0), np.zeros((1, 48, 48), np.uint8), spec)
+    expected = probs * np.array(spec.class_scale)
+    np.testing.assert_allclose(out, expected / expected.sum(), rtol=1e-5)
+    assert out.argmax() == 3 and probs.argmax() == 1
+    with pytest.raises(ValueError, match="class_scale has 7 values for 3 classes"):
+        predict_faces(lambda x: np.ones((len(x), 3), np.float32), np.zeros((1, 48, 48), np.uint8), spec)
+    with pytest.raises(ValueError, match="invalid class_scale"):
+        InputSpec.from_dict({**spec.to_dict(), "class_scale": [1, 0, 1, 1, 1, 1, 1]})
+    assert InputSpec.from_dict(spec.to_dict()) == spec and "class_scale" not in DEFAULT_SPEC.to_dict()
 
 
 def _history(run) -> list[dict]:
@@ -111,8 +137,11 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
     assert "--erase 0.5" in card  # the command that repeats the run
-    # the record scores the model the device's way (its views averaged) and the way epochs were chosen
-    assert record["input"] == DEFAULT_SPEC.to_dict() and DEFAULT_SPEC.describe_views() in card
+    # the record scores the model the device's way (its views averaged, the class weights undone)
+    # and the way epochs were chosen
+    spec = InputSpec.from_dict(record["input"])
+    assert spec == T.model_spec(record["config"], record["data"]["train_class_counts"]) and spec.class_scale
+    assert spec.describe_views() in card and "class_scale ~ count^0.3" in card
     assert f"{record['publictest_single_view']['accuracy']:.2%}" in card
     from training.evaluate import main as evaluate_main
 
@@ -162,6 +191,33 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
     assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(other), "--out", str(out)]) == 2
     assert json.loads((out / "fer_vgg16.train.json").read_text()) == again  # its record names the run's data
+
+
+def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_path, fer_csv, capsys):
+    """A model exported before class_scale existed (its run gone) gets the device's reading of it."""
+    out = tmp_path / "out"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(tmp_path / "run"),
+                   "--out", str(out)]) == 0
+    model, record_path = out / "fer_vgg16.keras", out / "fer_vgg16.train.json"
+    shutil.rmtree(tmp_path / "run")
+    exported = json.loads(record_path.read_text())
+    old = dict(exported, input=DEFAULT_SPEC.to_dict())  # as an older export wrote it
+    record_path.write_text(json.dumps(old))
+    weights = model.read_bytes()
+    capsys.readouterr()
+    assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0
+    record = json.loads(record_path.read_text())
+    assert record["input"] == exported["input"] and record["rescored"] is True
+    assert record["publictest"] == exported["publictest"] and model.read_bytes() == weights
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "python -m training.export --model models/fer_vgg16.keras" in card
+    assert f"accuracy {record['publictest']['accuracy']:.4f}" in capsys.readouterr().out
+    other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
+    assert export_main(["--model", str(model), "--data", str(other)]) == 2
+    assert f"{record_path}: the model was trained on data sha256" in capsys.readouterr().err
+    record_path.write_text(json.dumps(dict(old, sha256="0" * 64)))
+    assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 2
+    assert "is for another model" in capsys.readouterr().err
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):

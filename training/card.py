@@ -71,12 +71,25 @@ def _reproduce(record: dict) -> str:
     if any(avg for _, avg in chain):
         lines[:0] = ["    # RUN: that cycle's run folder, where --keep-epochs kept epochN.weights.h5;",
                      "    # a .keras file among --models: a copy of the model that cycle started from"]
+    if record.get("rescored"):  # exported before the code wrote a class_scale
+        lines.append(f"    python -m training.export --model models/fer_vgg16.keras --data {DEFAULT_DATA}")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c, _ in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
                   "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
                   "epochs): today's code repeats those commands, not their exact models."]
     return "\n".join(lines)
+
+
+def _class_scale(record: dict) -> str:
+    scale = record["input"].get("class_scale")
+    if not scale:
+        return ""
+    factors = ", ".join(f"{n} {v:.3g}" for n, v in zip(DISPLAY_NAMES, scale, strict=True))
+    power = record["config"]["class_weight_power"]
+    return (f"\nThe class weights tilt the network's probabilities towards rare expressions; the device tilts them"
+            f"\nback, multiplying the averaged probabilities by class_scale ~ count^{power} (mean 1) before"
+            f"\nrenormalizing: {factors}.")
 
 
 def _average_note(record: dict) -> str:
@@ -129,7 +142,7 @@ feedbackd appliance. This card is written by `training/export.py` from
 
 ## Result on FER-2013 PublicTest ({val['n']} faces)
 
-| metric | as the device runs it | one view of each face |
+| metric | as the device runs it | the network alone, one view of each face |
 | --- | --- | --- |
 | accuracy | **{val['accuracy']:.2%}** | {single['accuracy']:.2%} |
 | macro-F1 | {val['macro_f1']:.4f} | {single['macro_f1']:.4f} |
@@ -174,7 +187,7 @@ SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight d
 batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
 (Disgusted has 436 of 28,709 faces), augmentation by random flip, rotation, scale, shift,
 brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']:.0%} of the faces"
-                         if cfg.get("erase") else ""}.{_distilled(cfg)}
+                         if cfg.get("erase") else ""}.{_distilled(cfg)}{_class_scale(record)}
 
 ## Reproduce
 

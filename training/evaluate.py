@@ -2,9 +2,9 @@
 
     python -m training.evaluate --model models/fer_vgg16.keras --data FER2013 [--split private] [--json]
 
-MODEL is a Keras model (`.keras`), a training run folder (its best epoch; the curves
-are drawn too) or a `.tflite` file, which runs through the device's own LiteRT
-classifier with the preprocessing its manifest names. DATA is any form that
+MODEL is a Keras model (`.keras`, read as the `.train.json` beside it says), a training run
+folder (its best epoch; the curves are drawn too) or a `.tflite` file, which runs through the
+device's own LiteRT classifier with the preprocessing its manifest names. DATA is any form that
 `training.data` reads; a split layout or CSV is evaluated on its test split (PublicTest;
 --split private for PrivateTest where the data has it), a bare class-folder set whole.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import EmotionClassifier, ModelError
-from device.preprocess import CLASSES, DISPLAY_NAMES
+from device.model import EmotionClassifier, ModelError, sha256_file
+from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
 from training.metrics import report
 
@@ -29,19 +29,42 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
 
     from training.train import classify
 
+    spec = keras_spec(path)
     try:
         if path.is_dir():  # a training run: rebuild the model, load what it exports (best epoch or average)
             from training.model import build_vgg16
             from training.run import STATE, chosen_weights
 
-            cfg = json.loads((path / "config.json").read_text())
-            model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
+            model = build_vgg16(width=(cfg := run_config(path))["width"], dropout=cfg["dropout"])
             model.load_weights(chosen_weights(path, json.loads((path / STATE).read_text())))
         else:
             model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
         raise ModelError(f"{path}: cannot load the Keras model ({type(e).__name__}: {e})") from None
-    return classify(model, faces)
+    return classify(model, faces, spec)
+
+
+def run_config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+def keras_spec(path: Path) -> InputSpec:
+    """How the device would read this Keras model: as its export record says (the .train.json
+    beside it, if it is this model's), as its run's config says, else the plain default."""
+    from training.run import STATE
+    from training.train import model_spec
+
+    if path.is_dir():
+        counts = json.loads((path / STATE).read_text()).get("train_class_counts")
+        return model_spec(run_config(path), counts) if counts else DEFAULT_SPEC
+    record = path.with_suffix(".train.json")
+    if not record.is_file():
+        return DEFAULT_SPEC
+    try:
+        r = json.loads(record.read_text())
+        return InputSpec.from_dict(r["input"]) if r.get("sha256") == sha256_file(path) else DEFAULT_SPEC
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{record}: unreadable training record ({type(e).__name__}: {e})") from None
 
 
 def check_model_path(model: Path) -> None:

@@ -2,6 +2,10 @@
 Keras model, its training record (JSON), the confusion matrix and curves, and the model card.
 
     python -m training.export --run-dir RUN --data FER2013 [--out models]
+    python -m training.export --model models/fer_vgg16.keras --data FER2013
+
+The second form re-scores an exported model whose run is gone with this code's reading of it
+(its class_scale), rewriting its record, confusion matrix and card; the weights are untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import sha256_file
+from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW
 from training import data as fer
 from training.metrics import report
@@ -66,10 +70,9 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     import keras
     import tensorflow as tf
 
-    from training.card import write_card
     from training.model import build_vgg16
-    from training.plots import confusion_png, curves_png
-    from training.train import classify, code_commit, policy_name
+    from training.plots import curves_png
+    from training.train import code_commit, model_spec, policy_name
 
     export_commit = code_commit()  # before this export's own files make the tree dirty; an export
     # redone later may score the model with newer code than the run's
@@ -88,8 +91,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     model.save(tmp)
     os.replace(tmp, path)
 
-    val = report(test.y, classify(model, test.x).argmax(1))  # as the device runs it
-    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, views=ONE_VIEW)).argmax(1))  # one view
+    spec = model_spec(cfg, train.class_counts())
+    val, single = score(model, spec, test)
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     commit_file = run / "code_commit"
@@ -98,7 +101,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
         "sha256": sha256_file(path),
         "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
         "parameters": int(model.count_params()),
-        "input": DEFAULT_SPEC.to_dict(),
+        "input": spec.to_dict(),
         "labels": list(CLASSES),
         "config": cfg,
         "epochs": state["epochs_done"],
@@ -107,7 +110,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
         "average": state.get("average"),
         "wall_seconds": round(state["wall_seconds"], 1),
         "publictest": val,
-        "publictest_single_view": {k: single[k] for k in ("accuracy", "macro_f1")},
+        "publictest_single_view": single,
         "data": {
             "source": Path(train.source).name,
             "sha256": train.checksum,
@@ -128,23 +131,75 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }
+    curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
+    write_record(record, out)
+    return path
+
+
+def score(model, spec, test: fer.Split) -> tuple[dict, dict]:
+    """PublicTest as the device classifies (`spec`), and on one view of the network alone (no
+    class_scale), the figure training chose epochs by."""
+    from training.train import classify
+
+    val = report(test.y, classify(model, test.x, spec).argmax(1))
+    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, views=ONE_VIEW)).argmax(1))
+    return val, {k: single[k] for k in ("accuracy", "macro_f1")}
+
+
+def write_record(record: dict, out: Path) -> None:
+    """The training record, confusion matrix and card beside the model."""
+    from training.card import write_card
+    from training.plots import confusion_png
+
     (out / f"{MODEL_NAME}.train.json").write_text(json.dumps(record, indent=2) + "\n")
+    val = record["publictest"]
     confusion_png(np.array(val["confusion_matrix"]), out / f"{MODEL_NAME}_confusion.png",
                   f"VGG16 on FER-2013 PublicTest: accuracy {val['accuracy']:.1%}")
-    curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
     write_card(record, out / "MODEL_CARD.md")
-    return path
+
+
+def rescore(path: Path, test: fer.Split) -> dict:
+    """Score an exported model again with this code's `model_spec` (its record's config and class
+    counts) and rewrite what the export wrote beside it, but for the weights and the curves."""
+    import keras
+
+    from training.train import code_commit, model_spec
+
+    record_path = path.with_suffix(".train.json")
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{record_path}: cannot read the training record ({e})") from None
+    if record.get("sha256") != sha256_file(path):
+        raise ModelError(f"{record_path}: this training record is for another model than {path} (sha256 differs)")
+    if record.get("data", {}).get("sha256") != test.checksum:
+        raise ModelError(f"{record_path}: the model was trained on data sha256 "
+                         f"{record.get('data', {}).get('sha256', '?')[:12]}, not {test.source} ({test.checksum[:12]})")
+    spec = model_spec(record["config"], record["data"]["train_class_counts"])
+    val, single = score(keras.saving.load_model(path, compile=False), spec, test)
+    record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),
+                  exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rescored=True)
+    write_record(record, path.parent)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", type=Path, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-dir", type=Path, help="export this run's chosen weights")
+    which.add_argument("--model", type=Path, help="re-score this exported model (its .train.json beside it)")
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
     args = p.parse_args(argv)
+    if args.model and args.out:
+        p.error("--out: a re-scored model's files stay beside it")
     try:
         train, test = fer.train_and_test(args.data)
-    except fer.DataError as e:
+        if args.model:
+            r = rescore(args.model, test)["publictest"]
+            print(f"{args.model}: PublicTest accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
+            return 0
+    except (fer.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     state = json.loads((args.run_dir / STATE).read_text())

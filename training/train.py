@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,16 @@ def class_weights(y: np.ndarray, power: float) -> np.ndarray:
     counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
     w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
     return w * len(y) / (counts * w).sum()
+
+
+def model_spec(cfg: dict, train_counts) -> InputSpec:
+    """How the device reads a model trained with `cfg` on classes counted `train_counts`: the
+    class weights' tilt (~count^-power) undone by a class_scale ~count^power (mean 1)."""
+    power = cfg["class_weight_power"]
+    if not power:
+        return DEFAULT_SPEC
+    s = np.maximum(np.asarray(train_counts, dtype=float), 1) ** power
+    return replace(DEFAULT_SPEC, class_scale=tuple(float(f"{v:.6g}") for v in s / s.mean()))
 
 
 def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
@@ -305,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: {run} was trained on data sha256 {state['data_sha256'][:12]}, "
               f"{args.data} is {train.checksum[:12]}", file=sys.stderr)
         return 2
+    state["train_class_counts"] = train.class_counts().tolist()  # the export's class_scale: the whole split's
     if cfg["limit"]:
         keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
         train.x, train.y = train.x[keep], train.y[keep]
