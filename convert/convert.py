@@ -23,6 +23,7 @@ from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
+from training.export import read_record
 from training.metrics import report
 
 DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
@@ -92,15 +93,13 @@ def training_spec(model: Path) -> InputSpec:
     the model) names, class_scale included, or the default for a model without a record. Refuses a
     record of another model, or one whose labels are not this code's."""
     path = model.with_suffix(".train.json")
-    if not path.is_file():
+    record = read_record(model)
+    if record is None:
         return DEFAULT_SPEC
     try:
-        record = json.loads(path.read_text())
         spec = InputSpec.from_dict(record["input"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{path}: unreadable training record ({type(e).__name__}: {e})") from None
-    if record.get("sha256") != sha256_file(model):
-        raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
     if record.get("labels") != list(CLASSES):
         raise ModelError(f"{path}: the model was trained with labels {record.get('labels')}, "
                          f"but the manifest would say {list(CLASSES)}")

@@ -158,6 +158,21 @@ def write_record(record: dict, out: Path) -> None:
     write_card(record, out / "MODEL_CARD.md")
 
 
+def read_record(model: Path) -> dict | None:
+    """The training record beside an exported model, None where there is none; refuses one that
+    cannot be read or is another model's."""
+    path = model.with_suffix(".train.json")
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable training record ({e})") from None
+    if record.get("sha256") != sha256_file(model):
+        raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
+    return record
+
+
 def rescore(path: Path, test: fer.Split) -> dict:
     """Score an exported model again with this code's `model_spec` (its record's config and class
     counts) and rewrite what the export wrote beside it, but for the weights and the curves."""
@@ -166,12 +181,9 @@ def rescore(path: Path, test: fer.Split) -> dict:
     from training.train import code_commit, model_spec
 
     record_path = path.with_suffix(".train.json")
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{record_path}: cannot read the training record ({e})") from None
-    if record.get("sha256") != sha256_file(path):
-        raise ModelError(f"{record_path}: this training record is for another model than {path} (sha256 differs)")
+    record = read_record(path)
+    if record is None:
+        raise ModelError(f"{record_path}: no training record beside {path} to re-score")
     if record.get("data", {}).get("sha256") != test.checksum:
         raise ModelError(f"{record_path}: the model was trained on data sha256 "
                          f"{record.get('data', {}).get('sha256', '?')[:12]}, not {test.source} ({test.checksum[:12]})")
