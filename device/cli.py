@@ -98,6 +98,11 @@ def cmd_run(cfg, pin_factory=None) -> int:
 
     log = logging.getLogger("feedbackd")
     display = open_display(cfg["display"])
+    try:  # all hardware first: a kiosk that cannot start creates no log
+        button = open_button(cfg["button"], pin_factory)
+    except ButtonError as e:
+        display.show(Screen("error", title="Button error", detail=str(e)))
+        raise
     try:
         classifier = EmotionClassifier.from_config(cfg["model"])
         detector = FaceDetector.from_config(cfg["detector"])
@@ -109,7 +114,6 @@ def cmd_run(cfg, pin_factory=None) -> int:
         display.show(Screen("error", title="Storage error", detail=str(e)))
         raise
     source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
-    button = open_button(cfg["button"], pin_factory)
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, Notifier(), cfg.device_id)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -62,8 +62,8 @@ class Rig:
         overrides = {"button.cooldown_s": 3.0, "smoothing.min_confidence": 0.0, **cfg_overrides}
         self.cfg = load_config(None, overrides)
         self.factory = MockFactory()
-        self.button = GpioButton(17, pull_up=True, bounce_s=0, pin_factory=self.factory)
-        self.pin = self.factory.pin(17)
+        self.button = GpioButton(17, pull_up=True, bounce_s=0, led_pin=27, pin_factory=self.factory)
+        self.pin, self.led = self.factory.pin(17), self.factory.pin(27)
         self.screen = dummy(width=128, height=64, mode="1")
         self.store = FeedbackLog(db)
         self.daemon = Daemon(self.cfg, ImageSource(str(frames), fps=30), FaceDetector(FACE_DIR),
@@ -130,6 +130,31 @@ def test_press_without_a_face_stores_nothing(model, empty_folder, face_folder, t
     rig.close()
 
 
+def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 1.0})
+    rig.steps(2)
+    for _ in range(2):  # the second press comes one frame after the first
+        rig.press()
+        rig.steps(1)
+    assert rig.store.count() == 1
+    time.sleep(1.0)
+    rig.press()
+    rig.steps(1)
+    assert rig.store.count() == 2
+    rig.close()
+
+
+def test_a_reading_below_min_confidence_shows_not_sure(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.min_confidence": 1.0})
+    rig.steps(3)
+    now = time.monotonic()
+    assert rig.daemon.smoother.reading(now).confidence < 1.0
+    screen = rig.daemon.screen(now)
+    assert screen.kind == "live" and screen.emotion is None and screen.text() == "Not sure"
+    expected = render(Screen("live", None, None, 5, face=True), (128, 64), "1")
+    assert rig.screen.image.tobytes() == expected.tobytes()
+    rig.close()
+
 def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
     os.chmod(db, 0o444 if broken else 0o644)  # read-only file: the write fails
     rig.store.db.execute(f"PRAGMA query_only = {'ON' if broken else 'OFF'}")  # root ignores file modes
@@ -156,6 +181,28 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
         assert abs((utc - pressed).total_seconds()) < 0.5
     rig.close()
 
+
+def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
+    def blinks() -> int:
+        time.sleep(0.7)  # two blinks take 0.5 s
+        return [state for _, state in rig.led.states].count(1)
+
+    db = tmp_path / "feedback.db"
+    rig = Rig(model, empty_folder, db, **{"storage.retry_s": 60.0, "button.cooldown_s": 0.0})
+    rig.steps(2)
+    rig.press()  # no face
+    rig.steps(1)
+    rig.daemon.source = ImageSource(str(face_folder), fps=30)
+    rig.steps(2)
+    _break_storage(rig, db, True)
+    rig.press()  # the write fails
+    rig.steps(1)
+    assert rig.store.count() == 0 and blinks() == 0
+    _break_storage(rig, db, False)
+    rig.press()
+    rig.steps(1)
+    assert rig.store.count() == 1 and blinks() == 2
+    rig.close()
 
 @pytest.mark.parametrize("ending", ["stop", "crash"])
 def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_folder, tmp_path, caplog, ending):
@@ -313,7 +360,7 @@ def test_hardware_that_cannot_start_names_its_setting(model, face_folder, tmp_pa
     assert "display.driver = 'ssd1306': cannot open the display" in capsys.readouterr().err
     assert cli.main([*base, "--display", "none", "--button", "gpio"]) == 2  # no GPIO chip on this machine
     assert "button.pin = 17: cannot open the GPIO" in capsys.readouterr().err
-    assert FeedbackLog(tmp_path / "f.db").count() == 0
+    assert not (tmp_path / "f.db").exists()  # hardware is opened before the log
 
 
 def test_a_display_write_error_is_logged_and_retried(caplog):
@@ -371,7 +418,8 @@ def test_failing_source_recovers():
     assert frame is not None and src.error is None and len(opened) == 3
 
 
-def test_sigterm_exits_zero_within_two_seconds(model, face_folder, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_exits_zero_within_two_seconds(model, face_folder, tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path", str(face_folder),
          "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db"), "--model", str(model)],
@@ -383,9 +431,10 @@ def test_sigterm_exits_zero_within_two_seconds(model, face_folder, tmp_path):
             break
     assert proc.poll() is None, "".join(lines)
     t = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=5) == 0
     assert time.monotonic() - t < 2.0
+    assert "stopped: 0 entries stored this run" in proc.stderr.read()  # after the camera was released
 
 
 def test_analyze_json_finds_the_face(model):
@@ -416,6 +465,38 @@ def test_export_csv(tmp_path, capsys):
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
 
+
+def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
+    from device.storage import Entry
+
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for day in (3, 6, 9):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, day, 12, tzinfo=UTC))
+    dates = [r["local_date"] for r in log.rows()]  # as this machine's time zone wrote them
+    log.close()
+
+    def exported(*flags: str) -> list[str]:
+        assert cli.main(["export", "--db", str(db), *flags]) == 0
+        return [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+
+    assert exported() == dates
+    assert exported("--since", dates[1]) == dates[1:]
+    assert exported("--until", dates[1]) == dates[:2]
+    assert exported("--since", dates[1], "--until", dates[1]) == [dates[1]]
+
+
+def test_command_line_flags_override_the_config_file(tmp_path, capsys):
+    from device.storage import Entry
+
+    in_file, in_flag = tmp_path / "file.db", tmp_path / "flag.db"
+    log = FeedbackLog(in_flag)
+    log.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"))
+    log.close()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{in_file}"\n')
+    assert cli.main(["--config", str(config), "export", "--db", str(in_flag)]) == 0
+    assert ",2.0,Sad," in capsys.readouterr().out and not in_file.exists()
 
 def test_clock_synchronization_is_read_from_timesyncd(tmp_path):
     from device.clock import clock_synced

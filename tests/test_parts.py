@@ -17,6 +17,7 @@ from PIL import Image
 
 from device.button import GpioButton, KeyboardButton
 from device.config import DEFAULT_RATINGS, load_config
+from device.detector import Box, choose_face
 from device.display import Display, PngDisplay, Screen, TerminalDisplay, render
 from device.notify import Notifier
 from device.preprocess import DISPLAY_NAMES
@@ -50,12 +51,13 @@ def test_reading_is_forgotten_when_the_face_leaves():
     assert s.reading(3.0).confidence == 1.0
 
 
-def test_flat_probabilities_are_not_sure():
+@pytest.mark.parametrize(("top", "sure"), [(1 / 7, False), (0.39, False), (0.41, True)])
+def test_a_reading_is_sure_from_min_confidence(top, sure):
     s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, min_confidence=0.4)
-    s.add(0.0, np.full(7, 1 / 7))
-    r = s.reading(0.0)
-    assert not r.sure
-    assert Screen("live", None, None, 5, True).text() == "Not sure"
+    probs = np.full(7, (1 - top) / 6)
+    probs[3] = top
+    s.add(0.0, probs)
+    assert s.reading(0.0).sure is sure
 
 
 def test_custom_rating_scale(tmp_path):
@@ -197,7 +199,7 @@ def test_terminal_driver_prints_one_line_per_change():
     assert out.getvalue().splitlines() == ["[screen] Look at the camera", "[screen] No face - try again"]
 
 
-def test_led_blinks_when_an_entry_is_stored():
+def test_acknowledge_blinks_the_led_twice():
     from gpiozero.pins.mock import MockFactory
 
     factory = MockFactory()
@@ -320,3 +322,14 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     clf = EmotionClassifier(path)
     clf.predict(np.full((2, 48, 48), 128, np.uint8))  # a resize re-packs the weights
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # XNNPACK's copy is what runs
+
+
+def test_the_customer_is_the_largest_most_central_face():
+    frame = (480, 640, 3)
+    central = Box(230, 150, 410, 330, 0.9)  # 180 px, in the middle
+    at_the_edge = Box(440, 0, 640, 200, 0.99)  # 200 px, by the frame's corner
+    small_central = Box(300, 220, 340, 260, 0.9)
+    large_off_centre = Box(100, 100, 300, 300, 0.9)
+    assert choose_face([at_the_edge, central], frame) == central
+    assert choose_face([small_central, large_off_centre], frame) == large_off_centre
+    assert choose_face([], frame) is None
