@@ -363,6 +363,38 @@ def test_hardware_that_cannot_start_names_its_setting(model, face_folder, tmp_pa
     assert not (tmp_path / "f.db").exists()  # hardware is opened before the log
 
 
+@pytest.mark.parametrize("part", ["button", "model"])
+def test_a_part_that_cannot_start_is_named_on_the_screen(model, face_folder, tmp_path, capsys, part):
+    from PIL import Image
+
+    png = tmp_path / "screen.png"
+    args = ["run", "--source", "images", "--camera-path", str(face_folder), "--db", str(tmp_path / "f.db"),
+            "--display", "png", "--png-path", str(png), "--detector-dir", str(FACE_DIR),
+            "--button", "gpio" if part == "button" else "none",
+            "--model", str(model if part == "button" else tmp_path / "missing.tflite")]
+    assert cli.main(args) == 2
+    detail = capsys.readouterr().err.strip().removeprefix("feedbackd: error: ")
+    expected = render(Screen("error", title=f"{part.capitalize()} error", detail=detail), (128, 64), "1")
+    with Image.open(png) as shown:
+        assert shown.convert("1").tobytes() == expected.tobytes()
+
+
+def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face_folder, tmp_path):
+    def no_camera():
+        raise SourceError("camera 0: not there")
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.daemon.source = ReconnectingSource(no_camera, max_backoff_s=0.02)
+    rig.steps(3)
+    assert rig.daemon.screen(time.monotonic()).title == "Camera error"
+    expected = render(Screen("error", title="Camera error", detail="reconnecting..."), (128, 64), "1")
+    assert rig.screen.image.tobytes() == expected.tobytes()
+    rig.daemon.source = ImageSource(str(face_folder), fps=30)  # plugged back in
+    rig.steps(2)
+    assert rig.daemon.screen(time.monotonic()).kind == "live"
+    rig.close()
+
+
 def test_a_display_write_error_is_logged_and_retried(caplog):
     from luma.core.error import DeviceNotFoundError
 
