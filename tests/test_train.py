@@ -364,3 +364,26 @@ def test_distillation_mixes_teacher_probabilities_into_the_targets(tmp_path, fer
     assert targets.shape == (12 * 7, 7) and np.allclose(targets.sum(1), 1, atol=1e-5)
     card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     assert f"--teacher {tiny_model}" in card and "Distilled" in card
+
+
+def test_code_commit_is_dirty_only_when_code_changed(tmp_path):
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *a], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "models").mkdir()
+    for name, text in {"train.py": "x = 1\n", "README.md": "r\n", "models/m.json": "{}"}.items():
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert T.code_commit(tmp_path) == head
+    (tmp_path / "README.md").write_text("changed\n")  # documents, models and new files change no run
+    (tmp_path / "models/m.json").write_text("[]")
+    (tmp_path / "notes.py").write_text("")
+    assert T.code_commit(tmp_path) == head
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert T.code_commit(tmp_path) == head + "-dirty"

@@ -219,13 +219,13 @@ def classify(model, faces: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.nda
     return predict_faces(lambda x: predict(model, x), faces, spec)
 
 
-def code_commit() -> str:
+def code_commit(repo: Path = Path(__file__).parent) -> str:
     """The git commit the run's code came from, '-dirty' when the code had changes (not models/ or
     the Markdown documents, which change nothing a run does)."""
     import subprocess
 
     def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=repo)
         return r.stdout.strip() if r.returncode == 0 else ""
 
     head = git("rev-parse", "HEAD") or "unknown"
