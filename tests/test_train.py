@@ -387,3 +387,15 @@ def test_code_commit_is_dirty_only_when_code_changed(tmp_path):
     assert T.code_commit(tmp_path) == head
     (tmp_path / "train.py").write_text("x = 2\n")
     assert T.code_commit(tmp_path) == head + "-dirty"
+
+
+def test_a_resume_may_switch_precision(tmp_path, fer_csv):
+    run = tmp_path / "run"
+    first = ["--data", str(fer_csv), "--epochs", "2", *TINY, "--run-dir", str(run), "--out", str(tmp_path / "out")]
+    assert T.main([*first, "--precision", "bfloat16", "--stop-after", "1"]) == 0
+    assert json.loads((run / "state.json").read_text())["policy"] == "mixed_bfloat16"
+    # the next sitting's CPU has no bfloat16 instructions
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(run), "--resume", "--precision", "float32"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["policy"] == "float32" and state["epochs_done"] == 2
+    assert (tmp_path / "out" / "fer_vgg16.keras").exists()
