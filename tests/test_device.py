@@ -144,7 +144,7 @@ def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folde
     rig.close()
 
 
-def test_a_reading_below_min_confidence_shows_not_sure(model, face_folder, tmp_path):
+def test_a_reading_below_min_confidence_shows_not_sure_and_a_press_stores_it(model, face_folder, tmp_path):
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.min_confidence": 1.0})
     rig.steps(3)
     now = time.monotonic()
@@ -153,6 +153,11 @@ def test_a_reading_below_min_confidence_shows_not_sure(model, face_folder, tmp_p
     assert screen.kind == "live" and screen.emotion is None and screen.text() == "Not sure"
     expected = render(Screen("live", None, None, 5, face=True), (128, 64), "1")
     assert rig.screen.image.tobytes() == expected.tobytes()
+    rig.press()  # the customer still gave feedback: the best guess is stored with its low confidence
+    rig.steps(1)
+    row = next(rig.store.rows())
+    assert row["emotion"] in rig.daemon.classifier.manifest.display_names and row["confidence"] < 1.0
+    assert rig.daemon.screen(time.monotonic()) == Screen("thanks", row["emotion"], row["rating"], 5)
     rig.close()
 
 def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
