@@ -26,7 +26,7 @@ from device.detector import FaceDetector
 from device.display import Display, Screen, render
 from device.model import EmotionClassifier
 from device.sources import ImageSource, ReconnectingSource, SourceError
-from device.storage import FeedbackLog
+from device.storage import Entry, FeedbackLog
 
 
 @pytest.fixture
@@ -488,8 +488,6 @@ def test_analyze_json_finds_the_face(model):
 
 
 def test_export_csv(tmp_path, capsys):
-    from device.storage import Entry
-
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
     log.close()
@@ -504,8 +502,6 @@ def test_export_csv(tmp_path, capsys):
 
 
 def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
-    from device.storage import Entry
-
     db = tmp_path / "f.db"
     log = FeedbackLog(db)
     for day in (3, 6, 9):
@@ -524,8 +520,6 @@ def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
 
 
 def test_command_line_flags_override_the_config_file(tmp_path, capsys):
-    from device.storage import Entry
-
     in_file, in_flag = tmp_path / "file.db", tmp_path / "flag.db"
     log = FeedbackLog(in_flag)
     log.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"))
