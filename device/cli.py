@@ -101,17 +101,17 @@ def cmd_run(cfg, pin_factory=None) -> int:
     try:  # all hardware first: a kiosk that cannot start creates no log
         button = open_button(cfg["button"], pin_factory)
     except ButtonError as e:
-        display.show(Screen("error", title="Button error", detail=str(e)))
+        display.halt(Screen("error", title="Button error", detail=str(e)))
         raise
     try:
         classifier = EmotionClassifier.from_config(cfg["model"])
         detector = FaceDetector.from_config(cfg["detector"])
         store = FeedbackLog(cfg["storage"]["path"])
     except (ModelError, DetectorError) as e:
-        display.show(Screen("error", title="Model error", detail=str(e)))
+        display.halt(Screen("error", title="Model error", detail=str(e)))
         raise
     except StorageError as e:
-        display.show(Screen("error", title="Storage error", detail=str(e)))
+        display.halt(Screen("error", title="Storage error", detail=str(e)))
         raise
     source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, Notifier(), cfg.device_id)
@@ -236,12 +236,16 @@ def cmd_export(cfg, args) -> int:
                            "which reads the log as the feedbackd user") from None
     store = FeedbackLog(path)
     try:
-        if args.output:
+        if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
+            tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
             try:
-                with open(args.output, "w", newline="") as f:
+                with open(tmp, "w", newline="") as f:
                     n = store.export_csv(f, args.since, args.until)
+                tmp.replace(args.output)
             except OSError as e:
                 raise StorageError(f"{args.output}: cannot write the export: {e.strerror}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
             print(f"wrote {n} entries to {args.output}", file=sys.stderr)
         else:
             store.export_csv(sys.stdout, args.since, args.until)

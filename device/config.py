@@ -172,7 +172,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         merged.setdefault(section, {})[key] = value
     for section, values in merged.items():
         for key, value in values.items():
-            where = f"{cfg.source}: {section}.{key}"
+            given = f"{section}.{key}" in (overrides or {})  # a flag wins over the file: name where it came from
+            where = f"{'command line' if given else cfg.source}: {section}.{key}"
             if key not in SCHEMA[section]:
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")

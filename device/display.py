@@ -176,6 +176,14 @@ class Display:
         self.current, self.error = screen, None
         return True
 
+    def halt(self, screen: Screen) -> None:
+        """Show `screen` as the process's last: luma switches its panel off and clears it at exit
+        unless told to persist, which would blank the error a technician must read while systemd
+        waits to restart the service."""
+        self.show(screen)
+        if hasattr(self.device, "persist"):
+            self.device.persist = True
+
 
 def _luma_error() -> type[Exception]:
     """luma turns I2C/SPI OSErrors into its own exceptions (a loose cable is DeviceNotFoundError)."""

@@ -119,10 +119,13 @@ class FeedbackLog:
         if until:
             q += " AND local_date <= ?"
             args.append(until)
-        cur = self.db.execute(q + " ORDER BY id", args)
-        names = [c[0] for c in cur.description]
-        for values in cur:
-            yield dict(zip(names, values, strict=True))
+        try:
+            cur = self.db.execute(q + " ORDER BY id", args)
+            names = [c[0] for c in cur.description]
+            for values in cur:
+                yield dict(zip(names, values, strict=True))
+        except sqlite3.DatabaseError as e:  # damaged pages past an intact header
+            raise StorageError(f"{self.path}: cannot read the log: {e} ('feedbackd check' tests it)") from None
 
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None) -> int:
         w = csv.writer(out)

@@ -312,6 +312,13 @@ def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_bad_flag_is_blamed_on_the_command_line_not_the_file(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text("[model]\nnum_threads = 2\n")
+    assert cli.main(["--config", str(path), "check", "--threads", "0"]) == 2
+    assert "error: command line: model.num_threads: 0 is out of range" in capsys.readouterr().err
+
+
 def test_example_config_is_the_defaults(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text("\n".join(line[2:] if line.startswith("# ") and " = " in line else line
@@ -382,6 +389,20 @@ def test_a_part_that_cannot_start_is_named_on_the_screen(model, face_folder, tmp
     expected = render(Screen("error", title=f"{part.capitalize()} error", detail=detail), (128, 64), "1")
     with Image.open(png) as shown:
         assert shown.convert("1").tobytes() == expected.tobytes()
+
+
+def test_the_error_screen_stays_up_after_the_process_exits(model, face_folder, tmp_path, monkeypatch):
+    """luma blanks its panel from an exit hook (its cleanup()) unless the device persists."""
+    from luma.core.device import dummy
+
+    screen = dummy(width=128, height=64, mode="1")
+    monkeypatch.setattr(cli, "open_display", lambda cfg: Display(screen))
+    args = ["run", "--source", "images", "--camera-path", str(face_folder), "--db", str(tmp_path / "f.db"),
+            "--detector-dir", str(FACE_DIR), "--button", "none", "--model", str(tmp_path / "missing.tflite")]
+    assert cli.main(args) == 2
+    shown = screen.image.tobytes()
+    screen.cleanup()  # what luma's atexit hook runs
+    assert any(shown) and screen.image.tobytes() == shown  # still the error, not a blank panel
 
 
 def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face_folder, tmp_path):
@@ -499,6 +520,24 @@ def test_export_csv(tmp_path, capsys):
     assert "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
+
+
+def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, capsys):
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for _ in range(300):  # enough rows for the table to span many pages
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, "pi"))
+    log.close()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[3 * page : len(data) - page] = b"\xff" * (len(data) - 4 * page)  # the header page intact
+    db.write_bytes(bytes(data))
+    out = tmp_path / "feedback.csv"
+    out.write_text("yesterday's export\n")
+    assert cli.main(["export", "--db", str(db), "--output", str(out)]) == 2
+    assert f"{db}: cannot read the log" in capsys.readouterr().err
+    assert out.read_text() == "yesterday's export\n"
+    assert sorted(os.listdir(tmp_path)) == ["f.db", "feedback.csv"]
 
 
 def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
