@@ -91,7 +91,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pull_up": Key(True, bool, None, "internal pull-up (button to GND)"),
         "bounce_s": Key(0.05, (int, float), (0.0, 1.0), "debounce time"),
         "cooldown_s": Key(3.0, (int, float), (0.0, 60.0), "one entry per press: presses this soon are ignored"),
-        "face_window_s": Key(1.5, (int, float), (0.1, 30.0), "a press counts if a face was seen this recently"),
+        "face_window_s": Key(1.5, (int, float), (0.1, 30.0),
+                             "a press counts if a face was seen this recently (at most smoothing.reset_after_s)"),
         "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
     },
     "storage": {
@@ -186,6 +187,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:
         raise ConfigError(f"{cfg.source}: camera.path: required when camera.source is "
                           f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
+    window, reset = cfg["button"]["face_window_s"], cfg["smoothing"]["reset_after_s"]
+    if window > reset:  # the reading is forgotten after reset_after_s, so a longer window cannot count
+        raise ConfigError(f"{cfg.source}: button.face_window_s: {window} is longer than "
+                          f"smoothing.reset_after_s ({reset}); raise that too or shorten the window")
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
     return cfg

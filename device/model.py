@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +77,26 @@ class Manifest:
         return m
 
 
+# The runtimes in order of preference, as (module, its Interpreter); TensorFlow is the last
+# resort, e.g. on a workstation.
+RUNTIMES = (("ai_edge_litert.interpreter", "Interpreter"), ("tflite_runtime.interpreter", "Interpreter"),
+            ("tensorflow", "lite.Interpreter"))
+
+
 def load_interpreter(model: Path, num_threads: int = 1):
-    """A LiteRT interpreter: ai_edge_litert, else tflite_runtime, else tensorflow.lite."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+    """A LiteRT interpreter from the first runtime installed. One that is installed but fails to
+    import (tflite-runtime 2.14 under numpy 2, say) is an error naming it, not a silent fall-through
+    to the next, which would end in advice to install what is already there."""
+    for name, attr in RUNTIMES:
         try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            try:
-                from tensorflow.lite import Interpreter  # last resort, e.g. on a workstation
-            except ImportError:
-                raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)") from None
+            Interpreter = attrgetter(attr)(importlib.import_module(name))
+            break
+        except ImportError as e:
+            absent = isinstance(e, ModuleNotFoundError) and e.name and (name + ".").startswith(e.name + ".")
+            if not absent:  # a runtime there but broken, or missing one of its own dependencies
+                raise ModelError(f"{name} is installed but cannot be imported: {e}") from None
+    else:
+        raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)")
     try:
         return Interpreter(model_path=str(model), num_threads=num_threads)
     except (ValueError, RuntimeError) as e:

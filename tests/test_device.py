@@ -298,6 +298,7 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[camera]\nsource = 'video'\n", "camera.path: required when camera.source is 'video'"),
         ("[camera\n", "cannot read config"),
         ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
+        ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
@@ -403,6 +404,24 @@ def test_the_error_screen_stays_up_after_the_process_exits(model, face_folder, t
     shown = screen.image.tobytes()
     screen.cleanup()  # what luma's atexit hook runs
     assert any(shown) and screen.image.tobytes() == shown  # still the error, not a blank panel
+
+
+def test_a_runtime_that_is_installed_but_broken_is_named(model, tmp_path, monkeypatch):
+    """A runtime that fails to import (a numpy ABI mismatch, say) is reported as such; only a
+    runtime that is not installed at all falls through to the next."""
+    from device.model import ModelError, load_interpreter
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "ai_edge_litert"]:
+        monkeypatch.delitem(sys.modules, name)
+    broken = tmp_path / "site" / "ai_edge_litert"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ModelError, match="ai_edge_litert.interpreter is installed but cannot be imported: "
+                                         "numpy.core.multiarray failed to import"):
+        load_interpreter(model)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # not installed: on to the next runtime
+    assert type(load_interpreter(model)).__module__.startswith("tensorflow.")  # no tflite_runtime here
 
 
 def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face_folder, tmp_path):
