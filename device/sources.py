@@ -18,6 +18,11 @@ class SourceError(RuntimeError):
     """The camera or file cannot deliver frames; names the device or path."""
 
 
+class SourceStuck(SourceError):
+    """A capture that never returns keeps the camera held, so no reconnect can open it: only
+    a new process frees it, and the daemon exits for systemd to restart it."""
+
+
 class ImageSource:
     """Images from a folder or a glob, looped, each shown for 1/fps seconds."""
 
@@ -160,10 +165,13 @@ class LatestFrame:
                 raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
             return self._frame
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 2.0) -> None:
         """Ask the grab thread to finish; it releases the camera once its read returns."""
         self._stop.set()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=wait_s)
+        if self._thread.is_alive():
+            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + wait_s:.0f} s "
+                              "and holds the camera; restarting to free it")
 
 
 class V4L2Source(LatestFrame):
@@ -290,17 +298,19 @@ class ReconnectingSource:
             return None
 
     def _fail(self, message: str, now: float) -> None:
-        if self.source is not None:
+        source, self.source = self.source, None
+        if source is not None:
             try:
-                self.source.close()
+                source.close()
+            except SourceStuck:
+                raise
             except Exception:  # noqa: S110 - closing a broken camera may fail too; it is dropped anyway
                 pass
-            self.source = None
         self.error = message
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.max_backoff_s)
 
     def close(self) -> None:
-        if self.source is not None:
-            self.source.close()
-            self.source = None
+        source, self.source = self.source, None
+        if source is not None:
+            source.close()

@@ -25,7 +25,7 @@ from device.daemon import Daemon
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
 from device.model import EmotionClassifier
-from device.sources import ImageSource, ReconnectingSource, SourceError
+from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.storage import Entry, FeedbackLog
 
 
@@ -437,6 +437,28 @@ def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face
     rig.daemon.source = ImageSource(str(face_folder), fps=30)  # plugged back in
     rig.steps(2)
     assert rig.daemon.screen(time.monotonic()).kind == "live"
+    rig.close()
+
+
+def test_a_capture_that_never_returns_ends_the_daemon_for_systemd_to_restart(model, face_folder, tmp_path):
+    """The hung read holds the camera, so reconnecting in-process would fail forever while the
+    watchdog stays fed; the loop stops with the error instead (the unit has Restart=on-failure)."""
+    hang = threading.Event()
+
+    def grab():
+        hang.wait()  # a driver call that never returns
+        return None
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.daemon.source = ReconnectingSource(lambda: LatestFrame(grab, "Pi camera", timeout_s=0.05))
+    stop = threading.Event()
+    threading.Timer(10, stop.set).start()  # a loop that kept going would end here, and fail the test
+    with pytest.raises(SourceStuck, match="Pi camera: a capture has not returned"):
+        rig.daemon.run(stop)
+    stop.set()
+    assert rig.daemon.source.source is None
+    rig.daemon.source.close()  # what cmd_run's cleanup does next: nothing left to raise
+    hang.set()
     rig.close()
 
 
