@@ -165,12 +165,12 @@ class LatestFrame:
                 raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
             return self._frame
 
-    def close(self, wait_s: float = 2.0) -> None:
+    def close(self) -> None:
         """Ask the grab thread to finish; it releases the camera once its read returns."""
         self._stop.set()
-        self._thread.join(timeout=wait_s)
+        self._thread.join(timeout=2)
         if self._thread.is_alive():
-            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + wait_s:.0f} s "
+            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + 2:.0f} s "
                               "and holds the camera; restarting to free it")
 
 
