@@ -96,10 +96,10 @@ uninstall:
 status:
 	@systemctl status --no-pager feedbackd.service || true
 	@test -x /usr/local/bin/feedbackd || { echo "feedbackd is not installed: sudo make install"; exit 1; }
-	@if systemctl is-active --quiet feedbackd.service; then \
-	    echo "check (the running service holds the camera, display and button; stop it to check those):"; \
-	    /usr/local/bin/feedbackd check --skip camera --skip display --skip button; \
-	else /usr/local/bin/feedbackd check; fi
+	@case $$(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in inactive|failed|"") \
+	    /usr/local/bin/feedbackd check;; *) \
+	    echo "check (the service holds or is about to take the camera, display and button; stop it to check those):"; \
+	    /usr/local/bin/feedbackd check --skip camera --skip display --skip button;; esac
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
-from training.export import read_record
+from training.export import load_float_model, read_record
 from training.metrics import report
 
 DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
@@ -88,14 +88,19 @@ def latency_ms(clf: EmotionClassifier, face: np.ndarray, runs: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def training_spec(model: Path) -> InputSpec:
+def training_spec(model: Path, data: fer.Split) -> InputSpec:
     """The input spec the manifest will carry: the one the training record (the .train.json beside
     the model) names, class_scale included, or the default for a model without a record. Refuses a
-    record of another model, or one whose labels are not this code's."""
+    record of another model, one whose labels are not this code's, or one trained on other data than
+    `data`: the calibration, the accuracy gate and the manifest's metrics would not be its own."""
     path = model.with_suffix(".train.json")
     record = read_record(model)
     if record is None:
         return DEFAULT_SPEC
+    trained_on = (record.get("data") or {}).get("sha256")
+    if trained_on not in (None, data.checksum):
+        raise ModelError(f"{path}: the model was trained on data sha256 {trained_on[:12]}, not on {data.source} "
+                         f"({data.checksum[:12]}); convert it with the data it was trained on")
     try:
         spec = InputSpec.from_dict(record["input"])
     except (ValueError, KeyError, TypeError) as e:
@@ -129,7 +134,9 @@ def remove_stale_variants(out: Path, stem: str, source_sha256: str) -> list[Path
     """Variants left from an earlier float model (not rebuilt this time) would contradict the
     report and the card: every converted file in `out` comes from the current model."""
     removed = []
-    for manifest in sorted(out.glob(f"{stem}_*.json")):
+    for manifest in (out / f"{stem}_{v}.json" for v in VARIANTS):  # not fer_vgg16_small_int8.json, say
+        if not manifest.is_file():
+            continue
         try:
             source = json.loads(manifest.read_text()).get("source_model") or {}
         except (OSError, ValueError):
@@ -148,22 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
         return 2
     try:
-        spec = training_spec(args.model)
         train = fer.load_split(args.data, "train")
         test = fer.load_split(args.data, fer.eval_split_name(args.data))
+        spec = training_spec(args.model, test)
+        model = load_float_model(args.model, spec)
     except (ModelError, fer.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import keras
-
     from training.train import classify
 
-    try:
-        model = keras.saving.load_model(args.model, compile=False)
-    except Exception as e:  # Keras raises many kinds for a file that is not one of its models
-        print(f"error: {args.model}: cannot load the float Keras model ({type(e).__name__}: {e})", file=sys.stderr)
-        return 2
     source = {"file": args.model.name, "sha256": sha256_file(args.model)}
     float_pred = classify(model, test.x, spec).argmax(1)  # as the device will run it
     float_report = report(test.y, float_pred)

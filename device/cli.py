@@ -188,10 +188,15 @@ def cmd_check(cfg, skip: list[str]) -> int:
 
 def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassifier, cfg) -> dict:
     import cv2
+    import numpy as np
 
     from device.detector import CropGeometry
 
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:  # read here, not by cv2.imread, which says None alike for a missing, unreadable or bad file
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        return {"file": str(path), "error": f"cannot read: {e.strerror}", "faces": [], "emotion": None}
+    frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if frame is None:
         return {"file": str(path), "error": "cannot decode image", "faces": [], "emotion": None}
     boxes = detector.detect(frame)

@@ -25,6 +25,13 @@ from device.reading import Reading, Smoother
 from device.storage import Entry, StorageError
 
 log = logging.getLogger("feedbackd")
+
+
+def entry_json(entry: Entry, at: datetime) -> str:
+    """An entry as one JSON line for the journal, from which a technician can restore it by hand."""
+    return json.dumps({"utc": at.isoformat(), **asdict(entry)})
+
+
 STAGES = ("capture", "detect", "classify", "render")
 
 
@@ -109,7 +116,8 @@ class Daemon:
             self._last_accepted = pressed_at
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             if not self._store(entry, at, now):
-                self._pending.append((entry, at))
+                self._pending.append((entry, at))  # and to the journal now: a power cut may come first
+                log.error("entry kept in memory until the log can be written: %s", entry_json(entry, at))
 
     def _entry(self, r: Reading) -> Entry:
         return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,
@@ -146,8 +154,7 @@ class Daemon:
         self._retry_at = 0.0
         self._retry_pending()
         for entry, at in self._pending:
-            log.error("entry not stored (the log cannot be written): %s",
-                      json.dumps({"utc": at.isoformat(), **asdict(entry)}))
+            log.error("entry not stored (the log cannot be written): %s", entry_json(entry, at))
 
     # --- what the screen shows
     def screen(self, now: float) -> Screen:

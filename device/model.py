@@ -56,7 +56,7 @@ class Manifest:
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise ModelError(f"{path}: model manifest not found (run 'make convert')") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not even UTF-8
             raise ModelError(f"{path}: cannot read model manifest: {e}") from None
         try:
             if d["schema_version"] != SCHEMA_VERSION:
@@ -64,9 +64,9 @@ class Manifest:
             labels = tuple(x["name"] for x in d["labels"])
             display = tuple(x["display_name"] for x in d["labels"])
             inp = d["input"]
-            quant = lambda q: (float(q["scale"]), int(q["zero_point"])) if q else None  # noqa: E731
-            m = cls(labels, display, InputSpec.from_dict(inp), str(inp["dtype"]), quant(inp.get("quantization")),
-                    quant(d["output"].get("quantization")), str(d["tflite_sha256"]), d)
+            m = cls(labels, display, InputSpec.from_dict(inp), str(inp["dtype"]),
+                    _quantization(inp.get("quantization")), _quantization(d["output"].get("quantization")),
+                    str(d["tflite_sha256"]), d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
         if not labels or len(labels) != len(set(labels)):
@@ -75,6 +75,17 @@ class Manifest:
             raise ModelError(f"{path}: manifest class_scale has {len(m.spec.class_scale)} values "
                              f"for {len(labels)} labels")
         return m
+
+
+def _quantization(q: dict | None) -> tuple[float, int] | None:
+    """(scale, zero_point), or None for a float tensor. A scale of 0 is refused: it would pass the
+    check against a float model's (0, 0) and then zero every probability."""
+    if q is None:
+        return None
+    scale = float(q["scale"])
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"quantization scale {scale} (a positive number, or no quantization at all)")
+    return scale, int(q["zero_point"])
 
 
 # The runtimes in order of preference, as (module, its Interpreter); TensorFlow is the last
@@ -133,6 +144,8 @@ class EmotionClassifier:
         self.path = Path(model)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: emotion model not found (run 'make convert' or set model.path)")
+        if self.path.suffix != ".tflite":
+            raise ModelError(f"{self.path}: expected a converted .tflite model (run 'make convert' on a .keras one)")
         self.manifest = Manifest.load(manifest_path(self.path))
         actual = sha256_file(self.path)
         if actual != self.manifest.sha256:

@@ -244,6 +244,8 @@ def open_source(cfg: dict):
                     lambda: _first_webcam(cfg)):
         try:
             return attempt()
+        except SourceStuck:  # a hung capture holds the camera: only a restart frees it
+            raise
         except SourceError as e:
             errors.append(str(e))
     if kind == "camera":

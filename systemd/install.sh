@@ -106,7 +106,7 @@ install_models() {
     if [ -d "$SRC/models/face" ]; then
         find "$SRC/models/face" -maxdepth 1 -type f ! -name '.*' -exec install -m 0644 {} "$dest/face/" \;
     fi
-    (cd "$SRC" && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face") \
+    (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face") \
         || die "face-detector files in $dest/face could not be fetched or verified"
 }
 
@@ -121,15 +121,33 @@ install_config() {
         chmod 0644 "$CONF_DIR/config.toml"
         say "installed /etc/feedbackd/config.toml (defaults: Pi camera or webcam, SSD1306 OLED, GPIO17 button)"
     fi
-    (cd / && FEEDBACKD_HOME=$ROOT_DIR "$ROOT_DIR/venv/bin/python" - "$CONF_DIR/config.toml" <<'PY'
+    check_config "$ROOT_DIR/venv/bin/python"
+}
+
+# The config as the service will read it, with the code about to run it (its Python, and PYTHONPATH
+# for the code not yet installed): the model and detector files it names must exist (or be the
+# ones this install lays down) and lie outside /home and /root, which ProtectHome hides.
+check_config() {
+    (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" \
+        "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
 import sys
+from pathlib import Path
+
 from device.config import ConfigError, load_config
+
+config, installed = sys.argv[1], {Path(p) for p in sys.argv[2:]}
 try:
-    load_config(sys.argv[1])
+    cfg = load_config(config)
 except ConfigError as e:
     sys.exit(f"install: error: {e}\ninstall: fix it, then run make install again")
+for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
+    if Path(path) not in installed and not Path(path).exists():
+        sys.exit(f"install: error: {config}: {key}: {path} does not exist")
+    if Path(path).is_relative_to("/home") or Path(path).is_relative_to("/root"):
+        sys.exit(f"install: error: {config}: {key}: {path} is hidden from the service (ProtectHome=yes): "
+                 "put it under /opt/feedbackd/models")
 PY
-    )
+    ) || exit 1
 }
 
 install_unit() {
@@ -178,14 +196,17 @@ restart_if_failed() {
 }
 
 check_os
+# An upgrade checks the kept config with the new code before it stops or changes anything.
+[ -e "$CONF_DIR/config.toml" ] && check_config "$PYTHON" "$SRC"
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages
     service_user
-    if systemctl is-active --quiet feedbackd.service 2>/dev/null; then
+    # "activating" too: a service in its restart loop must not start on a half-written venv.
+    case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
         trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
-        systemctl stop feedbackd.service
-    fi
+        systemctl stop feedbackd.service ;;
+    esac
 fi
 build_venv
 install_models

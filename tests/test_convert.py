@@ -119,14 +119,30 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
     record.write_text(json.dumps({"sha256": "0" * 64, "labels": list(CLASSES), "input": DEFAULT_SPEC.to_dict()}))
     assert convert_main(args) == 2
     assert "is for another model" in capsys.readouterr().err
+    record.write_text(json.dumps({"sha256": sha256_file(model), "labels": list(CLASSES),
+                                  "input": DEFAULT_SPEC.to_dict(), "data": {"sha256": "0" * 64}}))
+    assert convert_main(args) == 2
+    assert f"{record}: the model was trained on data sha256 000000000000, not on {fer_csv}" in capsys.readouterr().err
     record.unlink()
     model.write_bytes(b"not a keras file")
     assert convert_main(args) == 2
-    assert f"{model}: cannot load the float Keras model" in capsys.readouterr().err
+    assert f"{model}: cannot load the Keras model" in capsys.readouterr().err
+    for shape, which in ((((32, 32, 1), 7), "input"), (((48, 48, 1), 3), "output")):
+        misfit(model, *shape)
+        assert convert_main(args) == 2
+        assert f"{model}: the model's {which} is" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):
         convert_main([*args, "--calibration", "3"])
     assert "cannot cover the 7 classes" in capsys.readouterr().err
+
+
+def misfit(path, input_shape: tuple[int, ...], outputs: int) -> None:
+    """Save a small Keras model that is not a FER-2013 classifier at `path`."""
+    import keras
+
+    keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                      keras.layers.Dense(outputs, activation="softmax")]).save(path)
 
 
 def test_the_class_scale_travels_from_the_training_record_to_the_device(tiny_model, fer_csv, tmp_path):
@@ -164,9 +180,12 @@ def test_variants_of_an_older_model_are_removed(converted, tiny_model, fer_csv, 
     older["source_model"]["sha256"] = "0" * 64
     (tmp_path / "fer_vgg16_float16.json").write_text(json.dumps(older))
     shutil.copy(converted / "fer_vgg16_dynamic.json", tmp_path / "fer_vgg16_dynamic.json")  # same model: kept
+    for suffix in (".tflite", ".json"):  # another model whose name starts the same: not ours to remove
+        shutil.copy(tmp_path / f"fer_vgg16_float16{suffix}", tmp_path / f"fer_vgg16_small_int8{suffix}")
     assert convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(tmp_path),
                          "--variants", "int8", "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.tflite")) == ["fer_vgg16_dynamic.tflite", "fer_vgg16_int8.tflite"]
+    assert sorted(p.name for p in tmp_path.glob("*.tflite")) == [
+        "fer_vgg16_dynamic.tflite", "fer_vgg16_int8.tflite", "fer_vgg16_small_int8.tflite"]
     assert not (tmp_path / "fer_vgg16_float16.json").exists()
 
 
@@ -204,7 +223,7 @@ def test_evaluate_keras_and_tflite_agree(converted, tiny_model, fer_csv, tmp_pat
     assert (tmp_path / "fer_vgg16_float16_confusion.png").exists()
 
 
-def test_evaluate_private_split_and_bad_models(converted, fer_csv, tmp_path, capsys):
+def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, tmp_path, capsys):
     from training.evaluate import main as evaluate_main
 
     model = converted / "fer_vgg16_int8.tflite"
@@ -213,13 +232,19 @@ def test_evaluate_private_split_and_bad_models(converted, fer_csv, tmp_path, cap
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["split"] == "private" and r["n"] == 7  # the fixture's one PrivateTest face per class
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    misfit(tmp_path / "misfit.keras", (48, 48, 1), 3)
+    shutil.copy(tiny_model, tmp_path / "other.keras")
+    (tmp_path / "other.train.json").write_text(json.dumps({"sha256": "0" * 64, "input": DEFAULT_SPEC.to_dict()}))
     (tmp_path / "run").mkdir()
     for path, message in ((tmp_path / "broken.keras", "cannot load the Keras model"),
+                          (tmp_path / "misfit.keras", "the model's output is (3,), expected (7,)"),
                           (tmp_path / "run", "not a training run folder (no config.json, state.json, best.weights.h5)"),
                           (tmp_path / "model.h5", "no such model file"),
                           (model.with_suffix(".json"), "expected a .tflite or .keras model")):
         assert evaluate_main(["--model", str(path), *common]) == 2
         assert f"{path}: {message}" in capsys.readouterr().err
+    assert evaluate_main(["--model", str(tmp_path / "other.keras"), *common]) == 2  # not scored without its record
+    assert f"{tmp_path / 'other.train.json'}: this training record is for another model" in capsys.readouterr().err
 
 
 def test_face_detector_files_are_checked(tmp_path):

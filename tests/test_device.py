@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import FACE_DIR, ROOT, photo
 
-from device import cli
+from device import cli, sources
 from device.button import GpioButton
 from device.config import ConfigError, example_toml, load_config
 from device.daemon import Daemon
@@ -217,6 +217,8 @@ def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_fo
     _break_storage(rig, db, True)
     rig.press()
     rig.steps(1)
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("entry kept in memory")]
+    assert len(kept) == 1  # in the journal at once: a power cut or the watchdog may end the process first
     stop = threading.Event()
     if ending == "stop":
         stop.set()
@@ -233,6 +235,7 @@ def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_fo
     assert len(lost) == 1
     entry = json.loads(lost[0].split(": ", 1)[1])
     assert entry["emotion"] in rig.daemon.classifier.manifest.display_names and entry["utc"]
+    assert json.loads(kept[0].split(": ", 1)[1]) == entry
     rig.close()
 
 
@@ -362,6 +365,16 @@ def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
     (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
     assert cli.main([*base, "--model", str(bad / model.name)]) == 2
     assert f"{bad / model.with_suffix('.json').name}: input quantization" in capsys.readouterr().err
+    manifest["input"]["quantization"] = {"scale": 0.0, "zero_point": 0}  # would pass as "not quantized"
+    (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
+    assert cli.main([*base, "--model", str(bad / model.name)]) == 2
+    assert "malformed model manifest" in capsys.readouterr().err
+    (bad / model.with_suffix(".json").name).write_bytes(b"\xff\xfe not text")
+    assert cli.main([*base, "--model", str(bad / model.name)]) == 2
+    assert "cannot read model manifest" in capsys.readouterr().err
+    (bad / "fer_vgg16.keras").write_bytes(b"a float model")
+    assert cli.main([*base, "--model", str(bad / "fer_vgg16.keras")]) == 2
+    assert "fer_vgg16.keras: expected a converted .tflite model" in capsys.readouterr().err
 
 
 def test_hardware_that_cannot_start_names_its_setting(model, face_folder, tmp_path, capsys):
@@ -462,6 +475,26 @@ def test_a_capture_that_never_returns_ends_the_daemon_for_systemd_to_restart(mod
     rig.close()
 
 
+def test_a_webcam_that_hangs_on_its_first_frame_stops_the_default_camera_source(monkeypatch):
+    """source = "camera" tries the Pi camera, then the first webcam: a webcam whose capture hangs
+    is not just "no camera" to retry, since the hung thread keeps it open."""
+    hang = threading.Event()
+
+    def grab():
+        hang.wait()
+        return None
+
+    def no_pi_camera(*args):
+        raise SourceError("Pi camera: picamera2 is not installed")
+
+    monkeypatch.setattr(sources, "Picamera2Source", no_pi_camera)
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video0"])
+    monkeypatch.setattr(sources, "V4L2Source", lambda *args: LatestFrame(grab, "/dev/video0", timeout_s=0.05))
+    with pytest.raises(SourceStuck, match="/dev/video0: a capture has not returned"):
+        sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
+    hang.set()
+
+
 def test_a_display_write_error_is_logged_and_retried(caplog):
     from luma.core.error import DeviceNotFoundError
 
@@ -547,6 +580,15 @@ def test_analyze_json_finds_the_face(model):
     assert 150 < x0 < x1 < 380 and 90 < y0 < y1 < 360  # Grace Hopper's face in the 512x600 photo
     assert result["emotion"] == face["emotion"] and abs(sum(face["probabilities"].values()) - 1) < 0.05
     assert face["rating"] in (1, 2, 3, 4, 5)
+
+
+def test_analyze_says_why_an_image_was_not_read(model, tmp_path, capsys):
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    args = ["analyze", "--model", str(model), str(tmp_path / "missing.jpg"), str(tmp_path / "notes.jpg"), str(tmp_path)]
+    assert cli.main(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{tmp_path / 'missing.jpg'}: cannot read: No such file or directory",
+                   f"{tmp_path / 'notes.jpg'}: cannot decode image", f"{tmp_path}: cannot read: Is a directory"]
 
 
 def test_export_csv(tmp_path, capsys):

@@ -138,6 +138,15 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
                   model_sha256="0" * 64, device_id="till-3"))
     log.close()
 
+    config.write_text(edited.replace('# path = "models/fer_vgg16_int8.tflite"',
+                                     'path = "models/fer_vgg16_float16.tflite"'))  # a model not installed
+    r = make("install", dest, **debian12)
+    assert r.returncode != 0
+    missing = dest / PREFIX.lstrip("/") / "models/fer_vgg16_float16.tflite"
+    assert f"{config}: model.path: {missing} does not exist" in r.stderr
+    assert "installing feedbackd[device]" not in r.stdout  # refused before the running install was touched
+    config.write_text(edited)
+
     r = make("install", dest, **debian12)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "kept /etc/feedbackd/config.toml" in r.stdout

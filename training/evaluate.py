@@ -18,29 +18,27 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import EmotionClassifier, ModelError, sha256_file
+from device.model import EmotionClassifier, ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
+from training.export import load_float_model, read_record
 from training.metrics import report
 
 
 def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
-    import keras
-
     from training.train import classify
 
     spec = keras_spec(path)
-    try:
-        if path.is_dir():  # a training run: rebuild the model, load what it exports (best epoch or average)
-            from training.model import build_vgg16
-            from training.run import STATE, chosen_weights
+    if not path.is_dir():
+        return classify(load_float_model(path, spec), faces, spec)
+    from training.model import build_vgg16  # a training run: rebuild the model, load what it exports
+    from training.run import STATE, chosen_weights
 
-            model = build_vgg16(width=(cfg := run_config(path))["width"], dropout=cfg["dropout"])
-            model.load_weights(chosen_weights(path, json.loads((path / STATE).read_text())))
-        else:
-            model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
-        raise ModelError(f"{path}: cannot load the Keras model ({type(e).__name__}: {e})") from None
+    model = build_vgg16(width=(cfg := run_config(path))["width"], dropout=cfg["dropout"])
+    try:
+        model.load_weights(chosen_weights(path, json.loads((path / STATE).read_text())))
+    except Exception as e:  # h5py raises many kinds for a damaged weights file
+        raise ModelError(f"{path}: cannot load the run's weights ({type(e).__name__}: {e})") from None
     return classify(model, faces, spec)
 
 
@@ -57,14 +55,14 @@ def keras_spec(path: Path) -> InputSpec:
     if path.is_dir():
         counts = json.loads((path / STATE).read_text()).get("train_class_counts")
         return model_spec(run_config(path), counts) if counts else DEFAULT_SPEC
-    record = path.with_suffix(".train.json")
-    if not record.is_file():
+    record = read_record(path)  # refuses another model's record rather than quietly scoring without it
+    if record is None:
         return DEFAULT_SPEC
     try:
-        r = json.loads(record.read_text())
-        return InputSpec.from_dict(r["input"]) if r.get("sha256") == sha256_file(path) else DEFAULT_SPEC
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{record}: unreadable training record ({type(e).__name__}: {e})") from None
+        return InputSpec.from_dict(record["input"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{path.with_suffix('.train.json')}: unreadable training record "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def check_model_path(model: Path) -> None:

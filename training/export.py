@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from device.model import ModelError, sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW
+from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
 from training.run import STATE, chosen_weights, other_data
@@ -173,11 +173,26 @@ def read_record(model: Path) -> dict | None:
     return record
 
 
+def load_float_model(path: Path, spec: InputSpec):
+    """The Keras model at `path`, refused by name when it is not one, or when it does not take the
+    spec's faces and give one probability per class: else a bare Keras error deep in scoring."""
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
+        raise ModelError(f"{path}: cannot load the Keras model ({type(e).__name__}: {e})") from None
+    shapes = {"input": (tuple(model.input_shape[1:]), (spec.size, spec.size, 1)),
+              "output": (tuple(model.output_shape[1:]), (len(CLASSES),))}
+    for name, (actual, expected) in shapes.items():
+        if actual != expected:
+            raise ModelError(f"{path}: the model's {name} is {actual}, expected {expected}")
+    return model
+
+
 def rescore(path: Path, test: fer.Split) -> dict:
     """Score an exported model again with this code's `model_spec` (its record's config and class
     counts) and rewrite what the export wrote beside it, but for the weights and the curves."""
-    import keras
-
     from training.train import code_commit, model_spec
 
     record_path = path.with_suffix(".train.json")
@@ -188,7 +203,7 @@ def rescore(path: Path, test: fer.Split) -> dict:
         raise ModelError(f"{record_path}: the model was trained on data sha256 "
                          f"{record.get('data', {}).get('sha256', '?')[:12]}, not {test.source} ({test.checksum[:12]})")
     spec = model_spec(record["config"], record["data"]["train_class_counts"])
-    val, single = score(keras.saving.load_model(path, compile=False), spec, test)
+    val, single = score(load_float_model(path, spec), spec, test)
     record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),
                   exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rescored=True)
     write_record(record, path.parent)
