@@ -132,6 +132,27 @@ def test_malformed_csv_row_names_the_line(tmp_path, row, message):
     assert len(load_split(path, "train", skip_bad=True).skipped) == 1
 
 
+@pytest.mark.parametrize("tail", [b'3,"' + b"1 " * 70_000 + b"\n",  # an unclosed quote swallows the rest
+                                  b"3,1 2 \xff 3,Training\n"])  # a byte that is not UTF-8
+def test_a_csv_that_cannot_be_parsed_names_the_file_even_with_skip_bad(tmp_path, tail):
+    x, y = synthetic_faces(1)
+    path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
+    path.write_bytes(path.read_bytes() + tail)
+    for skip_bad in (False, True):
+        with pytest.raises(DataError, match=r"fer.csv:\d+: unreadable CSV"):
+            load_split(path, "train", skip_bad=skip_bad, use_cache=False)
+
+
+def test_a_damaged_zip_archive_is_named(tmp_path, faces):
+    path = write_zip(tmp_path / "set.zip", {"angry/a.png": png_bytes(faces[0][0])})
+    data = bytearray(path.read_bytes())
+    central = data.rfind(b"PK\x01\x02")  # the central directory, which the end record still points to
+    data[central + 2 : central + 4] = b"\x00\x00"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="set.zip: damaged zip archive"):
+        load_split(path, "all", use_cache=False)
+
+
 def test_wrong_header_and_empty_split(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("label,image\n")
@@ -154,3 +175,6 @@ def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_csv(path, {"Training": (x[:7], y[:7])})  # changed source: new checksum, re-read
     assert len(load_split(path, "train")) == 7
+    for entry in (fer.cache_dir() / "data").glob("*.npz"):
+        entry.write_bytes(b"cut short by a power cut")
+    assert len(load_split(path, "train")) == 7  # a damaged cache entry is read again, not an error

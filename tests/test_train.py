@@ -268,7 +268,18 @@ def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, cap
     assert "removed the previous run's" in capsys.readouterr().out and len(_history(run)) == 1
 
 
-def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path):
+def test_a_typo_never_costs_the_finished_run_in_its_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"config": {"epochs": 1}, "epochs_done": 1}))
+    (run / "epoch1.weights.h5").write_bytes(b"kept for averaging")
+    assert T.main(["--data", str(tmp_path / "typo.csv"), "--run-dir", str(run)]) == 2
+    assert "typo.csv: no such file" in capsys.readouterr().err
+    assert (run / "epoch1.weights.h5").read_bytes() == b"kept for averaging"
+
+
+def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
+    from training import run as run_folder
     from training.run import PENDING, commit_epoch, finish_pending
 
     run = tmp_path / "run"
@@ -290,6 +301,12 @@ def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path):
     (run / f"{PENDING}2" / "last.keras").write_text("epoch 2")
     finish_pending(run, 2)
     assert (run / "last.keras").read_text() == "epoch 2" and not list(run.glob(PENDING + "*"))
+
+    synced = []  # what reaches the disk, in order: the staged files before state.json names them
+    monkeypatch.setattr(run_folder, "fsync", lambda path: synced.append(path.name))
+    commit_epoch(run, {"epochs_done": 3}, 3, lambda folder: (folder / "last.keras").write_text("epoch 3"))
+    assert synced == ["last.keras", f"{PENDING}3", "state.tmp", "run", "run"]
+    assert (run / "last.keras").read_text() == "epoch 3"
 
 
 def test_card_reproduces_every_cycle_oldest_first():
@@ -314,9 +331,11 @@ def test_card_reproduces_every_cycle_oldest_first():
                                                         "models": [{"file": "epoch5.weights.h5"}]})
     record["warm_start_from"]["average"] = parent_avg  # each cycle's average follows its training command
     lines = _reproduce(record).splitlines()
-    assert lines[0].startswith("    # RUN: that cycle's run folder") and lines[2] == '    make train ARGS="--epochs 4"'
+    assert lines[0].startswith("    # RUN: that cycle's run folder")  # whose epochs were kept for the average
+    assert lines[2] == '    make train ARGS="--epochs 4 --keep-epochs"'
     assert lines[3].endswith("--batch-norm-faces 8192 --models startmodel.keras epoch4.weights.h5")
-    assert lines[4].startswith('    make train ARGS="--init') and lines[5].endswith("--models epoch5.weights.h5")
+    assert lines[4].startswith('    make train ARGS="--init') and "--keep-epochs" in lines[4]
+    assert lines[5].endswith("--models epoch5.weights.h5")
     assert "--batch-norm-faces" not in lines[5] and lines[6].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")

@@ -21,11 +21,14 @@ def total_epochs(record: dict) -> int:
     return total
 
 
-def train_command(cfg: dict) -> str:
-    """The `make train` line that repeats a run: the flags where its config left the defaults."""
+def train_command(cfg: dict, keep_epochs: bool = False) -> str:
+    """The `make train` line that repeats a run: the flags where its config left the defaults, and
+    --keep-epochs where a weight average of its epochs followed."""
     from training.train import DEFAULTS
 
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in DEFAULTS and v != DEFAULTS[k]]
+    if keep_epochs:
+        flags.append("--keep-epochs")
     if cfg.get("precision", "auto") != "auto":
         flags.append(f"--precision {cfg['precision']}")
     if cfg.get("limit"):
@@ -65,7 +68,8 @@ def _reproduce(record: dict) -> str:
     lines = []
     for c, avg in chain:
         lines.append(f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
-                     else f"    {train_command(c)}" + ("   # *" if "epoch_offset" not in c else ""))
+                     else f"    {train_command(c, keep_epochs=bool(avg))}"
+                     + ("   # *" if "epoch_offset" not in c else ""))
         if avg:
             lines.append(_average_command(avg, record["data"]["train_faces"]))
     if any(avg for _, avg in chain):
@@ -154,8 +158,9 @@ differ from the float32 figure in the second decimal). The per-class table and t
 matrix are the device's way.
 
 {_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
-used here. PublicTest chose the best epoch of every cycle and guided the learning rates, so
-this figure is optimistic; PrivateTest gives the unbiased one.
+used here. PublicTest chose the best epoch of every cycle, the weight averages and the
+test-time views, and guided the learning rates, so this figure is optimistic; PrivateTest
+gives the unbiased one.
 
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |
@@ -169,7 +174,8 @@ this figure is optimistic; PrivateTest gives the unbiased one.
 
 - Architecture: {record['architecture']}, {record['parameters']:,} parameters, batch norm, dropout.
 - {lineage}
-- This run: {record['epochs']} epochs, best epoch {record['best_epoch']}, wall time {hours:.2f} h on
+- This run: {record['epochs']} epochs, {f"best epoch {record['best_epoch']}" if record['best_epoch']
+                                        else "no epoch alone beat its start"}, wall time {hours:.2f} h on
   {record['cpu']} ({record['precision']}, XLA, oneDNN).{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.

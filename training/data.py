@@ -13,6 +13,7 @@ import io
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -93,8 +94,11 @@ def _entries(path: Path) -> list[str]:
     if path.is_dir():
         names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
     elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{path}: damaged zip archive ({e})") from None
     else:
         raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
     names = [n for n in names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
@@ -185,40 +189,54 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
     return faces, labels, skipped
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row; a broken quote or a byte that is not UTF-8 stops
+    with the line named, whatever --skip-bad says: the rows after it cannot be trusted."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise DataError(f"{path}:{reader.line_num + 1}: unreadable CSV ({e})") from None
+            yield reader.line_num, row
+
+
 def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]:
     if split not in CSV_USAGE:
         raise DataError(f"{path}: split {split!r} is not in the FER-2013 CSV (train, test, private)")
     usage = CSV_USAGE[split]
     faces, labels, skipped = [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:3]] != ["emotion", "pixels", "usage"]:
-            raise DataError(f"{path}:1: expected the header 'emotion,pixels,Usage', got {header!r}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
+    rows = _csv_rows(path)
+    header = next(rows, (1, None))[1]
+    if header is None or [h.strip().lower() for h in header[:3]] != ["emotion", "pixels", "usage"]:
+        raise DataError(f"{path}:1: expected the header 'emotion,pixels,Usage', got {header!r}")
+    for line, row in rows:
+        where = f"{path}:{line}"
+        try:
+            if len(row) < 3:
+                raise DataError(f"{where}: expected 3 fields, got {len(row)}")
+            if row[2] not in CSV_USAGE.values():
+                raise DataError(f"{where}: unknown Usage {row[2]!r}")
+            if row[2] != usage:
+                continue
             try:
-                if len(row) < 3:
-                    raise DataError(f"{where}: expected 3 fields, got {len(row)}")
-                if row[2] not in CSV_USAGE.values():
-                    raise DataError(f"{where}: unknown Usage {row[2]!r}")
-                if row[2] != usage:
-                    continue
-                try:
-                    label = int(row[0])
-                    pixels = np.array(row[1].split(), dtype=np.int64)
-                except ValueError:
-                    raise DataError(f"{where}: emotion and pixels must be integers") from None
-                if not 0 <= label < len(CLASSES):
-                    raise DataError(f"{where}: emotion {label} out of range 0..{len(CLASSES) - 1}")
-                if pixels.size != SIZE * SIZE or pixels.min() < 0 or pixels.max() > 255:
-                    raise DataError(f"{where}: pixels must be {SIZE * SIZE} values in 0..255, got {pixels.size}")
-                faces.append(pixels.astype(np.uint8).reshape(SIZE, SIZE))
-                labels.append(label)
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                skipped.append(str(e))
+                label = int(row[0])
+                pixels = np.array(row[1].split(), dtype=np.int64)
+            except ValueError:
+                raise DataError(f"{where}: emotion and pixels must be integers") from None
+            if not 0 <= label < len(CLASSES):
+                raise DataError(f"{where}: emotion {label} out of range 0..{len(CLASSES) - 1}")
+            if pixels.size != SIZE * SIZE or pixels.min() < 0 or pixels.max() > 255:
+                raise DataError(f"{where}: pixels must be {SIZE * SIZE} values in 0..255, got {pixels.size}")
+            faces.append(pixels.astype(np.uint8).reshape(SIZE, SIZE))
+            labels.append(label)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
     return faces, labels, skipped
 
 
@@ -231,8 +249,11 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     checksum = source_checksum(path)
     cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}-v{LOADER_VERSION}.npz"
     if use_cache and cached.exists():
-        with np.load(cached) as z:
-            return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))
+        try:
+            with np.load(cached) as z:
+                return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged cache entry is a miss: read the data again and rewrite it
     if form == "csv":
         faces, labels, skipped = _read_csv(path, split, skip_bad)
     else:
@@ -243,7 +264,7 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     y = np.asarray(labels, dtype=np.int64)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # two loaders at once each write their own
         np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
         os.replace(tmp, cached)
     return Split(x, y, str(path), split, checksum, skipped)

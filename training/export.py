@@ -26,7 +26,7 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, other_data
+from training.run import STATE, chosen_weights, other_data, save_atomic
 
 MODEL_NAME = "fer_vgg16"
 
@@ -87,9 +87,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     lineage = state["warm_start_from"] if "warm_start_from" in state else warm_start_lineage(cfg.get("init"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{MODEL_NAME}.keras"
-    tmp = out / f"{MODEL_NAME}.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    save_atomic(model, path)
 
     spec = model_spec(cfg, train.class_counts())
     val, single = score(model, spec, test)

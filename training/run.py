@@ -17,17 +17,33 @@ RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "
              "average.weights.h5", "epoch*.weights.h5", "teacher_targets.npy", PENDING + "*", "*.tmp", "*.tmp.*")
 
 
+def fsync(path: Path) -> None:
+    """Flush a file's data (or a folder's entries) to the disk: a rename commits only what has
+    reached it, and after a power cut an unflushed file can be there but empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    fsync(tmp)
+    os.replace(tmp, path)
+    fsync(path.parent)
+
+
 def save_state(state: dict, path: Path) -> None:
     """Write a run's state.json whole or not at all."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def save_atomic(model, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp" + "".join(path.suffixes))
     model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def commit_epoch(run: Path, state: dict, epoch: int, write: Callable[[Path], None]) -> None:
@@ -37,6 +53,8 @@ def commit_epoch(run: Path, state: dict, epoch: int, write: Callable[[Path], Non
     shutil.rmtree(pending, ignore_errors=True)
     pending.mkdir()
     write(pending)
+    for f in [*pending.iterdir(), pending]:  # on the disk before state.json says they are
+        fsync(f)
     save_state(state, run / STATE)
     finish_pending(run, state["epochs_done"])
 
@@ -48,6 +66,7 @@ def finish_pending(run: Path, epochs_done: int) -> None:
             for f in pending.iterdir():
                 os.replace(f, run / f.name)
         shutil.rmtree(pending)
+    fsync(run)
 
 
 def clear_run(run: Path) -> int:

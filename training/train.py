@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(state_path.read_text()) if state_path.exists() else None
 
     # --- configuration: fresh from the command line, or as saved by the run we resume
+    discard = False
     if args.resume:
         if old is None:
             print(f"error: --resume: no run to resume in {run} (no state.json)", file=sys.stderr)
@@ -278,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --distill {args.distill}: give it (between 0 and 1) with --teacher, and "
                   "--teacher with it", file=sys.stderr)
             return 2
-        if old or args.restart:
-            print(f"{run}: removed the previous run's {clear_run(run)} files")
+        discard = bool(old or args.restart)  # once the data is known good: a typo must not cost a run
         # The lineage is read now: the export overwrites the --init file when it lands in --out.
         lineage = warm_start_lineage(str(args.init)) if args.init else None
         cfg = {k: getattr(args, k) for k in DEFAULTS}
@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: {run} was trained on data sha256 {state['data_sha256'][:12]}, "
               f"{args.data} is {train.checksum[:12]}", file=sys.stderr)
         return 2
+    if discard:
+        print(f"{run}: removed the previous run's {clear_run(run)} files")
     state["train_class_counts"] = train.class_counts().tolist()  # the export's class_scale: the whole split's
     if cfg["limit"]:
         keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
