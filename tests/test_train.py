@@ -106,7 +106,9 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     assert state["policy"] == T.policy_name("auto") and state["deterministic"] is True
     state.pop("policy"), state.pop("cpus")  # as runs from before they were kept: still resumable
     (stopped / "state.json").write_text(json.dumps(state))
-    assert T.main(["--data", str(fer_csv), "--run-dir", str(stopped), "--resume"]) == 0
+    assert T.main([*common, "--run-dir", str(stopped), "--resume", "--epochs", "3", "--lr", "0.01"]) == 2
+    assert "drop --epochs (the run has 2), --lr (the run has 0.05)" in capsys.readouterr().err  # not ignored
+    assert T.main([*common, "--run-dir", str(stopped), "--resume"]) == 0  # the run's own command, resumed
     # the resume kept the run's --out, --keep-epochs and --deterministic without being told again
     assert (tmp_path / "out2" / "fer_vgg16.keras").exists() and (stopped / "epoch2.weights.h5").exists()
     a, b = _history(straight), _history(stopped)

@@ -70,8 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop cleanly after epoch N of the run (continue later with --resume)")
     for key, value in DEFAULTS.items():
-        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
-    return p.parse_args(argv)
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), help=f"default {value}")
+    args = p.parse_args(argv)
+    # Which were given: a resume refuses those it would otherwise ignore.
+    args.given = {k for k in DEFAULTS if getattr(args, k) is not None}
+    args.given |= {k for k in ("init", "teacher", "limit") if getattr(args, k)}
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def cpu_has_bf16() -> bool:
@@ -260,7 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --resume: no run to resume in {run} (no state.json)", file=sys.stderr)
             return 2
         state = old
-        cfg = state["config"]  # the run's own settings; command-line hyperparameters are ignored
+        cfg = state["config"]  # the run's own settings: a flag that would change them is refused
+        ours = {**{k: getattr(args, k) for k in DEFAULTS}, "limit": args.limit,
+                "init": str(args.init) if args.init else None, "teacher": args.teacher}
+        theirs = {**cfg, "teacher": [t["file"] for t in cfg.get("teachers", [])]}
+        changed = sorted(k for k in args.given if ours[k] != theirs.get(k))
+        if changed:
+            print(f"error: --resume continues {run} with its own settings: drop "
+                  + ", ".join(f"--{k.replace('_', '-')} (the run has {theirs.get(k)})" for k in changed)
+                  + ", or start a new run with --restart or another --run-dir", file=sys.stderr)
+            return 2
         finish_pending(run, state["epochs_done"])  # a stop while an epoch was being saved
     else:
         if old and old["epochs_done"] < old["config"]["epochs"] and not args.restart:
