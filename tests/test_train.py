@@ -410,13 +410,16 @@ def test_code_commit_is_dirty_only_when_code_changed(tmp_path):
     assert T.code_commit(tmp_path) == head + "-dirty"
 
 
-def test_a_resume_may_switch_precision(tmp_path, fer_csv):
+def test_a_resume_may_switch_precision_and_code(tmp_path, fer_csv, monkeypatch):
     run = tmp_path / "run"
     first = ["--data", str(fer_csv), "--epochs", "2", *TINY, "--run-dir", str(run), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(T, "code_commit", lambda: "aaaa111")
     assert T.main([*first, "--precision", "bfloat16", "--stop-after", "1"]) == 0
     assert json.loads((run / "state.json").read_text())["policy"] == "mixed_bfloat16"
-    # the next sitting's CPU has no bfloat16 instructions
+    # the next sitting's CPU has no bfloat16 instructions, and the code moved on
+    monkeypatch.setattr(T, "code_commit", lambda: "bbbb222")
     assert T.main(["--data", str(fer_csv), "--run-dir", str(run), "--resume", "--precision", "float32"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert state["policy"] == "float32" and state["epochs_done"] == 2
-    assert (tmp_path / "out" / "fer_vgg16.keras").exists()
+    record = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
+    assert record["code_commit"] == "aaaa111, resumed on bbbb222"  # credited to both sittings' code

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
     try:
-        train, test = fer.train_and_test(args.data)
+        train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
     except fer.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -116,7 +116,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "train_class_counts": train.class_counts().tolist(),
             "publictest_faces": len(test),
         },
-        "code_commit": commit_file.read_text().strip() if commit_file.exists() else "unknown",
+        "code_commit": ", resumed on ".join(commit_file.read_text().split()) if commit_file.exists() else "unknown",
         "export_commit": export_commit,
         "versions": {
             "python": platform.python_version(),
@@ -218,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.model and args.out:
         p.error("--out: a re-scored model's files stay beside it")
+    state = {}
+    if args.run_dir:
+        if not (args.run_dir / STATE).exists():
+            print(f"error: --run-dir {args.run_dir}: no run there (no {STATE})", file=sys.stderr)
+            return 2
+        state = json.loads((args.run_dir / STATE).read_text())
     try:
-        train, test = fer.train_and_test(args.data)
+        train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
         if args.model:
             r = rescore(args.model, test)["publictest"]
             print(f"{args.model}: PublicTest accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
@@ -227,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     except (fer.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state = json.loads((args.run_dir / STATE).read_text())
     if error := other_data(args.run_dir, state, train.checksum, args.data):
         print(error, file=sys.stderr)
         return 2
