@@ -76,10 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     analyze.add_argument("images", nargs="+", type=Path)
     analyze.add_argument("--json", action="store_true", help="one JSON object per image")
     export = sub.add_parser("export", help="the feedback log as CSV (date, time, rating, emotion, ...)")
-    export.add_argument("--db", help="SQLite feedback log")
-    export.add_argument("--since", type=local_date, help="first local date, YYYY-MM-DD")
-    export.add_argument("--until", type=local_date, help="last local date, YYYY-MM-DD")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    summary = sub.add_parser("summary", help="per day: entries, mean rating and each emotion's share")
+    for s in (export, summary):
+        s.add_argument("--db", help="SQLite feedback log")
+        s.add_argument("--since", type=local_date, help="first local date, YYYY-MM-DD")
+        s.add_argument("--until", type=local_date, help="last local date, YYYY-MM-DD")
     for s in sub.choices.values():
         global_flags(s, config=argparse.SUPPRESS, log_level=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -230,16 +232,33 @@ def cmd_analyze(cfg, args) -> int:
     return 1 if failed else 0
 
 
-def cmd_export(cfg, args) -> int:
+def open_log(cfg, command: str) -> FeedbackLog:
+    """The existing log, for reading: a missing or unreadable one is named, never created."""
     path = Path(cfg["storage"]["path"])
     try:
         path.stat()
     except FileNotFoundError:
         raise StorageError(f"{path}: no feedback log here") from None
     except PermissionError:
-        raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd export), "
+        raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
                            "which reads the log as the feedbackd user") from None
-    store = FeedbackLog(path)
+    return FeedbackLog(path)
+
+
+def cmd_summary(cfg, args) -> int:
+    from device.summary import format_table, summarize
+
+    store = open_log(cfg, "summary")
+    try:
+        tallies = summarize(store.rows(args.since, args.until))
+    finally:
+        store.close()
+    print(format_table(tallies) if tallies else "no entries in that period")
+    return 0
+
+
+def cmd_export(cfg, args) -> int:
+    store = open_log(cfg, "export")
     try:
         if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
             tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
@@ -270,6 +289,8 @@ def main(argv: list[str] | None = None, pin_factory=None) -> int:
             return cmd_check(cfg, args.skip)
         if args.command == "analyze":
             return cmd_analyze(cfg, args)
+        if args.command == "summary":
+            return cmd_summary(cfg, args)
         return cmd_export(cfg, args)
     except FAILURES as e:
         print(f"feedbackd: error: {e}", file=sys.stderr)

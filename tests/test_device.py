@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -589,6 +589,29 @@ def test_analyze_says_why_an_image_was_not_read(model, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == [f"{tmp_path / 'missing.jpg'}: cannot read: No such file or directory",
                    f"{tmp_path / 'notes.jpg'}: cannot decode image", f"{tmp_path}: cannot read: Is a directory"]
+
+
+def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
+    log = FeedbackLog(tmp_path / "f.db")
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)  # local noon is the same date in any time zone within 11 h
+    for day, emotion, rating in ((0, "Happy", 5), (0, "Happy", 5), (0, "Sad", 2), (1, "Neutral", 3)):
+        log.add(Entry(emotion, rating, 0.8, {emotion: 0.8}, "ab", "till-1"), noon + timedelta(days=day))
+    log.close()
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "date       entries rating     Happy   Neutral       Sad",
+        "2026-11-30       3   4.00       67%        0%       33%",
+        "2026-12-01       1   3.00        0%      100%        0%",
+        "all              4   3.75       50%       25%       25%",
+    ]
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db"), "--since", "2026-12-01"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["2026-12-01       1   3.00      100%",
+                                                        "all              1   3.00      100%"]
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db"), "--until", "2026-11-01"]) == 0
+    assert capsys.readouterr().out == "no entries in that period\n"
+    assert cli.main(["summary", "--db", str(tmp_path / "none.db")]) == 2
+    assert "none.db: no feedback log here" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_export_csv(tmp_path, capsys):
