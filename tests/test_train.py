@@ -177,8 +177,12 @@ def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, f
 def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     """A warm start's export replaces its --init file; exporting the run again must still name the parent."""
     out = tmp_path / "out"
-    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(tmp_path / "a"),
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "a"),
                    "--out", str(out)]) == 0
+    first = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert first["data"]["train_faces"] == sum(first["data"]["train_class_counts"]) == 56  # what it trained on
+    assert export_main(["--run-dir", str(tmp_path / "a"), "--data", str(fer_csv), "--out", str(tmp_path / "a2")]) == 0
+    assert json.loads((tmp_path / "a2" / "fer_vgg16.train.json").read_text())["input"] == first["input"]
     parent = sha256_file(out / "fer_vgg16.keras")
     scores = iter([0.1, 0.5])  # the init model scores 0.1, the cycle's epoch 0.5: it is exported
     real_report = T.report

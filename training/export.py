@@ -89,7 +89,10 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     path = out / f"{MODEL_NAME}.keras"
     save_atomic(model, path)
 
-    spec = model_spec(cfg, train.class_counts())
+    # The faces the run's class weights came from (its --limit subset, if any), kept in its state:
+    # re-exporting with the whole split must not give another class_scale.
+    counts = state.get("train_class_counts") or train.class_counts().tolist()
+    spec = model_spec(cfg, counts)
     val, single = score(model, spec, test)
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
@@ -112,8 +115,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
         "data": {
             "source": Path(train.source).name,
             "sha256": train.checksum,
-            "train_faces": len(train),
-            "train_class_counts": train.class_counts().tolist(),
+            "train_faces": int(sum(counts)),
+            "train_class_counts": counts,
             "publictest_faces": len(test),
         },
         "code_commit": ", resumed on ".join(commit_file.read_text().split()) if commit_file.exists() else "unknown",

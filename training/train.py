@@ -334,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if discard:
         print(f"{run}: removed the previous run's {clear_run(run)} files")
-    state["train_class_counts"] = train.class_counts().tolist()  # the export's class_scale: the whole split's
     if cfg["limit"]:
         keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
         train.x, train.y = train.x[keep], train.y[keep]
+    state["train_class_counts"] = train.class_counts().tolist()  # those the class weights (and class_scale) use
     print(f"data: {len(train)} training faces, {len(test)} PublicTest faces (sha256 {train.checksum[:12]})")
 
     import keras
