@@ -102,9 +102,12 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     state_path.write_text(json.dumps(state))
 
 
-def test_average_names_a_missing_run(tmp_path, fer_csv, capsys):
+def test_average_names_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
     assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
     assert "no run there" in capsys.readouterr().err
+    (tmp_path / "state.json").write_text(json.dumps({"config": {"epochs": 3}, "epochs_done": 1}))
+    assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
+    assert "stopped after epoch 1 of 3; average it once it has finished" in capsys.readouterr().err
 
 
 def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(

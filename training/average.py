@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, other_data, save_atomic, save_state
+from training.run import STATE, chosen_weights, commit_epoch, other_data
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
         return 2
     state = json.loads(state_path.read_text())
+    done, epochs = state["epochs_done"], state["config"]["epochs"]
+    if done < epochs:  # a run still training would drop the average from the state at its next epoch
+        print(f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; average it once it "
+              "has finished (training.train --resume)", file=sys.stderr)
+        return 2
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
     try:
@@ -134,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if acc <= bar:
         print(f"the average does not beat the run's best; {out} left as it was")
         return 0
-    save_atomic(model, run / "average.weights.h5")
     state.update(best_accuracy=acc, average={
         "models": [{"file": m.name, "sha256": sha256_file(m)} for m in args.models],
         "batch_norm_faces": len(faces),
         "publictest_accuracy": acc,
     })
-    save_state(state, state_path)
+    # Staged and committed by the state like an epoch: a stop in between never leaves the state
+    # describing one average and the file holding another.
+    commit_epoch(run, state, done, lambda folder: model.save_weights(folder / "average.weights.h5"))
     print(f"exported the average to {export_model(run, out, train, test)}")
     return 0
 
