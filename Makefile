@@ -17,11 +17,22 @@ ON_PI     := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo yes
 EXTRAS    := $(if $(ON_PI),device,device,train,dev)
 PIN_NUMPY := $(if $(ON_PI),$(shell $(PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' 2>/dev/null))
 
+# The stamp holds what it was installed with: new extras or a new system numpy (apt upgraded it,
+# or picamera2 arrived after the first `make run`) rebuild the venv like a new pyproject.toml.
+WANT := $(strip $(EXTRAS) $(PIN_NUMPY))
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(WANT))
+.PHONY: $(STAMP)
+endif
+
+# A venv without a working pip (an interrupted build, or python3-venv missing at the time) is
+# made again rather than trusted.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && \
+	    $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV); } || \
+	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]" $(PIN_NUMPY)
-	@touch $@
+	@echo "$(WANT)" > $@
 
 venv: $(STAMP)
 
@@ -50,7 +61,8 @@ $(OLD_VENV)/.installed:
 	    echo "no Python 3.9 to 3.11 here for tflite-runtime 2.14 ($$($(PYTHON) -V 2>&1) has no wheel): its test is skipped" \
 	        | tee $(OLD_VENV)/.unavailable; \
 	else \
-	    { test -x $(OLD_VENV)/bin/python || $(OLD_PYTHON) -m venv $(OLD_VENV); } && \
+	    { $(OLD_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
+	      { rm -rf $(OLD_VENV) && $(OLD_PYTHON) -m venv $(OLD_VENV); }; } && \
 	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4" && touch $@; \
 	fi
 
@@ -78,7 +90,7 @@ bench: venv models
 	$(BIN)/python -m bench.device --data $(DATA) $(ARGS)
 
 bench-train: venv
-	$(BIN)/python -m bench.train_pipeline $(ARGS)
+	$(BIN)/python -m bench.train_pipeline --data $(DATA) $(ARGS)
 
 # The kiosk: `sudo make install` on the Pi (systemd/install.sh says what it does), `sudo make
 # uninstall` (PURGE=1 also removes the logged feedback and the config), `sudo make status`.

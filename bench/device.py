@@ -166,10 +166,13 @@ def stages(args, frames, detector, every: int, clf, geometry) -> None:
         print(f"  {k:<9}{ms(ours[k])}")
     ours_fps = 1 / np.mean(ours["total"])
     print(f"  end-to-end {ours_fps:6.1f} frames/s")
-    if args.float_model.exists():
+    try:
         import keras
         import tensorflow as tf
-
+    except ImportError:  # a Pi's venv leaves the training side out
+        print("paper's approach (Keras predict per face): skipped, no Keras/TensorFlow here")
+        return
+    if args.float_model.exists():
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         km = keras.saving.load_model(args.float_model, compile=False)

@@ -165,3 +165,20 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     r = make("uninstall", dest, PURGE="1")
     assert r.returncode == 0, r.stderr
     assert not (dest / "var/lib/feedbackd").exists() and not (dest / "etc/feedbackd").exists()
+
+
+def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
+    """The stamp records the extras and the numpy pin it was installed with (not just a time)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+
+    def dry_run() -> str:
+        r = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", f"VENV={venv}"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    (venv / ".installed").write_text("device,train,dev\n")  # what a workstation installs
+    assert "pip install" not in dry_run()
+    (venv / ".installed").write_text("device numpy==1.24.2\n")  # installed for something else
+    assert 'pip install --quiet -e ".[device,train,dev]"' in dry_run()
+
