@@ -132,9 +132,9 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
         assert convert_main(args) == 2
         assert f"{model}: the model's {which} is" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         convert_main([*args, "--calibration", "3"])
-    assert "cannot cover the 7 classes" in capsys.readouterr().err
+    assert stop.value.code == 2 and "cannot cover the 7 classes" in capsys.readouterr().err
 
 
 def misfit(path, input_shape: tuple[int, ...], outputs: int) -> None:

@@ -99,7 +99,26 @@ def test_end_to_end_press_stores_one_entry_and_thanks(model, face_folder, tmp_pa
     assert row["utc"].endswith("Z") and len(row["local_date"]) == 10 and len(row["local_time"]) == 8
     expected = render(Screen("thanks", row["emotion"], row["rating"], 5), (128, 64), "1")
     assert rig.screen.image.tobytes() == expected.tobytes()
+    now = time.monotonic()  # "Thank you!" for 2 s (README), then back to the camera's screens
+    assert rig.daemon.screen(now + 1.5).kind == "thanks" and rig.daemon.screen(now + 2.5).kind in ("live", "idle")
     rig.close()
+
+
+def test_entries_carry_the_local_date_and_time_of_the_kiosk(tmp_path, monkeypatch):
+    """The export's date and time are the store's own, not UTC: a Tokyo till at 05:00."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        log = FeedbackLog(tmp_path / "f.db")
+        log.add(Entry("Happy", 5, 0.9, {"Happy": 0.9}, "ab", "till-1"), datetime(2026, 11, 3, 20, tzinfo=UTC))
+        row = next(log.rows())
+        assert (row["utc"], row["local_date"], row["local_time"]) == ("2026-11-03T20:00:00.000000Z", "2026-11-04",
+                                                                      "05:00:00")
+        assert [r["id"] for r in log.rows(since="2026-11-04")] == [row["id"]] and not list(log.rows(until="2026-11-03"))
+        log.close()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_ten_presses_within_100ms_store_one_entry(model, face_folder, tmp_path):
@@ -168,6 +187,8 @@ def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
 def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_path):
     db = tmp_path / "feedback.db"
     rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1, "button.cooldown_s": 0.0})
+    rig.store.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"))  # yesterday's customer
+    stored = list(rig.store.rows())
     rig.steps(2)
     _break_storage(rig, db, True)
     pressed = datetime.now(UTC)
@@ -175,13 +196,13 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
         rig.press()
         rig.steps(1)
     assert rig.daemon.screen(time.monotonic()).title == "Storage error"
-    assert rig.store.count() == 0
+    assert list(rig.store.rows()) == stored  # nothing stored is touched
     time.sleep(1.1)
     _break_storage(rig, db, False)
     rig.steps(1)
     rows = list(rig.store.rows())
-    assert len(rows) == 2 and rig.daemon.storage_error is None
-    for row in rows:  # stamped when pressed, not when the retry got through
+    assert rows[:1] == stored and len(rows) == 3 and rig.daemon.storage_error is None
+    for row in rows[1:]:  # stamped when pressed, not when the retry got through
         utc = datetime.strptime(row["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert abs((utc - pressed).total_seconds()) < 0.5
     rig.close()
@@ -621,9 +642,9 @@ def test_export_csv(tmp_path, capsys):
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("date,time,rating,emotion") and ",5.0,Happy," in lines[1]
-    with pytest.raises(SystemExit):  # "2026-1-5" would compare as text and pick the wrong rows
+    with pytest.raises(SystemExit) as stop:  # "2026-1-5" would compare as text and pick the wrong rows
         cli.main(["export", "--db", str(tmp_path / "f.db"), "--since", "2026-1-5"])
-    assert "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
+    assert stop.value.code == 2 and "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
 

@@ -324,6 +324,39 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # XNNPACK's copy is what runs
 
 
+def test_the_face_crop_is_the_configured_square_clamped_to_the_frame():
+    from device.detector import CropGeometry, crop_face
+    from device.preprocess import resize_square, to_gray
+
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    geometry = CropGeometry(scale=1.0, shift_y=0.05)  # the defaults: side = the box's larger side, 5 % lower
+    face = crop_face(frame, Box(100, 100, 148, 140, 0.9), geometry, 48)  # side 48, centre y 120 + 2.4
+    np.testing.assert_array_equal(face, to_gray(frame[98:146, 100:148]))
+    corner = crop_face(frame, Box(600, 450, 640, 480, 0.9), geometry, 48)  # a 40-px square pushed inside
+    np.testing.assert_array_equal(corner, resize_square(to_gray(frame[440:480, 600:640]), 48))
+    wide = crop_face(frame, Box(100, 100, 148, 140, 0.9), CropGeometry(scale=1.5, shift_y=0.0), 48)
+    np.testing.assert_array_equal(wide, resize_square(to_gray(frame[84:156, 88:160]), 48))
+
+
+def test_the_defaults_are_the_ones_the_readme_promises():
+    from conftest import ROOT
+
+    cfg, readme = load_config(None), " ".join((ROOT / "README.md").read_text().split())
+    promises = {
+        "a face was seen in the last 1.5 s": cfg["button"]["face_window_s"] == 1.5,
+        "Presses within 3 s of an accepted one are ignored": cfg["button"]["cooldown_s"] == 3.0,
+        "averaged over 1 s, forgotten 2 s after the face left": (cfg["smoothing"]["window_s"],
+                                                                 cfg["smoothing"]["reset_after_s"]) == (1.0, 2.0),
+        '"Not sure" below 40 %': cfg["smoothing"]["min_confidence"] == 0.4,
+        "confidence 0.5": cfg["detector"]["confidence"] == 0.5,
+        '"Thank you!" for 2 s': cfg["display"]["thank_you_s"] == 2.0,
+        "Default 1 to 5 stars: " + ", ".join(f"{e} {r}" for e, r in cfg["rating"]["map"].items()):
+            cfg["rating"]["max"] == 5,
+    }
+    for sentence, holds in promises.items():
+        assert sentence in readme and holds, sentence
+
+
 def test_the_customer_is_the_largest_most_central_face():
     frame = (480, 640, 3)
     central = Box(230, 150, 410, 330, 0.9)  # 180 px, in the middle
