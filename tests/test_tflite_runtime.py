@@ -43,3 +43,16 @@ def test_int8_model_agrees_under_tflite_runtime(converted, tmp_path):
     # Two builds of the int8 kernels round a little differently: within four output steps (1/256 each).
     new = clf.predict(faces)
     np.testing.assert_allclose(old["probabilities"], new, atol=4 / 256)
+
+
+def test_a_model_too_new_for_tflite_runtime_is_named(converted):
+    """The dynamic-range variant needs kernels newer than 2.14: a clear error, not a crash."""
+    if UNAVAILABLE.exists() and not OLD_ENV.exists():
+        pytest.skip(UNAVAILABLE.read_text().strip())
+    model = converted / "fer_vgg16_dynamic.tflite"
+    r = subprocess.run([str(OLD_ENV), "-c", "import sys; from device.model import EmotionClassifier, ModelError\n"
+                        "try:\n    EmotionClassifier(sys.argv[1])\nexcept ModelError as e:\n    sys.exit(str(e))",
+                        str(model)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and f"{model}: cannot load TFLite model" in r.stderr, r.stderr[-2000:]
+
