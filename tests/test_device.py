@@ -539,6 +539,27 @@ def test_a_display_write_error_is_logged_and_retried(caplog):
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 
+def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
+    from luma.core.error import DeviceNotFoundError
+
+    class Unplugged:
+        size, mode, calls = (128, 64), "1", 0
+
+        def display(self, image):
+            self.calls += 1
+            raise DeviceNotFoundError("I2C device not found on address: 0x3C")
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.daemon.display = Display(Unplugged())
+    rig.steps(2)
+    rig.press()
+    rig.steps(2)
+    assert rig.store.count() == 1  # the customer's press counts though nobody sees the thank-you
+    assert rig.daemon.display.device.calls == 4  # tried again on every frame
+    assert len([r for r in caplog.records if "0x3C" in r.getMessage()]) == 1  # one ERROR line, not one a frame
+    rig.close()
+
+
 def test_failing_source_recovers():
     good = np.zeros((4, 4, 3), np.uint8)
     frames = iter([good, SourceError("camera 0: unplugged")] + [good] * 5)
