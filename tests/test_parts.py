@@ -324,6 +324,20 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # XNNPACK's copy is what runs
 
 
+def test_image_source_takes_a_glob_of_images(tmp_path):
+    import cv2
+
+    from device.sources import ImageSource
+
+    for name, value in (("a.png", 10), ("b.jpg", 200)):
+        cv2.imwrite(str(tmp_path / name), np.full((24, 32, 3), value, np.uint8))
+    (tmp_path / "notes.txt").write_text("not a frame")
+    frame = ImageSource(str(tmp_path / "*.png")).read()
+    assert frame.shape == (24, 32, 3) and int(frame.mean()) == 10  # a.png only
+    with pytest.raises(SourceError, match=r"\*\.gif: no images found"):
+        ImageSource(str(tmp_path / "*.gif"))
+
+
 def test_the_face_crop_is_the_configured_square_clamped_to_the_frame():
     from device.detector import CropGeometry, crop_face
     from device.preprocess import resize_square, to_gray
