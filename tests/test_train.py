@@ -427,3 +427,4 @@ def test_a_resume_may_switch_precision_and_code(tmp_path, fer_csv, monkeypatch):
     assert state["policy"] == "float32" and state["epochs_done"] == 2
     record = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
     assert record["code_commit"] == "aaaa111, resumed on bbbb222"  # credited to both sittings' code
+    assert record["precision"] == "mixed_bfloat16; float32"  # and to both precisions

@@ -128,7 +128,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "numpy": np.__version__,
         },
         "cpu": "; ".join(state.get("cpus") or [cpu_name()]),  # where it trained, not where it was exported
-        "precision": state.get("policy") or policy_name(cfg["precision"]),
+        "precision": "; ".join(state.get("policies") or [state.get("policy") or policy_name(cfg["precision"])]),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }

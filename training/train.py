@@ -312,12 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
     deterministic = args.deterministic or state.get("deterministic", False)
     skip_bad = args.skip_bad or state.get("skip_bad", False)
-    if args.resume and args.precision:  # say, a sitting on a CPU without bfloat16 instructions
-        state["policy"] = policy_name(args.precision)
-    policy = state.get("policy") or policy_name(cfg["precision"])  # runs from before the policy was kept
+    earlier = state.get("policy") or policy_name(cfg["precision"])  # runs from before the policy was kept
+    policy = policy_name(args.precision) if args.resume and args.precision else earlier  # say, a CPU without bf16
     cpus = dict.fromkeys([*state.get("cpus", []), cpu_name()])  # each CPU a sitting trained on, once
+    policies = dict.fromkeys([*state.get("policies", [earlier]), policy])  # and each precision, for the record
     state.update(out=str(out), keep_epochs=keep_epochs, deterministic=deterministic, skip_bad=skip_bad,
-                 policy=policy, cpus=list(cpus))
+                 policy=policy, cpus=list(cpus), policies=list(policies))
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
