@@ -134,8 +134,8 @@ class Daemon:
             return False
         self.storage_error = None
         self.stats.entries += 1
-        log.info("stored entry %d: %s, rating %s, confidence %.2f", row, entry.emotion, entry.rating,
-                 entry.confidence)
+        log.info("stored entry %d: %s, rating %s, confidence %.2f, pressed %s", row, entry.emotion, entry.rating,
+                 entry.confidence, at.isoformat())  # matches a journal line of an entry kept in memory
         self._thanks = (now + self.cfg["display"]["thank_you_s"],
                         Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
         self.button.acknowledge()

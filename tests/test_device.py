@@ -184,7 +184,8 @@ def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
     rig.store.db.execute(f"PRAGMA query_only = {'ON' if broken else 'OFF'}")  # root ignores file modes
 
 
-def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_path):
+def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_path, caplog):
+    caplog.set_level("INFO", logger="feedbackd")
     db = tmp_path / "feedback.db"
     rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1, "button.cooldown_s": 0.0})
     rig.store.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"))  # yesterday's customer
@@ -202,6 +203,10 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
     rig.steps(1)
     rows = list(rig.store.rows())
     assert rows[:1] == stored and len(rows) == 3 and rig.daemon.storage_error is None
+    kept = [json.loads(r.getMessage().split(": ", 1)[1])["utc"] for r in caplog.records
+            if r.getMessage().startswith("entry kept in memory")]
+    taken = [r.getMessage().rsplit("pressed ", 1)[1] for r in caplog.records if "stored entry" in r.getMessage()]
+    assert len(kept) == 2 and taken[-2:] == kept  # the journal says which kept entries the log took
     for row in rows[1:]:  # stamped when pressed, not when the retry got through
         utc = datetime.strptime(row["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert abs((utc - pressed).total_seconds()) < 0.5

@@ -377,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cfg['epoch_offset']} epochs so far")
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
-        (run / "code_commit").write_text("")
-    sittings = (run / "code_commit").read_text().split() if (run / "code_commit").exists() else []
-    if sittings[-1:] != [code_commit()]:  # one line per commit the run trained under, oldest first
-        (run / "code_commit").write_text("".join(f"{c}\n" for c in [*sittings, code_commit()]))
+    commit_file, commit = run / "code_commit", code_commit()
+    sittings = commit_file.read_text().split() if args.resume and commit_file.exists() else []
+    if sittings[-1:] != [commit]:  # one line per commit the run trained under, oldest first
+        commit_file.write_text("".join(f"{c}\n" for c in [*sittings, commit]))
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
 
     # --- the epoch loop
