@@ -23,7 +23,7 @@ from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
-from training.export import load_float_model, read_record
+from training.export import check_trained_on, load_float_model, read_record, record_spec
 from training.metrics import report
 
 DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
@@ -97,14 +97,8 @@ def training_spec(model: Path, data: fer.Split) -> InputSpec:
     record = read_record(model)
     if record is None:
         return DEFAULT_SPEC
-    trained_on = (record.get("data") or {}).get("sha256")
-    if trained_on not in (None, data.checksum):
-        raise ModelError(f"{path}: the model was trained on data sha256 {trained_on[:12]}, not on {data.source} "
-                         f"({data.checksum[:12]}); convert it with the data it was trained on")
-    try:
-        spec = InputSpec.from_dict(record["input"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path}: unreadable training record ({type(e).__name__}: {e})") from None
+    check_trained_on(record, model, data, required=False)
+    spec = record_spec(record, model)
     if record.get("labels") != list(CLASSES):
         raise ModelError(f"{path}: the model was trained with labels {record.get('labels')}, "
                          f"but the manifest would say {list(CLASSES)}")

@@ -21,7 +21,7 @@ import numpy as np
 from device.model import EmotionClassifier, ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
-from training.export import load_float_model, read_record
+from training.export import load_float_model, read_record, record_spec
 from training.metrics import report
 
 
@@ -58,11 +58,7 @@ def keras_spec(path: Path) -> InputSpec:
     record = read_record(path)  # refuses another model's record rather than quietly scoring without it
     if record is None:
         return DEFAULT_SPEC
-    try:
-        return InputSpec.from_dict(record["input"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path.with_suffix('.train.json')}: unreadable training record "
-                         f"({type(e).__name__}: {e})") from None
+    return record_spec(record, path)
 
 
 def check_model_path(model: Path) -> None:

@@ -174,6 +174,26 @@ def read_record(model: Path) -> dict | None:
     return record
 
 
+def record_spec(record: dict, model: Path) -> InputSpec:
+    """The input spec a training record names, refused by name when the record cannot give one."""
+    try:
+        return InputSpec.from_dict(record["input"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{model.with_suffix('.train.json')}: unreadable training record "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def check_trained_on(record: dict, model: Path, data: fer.Split, required: bool = True) -> None:
+    """Refuse a record trained on other data than `data`: scores, calibration and gates computed on
+    it would not be the model's own. `required=False` lets a record that names no data through."""
+    trained_on = (record.get("data") or {}).get("sha256")
+    if trained_on == data.checksum or (trained_on is None and not required):
+        return
+    raise ModelError(f"{model.with_suffix('.train.json')}: the model was trained on data sha256 "
+                     f"{(trained_on or '?')[:12]}, not on {data.source} ({data.checksum[:12]}); "
+                     "use the data it was trained on")
+
+
 def load_float_model(path: Path, spec: InputSpec):
     """The Keras model at `path`, refused by name when it is not one, or when it does not take the
     spec's faces and give one probability per class: else a bare Keras error deep in scoring."""
@@ -200,9 +220,7 @@ def rescore(path: Path, test: fer.Split) -> dict:
     record = read_record(path)
     if record is None:
         raise ModelError(f"{record_path}: no training record beside {path} to re-score")
-    if record.get("data", {}).get("sha256") != test.checksum:
-        raise ModelError(f"{record_path}: the model was trained on data sha256 "
-                         f"{record.get('data', {}).get('sha256', '?')[:12]}, not {test.source} ({test.checksum[:12]})")
+    check_trained_on(record, path, test)
     spec = model_spec(record["config"], record["data"]["train_class_counts"])
     val, single = score(load_float_model(path, spec), spec, test)
     record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),
