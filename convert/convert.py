@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/fer_vgg16.keras"), help="float Keras model")
     p.add_argument("--data", type=Path, required=True, help="FER-2013 (CSV, layout folder or zip)")
-    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--out", type=Path, help="where the TFLite models go (default: the float model's folder)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=300, help="int8 calibration faces (class-stratified)")
@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--calibration: {args.calibration} faces cannot cover the {len(CLASSES)} classes")
     if args.latency_runs < 1:
         p.error("--latency-runs: at least 1")
+    args.out = args.out or args.model.parent  # a side model's conversion never replaces the shipped one
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:

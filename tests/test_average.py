@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from device.preprocess import preprocess
 from training import average as A
 from training import train as T
 from training.evaluate import main as evaluate_main
+from training.export import main as export_main
 from training.export import warm_start_lineage
 
 
@@ -82,6 +84,7 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     assert [m["file"] for m in record["average"]["models"]] == ["epoch1.weights.h5", "epoch2.weights.h5"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "the average of 2 models" in card and "python -m training.average" in card
+    assert "--models RUN/epoch1.weights.h5 RUN/epoch2.weights.h5" in card  # as typed from the repository
     assert "--batch-norm-faces" not in card  # all Training faces: the default
     # a cycle warm-started from this model carries its average, so its card repeats that step too
     assert warm_start_lineage(str(out / "fer_vgg16.keras"))["average"] == record["average"]
@@ -112,7 +115,8 @@ def test_average_names_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
 
 def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
         kept_run, fer_csv, tmp_path, capsys, monkeypatch):
-    init = kept_run.parent / "first" / "fer_vgg16.keras"
+    init = tmp_path / "start.keras"
+    shutil.copy(kept_run.parent / "first" / "fer_vgg16.keras", init)
     run, out = tmp_path / "cycle", tmp_path / "out"
     scores = iter([0.9, 0.5])  # the --init model scores 0.9, the cycle's one epoch 0.5
     real_report = T.report
@@ -124,3 +128,12 @@ def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
     assert A.main(["--run-dir", str(run), "--data", str(fer_csv), "--models", str(init),
                    str(run / "epoch1.weights.h5")]) == 0
     assert "the run's --init model 0.7000" in capsys.readouterr().out and not out.exists()
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 2  # nothing of its own to export
+    assert "no best.weights.h5 to export" in capsys.readouterr().err
+    args = ["--run-dir", str(run), "--data", str(fer_csv), "--models", str(run / "epoch1.weights.h5")]
+    init.write_bytes(b"another model")  # the bar would be another model's
+    assert A.main(args) == 2
+    assert f"--init {init}: changed since {run} started" in capsys.readouterr().err
+    init.unlink()
+    assert A.main(args) == 2
+    assert f"--init {init}: gone since {run} started" in capsys.readouterr().err

@@ -152,12 +152,12 @@ def test_the_class_scale_travels_from_the_training_record_to_the_device(tiny_mod
 
     from training.train import classify
 
-    model, out = tmp_path / "fer_vgg16.keras", tmp_path / "out"
+    model, out = tmp_path / "fer_vgg16.keras", tmp_path  # no --out: beside the model, never into models/
     shutil.copy(tiny_model, model)
     spec = InputSpec(class_scale=(0.9, 0.5, 1.0, 1.3, 1.1, 1.1, 1.0))
     model.with_suffix(".train.json").write_text(json.dumps(
         {"sha256": sha256_file(model), "labels": list(CLASSES), "input": spec.to_dict()}))
-    assert convert_main(["--model", str(model), "--data", str(fer_csv), "--out", str(out), "--variants", "float16",
+    assert convert_main(["--model", str(model), "--data", str(fer_csv), "--variants", "float16",
                          "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
     tflite = out / "fer_vgg16_float16.tflite"
     clf = EmotionClassifier(tflite)
@@ -236,9 +236,13 @@ def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, t
     shutil.copy(tiny_model, tmp_path / "other.keras")
     (tmp_path / "other.train.json").write_text(json.dumps({"sha256": "0" * 64, "input": DEFAULT_SPEC.to_dict()}))
     (tmp_path / "run").mkdir()
+    (tmp_path / "cycle").mkdir()  # a finished cycle none of whose epochs beat its --init
+    (tmp_path / "cycle" / "config.json").write_text("{}")
+    (tmp_path / "cycle" / "state.json").write_text(json.dumps({"best_epoch": 0}))
     for path, message in ((tmp_path / "broken.keras", "cannot load the Keras model"),
                           (tmp_path / "misfit.keras", "the model's output is (3,), expected (7,)"),
-                          (tmp_path / "run", "not a training run folder (no config.json, state.json, best.weights.h5)"),
+                          (tmp_path / "run", "not a training run folder (no config.json, state.json)"),
+                          (tmp_path / "cycle", "no best.weights.h5 to score (a run none of whose epochs beat"),
                           (tmp_path / "model.h5", "no such model file"),
                           (model.with_suffix(".json"), "expected a .tflite or .keras model")):
         assert evaluate_main(["--model", str(path), *common]) == 2

@@ -82,6 +82,19 @@ def test_corrupt_zip_member_names_the_file_and_can_be_skipped(tmp_path, faces):
     assert len(load_split(path, "all", skip_bad=True).skipped) == 1
 
 
+@pytest.mark.parametrize("offset, value, why", [(10, 9, "not supported"), (8, 1, "encrypted")])
+def test_a_zip_member_zipfile_cannot_read_is_named(tmp_path, faces, offset, value, why):
+    """A Deflate64 or encrypted member (the central directory's method or flag bits) names the file."""
+    x, _ = faces
+    path = write_zip(tmp_path / "set.zip", {"angry/a.png": png_bytes(x[0]), "happy/b.png": png_bytes(x[1])})
+    data = bytearray(path.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")  # the last member's central-directory entry: happy/b.png
+    data[entry + offset] = value
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"set.zip:happy/b.png: cannot read .*{why}"):
+        load_split(path, "all")
+
+
 def test_display_name_folders_are_accepted(tmp_path, faces):
     x, y = faces
     root = tmp_path / "set"

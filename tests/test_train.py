@@ -108,6 +108,8 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     (stopped / "state.json").write_text(json.dumps(state))
     assert T.main([*common, "--run-dir", str(stopped), "--resume", "--epochs", "3", "--lr", "0.01"]) == 2
     assert "drop --epochs (the run has 2), --lr (the run has 0.05)" in capsys.readouterr().err  # not ignored
+    assert T.main([*common, "--run-dir", str(stopped), "--resume", "--stop-after", "1"]) == 2  # not one more epoch
+    assert "--stop-after 1: " in capsys.readouterr().err and len(_history(stopped)) == 1
     assert T.main([*common, "--run-dir", str(stopped), "--resume"]) == 0  # the run's own command, resumed
     # the resume kept the run's --out, --keep-epochs and --deterministic without being told again
     assert (tmp_path / "out2" / "fer_vgg16.keras").exists() and (stopped / "epoch2.weights.h5").exists()
@@ -221,6 +223,11 @@ def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_pat
     other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
     assert export_main(["--model", str(model), "--data", str(other)]) == 2
     assert f"{record_path}: the model was trained on data sha256" in capsys.readouterr().err
+    renamed = out / "old.keras"  # its record and card would land on fer_vgg16's
+    shutil.copy(model, renamed)
+    shutil.copy(record_path, renamed.with_suffix(".train.json"))
+    assert export_main(["--model", str(renamed), "--data", str(fer_csv)]) == 2
+    assert f"{renamed}: re-scoring writes fer_vgg16.train.json" in capsys.readouterr().err
     record_path.write_text(json.dumps(dict(old, sha256="0" * 64)))
     assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 2
     assert "is for another model" in capsys.readouterr().err
@@ -252,6 +259,9 @@ def test_warm_start_copies_weights(tmp_path, tiny_model):
         T.warm_start(model, tmp_path / "missing.keras")
     with pytest.raises(SystemExit, match=f"{tiny_model.name}: cannot load it into this model"):
         T.warm_start(build_vgg16(width=1 / 8), tiny_model)  # another --width: named, no traceback
+    (tmp_path / "vgg16.h5").write_bytes(b"not hdf5")
+    with pytest.raises(SystemExit, match="vgg16.h5: not ImageNet VGG16 weights"):
+        T.warm_start(model, tmp_path / "vgg16.h5")
 
 
 def test_a_missing_init_is_named_before_the_data_is_read(tmp_path, capsys):
@@ -339,9 +349,9 @@ def test_card_reproduces_every_cycle_oldest_first():
     lines = _reproduce(record).splitlines()
     assert lines[0].startswith("    # RUN: that cycle's run folder")  # whose epochs were kept for the average
     assert lines[2] == '    make train ARGS="--epochs 4 --keep-epochs"'
-    assert lines[3].endswith("--batch-norm-faces 8192 --models startmodel.keras epoch4.weights.h5")
+    assert lines[3].endswith("--batch-norm-faces 8192 --models startmodel.keras RUN/epoch4.weights.h5")
     assert lines[4].startswith('    make train ARGS="--init') and "--keep-epochs" in lines[4]
-    assert lines[5].endswith("--models epoch5.weights.h5")
+    assert lines[5].endswith("--models RUN/epoch5.weights.h5")
     assert "--batch-norm-faces" not in lines[5] and lines[6].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
@@ -385,10 +395,24 @@ def test_distillation_mixes_teacher_probabilities_into_the_targets(tmp_path, fer
     assert T.main([*args, "--teacher", str(tiny_model), "--distill", "0.5"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["teachers"] == [{"file": str(tiny_model), "sha256": sha256_file(tiny_model)}]
-    targets = np.load(run / "teacher_targets.npy")
+    targets = np.load(run / "teacher_targets.npz")["targets"]
     assert targets.shape == (12 * 7, 7) and np.allclose(targets.sum(1), 1, atol=1e-5)
     card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     assert f"--teacher {tiny_model}" in card and "Distilled" in card
+
+    import keras
+
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a model")
+    kept = (run / "history.csv").read_bytes()
+    with pytest.raises(SystemExit, match=f"--teacher {broken}: cannot load it"):
+        T.main([*args, "--teacher", str(broken), "--distill", "0.5"])
+    assert (run / "history.csv").read_bytes() == kept  # the finished run is still there
+    second = keras.saving.load_model(tiny_model)  # another teacher: new targets, not the first one's
+    second.set_weights([w * 0.5 for w in second.get_weights()])
+    second.save(tmp_path / "second.keras")
+    assert T.main([*args, "--teacher", str(tmp_path / "second.keras"), "--distill", "0.5"]) == 0
+    assert not np.allclose(np.load(run / "teacher_targets.npz")["targets"], targets)
 
 
 def test_code_commit_is_dirty_only_when_code_changed(tmp_path):

@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
+    if state["best_epoch"] == 0 and "average" not in state:  # the bar is the --init model: it must be the same one
+        init, started = Path(cfg["init"]), (state.get("warm_start_from") or {}).get("sha256")
+        if not init.is_file() or (started and sha256_file(init) != started):
+            print(f"error: --init {init}: {'changed since' if init.is_file() else 'gone since'} {run} started "
+                  "from it; the average has no bar to beat (restore that model there)", file=sys.stderr)
+            return 2
     try:
         train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
     except fer.DataError as e:

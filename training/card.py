@@ -53,7 +53,7 @@ def _average_command(avg: dict, train_faces: int) -> str:
     faces = avg["batch_norm_faces"]
     return (f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
             + (f"--batch-norm-faces {faces} " if faces < train_faces else "") + "--models "
-            + " ".join(m["file"] for m in avg["models"]))
+            + " ".join(m["file"] if m["file"].endswith(".keras") else f"RUN/{m['file']}" for m in avg["models"]))
 
 
 def _reproduce(record: dict) -> str:

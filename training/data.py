@@ -175,7 +175,8 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
                                     "though test/ uses them: it belongs to no split")
                 try:
                     data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
-                except (OSError, zipfile.BadZipFile, zlib.error) as e:
+                except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
+                    # NotImplementedError: a compression zipfile lacks; RuntimeError: an encrypted member
                     raise DataError(f"{where}: cannot read ({e})") from None
                 faces.append(_decode(data, where))
                 labels.append(label)

@@ -8,13 +8,15 @@ and saved in the run folder so that a resume trains toward exactly the same numb
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from device.model import sha256_file
+from device.preprocess import CLASSES
 
-TARGETS = "teacher_targets.npy"
+TARGETS = "teacher_targets.npz"
 
 
 def teacher_records(paths: list[str]) -> list[dict]:
@@ -23,11 +25,18 @@ def teacher_records(paths: list[str]) -> list[dict]:
 
 
 def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.ndarray:
-    """The teachers' averaged probabilities for `faces` (uint8), from the run folder when a
-    resumed run already computed them; a changed teacher file is an error, not a silent switch."""
+    """The teachers' averaged probabilities for `faces` (uint8), from the run folder when they were
+    computed for these very teachers and faces (a resume trains toward the same numbers; a run
+    restarted with other teachers or data does not); a changed teacher file is an error."""
+    import hashlib
+
     path = run / TARGETS
+    key = json.dumps({"teachers": [t["sha256"] for t in teachers],
+                      "faces": hashlib.sha256(np.ascontiguousarray(faces)).hexdigest()})
     if path.exists():
-        return np.load(path)
+        with np.load(path) as saved:
+            if str(saved["key"]) == key:
+                return saved["targets"]
     import keras
 
     from training.train import classify
@@ -36,11 +45,16 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
     for t in teachers:
         if sha256_file(Path(t["file"])) != t["sha256"]:
             raise SystemExit(f"error: --teacher {t['file']}: changed since the run started")
-        model = keras.saving.load_model(t["file"], compile=False)
+        try:
+            model = keras.saving.load_model(t["file"], compile=False)
+        except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
+            raise SystemExit(f"error: --teacher {t['file']}: cannot load it ({type(e).__name__}: {e})") from None
+        if tuple(model.output_shape[1:]) != (len(CLASSES),):
+            raise SystemExit(f"error: --teacher {t['file']}: gives {model.output_shape[1:]} outputs, not one per class")
         probs.append(classify(model, faces))
         print(f"teacher {t['file']}: {len(faces)} faces")
     targets = np.mean(probs, axis=0).astype(np.float32)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, targets)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, targets=targets, key=np.array(key))
     tmp.replace(path)
     return targets

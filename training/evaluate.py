@@ -23,6 +23,7 @@ from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
 from training.export import load_float_model, read_record, record_spec
 from training.metrics import report
+from training.run import STATE, chosen_weights
 
 
 def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
@@ -32,7 +33,6 @@ def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
     if not path.is_dir():
         return classify(load_float_model(path, spec), faces, spec)
     from training.model import build_vgg16  # a training run: rebuild the model, load what it exports
-    from training.run import STATE, chosen_weights
 
     model = build_vgg16(width=(cfg := run_config(path))["width"], dropout=cfg["dropout"])
     try:
@@ -49,7 +49,6 @@ def run_config(run: Path) -> dict:
 def keras_spec(path: Path) -> InputSpec:
     """How the device would read this Keras model: as its export record says (the .train.json
     beside it, if it is this model's), as its run's config says, else the plain default."""
-    from training.run import STATE
     from training.train import model_spec
 
     if path.is_dir():
@@ -64,9 +63,12 @@ def keras_spec(path: Path) -> InputSpec:
 def check_model_path(model: Path) -> None:
     """Fail before minutes of data loading: the model must be a .tflite, a .keras or a run folder."""
     if model.is_dir():
-        missing = [n for n in ("config.json", "state.json", "best.weights.h5") if not (model / n).is_file()]
+        missing = [n for n in ("config.json", STATE) if not (model / n).is_file()]
         if missing:
             raise ModelError(f"{model}: not a training run folder (no {', '.join(missing)})")
+        if not (weights := chosen_weights(model, json.loads((model / STATE).read_text()))).is_file():
+            raise ModelError(f"{model}: no {weights.name} to score (a run none of whose epochs beat its --init "
+                             "model exports nothing)")
     elif not model.is_file():
         raise ModelError(f"{model}: no such model file or run folder")
     elif model.suffix not in (".tflite", ".keras"):

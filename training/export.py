@@ -217,6 +217,9 @@ def rescore(path: Path, test: fer.Split) -> dict:
     from training.train import code_commit, model_spec
 
     record_path = path.with_suffix(".train.json")
+    if path.name != f"{MODEL_NAME}.keras":  # the card and record it writes are named for the shipped model
+        raise ModelError(f"{path}: re-scoring writes {MODEL_NAME}.train.json and MODEL_CARD.md beside the model, "
+                         f"so it must be named {MODEL_NAME}.keras (copy it into a folder of its own)")
     record = read_record(path)
     if record is None:
         raise ModelError(f"{record_path}: no training record beside {path} to re-score")
@@ -245,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --run-dir {args.run_dir}: no run there (no {STATE})", file=sys.stderr)
             return 2
         state = json.loads((args.run_dir / STATE).read_text())
+        if not (weights := chosen_weights(args.run_dir, state)).is_file():
+            print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "
+                  "beat its --init model exports nothing)", file=sys.stderr)
+            return 2
     try:
         train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
         if args.model:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 STATE = "state.json"
 PENDING = ".pending-epoch"  # + the epoch number
-# Everything a run writes; a new run in the folder of a finished one removes these first.
+# Everything a run writes; a new run in the folder of a finished one removes these first. The
+# teachers' targets stay: they are reused only for the same teachers and faces.
 RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
-             "average.weights.h5", "epoch*.weights.h5", "teacher_targets.npy", PENDING + "*", "*.tmp", "*.tmp.*")
+             "average.weights.h5", "epoch*.weights.h5", PENDING + "*", "*.tmp", "*.tmp.*")
 
 
 def fsync(path: Path) -> None:

@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto (default): mixed bfloat16 where the CPU has it; a resume keeps the run's "
                         "unless this is given")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (quick trials)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="train on a seeded random N of the training faces (quick trials)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
     p.add_argument("--keep-epochs", action="store_true",
                    help="keep every epoch's weights (epochN.weights.h5) for training.average; a resume keeps it")
@@ -181,7 +182,10 @@ def warm_start(model, path: Path) -> None:
             raise SystemExit(f"error: --init {path}: cannot load it into this model "
                              f"({type(e).__name__}: {e})") from None
         return
-    ref = keras.applications.VGG16(weights=str(path), include_top=False, input_shape=(48, 48, 3))
+    try:
+        ref = keras.applications.VGG16(weights=str(path), include_top=False, input_shape=(48, 48, 3))
+    except Exception as e:  # h5py and Keras raise many kinds for a file that is not VGG16's weights
+        raise SystemExit(f"error: --init {path}: not ImageNet VGG16 weights ({type(e).__name__}: {e})") from None
     for layer in ref.layers:
         if isinstance(layer, keras.layers.Conv2D):
             kernel = layer.get_weights()[0]
@@ -278,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                   + ", or start a new run with --restart or another --run-dir", file=sys.stderr)
             return 2
         finish_pending(run, state["epochs_done"])  # a stop while an epoch was being saved
+        if 0 < args.stop_after <= state["epochs_done"]:
+            print(f"error: --stop-after {args.stop_after}: {run} has already done {state['epochs_done']} epochs; "
+                  "drop it or give a later epoch", file=sys.stderr)
+            return 2
     else:
         if old and old["epochs_done"] < old["config"]["epochs"] and not args.restart:
             print(f"error: {run} holds a run stopped after epoch {old['epochs_done']} of "
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --distill {args.distill}: give it (between 0 and 1) with --teacher, and "
                   "--teacher with it", file=sys.stderr)
             return 2
-        discard = bool(old or args.restart)  # once the data is known good: a typo must not cost a run
+        discard = bool(old or args.restart)
         # The lineage is read now: the export overwrites the --init file when it lands in --out.
         lineage = warm_start_lineage(str(args.init)) if args.init else None
         cfg = {k: getattr(args, k) for k in DEFAULTS}
@@ -332,8 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: {run} was trained on data sha256 {state['data_sha256'][:12]}, "
               f"{args.data} is {train.checksum[:12]}", file=sys.stderr)
         return 2
-    if discard:
-        print(f"{run}: removed the previous run's {clear_run(run)} files")
     if cfg["limit"]:
         keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
         train.x, train.y = train.x[keep], train.y[keep]
@@ -375,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             state.update(best_accuracy=publictest(model)["accuracy"])
             print(f"--init {cfg['init']}: PublicTest accuracy {state['best_accuracy']:.4f}, "
                   f"{cfg['epoch_offset']} epochs so far")
+        if discard:  # only now that the data, --init and the teachers are known good: a typo must not cost a run
+            print(f"{run}: removed the previous run's {clear_run(run)} files")
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
     commit_file, commit = run / "code_commit", code_commit()
