@@ -63,7 +63,7 @@ $(OLD_VENV)/.installed:
 	else \
 	    { $(OLD_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
 	      { rm -rf $(OLD_VENV) && $(OLD_PYTHON) -m venv $(OLD_VENV); }; } && \
-	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=9.4" && touch $@; \
+	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=10.1" && touch $@; \
 	fi
 
 test: workstation venv models $(OLD_VENV)/.installed

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -168,7 +169,10 @@ def cmd_check(cfg, skip: list[str]) -> int:
             store.close()
 
     def display() -> str:
-        open_display(cfg["display"]).show(Screen("idle"))
+        d = open_display(cfg["display"])
+        d.show(Screen("idle"))
+        if d.error:  # it opened, but drawing failed (a loose cable, an unwritable png_path)
+            raise DisplayError(f"display.driver = {cfg['display']['driver']}: cannot draw ({d.error})")
         return f"{cfg['display']['driver']} ok"
 
     def button() -> str:
@@ -278,9 +282,22 @@ def cmd_export(cfg, args) -> int:
     return 0
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd, a `<N>` prefix gives each line its syslog priority: `journalctl -p err` finds
+    the errors, and journald writes a CRITICAL line (an entry only in memory) to disk at once."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
 def main(argv: list[str] | None = None, pin_factory=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JournalFormatter if os.environ.get("JOURNAL_STREAM") else logging.Formatter  # set by systemd
+    handler.setFormatter(formatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     try:
         cfg = config_from(args)
         if args.command == "run":

@@ -115,9 +115,13 @@ class Daemon:
                 continue  # and the customer may press again at once
             self._last_accepted = pressed_at
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
-            if not self._store(entry, at, now):
-                self._pending.append((entry, at))  # and to the journal now: a power cut may come first
-                log.error("entry kept in memory until the log can be written: %s", entry_json(entry, at))
+            self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
+            if not self._store_pending(now):  # and to the journal now: a power cut may come first
+                log.critical("entry kept in memory until the log can be written: %s", entry_json(entry, at))
+                continue
+            self._thanks = (now + self.cfg["display"]["thank_you_s"],  # this customer's, not a retried one's
+                            Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
+            self.button.acknowledge()
 
     def _entry(self, r: Reading) -> Entry:
         return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,
@@ -136,25 +140,26 @@ class Daemon:
         self.stats.entries += 1
         log.info("stored entry %d: %s, rating %s, confidence %.2f, pressed %s", row, entry.emotion, entry.rating,
                  entry.confidence, at.isoformat())  # matches a journal line of an entry kept in memory
-        self._thanks = (now + self.cfg["display"]["thank_you_s"],
-                        Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
-        self.button.acknowledge()
+        return True
+
+    def _store_pending(self, now: float) -> bool:
+        """Store the waiting entries oldest first; True once none is left."""
+        while self._pending:
+            if not self._store(*self._pending[0], now):
+                return False
+            self._pending.pop(0)
         return True
 
     def _retry_pending(self) -> None:
-        now = time.monotonic()
-        while self._pending and now >= self._retry_at:
-            if not self._store(*self._pending[0], now):
-                return
-            self._pending.pop(0)
+        if self._pending and time.monotonic() >= self._retry_at:
+            self._store_pending(time.monotonic())
 
     def flush_pending(self) -> None:
         """At shutdown: one last try for entries still in memory; any the log cannot take go
         to the journal in full, so a technician can restore them by hand."""
-        self._retry_at = 0.0
-        self._retry_pending()
+        self._store_pending(time.monotonic())
         for entry, at in self._pending:
-            log.error("entry not stored (the log cannot be written): %s", entry_json(entry, at))
+            log.critical("entry not stored (the log cannot be written): %s", entry_json(entry, at))
 
     # --- what the screen shows
     def screen(self, now: float) -> Screen:

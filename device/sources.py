@@ -288,6 +288,8 @@ class ReconnectingSource:
                 self.source = self._open()
                 if self.error is not None:
                     self.reconnects += 1
+            except SourceStuck:  # a camera that hung while opening stays held: only a restart frees it
+                raise
             except SourceError as e:
                 self._fail(str(e), now)
                 return None

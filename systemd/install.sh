@@ -126,7 +126,8 @@ install_config() {
 
 # The config as the service will read it, with the code about to run it (its Python, and PYTHONPATH
 # for the code not yet installed): the model and detector files it names must exist (or be the
-# ones this install lays down) and lie outside /home and /root, which ProtectHome hides.
+# ones this install lays down) and lie outside /home and /root, which ProtectHome hides; the files
+# it writes must lie in the unit's StateDirectory, all that ProtectSystem=strict leaves writable.
 check_config() {
     (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" \
         "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
@@ -146,6 +147,14 @@ for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["de
     if Path(path).is_relative_to("/home") or Path(path).is_relative_to("/root"):
         sys.exit(f"install: error: {config}: {key}: {path} is hidden from the service (ProtectHome=yes): "
                  "put it under /opt/feedbackd/models")
+state = Path("/var/lib/feedbackd")
+written = [("storage.path", cfg["storage"]["path"])]
+if cfg["display"]["driver"] == "png":
+    written.append(("display.png_path", cfg["display"]["png_path"]))
+for key, path in written:
+    if not Path(path).is_absolute() or not Path(path).is_relative_to(state):
+        sys.exit(f"install: error: {config}: {key}: {path}: the service can write only under {state} "
+                 "(ProtectSystem=strict): put it there")
 PY
     ) || exit 1
 }

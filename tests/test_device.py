@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -203,14 +204,24 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
     rig.steps(1)
     rows = list(rig.store.rows())
     assert rows[:1] == stored and len(rows) == 3 and rig.daemon.storage_error is None
-    kept = [json.loads(r.getMessage().split(": ", 1)[1])["utc"] for r in caplog.records
-            if r.getMessage().startswith("entry kept in memory")]
+    kept_records = [r for r in caplog.records if r.getMessage().startswith("entry kept in memory")]
+    assert {r.levelname for r in kept_records} == {"CRITICAL"}  # journald puts these on disk at once
+    kept = [json.loads(r.getMessage().split(": ", 1)[1])["utc"] for r in kept_records]
     taken = [r.getMessage().rsplit("pressed ", 1)[1] for r in caplog.records if "stored entry" in r.getMessage()]
     assert len(kept) == 2 and taken[-2:] == kept  # the journal says which kept entries the log took
     for row in rows[1:]:  # stamped when pressed, not when the retry got through
         utc = datetime.strptime(row["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert abs((utc - pressed).total_seconds()) < 0.5
     rig.close()
+
+
+def test_under_systemd_each_log_line_carries_its_journal_priority():
+    from device.cli import JournalFormatter
+
+    fmt = JournalFormatter("%(levelname)s %(message)s")
+    lines = [fmt.format(logging.LogRecord("feedbackd", level, __file__, 1, "kept", None, None))
+             for level in (logging.INFO, logging.ERROR, logging.CRITICAL)]
+    assert lines == ["<6>INFO kept", "<3>ERROR kept", "<2>CRITICAL kept"]
 
 
 def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
@@ -230,9 +241,11 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     rig.steps(1)
     assert rig.store.count() == 0 and blinks() == 0
     _break_storage(rig, db, False)
-    rig.press()
+    rig.press()  # long before the retry is due: the kept entry goes first, then this one
     rig.steps(1)
-    assert rig.store.count() == 1 and blinks() == 2
+    assert rig.store.count() == 2 and blinks() == 2  # one acknowledgement, this customer's
+    first, second = rig.store.rows()
+    assert first["utc"] < second["utc"]  # ids follow press order
     rig.close()
 
 @pytest.mark.parametrize("ending", ["stop", "crash"])
@@ -368,6 +381,10 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage", "clock"]
     assert lines[1].startswith("FAIL model") and "none.tflite" in lines[1]
+    (tmp_path / "folder.png").mkdir()  # the display opens, but no screen can be written there
+    assert cli.main([*base, "--skip", "camera", "--png-path", str(tmp_path / "folder.png")]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if " display " in f" {x} ")
+    assert line.startswith("FAIL display") and "display.driver = png: cannot draw" in line
 
 
 def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
@@ -516,8 +533,11 @@ def test_a_webcam_that_hangs_on_its_first_frame_stops_the_default_camera_source(
     monkeypatch.setattr(sources, "Picamera2Source", no_pi_camera)
     monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video0"])
     monkeypatch.setattr(sources, "V4L2Source", lambda *args: LatestFrame(grab, "/dev/video0", timeout_s=0.05))
+    camera = {"source": "camera", "width": 640, "height": 480, "fps": 15}
     with pytest.raises(SourceStuck, match="/dev/video0: a capture has not returned"):
-        sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
+        sources.open_source(camera)
+    with pytest.raises(SourceStuck, match="/dev/video0: a capture has not returned"):  # as the daemon opens it
+        ReconnectingSource(lambda: sources.open_source(camera)).read()
     hang.set()
 
 

@@ -145,6 +145,10 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     missing = dest / PREFIX.lstrip("/") / "models/fer_vgg16_float16.tflite"
     assert f"{config}: model.path: {missing} does not exist" in r.stderr
     assert "installing feedbackd[device]" not in r.stdout  # refused before the running install was touched
+    config.write_text(edited.replace('# path = "/var/lib/feedbackd/feedback.db"', 'path = "/mnt/usb/feedback.db"'))
+    r = make("install", dest, **debian12)
+    assert r.returncode != 0  # the service could not write there: it would restart forever
+    assert f"{config}: storage.path: /mnt/usb/feedback.db: the service can write only under /var/lib" in r.stderr
     config.write_text(edited)
 
     r = make("install", dest, **debian12)
