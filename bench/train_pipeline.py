@@ -1,7 +1,10 @@
 """`make bench-train`: training images/s on one in-memory batch against the real input
-pipeline (shuffle, gather, augmentation, one-hot, weights). The pipeline may cost at most 10 %.
+pipeline (shuffle, gather, augmentation, one-hot, weights; with --erase and --distill, the random
+erasing and teacher targets of the later cycles in training/CYCLES.md). The pipeline may cost at
+most 10 %.
 
     python -m bench.train_pipeline [--data FER2013] [--steps 10] [--rounds 2] [--width 1.0]
+                                   [--erase 0.5] [--distill 0.7]
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+import numpy as np
 
 from device.preprocess import preprocess
 from training import data as fer
@@ -31,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=T.DEFAULTS["batch_size"])
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="as training's: auto is mixed bfloat16 where the CPU has bf16 instructions")
+    p.add_argument("--erase", type=float, default=T.DEFAULTS["erase"],
+                   help="random-erasing probability (default %(default)s; the later cycles ran 0.5)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of teacher targets (random ones here: their cost, not their values, counts)")
     args = p.parse_args(argv)
 
     import keras
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     keras.mixed_precision.set_global_policy(policy)
 
     train = fer.load_split(args.data, "train")
-    cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size)
+    cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size, erase=args.erase, distill=args.distill)
     x = tf.constant(preprocess(train.x))
     y = tf.constant(train.y)
     w = tf.constant(T.class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
@@ -49,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     n = args.batch_size
     one_batch = (x[:n], tf.one_hot(y[:n], 7), w[:n])
     in_memory = tf.data.Dataset.from_tensors(one_batch).repeat()
-    pipeline = T.train_dataset(x, y, w, cfg, epoch=0).repeat()
+    teacher = None
+    if args.distill:
+        teacher = tf.constant(np.random.default_rng(0).dirichlet(np.ones(7), len(train)).astype(np.float32))
+    pipeline = T.train_dataset(x, y, w, cfg, epoch=0, teacher=teacher).repeat()
     # Alternate the two and keep each one's best round, so warm-up and drift favour neither.
     rounds = [(images_per_second(model, in_memory, args.steps, n), images_per_second(model, pipeline, args.steps, n))
               for _ in range(args.rounds)]
     mem, real = max(r[0] for r in rounds), max(r[1] for r in rounds)
     cost = 1 - real / mem
-    print(f"VGG16 width {args.width}, batch {n}, {policy}, "
+    print(f"VGG16 width {args.width}, batch {n}, {policy}, erase {args.erase}, distill {args.distill}, "
           f"best of {args.rounds} rounds of {args.steps} timed steps")
     print(f"in-memory batch : {mem:8.1f} img/s")
     print(f"input pipeline  : {real:8.1f} img/s")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -85,7 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--until", type=local_date, help="last local date, YYYY-MM-DD")
     for s in sub.choices.values():
         global_flags(s, config=argparse.SUPPRESS, log_level=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if getattr(args, "since", None) and getattr(args, "until", None) and args.since > args.until:
+        sub.choices[args.command].error(f"--since {args.since} is after --until {args.until}")
+    return args
 
 
 def config_from(args: argparse.Namespace):
@@ -265,18 +269,28 @@ def cmd_export(cfg, args) -> int:
     store = open_log(cfg, "export")
     try:
         if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
-            tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
+            out = Path(args.output)
+            if out.resolve() in {Path(f"{store.path}{s}").resolve() for s in ("", "-wal", "-shm", "-journal")}:
+                raise StorageError(f"--output {out}: that is the feedback log itself; name a new .csv file")
+            tmp = out.with_name(f".{out.name}.tmp")
             try:
                 with open(tmp, "w", newline="") as f:
                     n = store.export_csv(f, args.since, args.until)
-                tmp.replace(args.output)
+                tmp.replace(out)
             except OSError as e:
-                raise StorageError(f"{args.output}: cannot write the export: {e.strerror}") from None
+                raise StorageError(f"{out}: cannot write the export: {e.strerror}") from None
             finally:
-                tmp.unlink(missing_ok=True)
-            print(f"wrote {n} entries to {args.output}", file=sys.stderr)
+                with contextlib.suppress(OSError):  # a folder we may not even look into
+                    tmp.unlink(missing_ok=True)
+            print(f"wrote {n} entries to {out}", file=sys.stderr)
         else:
-            store.export_csv(sys.stdout, args.since, args.until)
+            try:
+                store.export_csv(sys.stdout, args.since, args.until)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `feedbackd export | head`: the reader had enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            except OSError as e:
+                raise StorageError(f"stdout: cannot write the export: {e.strerror}") from None
     finally:
         store.close()
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,6 +86,7 @@ class FeedbackLog:
     def add(self, entry: Entry, now: datetime | None = None) -> int:
         """Store one entry; returns its id only once it is committed to disk."""
         now = now or datetime.now(UTC)
+        time.tzset()  # a time zone set since the daemon started (raspi-config) dates this entry
         local = now.astimezone()
         row = (
             now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

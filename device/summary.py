@@ -16,11 +16,13 @@ class Tally:
     entries: int = 0
     rating_sum: float = 0.0
     emotions: Counter = field(default_factory=Counter)
+    unsynced: int = 0  # stamped before the clock had network time: the date may be wrong
 
     def add(self, row: dict) -> None:
         self.entries += 1
         self.rating_sum += row["rating"]
         self.emotions[row["emotion"]] += 1
+        self.unsynced += row["clock_synced"] == 0
 
     @property
     def mean_rating(self) -> float:
@@ -46,4 +48,7 @@ def format_table(tallies: list[Tally]) -> str:
     for t in tallies:
         shares = "".join(f" {t.emotions[e] / t.entries:>9.0%}" for e in emotions)
         lines.append(f"{t.label:<10} {t.entries:>7} {t.mean_rating:>6.2f}{shares}")
+    if unsynced := tallies[-1].unsynced:
+        lines.append(f"{unsynced} of these entries were stored before the clock had network time: their "
+                     "dates may be wrong (clock_synced = no in the export)")
     return "\n".join(lines)

