@@ -306,11 +306,22 @@ class JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
 
 
+def to_journal() -> bool:
+    """Whether stderr is the journal itself: systemd names it in JOURNAL_STREAM (device:inode),
+    which a terminal started by a systemd user service passes on to its shells as well."""
+    try:
+        dev, ino = (int(n) for n in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError):  # unset, malformed, or a stderr without a file
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def main(argv: list[str] | None = None, pin_factory=None) -> int:
     args = parse_args(argv)
+    journal = to_journal()
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JournalFormatter if os.environ.get("JOURNAL_STREAM") else logging.Formatter  # set by systemd
-    handler.setFormatter(formatter("%(levelname)s %(message)s"))
+    handler.setFormatter((JournalFormatter if journal else logging.Formatter)("%(levelname)s %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler])
     try:
         cfg = config_from(args)
@@ -324,7 +335,7 @@ def main(argv: list[str] | None = None, pin_factory=None) -> int:
             return cmd_summary(cfg, args)
         return cmd_export(cfg, args)
     except FAILURES as e:
-        print(f"feedbackd: error: {e}", file=sys.stderr)
+        print(f"{'<3>' if journal else ''}feedbackd: error: {e}", file=sys.stderr)  # err in the journal
         return 2
 
 

@@ -5,7 +5,6 @@ and the file. `config.example.toml` lists every key with its default."""
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -192,9 +191,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if window > reset:  # the reading is forgotten after reset_after_s, so a longer window cannot count
         raise ConfigError(f"{cfg.source}: button.face_window_s: {window} is longer than "
                           f"smoothing.reset_after_s ({reset}); raise that too or shorten the window")
-    if not re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._ -]*)?", cfg["device"]["id"]):  # a CSV field a spreadsheet
-        raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: use letters, digits, '.', '_', "
-                          "'-' and spaces, starting with a letter or digit")  # would not read as a formula
+    if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
+        raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
+                          "formula; start it with a letter or digit")
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
     return cfg

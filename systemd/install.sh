@@ -147,12 +147,12 @@ for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["de
     if Path(path).is_relative_to("/home") or Path(path).is_relative_to("/root"):
         sys.exit(f"install: error: {config}: {key}: {path} is hidden from the service (ProtectHome=yes): "
                  "put it under /opt/feedbackd/models")
-state = Path("/var/lib/feedbackd")
+state = Path("/var/lib/feedbackd")  # also the unit's WorkingDirectory: a relative path lands there
 written = [("storage.path", cfg["storage"]["path"])]
 if cfg["display"]["driver"] == "png":
     written.append(("display.png_path", cfg["display"]["png_path"]))
 for key, path in written:
-    if not Path(path).is_absolute() or not Path(path).is_relative_to(state):
+    if not any((state / path).is_relative_to(d) for d in (state, "/tmp", "/var/tmp")):  # PrivateTmp's own
         sys.exit(f"install: error: {config}: {key}: {path}: the service can write only under {state} "
                  "(ProtectSystem=strict): put it there")
 PY

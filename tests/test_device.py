@@ -225,6 +225,20 @@ def test_under_systemd_each_log_line_carries_its_journal_priority():
     assert lines == ["<6>INFO kept", "<3>ERROR kept", "<2>CRITICAL kept"]
 
 
+def test_the_journal_is_told_apart_from_a_terminal_that_inherited_its_variable(tmp_path, monkeypatch):
+    from device.cli import to_journal
+
+    with open(tmp_path / "stream", "w") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert to_journal()
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")  # another stream: a shell's
+        assert not to_journal()
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not to_journal()
+
+
 def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
     def blinks() -> int:
         time.sleep(0.7)  # two blinks take 0.5 s
@@ -342,7 +356,7 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[camera\n", "cannot read config"),
         ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
         ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
-        ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': use letters"),  # a spreadsheet formula
+        ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': a spreadsheet would read it as a formula"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):

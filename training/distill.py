@@ -9,12 +9,14 @@ and saved in the run folder so that a resume trains toward exactly the same numb
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from device.model import sha256_file
 from device.preprocess import CLASSES
+from training.run import replace_durably
 
 TARGETS = "teacher_targets.npz"
 
@@ -33,10 +35,12 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
     path = run / TARGETS
     key = json.dumps({"teachers": [t["sha256"] for t in teachers],
                       "faces": hashlib.sha256(np.ascontiguousarray(faces)).hexdigest()})
-    if path.exists():
+    try:
         with np.load(path) as saved:
             if str(saved["key"]) == key:
                 return saved["targets"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # none yet, or cut short by a power cut: computed again
     import keras
 
     from training.train import classify
@@ -56,5 +60,5 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
     targets = np.mean(probs, axis=0).astype(np.float32)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, targets=targets, key=np.array(key))
-    tmp.replace(path)
+    replace_durably(tmp, path)
     return targets
