@@ -164,7 +164,13 @@ def cmd_check(cfg, skip: list[str]) -> int:
         return f"{clf.path.name} sha256 ok, {len(clf.manifest.labels)} labels, {clf.manifest.dtype} input"
 
     def storage() -> str:
-        store = FeedbackLog(cfg["storage"]["path"])
+        path = Path(cfg["storage"]["path"])
+        if not path.exists():  # a fresh install: the service makes the log at its first start
+            folder = next(p for p in path.parents if p.exists())
+            if not os.access(folder, os.W_OK):
+                raise StorageError(f"{path}: no log yet, and {folder} is not writable for this user")
+            return f"{path}: no log yet (the service creates it at its first start)"
+        store = FeedbackLog(path, create=False)
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
@@ -250,7 +256,7 @@ def open_log(cfg, command: str) -> FeedbackLog:
     except PermissionError:
         raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
                            "which reads the log as the feedbackd user") from None
-    return FeedbackLog(path)
+    return FeedbackLog(path, create=False)
 
 
 def cmd_summary(cfg, args) -> int:

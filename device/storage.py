@@ -55,19 +55,34 @@ class Entry:
 
 
 class FeedbackLog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """create=False opens only an existing log: reading commands never make one from a typo."""
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            else:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", timeout=5,
+                                          isolation_level=None, uri=True)
+            version = self._check_is_log(create)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
+            self._migrate(version)
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
 
-    def _migrate(self) -> None:
+    def _check_is_log(self, create: bool) -> int:
+        """Refuse another program's database (or an empty file, when reading) before changing it."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            if tables or not create:
+                what = f"an SQLite file with tables {', '.join(tables)}" if tables else "an empty file"
+                raise StorageError(f"{self.path}: not a feedback log ({what}); check storage.path or --db")
+        return version
+
+    def _migrate(self, version: int) -> None:
         if version > len(MIGRATIONS):
             raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
                                f"({len(MIGRATIONS)}); upgrade feedbackd")

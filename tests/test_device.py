@@ -27,7 +27,7 @@ from device.detector import FaceDetector
 from device.display import Display, Screen, render
 from device.model import EmotionClassifier
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
-from device.storage import Entry, FeedbackLog
+from device.storage import Entry, FeedbackLog, StorageError
 
 
 @pytest.fixture
@@ -310,7 +310,7 @@ def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder,
 
 CHILD = """
 import sys
-from device.storage import Entry, FeedbackLog
+from device.storage import Entry, FeedbackLog, StorageError
 log = FeedbackLog(sys.argv[1])
 e = Entry("Happy", 5, 0.9, {"Happy": 0.9, "Sad": 0.1}, "0" * 64, "pi")
 while True:
@@ -829,6 +829,31 @@ def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
     log.close()
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")
+
+
+def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):
+    import sqlite3
+
+    other = tmp_path / "inventory.db"  # another program's database, named by a slip of --db
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE stock (item TEXT)")
+    db.commit()
+    db.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    before = {p.name: p.read_bytes() for p in (other, empty)}
+    for command in ("export", "summary"):
+        assert cli.main([command, "--db", str(other)]) == 2
+        assert f"{other}: not a feedback log (an SQLite file with tables stock)" in capsys.readouterr().err
+        assert cli.main([command, "--db", str(empty)]) == 2
+        assert f"{empty}: not a feedback log (an empty file)" in capsys.readouterr().err
+    with pytest.raises(StorageError, match="not a feedback log"):  # nor does the daemon adopt it
+        FeedbackLog(other)
+    assert cli.main(["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
+                     "--display", "none", "--button", "none", "--db", str(tmp_path / "typo.db")]) == 0
+    assert "typo.db: no log yet (the service creates it at its first start)" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (other, empty)} == before
+    assert sorted(os.listdir(tmp_path)) == ["empty.db", "inventory.db"]
 
 
 def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkeypatch):
