@@ -60,12 +60,27 @@ def test_batch_norm_statistics_are_those_of_all_the_data(kept_run):
     assert bn.momentum == 0.99  # restored for later training
 
 
-def _scores(monkeypatch, average: float, bar: float) -> None:
-    """PublicTest scores average.main sees: the average's first, then the run's chosen weights'."""
+def _scores(monkeypatch, average: float, bar: float) -> list[np.ndarray]:
+    """PublicTest scores average.main sees: the average's first, then the run's chosen weights'.
+
+    Returns the first conv kernel of each model scored, in order, so a test can check that the bar
+    was measured on the weights it should be."""
     from training.metrics import report
 
-    scores = iter([average, bar])
+    scores, kernels = iter([average, bar]), []
+    real_predict = T.predict
+
+    def predict(model, x):
+        kernels.append(model.get_layer("block1_conv1").get_weights()[0])
+        return real_predict(model, x)
+
+    monkeypatch.setattr(T, "predict", predict)
     monkeypatch.setattr(A, "report", lambda y, p: dict(report(y, p), accuracy=next(scores)))
+    return kernels
+
+
+def _kernel(path) -> np.ndarray:
+    return A.load_weights(_model(), path)[0]
 
 
 def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path, capsys, monkeypatch):
@@ -74,9 +89,12 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
             "--models", str(kept_run / "epoch1.weights.h5"), str(kept_run / "epoch2.weights.h5")]
     state_path = kept_run / "state.json"
     state = json.loads(state_path.read_text())
-    _scores(monkeypatch, 0.5, 0.5)  # a tie is no gain
+    kernels = _scores(monkeypatch, 0.5, 0.5)  # a tie is no gain
     assert A.main(args) == 0
     assert "does not beat the run's best" in capsys.readouterr().out and not out.exists()
+    mean = (_kernel(kept_run / "epoch1.weights.h5") + _kernel(kept_run / "epoch2.weights.h5")) / 2
+    np.testing.assert_allclose(kernels[0], mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(kernels[1], _kernel(kept_run / "best.weights.h5"))  # the bar: the best epoch
 
     _scores(monkeypatch, 0.5, 0.4)
     assert A.main(args) == 0
@@ -124,10 +142,11 @@ def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
     assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--init", str(init),
                    "--run-dir", str(run), "--out", str(out)]) == 0
     assert not (run / "best.weights.h5").exists()
-    _scores(monkeypatch, 0.6, 0.7)
+    kernels = _scores(monkeypatch, 0.6, 0.7)
     assert A.main(["--run-dir", str(run), "--data", str(fer_csv), "--models", str(init),
                    str(run / "epoch1.weights.h5")]) == 0
     assert "the run's --init model 0.7000" in capsys.readouterr().out and not out.exists()
+    np.testing.assert_array_equal(kernels[1], _kernel(init))  # the bar: the model the cycle started from
     assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 2  # nothing of its own to export
     assert "no best.weights.h5 to export" in capsys.readouterr().err
     args = ["--run-dir", str(run), "--data", str(fer_csv), "--models", str(run / "epoch1.weights.h5")]
