@@ -80,26 +80,27 @@ class Daemon:
         frame = self.source.read()
         t1 = time.monotonic()
         self.stats.seconds["capture"] += t1 - t0
+        self._handle_presses()  # before this frame is seen: its face may be the next customer's
         if frame is not None:
             self._see(frame, t1)
-        self._handle_presses()
         self._retry_pending()
         t2 = time.monotonic()
         self.display.show(self.screen(t2))
         self.stats.seconds["render"] += time.monotonic() - t2
         self.stats.frames += 1
 
-    def _see(self, frame: np.ndarray, now: float) -> None:
+    def _see(self, frame: np.ndarray, captured_at: float) -> None:
+        start = time.monotonic()
         box = self.finder.find(frame)
         t = time.monotonic()
-        self.stats.seconds["detect"] += t - now
+        self.stats.seconds["detect"] += t - start
         if box is None:
             return
         face = crop_face(frame, box, self.geometry, self.classifier.spec.size)
         probs = self.classifier.predict(face)[0]
         self.stats.seconds["classify"] += time.monotonic() - t
         self.stats.faces += 1
-        self.smoother.add(time.monotonic(), probs)
+        self.smoother.add(captured_at, probs)  # when the frame was read, not when its face was classified
 
     # --- the button
     def _handle_presses(self) -> None:

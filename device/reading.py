@@ -32,7 +32,7 @@ class Smoother:
         self.last_face_at: float | None = None
 
     def add(self, now: float, probs: np.ndarray) -> None:
-        """A face was classified at time `now`."""
+        """A face was classified in a frame captured at time `now`."""
         if self.last_face_at is not None and now - self.last_face_at > self.reset_after_s:
             self._samples.clear()
         self._samples.append((now, np.asarray(probs, dtype=np.float64)))
@@ -40,14 +40,21 @@ class Smoother:
         while self._samples and now - self._samples[0][0] > self.window_s:
             self._samples.popleft()
 
-    def face_seen_within(self, now: float, seconds: float) -> bool:
-        return self.last_face_at is not None and now - self.last_face_at <= seconds
+    def _until(self, at: float) -> list[tuple[float, np.ndarray]]:
+        """The samples of frames captured at or before `at`: a press is judged on what the camera
+        saw before it, never on the next customer who stepped in while it waited to be handled."""
+        return [(t, p) for t, p in self._samples if t <= at]
 
-    def reading(self, now: float) -> Reading | None:
-        """The steady reading, or None when no face was seen within reset_after_s."""
-        if not self._samples or not self.face_seen_within(now, self.reset_after_s):
+    def face_seen_within(self, at: float, seconds: float) -> bool:
+        seen = self._until(at)
+        return bool(seen) and at - seen[-1][0] <= seconds
+
+    def reading(self, at: float) -> Reading | None:
+        """The steady reading at time `at`, or None when no face was seen within reset_after_s before it."""
+        seen = self._until(at)
+        if not seen or at - seen[-1][0] > self.reset_after_s:
             return None
-        mean = np.mean([p for _, p in self._samples], axis=0)
+        mean = np.mean([p for t, p in seen if seen[-1][0] - t <= self.window_s], axis=0)
         best = int(mean.argmax())
         conf = float(mean[best])
         probs = {name: float(p) for name, p in zip(self.labels, mean, strict=True)}

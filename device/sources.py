@@ -128,6 +128,7 @@ class LatestFrame:
     def __init__(self, grab, name: str, release=lambda: None, timeout_s: float = 5.0):
         self.name, self._grab, self._release, self._timeout = name, grab, release, timeout_s
         self._frame: np.ndarray | None = None
+        self._handed = False  # the newest frame was returned by read() already
         self._error: str | None = None
         self._at = time.monotonic()
         self._stop = threading.Event()
@@ -152,10 +153,12 @@ class LatestFrame:
                     self._error = self._error or f"{self.name}: camera returned no frame"
                     self._cond.notify_all()
                     return
-                self._frame, self._at = frame, time.monotonic()
+                self._frame, self._at, self._handed = frame, time.monotonic(), False
                 self._cond.notify_all()
 
-    def read(self) -> np.ndarray:
+    def read(self) -> np.ndarray | None:
+        """The newest frame, or None when read() returned it already: a camera that stalls for a
+        moment must not have its last image judged again as a face still there."""
         with self._cond:
             if self._frame is None and self._error is None:
                 self._cond.wait(self._timeout)
@@ -163,6 +166,9 @@ class LatestFrame:
                 raise SourceError(self._error)
             if self._frame is None or time.monotonic() - self._at > self._timeout:
                 raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
+            if self._handed:
+                return None
+            self._handed = True
             return self._frame
 
     def close(self) -> None:

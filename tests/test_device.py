@@ -308,6 +308,21 @@ def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder,
     rig.close()
 
 
+def test_a_press_is_never_credited_to_a_face_that_appeared_after_it(model, face_folder, empty_folder, tmp_path):
+    """The screen showed a camera error while the press waited; the first frame after it shows
+    the next person, whose expression must not be stored as the earlier customer's feedback."""
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.face_window_s": 0.2})
+    rig.steps(2)
+    rig.daemon.source = ImageSource(str(empty_folder), fps=30)  # the customer walks away
+    rig.steps(1)
+    time.sleep(0.3)
+    rig.press()  # nobody in view
+    rig.daemon.source = ImageSource(str(face_folder), fps=30)  # someone steps in before it is handled
+    rig.steps(1)
+    assert rig.store.count() == 0 and rig.daemon.screen(time.monotonic()) == Screen("no_face")
+    rig.close()
+
+
 CHILD = """
 import sys
 from device.storage import Entry, FeedbackLog, StorageError

@@ -51,6 +51,17 @@ def test_reading_is_forgotten_when_the_face_leaves():
     assert s.reading(3.0).confidence == 1.0
 
 
+def test_a_reading_at_a_moment_uses_only_faces_seen_before_it():
+    s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, window_s=1.0, reset_after_s=2.0)
+    s.add(0.0, SAD)  # the customer who pressed at 0.5
+    s.add(0.8, HAPPY)  # a frame after the press
+    assert s.reading(0.5).confidence == 1.0 and s.reading(0.5).emotion == "Sad" and s.face_seen_within(0.5, 0.6)
+    assert not s.face_seen_within(-0.1, 1.5) and s.reading(-0.1) is None
+    s.add(4.9, HAPPY)  # the next customer, seen just before a press at 4.0 was handled
+    assert not s.face_seen_within(4.0, 1.5) and s.reading(4.0) is None  # nobody was in view at the press
+    assert s.reading(4.9).emotion == "Happy"
+
+
 @pytest.mark.parametrize(("top", "sure"), [(1 / 7, False), (0.39, False), (0.41, True)])
 def test_a_reading_is_sure_from_min_confidence(top, sure):
     s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, min_confidence=0.4)
@@ -156,6 +167,28 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     hang.set()  # the stuck capture returns at last; only then is the camera released
     src.close()
     assert calls[-2:] == ["stop", "close"]
+
+
+def test_latest_frame_hands_out_each_frame_once():
+    """A camera that stalls: its last image is not a face still standing there."""
+    stalled = threading.Event()
+    frames = iter([np.zeros((2, 2)), np.ones((2, 2))])
+
+    def grab():
+        frame = next(frames, None)
+        if frame is None:
+            stalled.wait()
+        return frame
+
+    src = LatestFrame(grab, "camera 0", timeout_s=0.3)
+    time.sleep(0.05)
+    assert src.read()[0, 0] == 1  # the newest
+    assert src.read() is None  # nothing new since
+    time.sleep(0.4)
+    with pytest.raises(SourceError, match="camera 0: no frame for"):
+        src.read()
+    stalled.set()
+    src.close()
 
 
 def test_latest_frame_reports_a_dead_camera():
