@@ -238,6 +238,19 @@ def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
     assert "no run to resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--epochs", "20", "--warmup-epochs", "25"], "--warmup-epochs 25.0: must be at least 0 and below --epochs"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--erase", "1.5"], "--erase 1.5: must be between 0 and 1"),
+    (["--dropout", "1"], "--dropout 1.0: must be from 0 up to (not including) 1"),
+])
+def test_a_setting_out_of_range_is_named_before_anything_runs(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        T.main(["--data", str(tmp_path / "none.csv"), "--run-dir", str(tmp_path / "r"), *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_bad_data_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("emotion,pixels,Usage\n3,1 2,Training\n")

@@ -42,6 +42,19 @@ DEFAULTS = {
     "distill": 0.0,
     "seed": 1234,
 }
+RANGES = [
+    ("epochs", lambda v, a: v >= 1, "at least 1"),
+    ("batch_size", lambda v, a: v >= 1, "at least 1"),
+    ("lr", lambda v, a: v > 0, "above 0"),
+    ("warmup_epochs", lambda v, a: 0 <= v < a.epochs, "at least 0 and below --epochs"),
+    ("weight_decay", lambda v, a: v >= 0, "at least 0"),
+    ("momentum", lambda v, a: 0 <= v < 1, "from 0 up to (not including) 1"),
+    ("label_smoothing", lambda v, a: 0 <= v < 1, "from 0 up to (not including) 1"),
+    ("dropout", lambda v, a: 0 <= v < 1, "from 0 up to (not including) 1"),
+    ("width", lambda v, a: v > 0, "above 0"),
+    ("erase", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
+    ("limit", lambda v, a: v >= 0, "at least 0"),
+]
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
 
 
@@ -79,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for key, ok, want in RANGES:  # named here, not as a Keras error (or a silent empty run) later
+        if not ok(getattr(args, key), args):
+            p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be {want}")
     return args
 
 
