@@ -158,6 +158,7 @@ class Daemon:
     def flush_pending(self) -> None:
         """At shutdown: one last try for entries still in memory; any the log cannot take go
         to the journal in full, so a technician can restore them by hand."""
+        self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
         self._store_pending(time.monotonic())
         for entry, at in self._pending:
             log.critical("entry not stored (the log cannot be written): %s", entry_json(entry, at))

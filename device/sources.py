@@ -225,8 +225,10 @@ class Picamera2Source(LatestFrame):
             raise SourceError(f"Pi camera: {e}") from None
 
         def release():
-            cam.stop()
-            cam.close()
+            try:
+                cam.stop()
+            finally:  # else every reconnect finds the camera still held
+                cam.close()
 
         super().__init__(lambda: cam.capture_array("main"), "Pi camera", release, timeout_s)
 

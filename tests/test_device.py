@@ -293,6 +293,17 @@ def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_fo
     rig.close()
 
 
+def test_a_press_just_before_the_service_stops_is_stored(model, face_folder, tmp_path):
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    rig.steps(2)
+    rig.press()  # then SIGTERM, before the loop's next frame
+    stop = threading.Event()
+    stop.set()
+    rig.daemon.run(stop)
+    assert rig.store.count() == 1
+    rig.close()
+
+
 def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder, tmp_path):
     rig = Rig(model, face_folder, tmp_path / "feedback.db",
               **{"button.face_window_s": 0.2, "smoothing.reset_after_s": 0.3})

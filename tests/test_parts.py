@@ -169,6 +169,41 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     assert calls[-2:] == ["stop", "close"]
 
 
+def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch):
+    """Else the camera stays held and every reconnect finds it busy."""
+    import types
+
+    from device.sources import Picamera2Source
+
+    calls = []
+
+    class FakePicamera2:
+        def create_video_configuration(self, main, controls, buffer_count):
+            return main
+
+        def configure(self, config):
+            pass
+
+        def start(self):
+            pass
+
+        def capture_array(self, stream):
+            return None  # the camera is gone: the grab thread ends and releases it
+
+        def stop(self):
+            raise RuntimeError("camera unplugged")
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    src = Picamera2Source(640, 480, 15, timeout_s=0.3)
+    with pytest.raises(SourceError, match="Pi camera: camera returned no frame"):
+        src.read()
+    src.close()
+    assert calls == ["close"]
+
+
 def test_latest_frame_hands_out_each_frame_once():
     """A camera that stalls: its last image is not a face still standing there."""
     stalled = threading.Event()
