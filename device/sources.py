@@ -262,16 +262,25 @@ def open_source(cfg: dict):
 
 
 def _first_webcam(cfg: dict) -> V4L2Source:
-    devices = sorted(glob.glob("/dev/video*"))
+    """The first /dev/videoN, in number order, that gives a frame: a webcam's metadata node and
+    the Pi's codec nodes (video10 and up) answer no capture and are passed over."""
+    devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))  # video2 before video10
     if not devices:
         raise SourceError("no /dev/video* device")
-    src = V4L2Source(devices[0], cfg["width"], cfg["height"], cfg["fps"])
-    try:
-        src.read()
-    except SourceError:
-        src.close()
-        raise
-    return src
+    errors = []
+    for device in devices:
+        try:
+            src = V4L2Source(device, cfg["width"], cfg["height"], cfg["fps"])
+        except SourceError as e:
+            errors.append(str(e))
+            continue
+        try:
+            src.read()
+            return src
+        except SourceError as e:
+            src.close()  # raises SourceStuck for a capture that hangs: it holds the camera
+            errors.append(str(e))
+    raise SourceError("; ".join(errors))
 
 
 class ReconnectingSource:

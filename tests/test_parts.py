@@ -128,6 +128,25 @@ def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
     assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
 
 
+def test_the_camera_source_takes_the_first_webcam_that_gives_a_frame(monkeypatch):
+    from device import sources
+
+    tried = []
+
+    def webcam(device, *args):
+        tried.append(device)
+        if device == "/dev/video1":  # a webcam's metadata node
+            raise SourceError(f"camera {device}: cannot open V4L2 device")
+        return LatestFrame(lambda: np.zeros((480, 640, 3), np.uint8), f"camera {device}")
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video10", "/dev/video2", "/dev/video1"])
+    monkeypatch.setattr(sources, "V4L2Source", webcam)
+    src = sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
+    assert src.name == "camera /dev/video2" and tried == ["/dev/video1", "/dev/video2"]  # video10: a Pi codec
+    src.close()
+
+
 def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     """picamera2's capture_array can block for good; the loop must still get an error."""
     import types
