@@ -24,7 +24,7 @@ from device.button import GpioButton
 from device.config import ConfigError, example_toml, load_config
 from device.daemon import Daemon
 from device.detector import FaceDetector
-from device.display import Display, Screen, render
+from device.display import Display, DisplayError, Screen, render
 from device.model import EmotionClassifier
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.storage import Entry, FeedbackLog, StorageError
@@ -603,6 +603,44 @@ def test_a_display_write_error_is_logged_and_retried(caplog):
     assert display.show(Screen("idle")) is False and "0x3C" in display.error
     assert display.show(Screen("idle")) is True and display.error is None  # the same screen is drawn again
     assert len(display.device.drawn) == 1
+    assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
+
+
+def test_a_panel_that_answers_again_after_a_failure_is_set_up_afresh(caplog):
+    """An OLED whose power wire came loose resets to display-off: writes succeed again, yet it
+    stays blank until its set-up commands are sent again."""
+    from luma.core.device import dummy
+    from luma.core.error import DeviceNotFoundError
+
+    class PoweredOff(dummy):
+        unplugged = True
+
+        def display(self, image):
+            if self.unplugged:
+                raise DeviceNotFoundError("I2C device not found on address: 0x3C")
+            super().display(image)
+
+        def cleanup(self):
+            self.closed_quietly = self.persist  # the bus closes; nothing is sent to the panel
+
+    opened = []
+
+    def reopen():
+        if len(opened) == 0:  # the first set-up does not get through either
+            opened.append(None)
+            raise DisplayError("cannot set the panel up again (OSError: [Errno 121] Remote I/O error)")
+        opened.append(dummy(width=128, height=64, mode="1"))
+        return opened[-1]
+
+    caplog.set_level("INFO", logger="feedbackd")
+    panel = PoweredOff(width=128, height=64, mode="1")
+    display = Display(panel, reopen=reopen, reopen_s=0.0)
+    assert display.show(Screen("idle")) is False
+    panel.unplugged = False  # the wire is pushed back: writes succeed, the panel is still off
+    assert display.show(Screen("idle")) is False and display.device is None and panel.closed_quietly
+    assert display.show(Screen("idle")) is True and display.device is opened[-1]
+    assert display.device.image.tobytes() == render(Screen("idle"), (128, 64), "1").tobytes()
+    assert display.show(Screen("no_face")) is True and len(opened) == 2  # set up once, not every frame
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 
