@@ -1,6 +1,7 @@
 """`feedbackd`: run the appliance, check its parts, analyze photos, export the feedback.
 
-    feedbackd [--config FILE] run | check | analyze IMAGE... [--json] | export [--since D] [--until D]
+    feedbackd [--config FILE] run | check | analyze IMAGE... [--json] | export [--since D] [--until D] [--salvage]
+              | summary [--since D] [--until D]
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     analyze.add_argument("--json", action="store_true", help="one JSON object per image")
     export = sub.add_parser("export", help="the feedback log as CSV (date, time, rating, emotion, ...)")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    export.add_argument("--salvage", action="store_true",
+                        help="a damaged log: export every entry still readable, count those that are not")
     summary = sub.add_parser("summary", help="per day: entries, mean rating and each emotion's share")
     for s in (export, summary):
         s.add_argument("--db", help="SQLite feedback log")
@@ -281,7 +284,7 @@ def cmd_export(cfg, args) -> int:
             tmp = out.with_name(f".{out.name}.tmp")
             try:
                 with open(tmp, "w", newline="") as f:
-                    n = store.export_csv(f, args.since, args.until)
+                    n = store.export_csv(f, args.since, args.until, args.salvage)
                 tmp.replace(out)
             except OSError as e:
                 raise StorageError(f"{out}: cannot write the export: {e.strerror}") from None
@@ -291,7 +294,7 @@ def cmd_export(cfg, args) -> int:
             print(f"wrote {n} entries to {out}", file=sys.stderr)
         else:
             try:
-                store.export_csv(sys.stdout, args.since, args.until)
+                store.export_csv(sys.stdout, args.since, args.until, args.salvage)
                 sys.stdout.flush()
             except BrokenPipeError:  # `feedbackd export | head`: the reader had enough
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -299,6 +302,10 @@ def cmd_export(cfg, args) -> int:
                 raise StorageError(f"stdout: cannot write the export: {e.strerror}") from None
     finally:
         store.close()
+    if args.salvage and store.unreadable:
+        print(f"feedbackd: {store.unreadable} entries could not be read from {store.path}; the export holds "
+              "the rest", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -58,6 +58,7 @@ class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
         """create=False opens only an existing log: reading commands never make one from a typo."""
         self.path = Path(path)
+        self.unreadable = 0  # entries the last salvage() could not read
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +143,40 @@ class FeedbackLog:
             for values in cur:
                 yield dict(zip(names, values, strict=True))
         except sqlite3.DatabaseError as e:  # damaged pages past an intact header
-            raise StorageError(f"{self.path}: cannot read the log: {e} ('feedbackd check' tests it)") from None
+            raise StorageError(f"{self.path}: cannot read the log: {e} ('feedbackd export --salvage' "
+                               "rescues the entries still readable)") from None
 
-    def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None) -> int:
+    def salvage(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
+        """The entries of a damaged log that can still be read, fetched one id at a time so that
+        one bad page costs only its own rows; `self.unreadable` counts the ids that could not be."""
+        try:  # the highest id ever given, kept by AUTOINCREMENT on its own page
+            top = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        except sqlite3.DatabaseError:
+            top = None
+        if top is None:
+            try:
+                top = self.db.execute("SELECT max(id) FROM entries").fetchone()
+            except sqlite3.DatabaseError as e:
+                raise StorageError(f"{self.path}: cannot tell how many entries the log held: {e}") from None
+        for entry_id in range(1, (top[0] or 0) + 1):
+            try:
+                cur = self.db.execute("SELECT * FROM entries WHERE id = ?", (entry_id,))
+                values = cur.fetchone()
+            except sqlite3.DatabaseError:
+                self.unreadable += 1
+                continue
+            if values is None:  # never stored (a rolled-back insert), not lost
+                continue
+            row = dict(zip([c[0] for c in cur.description], values, strict=True))
+            if (not since or row["local_date"] >= since) and (not until or row["local_date"] <= until):
+                yield row
+
+    def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
+                   salvage: bool = False) -> int:
         w = csv.writer(out)
         w.writerow(EXPORT_FIELDS)
         n = 0
-        for r in self.rows(since, until):
+        for r in (self.salvage if salvage else self.rows)(since, until):
             w.writerow([r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
                         r["probabilities"], r["model_sha256"], r["device_id"], r["id"], CLOCK[r["clock_synced"]]])
             n += 1

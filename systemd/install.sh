@@ -47,8 +47,16 @@ on_pi() { grep -qs "Raspberry Pi" /proc/device-tree/model; }
 
 apt_packages() {
     local pkgs=(python3-venv python3-pip python3-numpy i2c-tools)
-    # lgpio for gpiozero (Pi 5 too); rpi-lgpio and spidev for luma's SPI LCD driver.
-    on_pi && pkgs+=(python3-picamera2 python3-lgpio python3-rpi-lgpio python3-spidev)
+    # lgpio for gpiozero (Pi 5 too); spidev and an RPi.GPIO module for luma's SPI LCD driver:
+    # rpi-lgpio's, unless python3-rpi.gpio already provides one (both cannot be installed).
+    if on_pi; then
+        pkgs+=(python3-picamera2 python3-lgpio python3-spidev)
+        if dpkg-query -W -f='${Status}' python3-rpi.gpio 2>/dev/null | grep -q "ok installed"; then
+            say "python3-rpi.gpio is installed: keeping it (a Pi 5 with an SPI LCD needs python3-rpi-lgpio instead)"
+        else
+            pkgs+=(python3-rpi-lgpio)
+        fi
+    fi
     say "apt: ${pkgs[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"

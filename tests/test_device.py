@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -818,6 +819,29 @@ def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, ca
     assert f"{db}: cannot read the log" in capsys.readouterr().err
     assert out.read_text() == "yesterday's export\n"
     assert sorted(os.listdir(tmp_path)) == ["f.db", "feedback.csv"]
+
+
+def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for i in range(1, 301):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, f"till-{i:03d}"))
+    log.close()
+    data = bytearray(db.read_bytes())
+    page = data.index(b"till-150") // 4096 * 4096  # the table page that holds entry 150
+    data[page : page + 8] = b"\xff" * 8  # its header: a failing SD card's garbage
+    db.write_bytes(bytes(data))
+    assert cli.main(["export", "--db", str(db)]) == 2
+    assert "'feedbackd export --salvage' rescues the entries still readable" in capsys.readouterr().err
+    out = tmp_path / "rescued.csv"
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1  # not the whole log
+    lost = int(capsys.readouterr().err.split("feedbackd: ")[1].split()[0])
+    rows = list(csv.DictReader(out.open()))
+    ids = [int(r["id"]) for r in rows]
+    assert 0 < lost < 50 and len(rows) + lost == 300 and 150 not in ids and ids == sorted(ids)
+    assert all(r["device_id"] == f"till-{int(r['id']):03d}" for r in rows)  # each row whole, none mixed up
+    assert cli.main(["export", "--db", str(db), "--salvage", "--since", "2000-01-01"]) == 1
+    assert capsys.readouterr().out.count("\n") == len(rows) + 1
 
 
 def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
