@@ -121,6 +121,10 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     assert A.main(args[: args.index("--out")] + args[args.index("--out") + 2:]) == 0
     assert json.loads(first.read_text())["average"] == record["average"]
     state_path.write_text(json.dumps(state))
+    # the batch-norm pass draws dropout masks: seeded, the same command gives the same model
+    fc2 = [keras.saving.load_model(d / "fer_vgg16.keras").get_layer("fc2_bn").moving_variance.numpy()
+           for d in (out, first.parent)]
+    np.testing.assert_array_equal(*fc2)
 
 
 def test_average_names_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):

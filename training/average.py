@@ -70,7 +70,7 @@ def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
         sums = [np.zeros((2, *layer.moving_mean.shape)) for layer in layers]
         for i in range(0, len(x), batch_size):
             n = len(x[i : i + batch_size])
-            step(x[i : i + batch_size])  # dropout comes after every batch norm
+            step(x[i : i + batch_size])  # with dropout, as in training: fc2_bn's inputs pass fc1's
             for total, layer in zip(sums, layers, strict=True):
                 mean = layer.moving_mean.numpy().astype(np.float64)
                 total += n * np.stack([mean, layer.moving_variance.numpy() + mean**2])  # E[v], E[v^2]
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.train import predict
 
     keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(cfg["seed"])  # dropout masks in the batch-norm pass: the same average every time
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
     average_weights(model, args.models)
     n = args.batch_norm_faces or len(train)

@@ -35,6 +35,6 @@ def build_vgg16(
         x = layers.Dense(max(8, int(dense * width)), use_bias=False, kernel_initializer="he_normal", name=f"fc{i}")(x)
         x = layers.BatchNormalization(name=f"fc{i}_bn")(x)
         x = layers.ReLU(name=f"fc{i}_relu")(x)
-        x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)  # after BN: its statistics never see dropout
+        x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)  # after this BN; the next fc's BN sees it
     outputs = layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
