@@ -69,7 +69,7 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         "",
         f"int8 calibration: {calibration_faces} class-stratified FER-2013 Training faces, seed {args.seed}.",
         "",
-        "Reproduce: `make convert` (or `python -m convert --data DATA`).",
+        "Reproduce: `make convert` (or `.venv/bin/python -m convert --data DATA`).",
         "",
     ]
     path.write_text("\n".join(lines))

@@ -51,7 +51,7 @@ def _distilled(cfg: dict) -> str:
 
 def _average_command(avg: dict, train_faces: int) -> str:
     faces = avg["batch_norm_faces"]
-    return (f"    python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
+    return (f"    .venv/bin/python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
             + (f"--batch-norm-faces {faces} " if faces < train_faces else "") + "--models "
             + " ".join(m["file"] if m["file"].endswith(".keras") else f"RUN/{m['file']}" for m in avg["models"]))
 
@@ -76,7 +76,7 @@ def _reproduce(record: dict) -> str:
         lines[:0] = ["    # RUN: that cycle's run folder, where --keep-epochs kept epochN.weights.h5;",
                      "    # a .keras file among --models: a copy of the model that cycle started from"]
     if record.get("rescored"):  # exported before the code wrote a class_scale
-        lines.append(f"    python -m training.export --model models/fer_vgg16.keras --data {DEFAULT_DATA}")
+        lines.append(f"    .venv/bin/python -m training.export --model models/fer_vgg16.keras --data {DEFAULT_DATA}")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
     if any(c is not None and "epoch_offset" not in c for c, _ in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
