@@ -40,10 +40,14 @@ venv: $(STAMP)
 models: venv
 	$(BIN)/python -m convert.face_detector --dest models/face
 
-# On a Raspberry Pi: the OLED and the GPIO button; elsewhere a desk setup (terminal, Enter).
+# On a Raspberry Pi: the OLED (once I2C is on) and the GPIO button; elsewhere a desk setup
+# (terminal, Enter). Where `make install` wrote /etc/feedbackd/config.toml, its hardware settings.
 RUN_MODEL ?= models/fer_vgg16_int8.tflite
-RUN_ARGS  ?= --source auto --model $(RUN_MODEL) --db var/feedback.db \
-             $(if $(ON_PI),--display ssd1306 --button gpio,--display terminal --button keyboard)
+INSTALLED_CONFIG ?= /etc/feedbackd/config.toml
+RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,terminal) --button gpio,\
+             --display terminal --button keyboard)
+RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db \
+             $(if $(wildcard $(INSTALLED_CONFIG)),,--source auto $(RUN_PARTS))
 
 run: venv models
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }

@@ -191,3 +191,20 @@ def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
     (venv / ".installed").write_text("device numpy==1.26.4\n")
     assert "pip install" not in dry_run(*pi)
 
+
+
+def test_make_run_picks_parts_the_machine_has(tmp_path):
+    def run_line(*settings: str) -> str:
+        r = subprocess.run(["make", "-C", str(ROOT), "-n", "run", f"INSTALLED_CONFIG={tmp_path / 'config.toml'}",
+                            *settings], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return next(line for line in r.stdout.splitlines() if "feedbackd run" in line)
+
+    desk = run_line()
+    assert "--source auto" in desk and "--display terminal" in desk and "--button keyboard" in desk
+    if not Path("/dev/i2c-1").exists():  # a Pi with I2C still off: its OLED cannot answer
+        pi = run_line("ON_PI=yes")
+        assert "--display terminal" in pi and "--button gpio" in pi
+    (tmp_path / "config.toml").write_text("[display]\ndriver = \"st7789\"\n")  # after sudo make install
+    installed = run_line("ON_PI=yes")
+    assert "--display" not in installed and "--button" not in installed and "--source" not in installed
