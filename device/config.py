@@ -194,9 +194,50 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")
+    _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
     return cfg
+
+
+I2C_PINS = {0: {0: "SDA", 1: "SCL"}, 1: {2: "SDA", 3: "SCL"}}  # BCM numbers of each I2C bus
+SPI_PINS = {0: {10: "MOSI", 9: "MISO", 11: "SCLK"}, 1: {20: "MOSI", 19: "MISO", 21: "SCLK"}}
+SPI_CE = {0: (8, 7), 1: (18, 17, 16)}
+
+
+def _display_pins(display: dict) -> dict[int, str]:
+    """The BCM pins the display driver holds, each with what it is."""
+    driver = display["driver"]
+    if driver in ("ssd1306", "sh1106"):
+        return {pin: f"{driver}'s I2C {name} pin" for pin, name in I2C_PINS.get(display["i2c_port"], {}).items()}
+    if driver != "st7789":
+        return {}
+    port = display["spi_port"]
+    pins = {pin: f"st7789's SPI {name} pin" for pin, name in SPI_PINS.get(port, {}).items()}
+    ce = SPI_CE.get(port, ())
+    if display["spi_device"] < len(ce):
+        pins[ce[display["spi_device"]]] = "st7789's SPI chip-select pin"
+    for key in ("gpio_dc", "gpio_rst", "gpio_backlight"):
+        pins[display[key]] = f"display.{key}"
+    return pins
+
+
+def _check_pins(cfg: Config) -> None:
+    """A button or LED on a pin the display uses would take it from the display (the Pi switches a
+    claimed pin to plain GPIO): every frame would fail to draw, long after start-up."""
+    button = cfg["button"]
+    if button["kind"] != "gpio":
+        return
+    taken = _display_pins(cfg["display"])
+    for key in ("pin", "led_pin"):
+        pin = button[key]
+        if key == "led_pin" and pin == 0:
+            continue
+        if pin in taken:
+            raise ConfigError(f"{cfg.source}: button.{key}: BCM {pin} is {taken[pin]} "
+                              f"(display.driver = {cfg['display']['driver']!r}); choose another pin")
+    if button["led_pin"] and button["pin"] == button["led_pin"]:
+        raise ConfigError(f"{cfg.source}: button.led_pin: BCM {button['pin']} is button.pin too")
 
 
 def example_toml() -> str:

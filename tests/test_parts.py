@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from device.button import GpioButton, KeyboardButton
-from device.config import DEFAULT_RATINGS, load_config
+from device.config import DEFAULT_RATINGS, ConfigError, load_config
 from device.detector import Box, choose_face
 from device.display import Display, PngDisplay, Screen, TerminalDisplay, render
 from device.notify import Notifier
@@ -69,6 +70,20 @@ def test_a_reading_is_sure_from_min_confidence(top, sure):
     probs[3] = top
     s.add(0.0, probs)
     assert s.reading(0.0).sure is sure
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"button.pin": 3}, "button.pin: BCM 3 is ssd1306's I2C SCL pin (display.driver = 'ssd1306')"),
+    ({"button.led_pin": 2}, "button.led_pin: BCM 2 is ssd1306's I2C SDA pin"),
+    ({"display.driver": "st7789", "button.pin": 24}, "button.pin: BCM 24 is display.gpio_dc"),
+    ({"display.driver": "st7789", "button.led_pin": 8}, "button.led_pin: BCM 8 is st7789's SPI chip-select pin"),
+    ({"button.led_pin": 17}, "button.led_pin: BCM 17 is button.pin too"),
+])
+def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    load_config(None, {**overrides, "button.kind": "keyboard"})  # no GPIO claimed: nothing to clash
+    load_config(None, {"display.driver": "st7789", "button.pin": 3, "button.led_pin": 27})  # I2C is free then
 
 
 def test_custom_rating_scale(tmp_path):
