@@ -117,12 +117,15 @@ class Daemon:
             self._last_accepted = pressed_at
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
-            if not self._store_pending(now):  # and to the journal now: a power cut may come first
+            stored = self._store_pending(now)
+            if not stored:  # and to the journal now: a power cut may come first
                 log.critical("entry kept in memory until the log can be written: %s", entry_json(entry, at))
-                continue
-            self._thanks = (now + self.cfg["display"]["thank_you_s"],  # this customer's, not a retried one's
+            # This customer's thanks, stored or kept: a storage error shown instead would invite a
+            # second press, and a second entry once the log is back. The LED means stored.
+            self._thanks = (now + self.cfg["display"]["thank_you_s"],
                             Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
-            self.button.acknowledge()
+            if stored:
+                self.button.acknowledge()
 
     def _entry(self, r: Reading) -> Entry:
         return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,

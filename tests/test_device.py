@@ -199,7 +199,7 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
     for _ in range(2):  # two customers, the same reading
         rig.press()
         rig.steps(1)
-    assert rig.daemon.screen(time.monotonic()).title == "Storage error"
+    assert rig.daemon.screen(time.monotonic() + 2.5).title == "Storage error"  # after the thank-you
     assert list(rig.store.rows()) == stored  # nothing stored is touched
     time.sleep(1.1)
     _break_storage(rig, db, False)
@@ -256,6 +256,8 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     rig.press()  # the write fails
     rig.steps(1)
     assert rig.store.count() == 0 and blinks() == 0
+    assert rig.daemon.screen(time.monotonic()).kind == "thanks"  # kept: the customer need not press again
+    assert rig.daemon.screen(time.monotonic() + 2.5).title == "Storage error"  # then, for staff
     _break_storage(rig, db, False)
     rig.press()  # long before the retry is due: the kept entry goes first, then this one
     rig.steps(1)
