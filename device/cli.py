@@ -22,6 +22,7 @@ from device.button import ButtonError, open_button
 from device.config import DEFAULT_PATH, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
+from device.memlock import lock_memory, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
 from device.storage import FeedbackLog, StorageError
@@ -107,6 +108,8 @@ def cmd_run(cfg, pin_factory=None) -> int:
     from device.sources import ReconnectingSource, open_source
 
     log = logging.getLogger("feedbackd")
+    if (why := lock_memory()) is not None and swap_in_use():  # before the first frame exists
+        log.warning("memory not locked (%s): camera frames may be paged out to swap on disk", why)
     display = open_display(cfg["display"])
     try:  # all hardware first: a kiosk that cannot start creates no log
         button = open_button(cfg["button"], pin_factory)

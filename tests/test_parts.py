@@ -8,9 +8,11 @@ import io
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -482,3 +484,35 @@ def test_the_customer_is_the_largest_most_central_face():
     assert choose_face([at_the_edge, central], frame) == central
     assert choose_face([small_central, large_off_centre], frame) == large_off_centre
     assert choose_face([], frame) is None
+
+
+MEMLOCK_CHILD = """
+import resource, sys
+import numpy as np
+from device.memlock import lock_memory
+limit = resource.RLIM_INFINITY if sys.argv[1] == "unlimited" else 8 << 20
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
+def locked_kb():
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmLck")).split()[1])
+why = lock_memory()
+before = locked_kb()
+frame = np.ones((64, 1024, 1024), np.uint8)  # 64 MB, touched: a burst of camera frames
+print(why, before, locked_kb())
+"""
+
+
+@pytest.mark.parametrize("limit", ["unlimited", "8MB"])
+def test_the_daemon_memory_is_kept_out_of_swap(limit):
+    """Pages are locked as they are touched: a frame allocated later is locked too."""
+    import resource
+
+    if limit == "unlimited" and resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] != resource.RLIM_INFINITY:
+        pytest.skip("this user may not raise RLIMIT_MEMLOCK (the unit's LimitMEMLOCK=infinity does)")
+    r = subprocess.run([sys.executable, "-c", MEMLOCK_CHILD, limit], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr
+    why, before, after = r.stdout.rsplit(maxsplit=2)
+    if limit == "unlimited":
+        assert why == "None" and int(after) - int(before) >= 64 * 1024
+    else:  # a finite limit: nothing locked, so allocations past it still succeed
+        assert "RLIMIT_MEMLOCK is 8388608 bytes" in why and int(after) == 0

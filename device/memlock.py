@@ -1,0 +1,33 @@
+"""Keep the daemon's memory out of swap: frames and face crops must never reach the disk, and on a
+Pi the swap file (dphys-swapfile) lives on the SD card. Pages are locked as they are first touched
+(MCL_ONFAULT), so nothing is faulted in ahead and the memory use stays what it was."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+from pathlib import Path
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # <sys/mman.h>, the same on arm64 and x86-64
+
+
+def swap_in_use() -> bool:
+    try:
+        return len(Path("/proc/swaps").read_text().splitlines()) > 1  # a header, then one line per swap area
+    except OSError:
+        return False
+
+
+def lock_memory() -> str | None:
+    """Lock all present and future memory; None when locked, else why not. Only with an unlimited
+    RLIMIT_MEMLOCK (the unit's LimitMEMLOCK=infinity): under a finite one, MCL_FUTURE would make
+    allocations past it fail, and the daemon with them."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY:
+        return f"RLIMIT_MEMLOCK is {soft} bytes, not unlimited (LimitMEMLOCK=infinity in the unit)"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        return f"mlockall: {os.strerror(ctypes.get_errno())}"
+    return None
