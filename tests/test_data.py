@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import png_bytes, synthetic_faces, write_csv, write_folder, write_zip
@@ -104,6 +106,26 @@ def test_display_name_folders_are_accepted(tmp_path, faces):
     assert load_split(root, "all").y.tolist() == [1]
 
 
+def _png16() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(out, "PNG")  # convert("L") would clip it to white
+    return out.getvalue()
+
+
+def _huge_png_header(png: bytes) -> bytes:
+    """A PNG whose header claims 30000x30000 pixels (a damaged or hostile file)."""
+    import struct
+    import zlib
+
+    ihdr = png[12:29]  # chunk type and data
+    ihdr = ihdr[:4] + struct.pack(">II", 30000, 30000) + ihdr[12:]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
 @pytest.mark.parametrize(
     "name, data, message",
     [
@@ -111,14 +133,17 @@ def test_display_name_folders_are_accepted(tmp_path, faces):
         ("happy/a.png", b"not an image", "cannot decode image"),
         ("happy/a.png", "big", "image is 64x64, expected 48x48"),
         ("happy/notes.txt", "ok", "not an image file"),
+        ("happy/a.png", "16-bit", "I;16 image; FER faces are 8-bit grayscale"),
+        ("happy/a.png", "bomb", "cannot decode image (DecompressionBombError"),
     ],
 )
 def test_bad_images_name_the_file(tmp_path, faces, name, data, message):
     good = png_bytes(faces[0][0])
-    payload = {"ok": good, "big": png_bytes(np.zeros((64, 64), np.uint8))}.get(data, data)
+    payload = {"ok": good, "big": png_bytes(np.zeros((64, 64), np.uint8)), "16-bit": _png16(),
+               "bomb": _huge_png_header(good)}.get(data, data)
     members = {"angry/good.png": good, name: payload}
     zipped = write_zip(tmp_path / "set.zip", members)
-    with pytest.raises(DataError, match=message) as err:
+    with pytest.raises(DataError, match=re.escape(message)) as err:
         load_split(zipped, "all")
     assert f"set.zip:{name}" in str(err.value)
     skipped = load_split(zipped, "all", skip_bad=True)
@@ -129,6 +154,7 @@ def test_bad_images_name_the_file(tmp_path, faces, name, data, message):
     "row, message",
     [
         ("3,1 2 3,Training", "must be 2304 values"),
+        ("3," + " ".join(["99999999999999999999"] * 2304) + ",Training", "must be integers"),
         ("9," + " ".join(["1"] * 2304) + ",Training", "emotion 9 out of range"),
         ("x," + " ".join(["1"] * 2304) + ",Training", "must be integers"),
         ("3," + " ".join(["1"] * 2304) + ",Validation", "unknown Usage 'Validation'"),
@@ -146,14 +172,21 @@ def test_malformed_csv_row_names_the_line(tmp_path, row, message):
     assert len(load_split(path, "train", skip_bad=True).skipped) == 1
 
 
-@pytest.mark.parametrize("tail", [b'3,"' + b"1 " * 70_000 + b"\n",  # an unclosed quote swallows the rest
-                                  b"3,1 2 \xff 3,Training\n"])  # a byte that is not UTF-8
-def test_a_csv_that_cannot_be_parsed_names_the_file_even_with_skip_bad(tmp_path, tail):
-    x, y = synthetic_faces(1)
+@pytest.mark.parametrize(("bad", "message"), [
+    (b'3,"' + b"1 " * 70_000 + b"\n", "fer.csv:4: unreadable CSV"),  # an unclosed quote swallows the rest
+    (b"3,1 2 \xff 3,Training\n", "fer.csv:4: unreadable CSV (a byte that is not UTF-8)"),
+    (b'3,"1 2 3,Training\n', "fer.csv:4: a quoted field runs on to line"),  # closed by a later row's quote
+])
+def test_a_csv_that_cannot_be_parsed_names_the_line_even_with_skip_bad(tmp_path, bad, message):
+    """Rows of real length (about 9 KB, past the text reader's 8 KB chunks), the bad one third."""
+    x, y = synthetic_faces(6)
     path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
-    path.write_bytes(path.read_bytes() + tail)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(3, bad)
+    lines.insert(5, b'3,"' + lines[5])  # a stray quote two rows on: closes the broken one's
+    path.write_bytes(b"".join(lines))
     for skip_bad in (False, True):
-        with pytest.raises(DataError, match=r"fer.csv:\d+: unreadable CSV"):
+        with pytest.raises(DataError, match=re.escape(message)):
             load_split(path, "train", skip_bad=skip_bad, use_cache=False)
 
 

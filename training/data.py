@@ -119,12 +119,15 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{where}: cannot decode image ({e})") from None
-    if arr.shape != (SIZE, SIZE):
-        raise DataError(f"{where}: image is {arr.shape[1]}x{arr.shape[0]}, expected {SIZE}x{SIZE}")
-    return arr
+            if im.size != (SIZE, SIZE):  # before decoding: a huge header costs nothing then
+                raise DataError(f"{where}: image is {im.size[0]}x{im.size[1]}, expected {SIZE}x{SIZE}")
+            if im.mode.startswith(("I", "F")):  # 16-bit or float: convert("L") would clip, not scale
+                raise DataError(f"{where}: {im.mode} image; FER faces are 8-bit grayscale")
+            return np.asarray(im.convert("L"))
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def _untagged(name: str) -> bool:
@@ -192,17 +195,25 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each CSV row; a broken quote or a byte that is not UTF-8 stops
-    with the line named, whatever --skip-bad says: the rows after it cannot be trusted."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with the line named, whatever --skip-bad says: the rows after it cannot be trusted. FER rows
+    never span lines, so one that does began with an unclosed quote."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # bad bytes: found per row
         reader = csv.reader(f)
         while True:
+            start = reader.line_num + 1
             try:
                 row = next(reader)
             except StopIteration:
                 return
-            except (csv.Error, UnicodeDecodeError) as e:
-                raise DataError(f"{path}:{reader.line_num + 1}: unreadable CSV ({e})") from None
-            yield reader.line_num, row
+            except csv.Error as e:
+                raise DataError(f"{path}:{start}: unreadable CSV ({e})") from None
+            if reader.line_num > start:
+                raise DataError(f"{path}:{start}: a quoted field runs on to line {reader.line_num}")
+            try:
+                ",".join(row).encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(f"{path}:{start}: unreadable CSV (a byte that is not UTF-8)") from None
+            yield start, row
 
 
 def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]:
@@ -226,7 +237,7 @@ def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]
             try:
                 label = int(row[0])
                 pixels = np.array(row[1].split(), dtype=np.int64)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise DataError(f"{where}: emotion and pixels must be integers") from None
             if not 0 <= label < len(CLASSES):
                 raise DataError(f"{where}: emotion {label} out of range 0..{len(CLASSES) - 1}")
