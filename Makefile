@@ -70,7 +70,23 @@ $(OLD_VENV)/.installed:
 	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=10.1" && touch $@; \
 	fi
 
-test: workstation venv models $(OLD_VENV)/.installed
+# A third: the device side with a Pi's package set, Raspberry Pi OS bookworm's Python 3.11 and its
+# apt numpy 1.24.2, for which pip picks older OpenCV and ml_dtypes releases than a workstation gets.
+PI_VENV   := .venv-pi
+PI_NUMPY  := numpy==1.24.2
+PI_PYTHON ?= $(firstword $(foreach p,$(PYTHON) python3.11,$(shell $(p) -c \
+             'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v $(p))))
+$(PI_VENV)/.installed: pyproject.toml
+	@mkdir -p $(PI_VENV) && rm -f $(PI_VENV)/.unavailable
+	@if [ -z "$(PI_PYTHON)" ]; then \
+	    echo "no Python 3.11 here (bookworm's) for the Pi package set: its test is skipped" | tee $(PI_VENV)/.unavailable; \
+	else \
+	    { $(PI_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
+	      { rm -rf $(PI_VENV) && $(PI_PYTHON) -m venv $(PI_VENV); }; } && \
+	    $(PI_VENV)/bin/pip install --quiet -e ".[device]" "$(PI_NUMPY)" && touch $@; \
+	fi
+
+test: workstation venv models $(OLD_VENV)/.installed $(PI_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
