@@ -108,7 +108,9 @@ def cmd_run(cfg, pin_factory=None) -> int:
     from device.sources import ReconnectingSource, open_source
 
     log = logging.getLogger("feedbackd")
-    if (why := lock_memory()) is not None and swap_in_use():  # before the first frame exists
+    notifier = Notifier()  # the unit's: only there is RLIMIT_MEMLOCK set for the lock to be safe
+    why = lock_memory() if notifier.enabled else "not started by systemd"
+    if why is not None and swap_in_use():  # before the first frame exists
         log.warning("memory not locked (%s): camera frames may be paged out to swap on disk", why)
     display = open_display(cfg["display"])
     try:  # all hardware first: a kiosk that cannot start creates no log
@@ -127,7 +129,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
         display.halt(Screen("error", title="Storage error", detail=str(e)))
         raise
     source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
-    daemon = Daemon(cfg, source, detector, classifier, display, button, store, Notifier(), cfg.device_id)
+    daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

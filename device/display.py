@@ -3,7 +3,6 @@ and thin drivers that show the canvas on an OLED, an LCD, a terminal or a PNG fi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -155,26 +154,23 @@ class TerminalDisplay:
 class Display:
     """Shows screens on a driver; draws only when the screen changed. A failed write (a loose
     I2C/SPI cable) is logged and retried on the next frame: the kiosk keeps logging feedback.
-    With `reopen`, a panel that answers again after a failure is set up afresh, once: one that
-    lost power came back blank, its set-up forgotten, though writes to it succeed."""
+    With `set_up`, a panel that answers again after a failure has its set-up commands sent again
+    (at most every `set_up_s`): one that lost power came back blank, its set-up forgotten, though
+    writes to it succeed."""
 
-    def __init__(self, device, reopen: Callable[[], object] | None = None, reopen_s: float = 2.0):
+    def __init__(self, device, set_up: Callable[[], None] | None = None, set_up_s: float = 2.0):
         self.device = device
         self.current: Screen | None = None
         self.error: str | None = None
-        self._reopen, self._reopen_s, self._reopen_at = reopen, reopen_s, 0.0
+        self._set_up, self._set_up_s, self._set_up_at = set_up, set_up_s, 0.0
 
     def show(self, screen: Screen) -> bool:
         if screen == self.current:
             return False
         try:
-            fresh = self.device is None and self._reopen is not None
-            if fresh:  # a set-up that failed: tried again
-                self._start()
             self._draw(screen)
-            if self.error is not None and self._reopen is not None and not fresh:
-                self._close()
-                self._start()
+            if self.error is not None and self._set_up is not None:  # it answers again
+                self._set_up_again()
                 self._draw(screen)
         except (OSError, _luma_error(), DisplayError) as e:
             if self.error is None:
@@ -192,18 +188,12 @@ class Display:
         elif self.device is not None:
             self.device.display(render(screen, self.device.size, self.device.mode))
 
-    def _close(self) -> None:
-        old, self.device = self.device, None
-        old.persist = True  # close its bus without switching the panel off
-        with contextlib.suppress(Exception):  # the bus may be gone already
-            old.cleanup()
-
-    def _start(self) -> None:
+    def _set_up_again(self) -> None:
         now = time.monotonic()
-        if now < self._reopen_at:  # each failed set-up costs luma a device object: not every frame
-            raise DisplayError(self.error or "the panel is being set up again")
-        self._reopen_at = now + self._reopen_s
-        self.device = self._reopen()
+        if now < self._set_up_at:  # a flapping cable: not a set-up every frame
+            raise DisplayError(self.error)
+        self._set_up_at = now + self._set_up_s
+        self._set_up()
 
     def halt(self, screen: Screen) -> None:
         """Show `screen` as the process's last: luma switches its panel off and clears it at exit
@@ -241,36 +231,19 @@ def _open_display(cfg: dict) -> Display:
         return Display(TerminalDisplay())
     if driver == "png":
         return Display(PngDisplay(cfg["png_path"]))
-    if driver in ("ssd1306", "sh1106", "st7789"):
-        return Display(_luma_device(cfg), reopen=lambda: _reopen_luma(cfg))
-    raise ValueError(f"unknown display driver {driver!r}")
+    if driver in ("ssd1306", "sh1106"):
+        from luma.core.interface.serial import i2c
+        from luma.oled import device as oled
 
-
-def _luma_device(cfg: dict):
-    """A luma panel on its bus; the bus is closed again when the panel's set-up fails, so that
-    retrying an unplugged panel every few seconds leaks no file descriptor."""
-    if cfg["driver"] == "st7789":
+        serial, model = i2c(port=cfg["i2c_port"], address=cfg["i2c_address"]), getattr(oled, driver)
+        panel = model(serial, rotate=cfg["rotate"])
+        # luma sends the set-up commands in __init__ only: run it again on the same panel object
+        return Display(panel, set_up=lambda: model.__init__(panel, serial, rotate=cfg["rotate"]))
+    if driver == "st7789":  # SPI has no acknowledgement: a write to a panel that lost power does not fail
         from luma.core.interface.serial import spi
         from luma.lcd.device import st7789
 
         serial = spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
                      gpio_RST=cfg["gpio_rst"])
-        build = lambda: st7789(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"])  # noqa: E731
-    else:
-        from luma.core.interface.serial import i2c
-        from luma.oled import device as oled
-
-        serial = i2c(port=cfg["i2c_port"], address=cfg["i2c_address"])
-        build = lambda: getattr(oled, cfg["driver"])(serial, rotate=cfg["rotate"])  # noqa: E731
-    try:
-        return build()
-    except BaseException:
-        serial.cleanup()
-        raise
-
-
-def _reopen_luma(cfg: dict):
-    try:
-        return _luma_device(cfg)
-    except Exception as e:  # luma and smbus/spidev raise their own kinds; all mean "not back yet"
-        raise DisplayError(f"cannot set the panel up again ({type(e).__name__}: {e})") from None
+        return Display(st7789(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"]))
+    raise ValueError(f"unknown display driver {driver!r}")

@@ -160,16 +160,24 @@ class LatestFrame:
         """The newest frame, or None when read() returned it already: a camera that stalls for a
         moment must not have its last image judged again as a face still there."""
         with self._cond:
-            if self._frame is None and self._error is None:
-                self._cond.wait(self._timeout)
-            if self._error:
-                raise SourceError(self._error)
-            if self._frame is None or time.monotonic() - self._at > self._timeout:
-                raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
+            self._wait_first()
             if self._handed:
                 return None
             self._handed = True
             return self._frame
+
+    def probe(self) -> None:
+        """Wait for the first frame, or raise SourceError: the frame stays for read()."""
+        with self._cond:
+            self._wait_first()
+
+    def _wait_first(self) -> None:
+        if self._frame is None and self._error is None:
+            self._cond.wait(self._timeout)
+        if self._error:
+            raise SourceError(self._error)
+        if self._frame is None or time.monotonic() - self._at > self._timeout:
+            raise SourceError(f"{self.name}: no frame for {self._timeout:.0f} s")
 
     def close(self) -> None:
         """Ask the grab thread to finish; it releases the camera once its read returns."""
@@ -261,12 +269,22 @@ def open_source(cfg: dict):
     return DemoSource()
 
 
+def _usb(device: str) -> bool:
+    """Whether a /dev/videoN node is a USB device's (True where sysfs cannot tell): the Pi's
+    codec and ISP nodes (video10 and up) open but never deliver a frame, 7 s each to find out."""
+    node = Path("/sys/class/video4linux") / Path(device).name / "device"
+    try:
+        return "/usb" in str(node.resolve(strict=True))
+    except OSError:
+        return True
+
+
 def _first_webcam(cfg: dict) -> V4L2Source:
-    """The first /dev/videoN, in number order, that gives a frame: a webcam's metadata node and
-    the Pi's codec nodes (video10 and up) answer no capture and are passed over."""
-    devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))  # video2 before video10
+    """The first USB /dev/videoN, in number order, that gives a frame: a webcam's metadata node
+    opens no capture and is passed over."""
+    devices = sorted((d for d in glob.glob("/dev/video*") if _usb(d)), key=lambda d: (len(d), d))  # 2 before 10
     if not devices:
-        raise SourceError("no /dev/video* device")
+        raise SourceError("no /dev/video* webcam")
     errors = []
     for device in devices:
         try:
@@ -275,7 +293,7 @@ def _first_webcam(cfg: dict) -> V4L2Source:
             errors.append(str(e))
             continue
         try:
-            src.read()
+            src.probe()
             return src
         except SourceError as e:
             src.close()  # raises SourceStuck for a capture that hangs: it holds the camera

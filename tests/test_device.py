@@ -25,7 +25,7 @@ from device.button import GpioButton
 from device.config import ConfigError, example_toml, load_config
 from device.daemon import Daemon
 from device.detector import FaceDetector
-from device.display import Display, DisplayError, Screen, render
+from device.display import Display, Screen, render
 from device.model import EmotionClassifier
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.storage import Entry, FeedbackLog, StorageError
@@ -609,41 +609,39 @@ def test_a_display_write_error_is_logged_and_retried(caplog):
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 
-def test_a_panel_that_answers_again_after_a_failure_is_set_up_afresh(caplog):
-    """An OLED whose power wire came loose resets to display-off: writes succeed again, yet it
-    stays blank until its set-up commands are sent again."""
-    from luma.core.device import dummy
+def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch, caplog):
+    """An SSD1306 whose power wire came loose resets to display-off: writes succeed again, yet it
+    stays blank until its set-up commands (charge pump, display on) are sent again."""
+    import luma.core.interface.serial
     from luma.core.error import DeviceNotFoundError
 
-    class PoweredOff(dummy):
-        unplugged = True
+    from device.display import open_display
 
-        def display(self, image):
+    class Bus:  # what luma's I2C interface offers a panel: command and data writes
+        unplugged, commands, writes = False, [], 0
+
+        def command(self, *cmd):
             if self.unplugged:
                 raise DeviceNotFoundError("I2C device not found on address: 0x3C")
-            super().display(image)
+            self.commands.extend(cmd)
 
-        def cleanup(self):
-            self.closed_quietly = self.persist  # the bus closes; nothing is sent to the panel
+        def data(self, data):
+            self.command()
+            self.writes += 1
 
-    opened = []
-
-    def reopen():
-        if len(opened) == 0:  # the first set-up does not get through either
-            opened.append(None)
-            raise DisplayError("cannot set the panel up again (OSError: [Errno 121] Remote I/O error)")
-        opened.append(dummy(width=128, height=64, mode="1"))
-        return opened[-1]
-
+    bus = Bus()
+    monkeypatch.setattr(luma.core.interface.serial, "i2c", lambda port, address: bus)
     caplog.set_level("INFO", logger="feedbackd")
-    panel = PoweredOff(width=128, height=64, mode="1")
-    display = Display(panel, reopen=reopen, reopen_s=0.0)
-    assert display.show(Screen("idle")) is False
-    panel.unplugged = False  # the wire is pushed back: writes succeed, the panel is still off
-    assert display.show(Screen("idle")) is False and display.device is None and panel.closed_quietly
-    assert display.show(Screen("idle")) is True and display.device is opened[-1]
-    assert display.device.image.tobytes() == render(Screen("idle"), (128, 64), "1").tobytes()
-    assert display.show(Screen("no_face")) is True and len(opened) == 2  # set up once, not every frame
+    display = open_display(load_config(None, {"display.driver": "ssd1306"})["display"])
+    charge_pump, display_on = 0x8D, 0xAF
+    assert charge_pump in bus.commands and display.show(Screen("idle")) is True
+    bus.unplugged = True
+    assert display.show(Screen("no_face")) is False
+    bus.unplugged, bus.commands, writes = False, [], bus.writes  # the wire is pushed back: it answers, blank
+    assert display.show(Screen("no_face")) is True and {charge_pump, display_on} <= set(bus.commands)
+    assert bus.writes >= writes + 2  # drawn, set up again (luma clears it), drawn again on the panel now on
+    bus.commands = []
+    assert display.show(Screen("idle")) is True and charge_pump not in bus.commands  # once, not every frame
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 

@@ -140,7 +140,7 @@ def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # and no picamera2
     cfg = {k: key.default for k, key in SCHEMA["camera"].items()}
     assert cfg["source"] == "camera"  # the kiosk default: a missing camera is an error the daemon retries
-    with pytest.raises(SourceError, match=r"no camera: picamera2 is not installed.*; no /dev/video\* device"):
+    with pytest.raises(SourceError, match=r"no camera: picamera2 is not installed.*; no /dev/video\* webcam"):
         sources.open_source(cfg)
     assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
 
@@ -161,6 +161,7 @@ def test_the_camera_source_takes_the_first_webcam_that_gives_a_frame(monkeypatch
     monkeypatch.setattr(sources, "V4L2Source", webcam)
     src = sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
     assert src.name == "camera /dev/video2" and tried == ["/dev/video1", "/dev/video2"]  # video10: a Pi codec
+    assert src.read() is not None  # the probe kept its frame for the first read (`feedbackd check` reads once)
     src.close()
 
 
@@ -490,8 +491,9 @@ MEMLOCK_CHILD = """
 import resource, sys
 import numpy as np
 from device.memlock import lock_memory
-limit = resource.RLIM_INFINITY if sys.argv[1] == "unlimited" else 8 << 20
-resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
+hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+limit = resource.RLIM_INFINITY if sys.argv[1] == "unlimited" else min(64 << 10, hard)
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, hard))
 def locked_kb():
     return int(next(x for x in open("/proc/self/status") if x.startswith("VmLck")).split()[1])
 why = lock_memory()
@@ -501,7 +503,7 @@ print(why, before, locked_kb())
 """
 
 
-@pytest.mark.parametrize("limit", ["unlimited", "8MB"])
+@pytest.mark.parametrize("limit", ["unlimited", "finite"])
 def test_the_daemon_memory_is_kept_out_of_swap(limit):
     """Pages are locked as they are touched: a frame allocated later is locked too."""
     import resource
@@ -515,4 +517,4 @@ def test_the_daemon_memory_is_kept_out_of_swap(limit):
     if limit == "unlimited":
         assert why == "None" and int(after) - int(before) >= 64 * 1024
     else:  # a finite limit: nothing locked, so allocations past it still succeed
-        assert "RLIMIT_MEMLOCK is 8388608 bytes" in why and int(after) == 0
+        assert "RLIMIT_MEMLOCK is" in why and "not unlimited" in why and int(after) == 0
