@@ -87,7 +87,7 @@ class Daemon:
         t2 = time.monotonic()
         self.display.show(self.screen(t2))
         self.stats.seconds["render"] += time.monotonic() - t2
-        self.stats.frames += 1
+        self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
         start = time.monotonic()
