@@ -462,7 +462,7 @@ def test_the_defaults_are_the_ones_the_readme_promises():
 
     cfg, readme = load_config(None), " ".join((ROOT / "README.md").read_text().split())
     promises = {
-        "a face was seen in the last 1.5 s": cfg["button"]["face_window_s"] == 1.5,
+        "a face was seen in the 1.5 s before it": cfg["button"]["face_window_s"] == 1.5,
         "Presses within 3 s of an accepted one are ignored": cfg["button"]["cooldown_s"] == 3.0,
         "averaged over 1 s, forgotten 2 s after the face left": (cfg["smoothing"]["window_s"],
                                                                  cfg["smoothing"]["reset_after_s"]) == (1.0, 2.0),
