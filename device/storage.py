@@ -149,6 +149,7 @@ class FeedbackLog:
     def salvage(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
         """The entries of a damaged log that can still be read, fetched one id at a time so that
         one bad page costs only its own rows; `self.unreadable` counts the ids that could not be."""
+        self.unreadable = 0
         try:  # the highest id ever given, kept by AUTOINCREMENT on its own page
             top = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
         except sqlite3.DatabaseError:
