@@ -160,7 +160,7 @@ class LatestFrame:
         """The newest frame, or None when read() returned it already: a camera that stalls for a
         moment must not have its last image judged again as a face still there."""
         with self._cond:
-            self._wait_first()
+            self._ready_or_raise()
             if self._handed:
                 return None
             self._handed = True
@@ -169,9 +169,9 @@ class LatestFrame:
     def probe(self) -> None:
         """Wait for the first frame, or raise SourceError: the frame stays for read()."""
         with self._cond:
-            self._wait_first()
+            self._ready_or_raise()
 
-    def _wait_first(self) -> None:
+    def _ready_or_raise(self) -> None:
         if self._frame is None and self._error is None:
             self._cond.wait(self._timeout)
         if self._error:
