@@ -269,10 +269,13 @@ def open_source(cfg: dict):
     return DemoSource()
 
 
+SYSFS_VIDEO = Path("/sys/class/video4linux")
+
+
 def _usb(device: str) -> bool:
     """Whether a /dev/videoN node is a USB device's (True where sysfs cannot tell): the Pi's
     codec and ISP nodes (video10 and up) open but never deliver a frame, 7 s each to find out."""
-    node = Path("/sys/class/video4linux") / Path(device).name / "device"
+    node = SYSFS_VIDEO / Path(device).name / "device"
     try:
         return "/usb" in str(node.resolve(strict=True))
     except OSError:

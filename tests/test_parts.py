@@ -160,9 +160,42 @@ def test_the_camera_source_takes_the_first_webcam_that_gives_a_frame(monkeypatch
     monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video10", "/dev/video2", "/dev/video1"])
     monkeypatch.setattr(sources, "V4L2Source", webcam)
     src = sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
-    assert src.name == "camera /dev/video2" and tried == ["/dev/video1", "/dev/video2"]  # video10: a Pi codec
+    assert src.name == "camera /dev/video2" and tried == ["/dev/video1", "/dev/video2"]  # number order
     assert src.read() is not None  # the probe kept its frame for the first read (`feedbackd check` reads once)
     src.close()
+
+
+def test_the_camera_source_passes_over_the_pis_codec_and_isp_nodes(monkeypatch, tmp_path):
+    """On a Pi, /dev/video10 and up are the SoC's codec and ISP: sysfs links them to a platform
+    device, a webcam to a USB one. Opening a codec node costs a 7 s timeout on the Pi."""
+    from device import sources
+
+    def node(name, target):
+        (tmp_path / "devices" / target).mkdir(parents=True)
+        (tmp_path / "class" / name).mkdir(parents=True)
+        (tmp_path / "class" / name / "device").symlink_to(tmp_path / "devices" / target)
+
+    node("video10", "platform/soc/fe00b840.mailbox/bcm2835-codec")
+    node("video13", "platform/soc/fe00b840.mailbox/bcm2835-isp")
+    node("video0", "platform/scb/fd500000.pcie/pci0000:00/0000:01:00.0/usb1/1-1/1-1.2/1-1.2:1.0")
+    tried = []
+
+    def webcam(device, *args):  # every node gives a frame here; on the Pi the codec would time out
+        tried.append(device)
+        return LatestFrame(lambda: np.zeros((480, 640, 3), np.uint8), f"camera {device}")
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    monkeypatch.setattr(sources, "SYSFS_VIDEO", tmp_path / "class")
+    monkeypatch.setattr(sources, "V4L2Source", webcam)
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video10", "/dev/video13", "/dev/video0"])
+    src = sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
+    assert src.name == "camera /dev/video0" and tried == ["/dev/video0"]
+    src.close()
+
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: ["/dev/video10", "/dev/video13"])  # no webcam
+    with pytest.raises(SourceError, match=r"no /dev/video\* webcam"):
+        sources.open_source({"source": "camera", "width": 640, "height": 480, "fps": 15})
+    assert tried == ["/dev/video0"]  # the codec and ISP were never opened
 
 
 def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
