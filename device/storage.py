@@ -56,7 +56,8 @@ class Entry:
 
 class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
-        """create=False opens only an existing log: reading commands never make one from a typo."""
+        """create=False opens only an existing log, and changes nothing in it: reading commands
+        never make one from a typo, nor write to a damaged or copied log (an older schema reads as is)."""
         self.path = Path(path)
         self.unreadable = 0  # entries the last salvage() could not read
         try:
@@ -67,9 +68,13 @@ class FeedbackLog:
                 self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", timeout=5,
                                           isolation_level=None, uri=True)
             version = self._check_is_log(create)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self._migrate(version)
+            if version > len(MIGRATIONS):
+                raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
+                                   f"({len(MIGRATIONS)}); upgrade feedbackd")
+            if create:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self._migrate(version)
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
 
@@ -84,9 +89,6 @@ class FeedbackLog:
         return version
 
     def _migrate(self, version: int) -> None:
-        if version > len(MIGRATIONS):
-            raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
-                               f"({len(MIGRATIONS)}); upgrade feedbackd")
         for v in range(version, len(MIGRATIONS)):
             try:  # one transaction per step: the schema and its version number move together
                 self.db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
@@ -139,9 +141,8 @@ class FeedbackLog:
             args.append(until)
         try:
             cur = self.db.execute(q + " ORDER BY id", args)
-            names = [c[0] for c in cur.description]
             for values in cur:
-                yield dict(zip(names, values, strict=True))
+                yield _entry_row(cur, values)
         except sqlite3.DatabaseError as e:  # damaged pages past an intact header
             raise StorageError(f"{self.path}: cannot read the log: {e} ('feedbackd export --salvage' "
                                "rescues the entries still readable)") from None
@@ -168,7 +169,7 @@ class FeedbackLog:
                 continue
             if values is None:  # never stored (a rolled-back insert), not lost
                 continue
-            row = dict(zip([c[0] for c in cur.description], values, strict=True))
+            row = _entry_row(cur, values)
             if (not since or row["local_date"] >= since) and (not until or row["local_date"] <= until):
                 yield row
 
@@ -188,3 +189,8 @@ class FeedbackLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _entry_row(cur: sqlite3.Cursor, values: tuple) -> dict:
+    """One entry as a dict; a column a log of an older schema lacks reads as unknown (None)."""
+    return {"clock_synced": None, **dict(zip([c[0] for c in cur.description], values, strict=True))}

@@ -4,7 +4,7 @@
 # and every logged entry.
 #
 # DESTDIR=/some/root installs into that folder instead, without root, apt, a user or systemctl
-# (for tests and packaging). PREFIX (default /opt/feedbackd) holds the venv and the models.
+# (for tests). PREFIX (default /opt/feedbackd) holds the venv and the models.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -234,6 +234,6 @@ if live; then
     start_service
 fi
 say "done. Next:"
-say "  make status                       the service and a self-test of model, detector and storage"
+say "  sudo make status                  the service and a self-test of model, detector and storage"
 say "  journalctl -u feedbackd -f        the daemon's log (a stats line each minute)"
 say "  sudoedit /etc/feedbackd/config.toml && sudo systemctl restart feedbackd"

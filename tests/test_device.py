@@ -915,7 +915,15 @@ def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
                " 'Happy', 5, 0.9, '{}', 'ab', 'pi')")
     db.commit()
     db.close()
-    log = FeedbackLog(tmp_path / "f.db")
+    before = (tmp_path / "f.db").read_bytes()
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0  # reading changes nothing
+    assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")
+    assert cli.main(["export", "--salvage", "--db", str(tmp_path / "f.db")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(",1,")  # id 1, clock unknown
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
+    assert (tmp_path / "f.db").read_bytes() == before and not (tmp_path / "f.db-wal").exists()
+    capsys.readouterr()
+    log = FeedbackLog(tmp_path / "f.db")  # the daemon migrates it
     assert log.schema_version == len(MIGRATIONS) and log.integrity_ok()
     assert [(r["emotion"], r["clock_synced"]) for r in log.rows()] == [("Happy", None)]
     log.close()
