@@ -125,23 +125,45 @@ def write_manifest(tflite: Path, final_name: str, variant: str, spec: InputSpec,
     return path
 
 
+def converted_from(manifest: Path) -> dict | None:
+    """A manifest this converter wrote, with the float model it came from; None for anything else."""
+    try:
+        m = json.loads(manifest.read_text())
+        return m if isinstance(m["source_model"]["sha256"], str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def remove_stale_variants(out: Path, stem: str, source_sha256: str) -> list[Path]:
     """Variants left from an earlier float model (not rebuilt this time) would contradict the
     report and the card: every converted file in `out` comes from the current model."""
     removed = []
     for manifest in (out / f"{stem}_{v}.json" for v in VARIANTS):  # not fer_vgg16_small_int8.json, say
-        if not manifest.is_file():
-            continue
-        try:
-            source = json.loads(manifest.read_text()).get("source_model") or {}
-        except (OSError, ValueError):
-            continue
+        m = converted_from(manifest)
         model = manifest.with_suffix(".tflite")
-        if model.exists() and source.get("sha256") not in (None, source_sha256):
+        if m and model.exists() and m["source_model"]["sha256"] != source_sha256:
             model.unlink()
             manifest.unlink()
             removed.append(model)
     return removed
+
+
+def earlier_rows(out: Path, stem: str, source_sha256: str, done: list[str]) -> list[dict]:
+    """Report rows, from their manifests, for variants of this same float model that an earlier
+    conversion kept: `--variants float16` must not drop the int8 model's row from the report."""
+    rows = []
+    for v in (v for v in VARIANTS if v not in done):
+        model = out / f"{stem}_{v}.tflite"
+        m = converted_from(manifest_path(model))
+        if not (m and m["source_model"]["sha256"] == source_sha256 and model.is_file()):
+            continue
+        try:
+            rows.append({"variant": v, "file": f"{model.name} (converted {m['created']})",
+                         "size": int(m["size_bytes"]), "latency_ms": float(m["latency_ms_per_face"]),
+                         **{k: float(m["metrics"][k]) for k in ("accuracy", "macro_f1", "agreement")}})
+        except (KeyError, TypeError, ValueError):  # a manifest from before these fields: no row
+            continue
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from convert.report import write_report
 
-        report_tmp = write_report(args.out / ".CONVERT_REPORT.tmp.md", args, source, float_report, rows, len(test),
-                                  len(calib), spec)
+        rows += earlier_rows(args.out, stem, source["sha256"], variants)
+        report_tmp = write_report(args.out / f".{stem}_CONVERT_REPORT.tmp.md", args, source, float_report, rows,
+                                  len(test), len(calib), spec)
         for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
             os.replace(manifest_path(tmp), manifest_path(final))
             os.replace(tmp, final)
@@ -239,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: verification failed: {e}", file=sys.stderr)
         return 1
     finally:
-        for tmp in args.out.glob(f".{stem}_*.tmp.*"):
-            tmp.unlink()
-        (args.out / ".CONVERT_REPORT.tmp.md").unlink(missing_ok=True)
+        for variant in variants:  # this run's staging files only: not another model's of a similar name
+            tmp = args.out / f".{stem}_{variant}.tmp.tflite"
+            tmp.unlink(missing_ok=True)
+            manifest_path(tmp).unlink(missing_ok=True)
+        (args.out / f".{stem}_CONVERT_REPORT.tmp.md").unlink(missing_ok=True)

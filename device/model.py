@@ -147,7 +147,10 @@ class EmotionClassifier:
         if self.path.suffix != ".tflite":
             raise ModelError(f"{self.path}: expected a converted .tflite model (run 'make convert' on a .keras one)")
         self.manifest = Manifest.load(manifest_path(self.path))
-        actual = sha256_file(self.path)
+        try:
+            actual = sha256_file(self.path)
+        except OSError as e:  # a root-only file copied in, a failing SD card
+            raise ModelError(f"{self.path}: cannot read the emotion model: {e}") from None
         if actual != self.manifest.sha256:
             raise ModelError(
                 f"{self.path}: sha256 {actual[:16]}… does not match its manifest "

@@ -119,7 +119,8 @@ class InputSpec:
             raise ValueError(f"invalid class_scale {spec.class_scale!r} (positive numbers, one per class)")
         if spec.color_mode != "grayscale":
             raise ValueError(f"unsupported color_mode {spec.color_mode!r} (only 'grayscale')")
-        if spec.size < 8 or spec.std <= 0 or not spec.views:
+        finite = all(abs(v) < float("inf") for v in (spec.scale, spec.mean, spec.std))  # NaN fails too
+        if spec.size < 8 or not finite or not spec.std > 0 or not spec.views:
             raise ValueError(f"invalid input spec {d!r}")
         return spec
 

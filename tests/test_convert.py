@@ -208,6 +208,18 @@ def test_variants_of_an_older_model_are_removed(converted, tiny_model, fer_csv, 
     assert sorted(p.name for p in tmp_path.glob("*.tflite")) == [
         "fer_vgg16_dynamic.tflite", "fer_vgg16_int8.tflite", "fer_vgg16_small_int8.tflite"]
     assert not (tmp_path / "fer_vgg16_float16.json").exists()
+    report = (tmp_path / "CONVERT_REPORT.md").read_text()  # every model in the folder, none that is gone
+    assert "| int8 | fer_vgg16_int8.tflite |" in report and "| dynamic | fer_vgg16_dynamic.tflite (converted " in report
+    assert "| float16 |" not in report
+
+
+def test_a_conversion_leaves_another_models_staging_files_alone(converted, tiny_model, fer_csv, tmp_path):
+    """Two conversions into one folder: the one that ends first must not delete the other's files."""
+    other = tmp_path / ".fer_vgg16_small_int8.tmp.tflite"
+    other.write_bytes(b"being written by another conversion")
+    assert convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(tmp_path),
+                         "--variants", "int8", "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [other.name]
 
 
 def test_tampered_model_is_refused_by_the_device_loader(converted, tmp_path):
@@ -271,6 +283,12 @@ def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, t
         assert f"{path}: {message}" in capsys.readouterr().err
     assert evaluate_main(["--model", str(tmp_path / "other.keras"), *common]) == 2  # not scored without its record
     assert f"{tmp_path / 'other.train.json'}: this training record is for another model" in capsys.readouterr().err
+    for record, message in (([1, 2], "a JSON list, not an object"),
+                            ({"sha256": sha256_file(tiny_model), "input": "grayscale"}, "AttributeError")):
+        (tmp_path / "other.train.json").write_text(json.dumps(record))  # hand-edited or another tool's
+        assert evaluate_main(["--model", str(tmp_path / "other.keras"), *common]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'other.train.json'}: unreadable training record" in err and message in err
 
 
 def test_face_detector_files_are_checked(tmp_path):

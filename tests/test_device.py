@@ -26,7 +26,7 @@ from device.config import ConfigError, example_toml, load_config
 from device.daemon import Daemon
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
-from device.model import EmotionClassifier
+from device.model import EmotionClassifier, ModelError
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.storage import Entry, FeedbackLog, StorageError
 
@@ -436,7 +436,7 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
     assert line.startswith("FAIL display") and "display.driver = png: cannot draw" in line
 
 
-def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
+def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys, monkeypatch):
     base = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db")]
     assert cli.main([*base, "--model", str(tmp_path / "none.tflite")]) == 2
     assert "none.tflite: emotion model not found" in capsys.readouterr().err
@@ -461,6 +461,19 @@ def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys):
     (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
     assert cli.main([*base, "--model", str(bad / model.name)]) == 2
     assert "malformed model manifest" in capsys.readouterr().err
+    manifest["input"]["quantization"] = json.loads(model.with_suffix(".json").read_text())["input"]["quantization"]
+    manifest["input"]["std"] = float("nan")  # json writes NaN: every score would be NaN, every face "Angry"
+    (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="malformed model manifest"):  # not via `run`: it would run on
+        EmotionClassifier(bad / model.name)
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))  # a model copied in as root, mode 0600
+
+    monkeypatch.setattr("device.model.sha256_file", unreadable)
+    assert cli.main([*base, "--model", str(model)]) == 2
+    assert f"{model}: cannot read the emotion model: [Errno 13] Permission denied" in capsys.readouterr().err
+    monkeypatch.undo()
     (bad / model.with_suffix(".json").name).write_bytes(b"\xff\xfe not text")
     assert cli.main([*base, "--model", str(bad / model.name)]) == 2
     assert "cannot read model manifest" in capsys.readouterr().err

@@ -169,6 +169,8 @@ def read_record(model: Path) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: unreadable training record ({e})") from None
+    if not isinstance(record, dict):
+        raise ModelError(f"{path}: unreadable training record (a JSON {type(record).__name__}, not an object)")
     if record.get("sha256") != sha256_file(model):
         raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
     return record
@@ -178,7 +180,7 @@ def record_spec(record: dict, model: Path) -> InputSpec:
     """The input spec a training record names, refused by name when the record cannot give one."""
     try:
         return InputSpec.from_dict(record["input"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: "input" not an object
         raise ModelError(f"{model.with_suffix('.train.json')}: unreadable training record "
                          f"({type(e).__name__}: {e})") from None
 
