@@ -13,6 +13,7 @@ from conftest import synthetic_faces, write_csv
 
 from device.model import sha256_file
 from device.preprocess import DEFAULT_SPEC, InputSpec, predict_faces, preprocess
+from training import data as fer
 from training import train as T
 from training.export import main as export_main
 from training.export import warm_start_lineage
@@ -471,15 +472,22 @@ def test_a_resume_may_switch_precision_and_code(tmp_path, fer_csv, monkeypatch):
     assert record["precision"] == "mixed_bfloat16; float32"  # and to both precisions
 
 
-def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv):
+def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatch, capsys):
     """`make bench-train` with random erasing and teacher targets: both reach the timed pipeline."""
-    import subprocess
-    import sys
+    from bench import train_pipeline
 
-    from conftest import ROOT
+    built = []
 
-    r = subprocess.run([sys.executable, "-m", "bench.train_pipeline", "--data", str(fer_csv), "--steps", "2",
-                        "--rounds", "1", "--width", "0.0625", "--batch-size", "8", "--precision", "float32",
-                        "--erase", "0.5", "--distill", "0.7"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode in (0, 1), r.stderr[-2000:]  # 1: the pipeline cost more than 10 % on this tiny model
-    assert "erase 0.5, distill 0.7" in r.stdout and "pipeline cost" in r.stdout
+    def spy(x, y, w, cfg, epoch, teacher=None):
+        built.append((cfg["erase"], cfg["distill"], None if teacher is None else tuple(teacher.shape)))
+        return train_dataset(x, y, w, cfg, epoch, teacher=teacher)
+
+    train_dataset = T.train_dataset
+    monkeypatch.setattr(T, "train_dataset", spy)
+    rc = train_pipeline.main(["--data", str(fer_csv), "--steps", "2", "--rounds", "1", "--width", "0.0625",
+                              "--batch-size", "8", "--precision", "float32", "--erase", "0.5", "--distill", "0.7"])
+    assert rc in (0, 1)  # 1: the pipeline cost more than 10 % on this tiny model
+    n = len(fer.load_split(fer_csv, "train"))
+    assert built == [(0.5, 0.7, (n, 7))]  # one teacher row per Training face
+    out = capsys.readouterr().out
+    assert "erase 0.5, distill 0.7" in out and "pipeline cost" in out
