@@ -46,7 +46,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
         "height": Key(480, int, (48, 4096), "capture height"),
-        "fps": Key(15.0, (int, float), (0.5, 120), "frames per second asked of the camera / played"),
+        "fps": Key(15.0, (int, float), (0.5, 120),
+                   "frames per second asked of the camera / played (a frame within button.face_window_s)"),
         "reconnect_max_s": Key(30.0, (int, float), (0.5, 3600), "longest wait between reconnect tries"),
     },
     "detector": {
@@ -90,7 +91,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pin": Key(17, int, (0, 27), "button pin (BCM), wired to GND"),
         "pull_up": Key(True, bool, None, "internal pull-up (button to GND)"),
         "bounce_s": Key(0.05, (int, float), (0.0, 1.0), "debounce time"),
-        "cooldown_s": Key(3.0, (int, float), (0.0, 60.0), "one entry per press: presses this soon are ignored"),
+        "cooldown_s": Key(3.0, (int, float), (0.0, 60.0),
+                          "one entry per press: presses this soon are ignored (at least display.thank_you_s)"),
         "face_window_s": Key(1.5, (int, float), (0.1, 30.0),
                              "a press counts if a face was seen this recently (at most smoothing.reset_after_s)"),
         "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
@@ -191,6 +193,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if window > reset:  # the reading is forgotten after reset_after_s, so a longer window cannot count
         raise ConfigError(f"{cfg.source}: button.face_window_s: {window} is longer than "
                           f"smoothing.reset_after_s ({reset}); raise that too or shorten the window")
+    fps = cfg["camera"]["fps"]
+    if 1 / fps >= window:  # a press between two frames would find no face seen recently enough
+        raise ConfigError(f"{cfg.source}: camera.fps: {fps} gives a frame every {1 / fps:g} s, not within "
+                          f"button.face_window_s ({window}); raise the frame rate or lengthen the window")
+    cooldown, thanks = cfg["button"]["cooldown_s"], cfg["display"]["thank_you_s"]
+    if cooldown < thanks:  # a second press at the "Thank you!" screen would store a second entry
+        raise ConfigError(f"{cfg.source}: button.cooldown_s: {cooldown} is shorter than display.thank_you_s "
+                          f"({thanks}); presses while the thanks is shown must be ignored")
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")

@@ -4,7 +4,9 @@ and thin drivers that show the canvas on an OLED, an LCD, a terminal or a PNG fi
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -47,10 +49,15 @@ class Screen:
         return ("Thank you! " if self.kind == "thanks" else "") + label + stars
 
 
+def full_stars(rating: float) -> int:
+    """Halves round up: round() would draw 2 stars for a logged 2.5 and 4 for 3.5."""
+    return math.floor(rating + 0.5)
+
+
 def stars_text(rating: float, top: int) -> str:
     if top > 10:
         return f"{rating:g}/{top}"
-    full = int(round(rating))
+    full = full_stars(rating)
     return "*" * full + "." * (top - full)
 
 
@@ -68,9 +75,35 @@ def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: in
     draw.text((x, y), text, font=f, fill=fill)
 
 
-def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, filled: bool, fill) -> None:
-    import math
+def detail_lines(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int, most: int) -> list[str]:
+    """An error's detail in lines that fit: a path shows only its file name (the journal has the
+    rest), and a detail too long for `most` lines ends in '...' rather than being cut mid-screen."""
+    def fits(text: str) -> bool:
+        return draw.textlength(text, font=font(size)) <= width - 4
 
+    words = []
+    for word in re.sub(r"(?<!\S)/(?:[^\s/]+/)+", "", detail).split():
+        while not fits(word):  # a file name wider than a portrait panel: broken, not clipped
+            cut = next(n for n in range(len(word) - 1, 0, -1) if fits(word[:n]))
+            words.append(word[:cut])
+            word = word[cut:]
+        words.append(word)
+    lines, line = [], ""
+    for word in words:
+        test = f"{line} {word}".strip()
+        if line and not fits(test):
+            lines.append(line)
+            line = word
+        else:
+            line = test
+    lines.append(line)
+    if len(lines) > most:
+        lines = lines[:most]
+        lines[-1] += " ..."
+    return lines
+
+
+def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, filled: bool, fill) -> None:
     pts = []
     for i in range(10):
         rr = r if i % 2 == 0 else r * 0.45
@@ -86,7 +119,7 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
     d = ImageDraw.Draw(img)
     white = "white"
     accent = {"error": "red", "thanks": "lime"}.get(screen.kind, white) if mode == "RGB" else white
-    u = h / 64  # layout unit
+    u = min(w, h) / 64  # layout unit: a portrait 64x128 OLED keeps the 128x64 sizes
     if screen.kind == "idle":
         _centered(d, int(12 * u), "Look at the", int(15 * u), w, white)
         _centered(d, int(32 * u), "camera", int(15 * u), w, white)
@@ -95,17 +128,10 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         _centered(d, int(36 * u), "try again", int(14 * u), w, white)
     elif screen.kind == "error":
         _centered(d, int(6 * u), screen.title, int(16 * u), w, accent)
-        words, line, lines = screen.detail.split(), "", []
-        for word in words:  # wrap the detail into at most two lines
-            test = (line + " " + word).strip()
-            if d.textlength(test, font=font(int(11 * u))) > w - 4 and line:
-                lines.append(line)
-                line = word
-            else:
-                line = test
-        lines.append(line)
-        for i, text in enumerate(lines[:2]):
-            _centered(d, int((30 + 14 * i) * u), text, int(11 * u), w, white)
+        size, top = max(8, int(9 * w / 128)), int(28 * u)  # sized by width: as many words a line on any panel
+        pitch = int(1.25 * size)
+        for i, text in enumerate(detail_lines(d, screen.detail, size, w, (h - 2 - top - size) // pitch + 1)):
+            _centered(d, top + i * pitch, text, size, w, white)
     else:  # live or thanks
         top = 0
         if screen.kind == "thanks":
@@ -118,7 +144,7 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
                 r = min(w / (2.3 * n), 9 * u)
                 for i in range(n):
                     cx = w / 2 + (i - (n - 1) / 2) * 2.2 * r
-                    _star(d, cx, h - r - 3 * u, r, i < round(screen.rating), white)
+                    _star(d, cx, h - r - 3 * u, r, i < full_stars(screen.rating), white)
             else:
                 _centered(d, h - int(18 * u), stars_text(screen.rating, screen.rating_max), int(14 * u), w, white)
         if screen.face and screen.kind == "live":

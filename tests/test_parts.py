@@ -96,6 +96,8 @@ def test_custom_rating_scale(tmp_path):
     path.write_text("[rating.map]\nSad = 1\n")  # on the default 1-5 scale the rest keep their defaults
     assert load_config(path)["rating"]["map"] == dict(DEFAULT_RATINGS, Sad=1)
     assert Screen("thanks", "Happy", 10, 10).text() == "Thank you! Happy **********"
+    halves = [Screen("thanks", "Sad", r, 5).text().rsplit(" ", 1)[1] for r in (0.5, 2.5, 3.5)]
+    assert halves == ["*....", "***..", "****."]  # as many stars as the logged rating rounds to, halves up
 
 
 def test_sd_notify_on_a_real_socket(tmp_path):
@@ -318,6 +320,25 @@ def test_every_screen_draws_inside_the_panel(size, mode):
         x0, y0, x1, y1 = bbox
         assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], f"{screen.kind} touches the edge: {bbox}"
     assert len({im.tobytes() for im in images}) == len(images), "two screens look the same"
+
+
+@pytest.mark.parametrize("size", [(128, 64), (64, 128), (240, 240)])
+def test_an_error_screen_shows_the_file_name_and_what_is_wrong(size):
+    """A start-up error names a full path: on a 128-pixel panel the path alone would fill both lines."""
+    from PIL import ImageDraw
+
+    from device.display import detail_lines, font
+
+    detail = "/opt/feedbackd/models/fer_vgg16_int8.tflite: emotion model not found (run 'make convert')"
+    d, size_px = ImageDraw.Draw(Image.new("1", size)), max(8, int(9 * size[0] / 128))
+    lines = detail_lines(d, detail, size_px, size[0], 10)
+    assert lines[0].startswith("fer_vgg16") and "".join(lines).replace(" ", "") == (
+        "fer_vgg16_int8.tflite:emotionmodelnotfound(run'makeconvert')"), lines  # all of it, without the folders
+    assert all(d.textlength(line, font=font(size_px)) <= size[0] - 4 for line in lines)
+    assert detail_lines(d, detail, size_px, size[0], 2)[-1].endswith(" ...")  # more than fits: said so
+    image = render(Screen("error", title="Model error", detail=detail), size, "1")
+    x0, y0, x1, y1 = image.getbbox()
+    assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
 
 
 def test_png_driver_writes_the_screen(tmp_path):
