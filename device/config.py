@@ -34,6 +34,7 @@ def _choices(*names: str) -> tuple[str, ...]:
     return names
 
 
+MAX_BOX_REUSE_S = 0.5  # a face box outlives a customer who left by at most this long
 SCHEMA: dict[str, dict[str, Key]] = {
     "device": {
         "id": Key("", str, None, "device id stored with each entry (empty: the host name)"),
@@ -55,7 +56,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "confidence": Key(0.5, (int, float), (0.05, 0.99), "face detection threshold"),
         "winograd": Key(False, bool, None, "OpenCV's Winograd convolution: detection about 1.6x faster, "
                         "27 MB more memory"),
-        "every_n_frames": Key(3, int, (1, 30), "detect on every Nth frame; the frames between reuse the last box"),
+        "every_n_frames": Key(3, int, (1, 30), "detect on every Nth frame; the frames between reuse the last box "
+                              f"(for at most {MAX_BOX_REUSE_S} s)"),
         "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
         "crop_shift_y": Key(0.05, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
     },
@@ -197,6 +199,11 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if 1 / fps >= window:  # a press between two frames would find no face seen recently enough
         raise ConfigError(f"{cfg.source}: camera.fps: {fps} gives a frame every {1 / fps:g} s, not within "
                           f"button.face_window_s ({window}); raise the frame rate or lengthen the window")
+    reuse = (cfg["detector"]["every_n_frames"] - 1) / fps
+    if reuse > MAX_BOX_REUSE_S:  # the box outlives the customer: the empty till is classified as a face
+        raise ConfigError(f"{cfg.source}: detector.every_n_frames: {cfg['detector']['every_n_frames']} at "
+                          f"camera.fps {fps:g} reuses a face box for {reuse:.2g} s (at most {MAX_BOX_REUSE_S} s); "
+                          "detect more often")
     cooldown, thanks = cfg["button"]["cooldown_s"], cfg["display"]["thank_you_s"]
     if cooldown < thanks:  # a second press at the "Thank you!" screen would store a second entry
         raise ConfigError(f"{cfg.source}: button.cooldown_s: {cooldown} is shorter than display.thank_you_s "

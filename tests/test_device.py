@@ -404,6 +404,8 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
         ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
         ("[camera]\nfps = 0.5\n", "camera.fps: 0.5 gives a frame every 2 s, not within button.face_window_s (1.5)"),
+        ("[detector]\nevery_n_frames = 10\n",
+         "detector.every_n_frames: 10 at camera.fps 15 reuses a face box for 0.6 s (at most 0.5 s)"),
         ("[button]\ncooldown_s = 1\n", "button.cooldown_s: 1.0 is shorter than display.thank_you_s (2.0)"),
         ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': a spreadsheet would read it as a formula"),
     ],
