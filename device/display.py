@@ -182,18 +182,26 @@ class Display:
     I2C/SPI cable) is logged and retried on the next frame: the kiosk keeps logging feedback.
     With `set_up`, a panel that answers again after a failure has its set-up commands sent again
     (at most every `set_up_s`): one that lost power came back blank, its set-up forgotten, though
-    writes to it succeed."""
+    writes to it succeed. A power dip that no write saw fails nothing, so the idle screen also
+    sets the panel up afresh every `refresh_s` (a blink nobody is looking at)."""
 
-    def __init__(self, device, set_up: Callable[[], None] | None = None, set_up_s: float = 2.0):
+    def __init__(self, device, set_up: Callable[[], None] | None = None, set_up_s: float = 2.0,
+                 refresh_s: float = 60.0):
         self.device = device
         self.current: Screen | None = None
         self.error: str | None = None
         self._set_up, self._set_up_s, self._set_up_at = set_up, set_up_s, 0.0
+        self._refresh_s, self._refresh_at = refresh_s, time.monotonic() + refresh_s
 
     def show(self, screen: Screen) -> bool:
-        if screen == self.current:
+        now = time.monotonic()
+        refresh = self._set_up is not None and screen.kind == "idle" and now >= self._refresh_at
+        if screen == self.current and not refresh:
             return False
         try:
+            if refresh:
+                self._refresh_at = now + self._refresh_s
+                self._set_up()
             self._draw(screen)
             if self.error is not None and self._set_up is not None:  # it answers again
                 self._set_up_again()

@@ -678,6 +678,19 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     bus.commands = []
     assert display.show(Screen("idle")) is True and charge_pump not in bus.commands  # once, not every frame
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
+    # a power dip between two writes fails nothing: the idle screen sets the panel up again each minute
+    import device.display
+
+    start, bus.commands = time.monotonic(), []
+    monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 30)
+    assert display.show(Screen("idle")) is False and bus.commands == []  # unchanged: nothing sent
+    monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 61)
+    assert display.show(Screen("idle")) is True and {charge_pump, display_on} <= set(bus.commands)
+    bus.commands = []
+    assert display.show(Screen("idle")) is False and bus.commands == []  # then not again for a minute
+    display.current = None
+    monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 200)
+    assert display.show(Screen("live", "Happy", 5, 5)) is True and charge_pump not in bus.commands  # a customer
 
 
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
