@@ -238,6 +238,31 @@ class Display:
             self.device.persist = True
 
 
+class _Recording:
+    """A luma serial interface that notes the commands sent through it until `stop()`."""
+
+    def __init__(self, serial):
+        self.serial, self.commands = serial, []
+
+    def command(self, *cmd: int) -> None:
+        if self.commands is not None:
+            self.commands.append(cmd)
+        self.serial.command(*cmd)
+
+    def data(self, data) -> None:
+        self.serial.data(data)
+
+    def cleanup(self) -> None:
+        self.serial.cleanup()
+
+    def stop(self) -> list[tuple[int, ...]]:
+        commands, self.commands = self.commands, None
+        return commands
+
+    def replay(self, commands: list[tuple[int, ...]]) -> Callable[[], None]:
+        return lambda: [self.serial.command(*cmd) for cmd in commands]  # one write each: I2C takes 32 bytes
+
+
 def _luma_error() -> type[Exception]:
     """luma turns I2C/SPI OSErrors into its own exceptions (a loose cable is DeviceNotFoundError)."""
     try:
@@ -269,10 +294,12 @@ def _open_display(cfg: dict) -> Display:
         from luma.core.interface.serial import i2c
         from luma.oled import device as oled
 
-        serial, model = i2c(port=cfg["i2c_port"], address=cfg["i2c_address"]), getattr(oled, driver)
-        panel = model(serial, rotate=cfg["rotate"])
-        # luma sends the set-up commands in __init__ only: run it again on the same panel object
-        return Display(panel, set_up=lambda: model.__init__(panel, serial, rotate=cfg["rotate"]))
+        serial = _Recording(i2c(port=cfg["i2c_port"], address=cfg["i2c_address"]))
+        panel = getattr(oled, driver)(serial, rotate=cfg["rotate"])
+        # luma sends the set-up commands in __init__ only, and each __init__ adds an exit hook: the
+        # commands it sent are replayed instead (it writes the whole frame each time, so the next
+        # draw fills the panel's memory again)
+        return Display(panel, set_up=serial.replay(serial.stop()))
     if driver == "st7789":  # SPI has no acknowledgement: a write to a panel that lost power does not fail
         from luma.core.interface.serial import spi
         from luma.lcd.device import st7789

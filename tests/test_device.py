@@ -679,15 +679,18 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     assert display.show(Screen("idle")) is True and charge_pump not in bus.commands  # once, not every frame
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
     # a power dip between two writes fails nothing: the idle screen sets the panel up again each minute
+    import atexit
+
     import device.display
 
-    start, bus.commands = time.monotonic(), []
+    start, bus.commands, hooks = time.monotonic(), [], atexit._ncallbacks()
     monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 30)
     assert display.show(Screen("idle")) is False and bus.commands == []  # unchanged: nothing sent
     monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 61)
     assert display.show(Screen("idle")) is True and {charge_pump, display_on} <= set(bus.commands)
     bus.commands = []
     assert display.show(Screen("idle")) is False and bus.commands == []  # then not again for a minute
+    assert atexit._ncallbacks() == hooks  # luma's __init__ is not re-run: it would add an exit hook each time
     display.current = None
     monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 200)
     assert display.show(Screen("live", "Happy", 5, 5)) is True and charge_pump not in bus.commands  # a customer
