@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.detector import MAX_BOX_AGE_S
+
 # Relative model and detector paths resolve against FEEDBACKD_HOME (set by `make install`),
 # else the source tree this module runs from.
 ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents[1])
@@ -34,7 +36,6 @@ def _choices(*names: str) -> tuple[str, ...]:
     return names
 
 
-MAX_BOX_REUSE_S = 0.5  # a face box outlives a customer who left by at most this long
 SCHEMA: dict[str, dict[str, Key]] = {
     "device": {
         "id": Key("", str, None, "device id stored with each entry (empty: the host name)"),
@@ -57,7 +58,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "winograd": Key(False, bool, None, "OpenCV's Winograd convolution: detection about 1.6x faster, "
                         "27 MB more memory"),
         "every_n_frames": Key(3, int, (1, 30), "detect on every Nth frame; the frames between reuse the last box "
-                              f"(for at most {MAX_BOX_REUSE_S} s)"),
+                              f"(for at most {MAX_BOX_AGE_S} s)"),
         "crop_scale": Key(1.0, (int, float), (0.5, 2.0), "square crop side / largest box side"),
         "crop_shift_y": Key(0.05, (int, float), (-0.5, 0.5), "crop centre moved down by this share of the side"),
     },
@@ -94,7 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pull_up": Key(True, bool, None, "internal pull-up (button to GND)"),
         "bounce_s": Key(0.05, (int, float), (0.0, 1.0), "debounce time"),
         "cooldown_s": Key(3.0, (int, float), (0.0, 60.0),
-                          "one entry per press: presses this soon are ignored (at least display.thank_you_s)"),
+                          "one entry per press: presses this soon are ignored, and any while the thank-you shows"),
         "face_window_s": Key(1.5, (int, float), (0.1, 30.0),
                              "a press counts if a face was seen this recently (at most smoothing.reset_after_s)"),
         "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
@@ -199,15 +200,6 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if 1 / fps >= window:  # a press between two frames would find no face seen recently enough
         raise ConfigError(f"{cfg.source}: camera.fps: {fps} gives a frame every {1 / fps:g} s, not within "
                           f"button.face_window_s ({window}); raise the frame rate or lengthen the window")
-    reuse = (cfg["detector"]["every_n_frames"] - 1) / fps
-    if reuse > MAX_BOX_REUSE_S:  # the box outlives the customer: the empty till is classified as a face
-        raise ConfigError(f"{cfg.source}: detector.every_n_frames: {cfg['detector']['every_n_frames']} at "
-                          f"camera.fps {fps:g} reuses a face box for {reuse:.2g} s (at most {MAX_BOX_REUSE_S} s); "
-                          "detect more often")
-    cooldown, thanks = cfg["button"]["cooldown_s"], cfg["display"]["thank_you_s"]
-    if cooldown < thanks:  # a second press at the "Thank you!" screen would store a second entry
-        raise ConfigError(f"{cfg.source}: button.cooldown_s: {cooldown} is shorter than display.thank_you_s "
-                          f"({thanks}); presses while the thanks is shown must be ignored")
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")

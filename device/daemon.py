@@ -106,8 +106,8 @@ class Daemon:
     def _handle_presses(self) -> None:
         bt = self.cfg["button"]
         for pressed_at in self.button.presses():
-            if pressed_at - self._last_accepted < bt["cooldown_s"]:
-                continue  # one press, one entry
+            if pressed_at - self._last_accepted < bt["cooldown_s"] or (self._thanks and pressed_at < self._thanks[0]):
+                continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
             reading = self.smoother.reading(pressed_at)
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):

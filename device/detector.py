@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from device.model import sha256_file
+
+MAX_BOX_AGE_S = 0.5  # a face box outlives a customer who left by at most this long
 
 PROTOTXT = "deploy.prototxt"
 CAFFEMODEL = "res10_300x300_ssd_iter_140000.caffemodel"
@@ -109,16 +112,18 @@ def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
 class FaceFinder:
     """The customer's box, detected on every `every`-th frame; the frames between reuse the
     last box (a customer at a till barely moves in a few frames), and a frame where no face
-    was found makes the next one detect again."""
+    was found makes the next one detect again. A box is never reused past `max_age_s`: on a
+    slow Pi `every` frames take longer, and a customer who left must not be classified on."""
 
-    def __init__(self, detector: FaceDetector, every: int = 1):
-        self.detector, self.every = detector, every
+    def __init__(self, detector: FaceDetector, every: int = 1, max_age_s: float = MAX_BOX_AGE_S):
+        self.detector, self.every, self.max_age_s = detector, every, max_age_s
         self._box: Box | None = None
-        self._age = 0  # frames since the box was detected
+        self._age, self._at = 0, 0.0  # frames since the box was detected, and when
 
     def find(self, frame: np.ndarray) -> Box | None:
-        if self._box is None or self._age + 1 >= self.every:
+        if self._box is None or self._age + 1 >= self.every or time.monotonic() - self._at > self.max_age_s:
             self._box, self._age = choose_face(self.detector.detect(frame), frame.shape), 0
+            self._at = time.monotonic()
         else:
             self._age += 1
         return self._box

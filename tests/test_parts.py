@@ -410,6 +410,11 @@ def test_face_finder_detects_on_every_nth_frame():
     finder = FaceFinder(detector, every=3)
     assert finder.find(blank) is None and finder.find(face) is not None
     assert detector.calls == 2  # no face: the next frame detects at once
+    detector.calls = 0
+    finder = FaceFinder(detector, every=3, max_age_s=0.05)
+    finder.find(face)
+    time.sleep(0.06)  # a slow loop: two frames apart is already longer than a box may live
+    assert finder.find(face) is not None and detector.calls == 2
 
 
 def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path):
