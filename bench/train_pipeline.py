@@ -3,7 +3,7 @@ pipeline (shuffle, gather, augmentation, one-hot, weights; with --erase and --di
 erasing and teacher targets of the later cycles in training/CYCLES.md). The pipeline may cost at
 most 10 %.
 
-    python -m bench.train_pipeline [--data FER2013] [--steps 10] [--rounds 2] [--width 1.0]
+    python -m bench.train_pipeline [--data FER2013] [--steps 30] [--rounds 2] [--width 1.0]
                                    [--erase 0.5] [--distill 0.7]
 """
 
@@ -38,7 +38,8 @@ def images_per_second(model, ds, steps: int, batch: int, warm: int = 2) -> float
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--steps", type=int, default=30,
+                   help="timed steps per round (many, so the batches prefetched during warm-up count little)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=T.DEFAULTS["batch_size"])

@@ -148,9 +148,10 @@ def remove_stale_variants(out: Path, stem: str, source_sha256: str) -> list[Path
     return removed
 
 
-def earlier_rows(out: Path, stem: str, source_sha256: str, done: list[str]) -> list[dict]:
-    """Report rows, from their manifests, for variants of this same float model that an earlier
-    conversion kept: `--variants float16` must not drop the int8 model's row from the report."""
+def earlier_rows(out: Path, stem: str, source_sha256: str, data_sha256: str, done: list[str]) -> list[dict]:
+    """Report rows, from their manifests, for variants of this same float model, scored on the
+    same data, that an earlier conversion kept: `--variants float16` must not drop the int8
+    model's row from the report."""
     rows = []
     for v in (v for v in VARIANTS if v not in done):
         model = out / f"{stem}_{v}.tflite"
@@ -158,7 +159,9 @@ def earlier_rows(out: Path, stem: str, source_sha256: str, done: list[str]) -> l
         if not (m and m["source_model"]["sha256"] == source_sha256 and model.is_file()):
             continue
         try:
-            rows.append({"variant": v, "file": f"{model.name} (converted {m['created']})",
+            if m["dataset"]["sha256"] != data_sha256:
+                continue
+            rows.append({"variant": v, "file": f"{model.name} (converted {m['created']})", "earlier": True,
                          "size": int(m["size_bytes"]), "latency_ms": float(m["latency_ms_per_face"]),
                          **{k: float(m["metrics"][k]) for k in ("accuracy", "macro_f1", "agreement")}})
         except (KeyError, TypeError, ValueError):  # a manifest from before these fields: no row
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from convert.report import write_report
 
-        rows += earlier_rows(args.out, stem, source["sha256"], variants)
+        rows += earlier_rows(args.out, stem, source["sha256"], test.checksum, variants)
         report_tmp = write_report(args.out / f".{stem}_CONVERT_REPORT.tmp.md", args, source, float_report, rows,
                                   len(test), len(calib), spec)
         for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest

@@ -62,8 +62,11 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
             f"{r['size'] / 1e6:.2f} | {r['size'] / ref['size']:.0%} | {r['latency_ms']:.2f} | "
             f"{r['latency_ms'] / ref['latency_ms']:.0%} |"
         )
-    int8 = next((r for r in rows if r["variant"] == "int8"), None)
-    if int8:
+    if any(r.get("earlier") for r in rows):
+        lines += ["", "A file marked *converted* was kept from an earlier conversion of the same model: its row "
+                  "comes from its manifest, its latency was timed then (perhaps on another machine)."]
+    int8 = next((r for r in rows if r["variant"] == "int8" and not r.get("earlier")), None)
+    if int8:  # graded only on an int8 built and timed beside this float32
         lines += ["", *target_lines(int8, ref, 100 * (int8["accuracy"] - float_report["accuracy"]))]
     lines += [
         "",

@@ -98,8 +98,10 @@ def detail_lines(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int, 
             line = test
     lines.append(line)
     if len(lines) > most:
-        lines = lines[:most]
-        lines[-1] += " ..."
+        lines, cut = lines[:most], lines[most - 1].split()
+        while len(cut) > 1 and not fits(" ".join(cut) + " ..."):
+            cut.pop()
+        lines[-1] = " ".join(cut) + " ..."
     return lines
 
 
@@ -182,8 +184,8 @@ class Display:
     I2C/SPI cable) is logged and retried on the next frame: the kiosk keeps logging feedback.
     With `set_up`, a panel that answers again after a failure has its set-up commands sent again
     (at most every `set_up_s`): one that lost power came back blank, its set-up forgotten, though
-    writes to it succeed. A power dip that no write saw fails nothing, so the idle screen also
-    sets the panel up afresh every `refresh_s` (a blink nobody is looking at)."""
+    writes to it succeed. A power dip that no write saw fails nothing, so an idle or error screen,
+    which may stay up for hours, also sets the panel up afresh every `refresh_s` (a brief blink)."""
 
     def __init__(self, device, set_up: Callable[[], None] | None = None, set_up_s: float = 2.0,
                  refresh_s: float = 60.0):
@@ -195,7 +197,7 @@ class Display:
 
     def show(self, screen: Screen) -> bool:
         now = time.monotonic()
-        refresh = self._set_up is not None and screen.kind == "idle" and now >= self._refresh_at
+        refresh = self._set_up is not None and screen.kind in ("idle", "error") and now >= self._refresh_at
         if screen == self.current and not refresh:
             return False
         try:

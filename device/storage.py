@@ -56,8 +56,8 @@ class Entry:
 
 class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
-        """create=False opens only an existing log, and changes nothing in it: reading commands
-        never make one from a typo, nor write to a damaged or copied log (an older schema reads as is)."""
+        """create=False opens only an existing log and migrates nothing: reading commands never make
+        one from a typo, nor change a copied log's schema (an older one reads as is)."""
         self.path = Path(path)
         self.unreadable = 0  # entries the last salvage() could not read
         try:

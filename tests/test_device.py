@@ -709,6 +709,8 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     display.current = None
     monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 200)
     assert display.show(Screen("live", "Happy", 5, 5)) is True and charge_pump not in bus.commands  # a customer
+    assert display.show(Screen("error", title="Camera error", detail="reconnecting...")) is True
+    assert charge_pump in bus.commands  # an error screen may stay up for hours: staff must be able to read it
 
 
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):

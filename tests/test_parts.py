@@ -335,7 +335,8 @@ def test_an_error_screen_shows_the_file_name_and_what_is_wrong(size):
     assert lines[0].startswith("fer_vgg16") and "".join(lines).replace(" ", "") == (
         "fer_vgg16_int8.tflite:emotionmodelnotfound(run'makeconvert')"), lines  # all of it, without the folders
     assert all(d.textlength(line, font=font(size_px)) <= size[0] - 4 for line in lines)
-    assert detail_lines(d, detail, size_px, size[0], 2)[-1].endswith(" ...")  # more than fits: said so
+    short = detail_lines(d, detail, size_px, size[0], 2)
+    assert short[-1].endswith(" ...") and d.textlength(short[-1], font=font(size_px)) <= size[0] - 4  # said so
     image = render(Screen("error", title="Model error", detail=detail), size, "1")
     x0, y0, x1, y1 = image.getbbox()
     assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
