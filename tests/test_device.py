@@ -182,16 +182,19 @@ def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folde
 def test_no_second_entry_while_the_thank_you_shows(model, face_folder, tmp_path):
     """A cooldown shorter than the thank-you, or a press handled late: the customer still looking
     at "Thank you!" and pressing again gives no second entry."""
-    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 0.2, "display.thank_you_s": 1.0})
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 0.2, "display.thank_you_s": 2.0})
     rig.steps(2)
     rig.press()
     rig.steps(1)
+    thanked = time.monotonic()
     time.sleep(0.4)  # past the cooldown, inside the thank-you
+    assert rig.daemon.screen(time.monotonic()).kind == "thanks"
     rig.press()
     rig.steps(1)
-    assert rig.store.count() == 1 and rig.daemon.screen(time.monotonic()).kind == "thanks"
-    time.sleep(0.7)
-    rig.press()  # the thank-you is over: the next customer
+    assert rig.store.count() == 1
+    time.sleep(max(0.0, thanked + 2.1 - time.monotonic()))
+    rig.steps(2)  # the next customer steps up
+    rig.press()  # the thank-you is over
     rig.steps(1)
     assert rig.store.count() == 2
     rig.close()
