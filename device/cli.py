@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--source", help="camera, auto, picamera2, v4l2, video, images or demo")
         s.add_argument("--camera-path", help="video file, image folder or glob")
         s.add_argument("--camera-device", help="V4L2 index or /dev/video path")
-        s.add_argument("--display", help="ssd1306, sh1106, st7789, terminal, png or none")
+        s.add_argument("--display", help="ssd1306, sh1106, st7789, st7735, ili9341, terminal, png or none")
         s.add_argument("--png-path", help="file for the png display")
         s.add_argument("--button", help="gpio, keyboard or none")
         s.add_argument("--db", help="SQLite feedback log")

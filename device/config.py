@@ -17,6 +17,7 @@ from device.detector import MAX_BOX_AGE_S
 # else the source tree this module runs from.
 ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents[1])
 DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
+LCDS = ("st7789", "st7735", "ili9341")  # luma.lcd's SPI colour panels: 240x240, 160x128, 320x240
 DEFAULT_RATINGS = {"Happy": 5, "Surprised": 4, "Neutral": 3, "Sad": 2, "Fearful": 2, "Disgusted": 1, "Angry": 1}
 
 
@@ -76,7 +77,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "map": Key(DEFAULT_RATINGS, dict, None, "emotion display name -> rating"),
     },
     "display": {
-        "driver": Key("ssd1306", str, _choices("ssd1306", "sh1106", "st7789", "terminal", "png", "none"),
+        "driver": Key("ssd1306", str, _choices("ssd1306", "sh1106", *LCDS, "terminal", "png", "none"),
                       "screen driver"),
         "i2c_port": Key(1, int, (0, 10), "OLED I2C bus"),
         "i2c_address": Key(0x3C, int, (0x03, 0x77), "OLED I2C address"),
@@ -85,6 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "gpio_dc": Key(24, int, (0, 27), "LCD data/command pin (BCM)"),
         "gpio_rst": Key(25, int, (0, 27), "LCD reset pin (BCM)"),
         "gpio_backlight": Key(18, int, (0, 27), "LCD backlight pin (BCM)"),
+        "bgr": Key(False, bool, None, "st7735/ili9341 LCD: blue-green-red colour order (set it if red shows blue)"),
         "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns"),
         "png_path": Key("build/screen.png", str, None, "file the png driver writes"),
         "thank_you_s": Key(2.0, (int, float), (0.5, 30.0), "how long the thank-you screen stays"),
@@ -203,6 +205,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")
+    if cfg["display"]["bgr"] and cfg["display"]["driver"] not in ("st7735", "ili9341"):
+        raise ConfigError(f"{cfg.source}: display.bgr: only an st7735 or ili9341 LCD takes a colour order, "
+                          f"not display.driver = {cfg['display']['driver']!r}")
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
@@ -219,13 +224,13 @@ def _display_pins(display: dict) -> dict[int, str]:
     driver = display["driver"]
     if driver in ("ssd1306", "sh1106"):
         return {pin: f"{driver}'s I2C {name} pin" for pin, name in I2C_PINS.get(display["i2c_port"], {}).items()}
-    if driver != "st7789":
+    if driver not in LCDS:
         return {}
     port = display["spi_port"]
-    pins = {pin: f"st7789's SPI {name} pin" for pin, name in SPI_PINS.get(port, {}).items()}
+    pins = {pin: f"{driver}'s SPI {name} pin" for pin, name in SPI_PINS.get(port, {}).items()}
     ce = SPI_CE.get(port, ())
     if display["spi_device"] < len(ce):
-        pins[ce[display["spi_device"]]] = "st7789's SPI chip-select pin"
+        pins[ce[display["spi_device"]]] = f"{driver}'s SPI chip-select pin"
     for key in ("gpio_dc", "gpio_rst", "gpio_backlight"):
         pins[display[key]] = f"display.{key}"
     return pins

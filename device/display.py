@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from device.config import LCDS
+
 log = logging.getLogger("feedbackd")
 
 
@@ -241,28 +243,39 @@ class Display:
 
 
 class _Recording:
-    """A luma serial interface that notes the commands sent through it until `stop()`."""
+    """A luma serial interface that notes what is sent through it, and when, until `stop()`: the
+    panel's set-up, to send again without re-running luma's __init__."""
 
     def __init__(self, serial):
-        self.serial, self.commands = serial, []
+        self.serial, self.sent = serial, []
 
     def command(self, *cmd: int) -> None:
-        if self.commands is not None:
-            self.commands.append(cmd)
-        self.serial.command(*cmd)
+        self._send(self.serial.command, *cmd)
 
     def data(self, data) -> None:
-        self.serial.data(data)
+        self._send(self.serial.data, data)
+
+    def _send(self, write: Callable, *args) -> None:
+        if self.sent is not None:
+            self.sent.append((time.monotonic(), write, args))
+        write(*args)
 
     def cleanup(self) -> None:
         self.serial.cleanup()
 
-    def stop(self) -> list[tuple[int, ...]]:
-        commands, self.commands = self.commands, None
-        return commands
+    def stop(self) -> list[tuple[float, Callable, tuple]]:
+        sent, self.sent = self.sent, None
+        return sent
 
-    def replay(self, commands: list[tuple[int, ...]]) -> Callable[[], None]:
-        return lambda: [self.serial.command(*cmd) for cmd in commands]  # one write each: I2C takes 32 bytes
+    @staticmethod
+    def replay(sent: list[tuple[float, Callable, tuple]]) -> Callable[[], None]:
+        """Sends it again on luma's timeline: its pauses are the panel's (an ILI9341 wakes in 120 ms)."""
+        def set_up() -> None:
+            start = time.monotonic()
+            for at, write, args in sent:
+                time.sleep(max(0.0, at - sent[0][0] - (time.monotonic() - start)))
+                write(*args)
+        return set_up
 
 
 def _luma_error() -> type[Exception]:
@@ -302,11 +315,15 @@ def _open_display(cfg: dict) -> Display:
         # commands it sent are replayed instead (it writes the whole frame each time, so the next
         # draw fills the panel's memory again)
         return Display(panel, set_up=serial.replay(serial.stop()))
-    if driver == "st7789":  # SPI has no acknowledgement: a write to a panel that lost power does not fail
+    if driver in LCDS:  # SPI has no acknowledgement: a panel that lost power is found only by the refresh
+        from luma.core.framebuffer import full_frame
         from luma.core.interface.serial import spi
-        from luma.lcd.device import st7789
+        from luma.lcd import device as lcd
 
-        serial = spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
-                     gpio_RST=cfg["gpio_rst"])
-        return Display(st7789(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"]))
+        serial = _Recording(spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
+                                gpio_RST=cfg["gpio_rst"]))
+        # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again
+        extra = {} if driver == "st7789" else {"bgr": cfg["bgr"], "framebuffer": full_frame()}
+        panel = getattr(lcd, driver)(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"], **extra)
+        return Display(panel, set_up=serial.replay(serial.stop()))
     raise ValueError(f"unknown display driver {driver!r}")

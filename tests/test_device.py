@@ -716,6 +716,67 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     assert charge_pump in bus.commands  # an error screen may stay up for hours: staff must be able to read it
 
 
+@pytest.mark.parametrize("driver, size, bgr", [("st7789", (240, 240), False), ("st7735", (160, 128), True),
+                                               ("ili9341", (320, 240), False)])
+def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeypatch, driver, size, bgr):
+    """An SPI LCD that lost power comes back blank, and no write fails (SPI has no acknowledgement):
+    the idle screen sends its set-up again each minute, keeping luma's pauses, then the whole frame."""
+    import atexit
+
+    import luma.core.interface.serial
+    import luma.lcd.device
+
+    import device.display
+    from device.display import open_display
+
+    class Bus:  # what luma's SPI interface offers a panel: command and data writes
+        def __init__(self):
+            self.sent = []
+
+        def command(self, *cmd):
+            self.sent.append(cmd)
+
+        def data(self, data):
+            self.sent.append(bytes(data))
+
+    class Pins:  # RPi.GPIO, as luma's backlight drives it
+        OUT, HIGH, LOW, lit = "out", 1, 0, None
+
+        def setup(self, pin, mode):
+            pass
+
+        def output(self, pin, level):
+            self.lit = (pin, level)
+
+    bus, pins = Bus(), Pins()
+    monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: bus)
+    monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", lambda self: pins, raising=False)
+    hooks = atexit._ncallbacks()
+    display = open_display(load_config(None, {"display.driver": driver, "display.bgr": bgr})["display"])
+    set_up, wake = list(bus.sent), (0x11,)  # luma's set-up; each panel's ends with sleep-out
+    assert wake in set_up and display.device.size == size and pins.lit == (18, 1)  # the backlight is on
+    if driver == "st7735":
+        assert set_up[set_up.index((0x36,)) + 1] == bytes([0x68])  # memory access control, with BGR (0x08)
+
+    def frame(screen):  # the panel's memory is written last, with the whole picture
+        return bytes(render(screen, size, "RGB").tobytes())
+
+    bus.sent = []
+    assert display.show(Screen("idle")) is True and bus.sent[-1] == frame(Screen("idle")) and wake not in bus.sent
+    assert display.show(Screen("live", "Happy", 5, 5)) is True and bus.sent[-1] == frame(Screen("live", "Happy", 5, 5))
+    start, slept = time.monotonic(), []
+    monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 61)
+    monkeypatch.setattr(device.display.time, "sleep", slept.append)
+    bus.sent = []
+    assert display.show(Screen("idle")) is True
+    assert bus.sent[:len(set_up)] == set_up and bus.sent[-1] == frame(Screen("idle"))  # set up, then drawn whole
+    if driver == "ili9341":  # luma waits 120 ms after waking it; so does the replay
+        assert max(slept) >= 0.1
+    bus.sent = []
+    assert display.show(Screen("idle")) is False and bus.sent == []  # not again for a minute
+    assert atexit._ncallbacks() == hooks + 1  # luma's exit hook, once: its __init__ is not re-run
+
+
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
     from luma.core.error import DeviceNotFoundError
 

@@ -79,6 +79,7 @@ def test_a_reading_is_sure_from_min_confidence(top, sure):
     ({"button.led_pin": 2}, "button.led_pin: BCM 2 is ssd1306's I2C SDA pin"),
     ({"display.driver": "st7789", "button.pin": 24}, "button.pin: BCM 24 is display.gpio_dc"),
     ({"display.driver": "st7789", "button.led_pin": 8}, "button.led_pin: BCM 8 is st7789's SPI chip-select pin"),
+    ({"display.driver": "ili9341", "button.pin": 11}, "button.pin: BCM 11 is ili9341's SPI SCLK pin"),
     ({"button.led_pin": 17}, "button.led_pin: BCM 17 is button.pin too"),
 ])
 def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
@@ -86,6 +87,13 @@ def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
         load_config(None, overrides)
     load_config(None, {**overrides, "button.kind": "keyboard"})  # no GPIO claimed: nothing to clash
     load_config(None, {"display.driver": "st7789", "button.pin": 3, "button.led_pin": 27})  # I2C is free then
+
+
+def test_a_colour_order_is_refused_for_a_panel_that_takes_none():
+    with pytest.raises(ConfigError, match=re.escape("display.bgr: only an st7735 or ili9341 LCD takes a colour order, "
+                                                    "not display.driver = 'st7789'")):
+        load_config(None, {"display.driver": "st7789", "display.bgr": True})
+    assert load_config(None, {"display.driver": "st7735", "display.bgr": True})["display"]["bgr"] is True
 
 
 def test_custom_rating_scale(tmp_path):
