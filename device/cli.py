@@ -272,10 +272,10 @@ def cmd_summary(cfg, args) -> int:
 
     store = open_log(cfg, "summary")
     try:
-        tallies = summarize(store.rows(args.since, args.until))
+        tallies, scale = summarize(store.rows(args.since, args.until))
     finally:
         store.close()
-    print(format_table(tallies) if tallies else "no entries in that period")
+    print(format_table(tallies, scale) if tallies else "no entries in that period")
     return 0
 
 

@@ -86,7 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "gpio_dc": Key(24, int, (0, 27), "LCD data/command pin (BCM)"),
         "gpio_rst": Key(25, int, (0, 27), "LCD reset pin (BCM)"),
         "gpio_backlight": Key(18, int, (0, 27), "LCD backlight pin (BCM)"),
-        "bgr": Key(False, bool, None, "st7735/ili9341 LCD: blue-green-red colour order (set it if red shows blue)"),
+        "swap_red_blue": Key(False, bool, None, "st7735/ili9341 LCD: swap red and blue (set it if red shows blue)"),
         "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns"),
         "png_path": Key("build/screen.png", str, None, "file the png driver writes"),
         "thank_you_s": Key(2.0, (int, float), (0.5, 30.0), "how long the thank-you screen stays"),
@@ -205,9 +205,6 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")
-    if cfg["display"]["bgr"] and cfg["display"]["driver"] not in ("st7735", "ili9341"):
-        raise ConfigError(f"{cfg.source}: display.bgr: only an st7735 or ili9341 LCD takes a colour order, "
-                          f"not display.driver = {cfg['display']['driver']!r}")
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])

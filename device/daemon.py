@@ -129,7 +129,7 @@ class Daemon:
 
     def _entry(self, r: Reading) -> Entry:
         return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,
-                     clock_synced())
+                     clock_synced(), self.cfg["rating"]["max"])
 
     def _store(self, entry: Entry, at: datetime, now: float) -> bool:
         """Commit one entry stamped with its press time `at` (a retry keeps the original time)."""

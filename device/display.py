@@ -243,39 +243,44 @@ class Display:
 
 
 class _Recording:
-    """A luma serial interface that notes what is sent through it, and when, until `stop()`: the
-    panel's set-up, to send again without re-running luma's __init__."""
+    """A luma serial interface that notes the set-up sent through it until `stop()`, to send it
+    again without re-running luma's __init__. `pauses` are the waits after some commands: luma's
+    init runs on a panel just powered on, a replay may hit one that is running."""
 
-    def __init__(self, serial):
-        self.serial, self.sent = serial, []
+    FRAME_BYTES = 64  # a longer data write is a picture, not a setting: the next draw sends its own
+
+    def __init__(self, serial, pauses: dict[int, float] | None = None):
+        self.serial, self.sent, self.pauses = serial, [], pauses or {}
 
     def command(self, *cmd: int) -> None:
-        self._send(self.serial.command, *cmd)
+        self._send(self.serial.command, cmd, self.pauses.get(cmd[0], 0.0))
 
     def data(self, data) -> None:
-        self._send(self.serial.data, data)
+        self._send(self.serial.data, (data,), None if len(data) > self.FRAME_BYTES else 0.0)
 
-    def _send(self, write: Callable, *args) -> None:
-        if self.sent is not None:
-            self.sent.append((time.monotonic(), write, args))
+    def _send(self, write: Callable, args: tuple, pause: float | None) -> None:
+        if self.sent is not None and pause is not None:
+            self.sent.append((write, args, pause))
         write(*args)
 
     def cleanup(self) -> None:
         self.serial.cleanup()
 
-    def stop(self) -> list[tuple[float, Callable, tuple]]:
+    def stop(self) -> list[tuple[Callable, tuple, float]]:
         sent, self.sent = self.sent, None
         return sent
 
     @staticmethod
-    def replay(sent: list[tuple[float, Callable, tuple]]) -> Callable[[], None]:
-        """Sends it again on luma's timeline: its pauses are the panel's (an ILI9341 wakes in 120 ms)."""
+    def replay(sent: list[tuple[Callable, tuple, float]]) -> Callable[[], None]:
         def set_up() -> None:
-            start = time.monotonic()
-            for at, write, args in sent:
-                time.sleep(max(0.0, at - sent[0][0] - (time.monotonic() - start)))
+            for write, args, pause in sent:
                 write(*args)
+                if pause:
+                    time.sleep(pause)
         return set_up
+
+
+LCD_PAUSES = {0x01: 0.15, 0x11: 0.12}  # after software reset and sleep out: the datasheets' waits (luma's 120 ms too)
 
 
 def _luma_error() -> type[Exception]:
@@ -311,9 +316,9 @@ def _open_display(cfg: dict) -> Display:
 
         serial = _Recording(i2c(port=cfg["i2c_port"], address=cfg["i2c_address"]))
         panel = getattr(oled, driver)(serial, rotate=cfg["rotate"])
-        # luma sends the set-up commands in __init__ only, and each __init__ adds an exit hook: the
-        # commands it sent are replayed instead (it writes the whole frame each time, so the next
-        # draw fills the panel's memory again)
+        # luma sends the set-up in __init__ only, and each __init__ adds an exit hook: what it sent
+        # is replayed instead (it writes the whole frame each time, so the next draw fills the
+        # panel's memory again)
         return Display(panel, set_up=serial.replay(serial.stop()))
     if driver in LCDS:  # SPI has no acknowledgement: a panel that lost power is found only by the refresh
         from luma.core.framebuffer import full_frame
@@ -321,9 +326,10 @@ def _open_display(cfg: dict) -> Display:
         from luma.lcd import device as lcd
 
         serial = _Recording(spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
-                                gpio_RST=cfg["gpio_rst"]))
-        # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again
-        extra = {} if driver == "st7789" else {"bgr": cfg["bgr"], "framebuffer": full_frame()}
+                                gpio_RST=cfg["gpio_rst"]), pauses=LCD_PAUSES)
+        # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again;
+        # luma's bgr flips its own default order, which differs between the two
+        extra = {} if driver == "st7789" else {"bgr": cfg["swap_red_blue"], "framebuffer": full_frame()}
         panel = getattr(lcd, driver)(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"], **extra)
         return Display(panel, set_up=serial.replay(serial.stop()))
     raise ValueError(f"unknown display driver {driver!r}")

@@ -33,9 +33,12 @@ MIGRATIONS = (
     """,
     # 2: whether the clock was synchronized when the entry was stored (NULL: unknown)
     "ALTER TABLE entries ADD COLUMN clock_synced INTEGER",
+    # 3: the top of the rating scale the entry was rated on (NULL: unknown), so a changed scale
+    # does not mix 5-star and 10-point ratings in one mean
+    "ALTER TABLE entries ADD COLUMN rating_max REAL",
 )
 EXPORT_FIELDS = ("date", "time", "rating", "emotion", "confidence", "utc", "probabilities",
-                 "model_sha256", "device_id", "id", "clock_synced")
+                 "model_sha256", "device_id", "id", "clock_synced", "rating_max")
 CLOCK = {1: "yes", 0: "no", None: ""}
 
 
@@ -52,6 +55,7 @@ class Entry:
     model_sha256: str
     device_id: str
     clock_synced: bool | None = None
+    rating_max: float | None = None
 
 
 class FeedbackLog:
@@ -117,11 +121,12 @@ class FeedbackLog:
             entry.model_sha256,
             entry.device_id,
             None if entry.clock_synced is None else int(entry.clock_synced),
+            None if entry.rating_max is None else float(entry.rating_max),
         )
         try:
             cur = self.db.execute(
                 "INSERT INTO entries (utc, local_date, local_time, emotion, rating, confidence, probabilities,"
-                " model_sha256, device_id, clock_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                " model_sha256, device_id, clock_synced, rating_max) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             return int(cur.lastrowid)
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: cannot store the entry: {e}") from None
@@ -180,7 +185,8 @@ class FeedbackLog:
         n = 0
         for r in (self.salvage if salvage else self.rows)(since, until):
             w.writerow([r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
-                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"], CLOCK[r["clock_synced"]]])
+                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"], CLOCK[r["clock_synced"]],
+                        "" if r["rating_max"] is None else r["rating_max"]])
             n += 1
         return n
 
@@ -193,4 +199,4 @@ class FeedbackLog:
 
 def _entry_row(cur: sqlite3.Cursor, values: tuple) -> dict:
     """One entry as a dict; a column a log of an older schema lacks reads as unknown (None)."""
-    return {"clock_synced": None, **dict(zip([c[0] for c in cur.description], values, strict=True))}
+    return {"clock_synced": None, "rating_max": None, **dict(zip([c[0] for c in cur.description], values, strict=True))}

@@ -14,32 +14,38 @@ from device.preprocess import DISPLAY_NAMES
 class Tally:
     label: str  # a local date, or "all"
     entries: int = 0
-    rating_sum: float = 0.0
+    scales: Counter = field(default_factory=Counter)  # entries per scale top (None: not logged, before v3)
+    rating_sums: Counter = field(default_factory=Counter)  # ratings summed per scale top
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time: the date may be wrong
 
     def add(self, row: dict) -> None:
         self.entries += 1
-        self.rating_sum += row["rating"]
+        self.scales[row["rating_max"]] += 1
+        self.rating_sums[row["rating_max"]] += row["rating"]
         self.emotions[row["emotion"]] += 1
         self.unsynced += row["clock_synced"] == 0
 
-    @property
-    def mean_rating(self) -> float:
-        return self.rating_sum / self.entries
+    def mean_rating(self, scale: float | None) -> float:
+        """The mean on `scale`: a rating given out of another top is converted (4 of 5 is 8 of 10);
+        one whose scale was not logged is taken as given on `scale`."""
+        return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
 
 
-def summarize(rows: Iterable[dict]) -> list[Tally]:
-    """One tally per local date, oldest first, then one for all of them; [] for no rows."""
+def summarize(rows: Iterable[dict]) -> tuple[list[Tally], float | None]:
+    """One tally per local date, oldest first, then one for all of them ([] for no rows), and the
+    scale top every mean is shown on: the newest entry's, the one the kiosk rates on now."""
     days: dict[str, Tally] = {}
     total = Tally("all")
-    for row in rows:
+    scale = None
+    for row in rows:  # in the order stored
         days.setdefault(row["local_date"], Tally(row["local_date"])).add(row)
         total.add(row)
-    return [*(days[d] for d in sorted(days)), total] if total.entries else []
+        scale = row["rating_max"] or scale
+    return ([*(days[d] for d in sorted(days)), total] if total.entries else []), scale
 
 
-def format_table(tallies: list[Tally]) -> str:
+def format_table(tallies: list[Tally], scale: float | None) -> str:
     """A plain-text table: date, entries, mean rating, then each emotion's share of the day."""
     seen = set().union(*(t.emotions for t in tallies))
     emotions = [e for e in DISPLAY_NAMES if e in seen] + sorted(seen - set(DISPLAY_NAMES))
@@ -47,8 +53,12 @@ def format_table(tallies: list[Tally]) -> str:
     lines = [header]
     for t in tallies:
         shares = "".join(f" {t.emotions[e] / t.entries:>9.0%}" for e in emotions)
-        lines.append(f"{t.label:<10} {t.entries:>7} {t.mean_rating:>6.2f}{shares}")
-    if unsynced := tallies[-1].unsynced:
+        lines.append(f"{t.label:<10} {t.entries:>7} {t.mean_rating(scale):>6.2f}{shares}")
+    total = tallies[-1]
+    if rescaled := sum(n for top, n in total.scales.items() if top and top != scale):
+        lines.append(f"{rescaled} of these entries were rated on another scale: their ratings are shown "
+                     f"out of {scale:g}, the scale of the newest entry")
+    if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time: their "
                      "dates may be wrong (clock_synced = no in the export)")
     return "\n".join(lines)

@@ -716,11 +716,13 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     assert charge_pump in bus.commands  # an error screen may stay up for hours: staff must be able to read it
 
 
-@pytest.mark.parametrize("driver, size, bgr", [("st7789", (240, 240), False), ("st7735", (160, 128), True),
-                                               ("ili9341", (320, 240), False)])
-def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeypatch, driver, size, bgr):
+@pytest.mark.parametrize("driver, size, swap, madctl", [("st7789", (240, 240), False, 0x70),
+                                                       ("st7735", (160, 128), True, 0x68),  # luma's RGB made BGR
+                                                       ("ili9341", (320, 240), True, 0x20)])  # its BGR made RGB
+def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeypatch, driver, size, swap, madctl):
     """An SPI LCD that lost power comes back blank, and no write fails (SPI has no acknowledgement):
-    the idle screen sends its set-up again each minute, keeping luma's pauses, then the whole frame."""
+    the idle screen sends its set-up again each minute, with the datasheets' waits after a reset
+    and a wake-up, then the whole frame."""
     import atexit
 
     import luma.core.interface.serial
@@ -752,11 +754,11 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: bus)
     monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", lambda self: pins, raising=False)
     hooks = atexit._ncallbacks()
-    display = open_display(load_config(None, {"display.driver": driver, "display.bgr": bgr})["display"])
-    set_up, wake = list(bus.sent), (0x11,)  # luma's set-up; each panel's ends with sleep-out
+    display = open_display(load_config(None, {"display.driver": driver, "display.swap_red_blue": swap})["display"])
+    wake, reset = (0x11,), (0x01,)
+    set_up = [w for w in bus.sent if not (isinstance(w, bytes) and len(w) > 64)]  # less luma's blank frame
     assert wake in set_up and display.device.size == size and pins.lit == (18, 1)  # the backlight is on
-    if driver == "st7735":
-        assert set_up[set_up.index((0x36,)) + 1] == bytes([0x68])  # memory access control, with BGR (0x08)
+    assert set_up[set_up.index((0x36,)) + 1] == bytes([madctl])  # memory access control: orientation, colour order
 
     def frame(screen):  # the panel's memory is written last, with the whole picture
         return bytes(render(screen, size, "RGB").tobytes())
@@ -769,9 +771,8 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     monkeypatch.setattr(device.display.time, "sleep", slept.append)
     bus.sent = []
     assert display.show(Screen("idle")) is True
-    assert bus.sent[:len(set_up)] == set_up and bus.sent[-1] == frame(Screen("idle"))  # set up, then drawn whole
-    if driver == "ili9341":  # luma waits 120 ms after waking it; so does the replay
-        assert max(slept) >= 0.1
+    assert bus.sent == [*set_up, *bus.sent[len(set_up):]] and bus.sent[-1] == frame(Screen("idle"))
+    assert slept == [0.15, 0.12] if reset in set_up else slept == [0.12]  # a running panel is given time to wake
     bus.sent = []
     assert display.show(Screen("idle")) is False and bus.sent == []  # not again for a minute
     assert atexit._ncallbacks() == hooks + 1  # luma's exit hook, once: its __init__ is not re-run
@@ -905,6 +906,30 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
         "(clock_synced = no in the export)")
 
 
+def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
+    """A shop that moved from 5 stars to the paper's 0-10 scale: a mean of both, unconverted, would
+    read as a fall in satisfaction."""
+    log = FeedbackLog(tmp_path / "f.db")
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "till-1"), noon)  # before the scale was logged
+    log.add(Entry("Sad", 2, 0.8, {"Sad": 0.8}, "ab", "till-1", rating_max=5), noon)
+    log.add(Entry("Happy", 10, 0.8, {"Happy": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
+    log.add(Entry("Neutral", 5, 0.8, {"Neutral": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
+    log.close()
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "date       entries rating     Happy   Neutral       Sad",
+        "2026-11-30       2   4.50       50%        0%       50%",  # (5 + 2 * 10/5) / 2: the first 5 taken as of 10
+        "2026-12-01       2   7.50       50%       50%        0%",
+        "all              4   6.00       50%       25%       25%",
+        "1 of these entries were rated on another scale: their ratings are shown out of 10, the scale of the newest "
+        "entry",
+    ]
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db"), "--until", "2026-11-30"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["2026-11-30       2   3.50       50%       50%",
+                                                        "all              2   3.50       50%       50%"]
+
+
 def test_export_csv(tmp_path, capsys):
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
@@ -1028,8 +1053,8 @@ def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, t
     rig.steps(1)
     rig.close()
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
-    header, row = capsys.readouterr().out.splitlines()
-    assert header.split(",")[-1] == "clock_synced" and row.endswith(f",{shown}")
+    [row] = csv.DictReader(capsys.readouterr().out.splitlines())
+    assert row["clock_synced"] == shown and row["rating_max"] == "5.0"  # and the scale it was rated on
 
 
 def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
@@ -1048,13 +1073,13 @@ def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0  # reading changes nothing
     assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")
     assert cli.main(["export", "--salvage", "--db", str(tmp_path / "f.db")]) == 0
-    assert capsys.readouterr().out.splitlines()[1].endswith(",1,")  # id 1, clock unknown
+    assert capsys.readouterr().out.splitlines()[1].endswith(",1,,")  # id 1, clock and scale unknown
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert (tmp_path / "f.db").read_bytes() == before and not (tmp_path / "f.db-wal").exists()
     capsys.readouterr()
     log = FeedbackLog(tmp_path / "f.db")  # the daemon migrates it
     assert log.schema_version == len(MIGRATIONS) and log.integrity_ok()
-    assert [(r["emotion"], r["clock_synced"]) for r in log.rows()] == [("Happy", None)]
+    assert [(r["emotion"], r["clock_synced"], r["rating_max"]) for r in log.rows()] == [("Happy", None, None)]
     log.close()
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")

@@ -89,13 +89,6 @@ def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
     load_config(None, {"display.driver": "st7789", "button.pin": 3, "button.led_pin": 27})  # I2C is free then
 
 
-def test_a_colour_order_is_refused_for_a_panel_that_takes_none():
-    with pytest.raises(ConfigError, match=re.escape("display.bgr: only an st7735 or ili9341 LCD takes a colour order, "
-                                                    "not display.driver = 'st7789'")):
-        load_config(None, {"display.driver": "st7789", "display.bgr": True})
-    assert load_config(None, {"display.driver": "st7735", "display.bgr": True})["display"]["bgr"] is True
-
-
 def test_custom_rating_scale(tmp_path):
     path = tmp_path / "config.toml"
     paper = {"Happy": 10, "Surprised": 8, "Neutral": 5, "Sad": 3, "Fearful": 3, "Disgusted": 1, "Angry": 0}
