@@ -272,10 +272,11 @@ def cmd_summary(cfg, args) -> int:
 
     store = open_log(cfg, "summary")
     try:
-        tallies, scale = summarize(store.rows(args.since, args.until))
+        oldest, newest = store.rating_scales()
+        tallies = summarize(store.rows(args.since, args.until), unlogged=oldest)
     finally:
         store.close()
-    print(format_table(tallies, scale) if tallies else "no entries in that period")
+    print(format_table(tallies, newest) if tallies else "no entries in that period")
     return 0
 
 

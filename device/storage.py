@@ -152,6 +152,19 @@ class FeedbackLog:
             raise StorageError(f"{self.path}: cannot read the log: {e} ('feedbackd export --salvage' "
                                "rescues the entries still readable)") from None
 
+    def rating_scales(self) -> tuple[float | None, float | None]:
+        """The oldest and the newest scale top logged in the whole log (None: none logged, as in a
+        log from before v3): the entries before the first are on the oldest, the kiosk rates on
+        the newest now."""
+        try:
+            if "rating_max" not in {c[1] for c in self.db.execute("PRAGMA table_info(entries)")}:
+                return None, None
+            q = "SELECT rating_max FROM entries WHERE rating_max IS NOT NULL ORDER BY id {} LIMIT 1"
+            oldest, newest = (self.db.execute(q.format(order)).fetchone() for order in ("ASC", "DESC"))
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{self.path}: cannot read the log: {e}") from None
+        return (oldest or (None,))[0], (newest or (None,))[0]
+
     def salvage(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
         """The entries of a damaged log that can still be read, fetched one id at a time so that
         one bad page costs only its own rows; `self.unreadable` counts the ids that could not be."""

@@ -14,39 +14,39 @@ from device.preprocess import DISPLAY_NAMES
 class Tally:
     label: str  # a local date, or "all"
     entries: int = 0
-    scales: Counter = field(default_factory=Counter)  # entries per scale top (None: not logged, before v3)
+    scales: Counter = field(default_factory=Counter)  # entries per scale top (None: unknown)
     rating_sums: Counter = field(default_factory=Counter)  # ratings summed per scale top
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time: the date may be wrong
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, top: float | None) -> None:
         self.entries += 1
-        self.scales[row["rating_max"]] += 1
-        self.rating_sums[row["rating_max"]] += row["rating"]
+        self.scales[top] += 1
+        self.rating_sums[top] += row["rating"]
         self.emotions[row["emotion"]] += 1
         self.unsynced += row["clock_synced"] == 0
 
     def mean_rating(self, scale: float | None) -> float:
-        """The mean on `scale`: a rating given out of another top is converted (4 of 5 is 8 of 10);
-        one whose scale was not logged is taken as given on `scale`."""
+        """The mean on `scale`: a rating given out of another top is converted in proportion (4 of 5
+        is 8 of 10, 1 of 5 is 2 of 10)."""
         return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
 
 
-def summarize(rows: Iterable[dict]) -> tuple[list[Tally], float | None]:
-    """One tally per local date, oldest first, then one for all of them ([] for no rows), and the
-    scale top every mean is shown on: the newest entry's, the one the kiosk rates on now."""
+def summarize(rows: Iterable[dict], unlogged: float | None = None) -> list[Tally]:
+    """One tally per local date, oldest first, then one for all of them; [] for no rows. An entry
+    without a logged scale (stored before v3) is taken as rated out of `unlogged`."""
     days: dict[str, Tally] = {}
     total = Tally("all")
-    scale = None
-    for row in rows:  # in the order stored
-        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row)
-        total.add(row)
-        scale = row["rating_max"] or scale
-    return ([*(days[d] for d in sorted(days)), total] if total.entries else []), scale
+    for row in rows:
+        top = row["rating_max"] or unlogged
+        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top)
+        total.add(row, top)
+    return [*(days[d] for d in sorted(days)), total] if total.entries else []
 
 
-def format_table(tallies: list[Tally], scale: float | None) -> str:
-    """A plain-text table: date, entries, mean rating, then each emotion's share of the day."""
+def format_table(tallies: list[Tally], scale: float | None = None) -> str:
+    """A plain-text table: date, entries, mean rating (out of `scale`, where the log says), then
+    each emotion's share of the day."""
     seen = set().union(*(t.emotions for t in tallies))
     emotions = [e for e in DISPLAY_NAMES if e in seen] + sorted(seen - set(DISPLAY_NAMES))
     header = f"{'date':<10} {'entries':>7} {'rating':>6}" + "".join(f" {e:>9}" for e in emotions)
@@ -55,9 +55,10 @@ def format_table(tallies: list[Tally], scale: float | None) -> str:
         shares = "".join(f" {t.emotions[e] / t.entries:>9.0%}" for e in emotions)
         lines.append(f"{t.label:<10} {t.entries:>7} {t.mean_rating(scale):>6.2f}{shares}")
     total = tallies[-1]
-    if rescaled := sum(n for top, n in total.scales.items() if top and top != scale):
-        lines.append(f"{rescaled} of these entries were rated on another scale: their ratings are shown "
-                     f"out of {scale:g}, the scale of the newest entry")
+    if scale:
+        rescaled = sum(n for top, n in total.scales.items() if top and top != scale)
+        lines.append(f"ratings are out of {scale:g}, the scale of the log's newest entry" + (
+            f"; {rescaled} of these entries were rated on another and are converted in proportion" if rescaled else ""))
     if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time: their "
                      "dates may be wrong (clock_synced = no in the export)")

@@ -908,7 +908,8 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
 
 def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
     """A shop that moved from 5 stars to the paper's 0-10 scale: a mean of both, unconverted, would
-    read as a fall in satisfaction."""
+    read as a fall in satisfaction. Entries from before the scale was logged are on the first one
+    logged (a scale was changed with a fresh log then), and every period is shown on one scale."""
     log = FeedbackLog(tmp_path / "f.db")
     noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "till-1"), noon)  # before the scale was logged
@@ -916,18 +917,19 @@ def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, 
     log.add(Entry("Happy", 10, 0.8, {"Happy": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
     log.add(Entry("Neutral", 5, 0.8, {"Neutral": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
     log.close()
+    note = ("ratings are out of 10, the scale of the log's newest entry; 2 of these entries were rated on another "
+            "and are converted in proportion")
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "date       entries rating     Happy   Neutral       Sad",
-        "2026-11-30       2   4.50       50%        0%       50%",  # (5 + 2 * 10/5) / 2: the first 5 taken as of 10
+        "2026-11-30       2   7.00       50%        0%       50%",  # (5 + 2) * 10/5 / 2
         "2026-12-01       2   7.50       50%       50%        0%",
-        "all              4   6.00       50%       25%       25%",
-        "1 of these entries were rated on another scale: their ratings are shown out of 10, the scale of the newest "
-        "entry",
+        "all              4   7.25       50%       25%       25%",
+        note,
     ]
     assert cli.main(["summary", "--db", str(tmp_path / "f.db"), "--until", "2026-11-30"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ["2026-11-30       2   3.50       50%       50%",
-                                                        "all              2   3.50       50%       50%"]
+    assert capsys.readouterr().out.splitlines()[1:] == ["2026-11-30       2   7.00       50%       50%",
+                                                        "all              2   7.00       50%       50%", note]
 
 
 def test_export_csv(tmp_path, capsys):
