@@ -154,7 +154,8 @@ class EmotionClassifier:
         if actual != self.manifest.sha256:
             raise ModelError(
                 f"{self.path}: sha256 {actual[:16]}… does not match its manifest "
-                f"{manifest_path(self.path)} ({self.manifest.sha256[:16]}…); refusing to use it"
+                f"{manifest_path(self.path)} ({self.manifest.sha256[:16]}…); refusing to use it (copy the model "
+                "and its manifest together, as 'sudo make install' does; 'make convert' writes both)"
             )
         self.sha256 = actual
         self.interpreter = load_interpreter(self.path, num_threads)

@@ -484,7 +484,7 @@ def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys, monkey
     data[-64] ^= 1
     (bad / model.name).write_bytes(bytes(data))
     assert cli.main([*base, "--model", str(bad / model.name)]) == 2
-    assert "does not match its manifest" in capsys.readouterr().err
+    assert "does not match its manifest" in (err := capsys.readouterr().err) and "and its manifest together" in err
     assert cli.main([*base, "--model", str(model), "--detector-dir", str(tmp_path)]) == 2
     assert "face-detector file missing" in capsys.readouterr().err
     shutil.copy(model, bad / model.name)  # the right model, a manifest that misdescribes it
