@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from datetime import date
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def config_from(args: argparse.Namespace):
 
 
 def cmd_run(cfg, pin_factory=None) -> int:
-    from device.daemon import Daemon
+    from device.daemon import Daemon, Stop
     from device.notify import Notifier
     from device.sources import ReconnectingSource, open_source
 
@@ -130,7 +129,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
         raise
     source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
-    stop = threading.Event()
+    stop = Stop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("feedbackd: model %s (sha256 %s…), detector %s, display %s, button %s, log %s",

@@ -32,6 +32,24 @@ def entry_json(entry: Entry, at: datetime) -> str:
     return json.dumps({"utc": at.isoformat(), **asdict(entry)})
 
 
+class Stop:
+    """The daemon's stop request, set from a signal handler: a plain flag, because a handler runs
+    between two bytecodes of the code it interrupts, and one that took threading.Event's lock while
+    that code held it (entering or leaving `wait`) would hang the daemon until systemd's SIGKILL."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)  # at most a frame's interval; a signal's handler runs at once
+
+
 STAGES = ("capture", "detect", "classify", "render")
 
 
@@ -183,7 +201,7 @@ class Daemon:
                       self.cfg["rating"]["max"], face=self.smoother.face_seen_within(now, 0.5))
 
     # --- the loop
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Stop | threading.Event) -> None:
         self.notifier.ready()
         self.notifier.status("running")
         log.info("running")
@@ -194,9 +212,11 @@ class Daemon:
             while not stop.is_set():
                 started = time.monotonic()
                 self.step()
-                if self.notifier.watchdog_s and started >= next_ping:
+                # fed right after each step, at most once a second: one slow step (a camera
+                # reconnect) may then take nearly the whole WatchdogSec, not half of it
+                if self.notifier.watchdog_s and (done := time.monotonic()) >= next_ping:
                     self.notifier.watchdog()
-                    next_ping = started + self.notifier.watchdog_s
+                    next_ping = done + min(1.0, self.notifier.watchdog_s)
                 if started >= next_stats:
                     log.info(self.stats.line())
                     self.stats = Stats(entries=self.stats.entries)

@@ -1194,5 +1194,48 @@ def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp
     rig.close()
 
 
+def test_the_watchdog_is_fed_right_after_a_slow_step(model, face_folder, tmp_path, monkeypatch):
+    """Two 14.8 s steps (a camera reconnect probing each USB node) in a row stay within WatchdogSec
+    (30 s): the ping follows each step that ran past its time, not the next step after it."""
+    from device import daemon as D
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock, pings, durations = [0.0], [], iter([0.1, 14.8, 14.8, 0.1])
+
+    class Notifier:
+        watchdog_s = 15.0  # WatchdogSec=30, halved
+
+        def ready(self): pass
+        def status(self, text): pass
+        def stopping(self): pass
+
+        def watchdog(self):
+            pings.append(clock[0])
+
+    class FakeStop:  # the loop's only other clock is its pacing wait
+        steps = 0
+
+        def is_set(self):
+            return self.steps == 4
+
+        def wait(self, seconds):
+            clock[0] += seconds
+
+    stop = FakeStop()
+
+    def step():
+        clock[0] += next(durations)
+        stop.steps += 1
+
+    rig.daemon.notifier = Notifier()
+    monkeypatch.setattr(rig.daemon, "step", step)
+    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    rig.daemon.run(stop)
+    monkeypatch.undo()
+    gaps = [b - a for a, b in zip([0.0, *pings], [*pings, clock[0]], strict=True)]
+    assert len(pings) >= 3 and max(gaps) < 15.0, pings  # a ping at most one step after the one before
+    rig.close()
+
+
 def test_shipped_example_config_is_current():
     assert (ROOT / "systemd" / "config.example.toml").read_text() == example_toml()
