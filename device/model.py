@@ -117,7 +117,9 @@ def load_interpreter(model: Path, num_threads: int = 1):
 def release_mapped_pages(path: Path) -> int:
     """Drop this process's resident pages of the read-only file mapped at `path` (Linux;
     elsewhere a no-op). They stay in the page cache and fault back in if ever read again,
-    so this only lowers resident memory, never changes what is read. Returns bytes advised."""
+    so this only lowers resident memory, never changes what is read. The daemon locks its memory
+    (memlock) and the kernel refuses to drop locked pages, so the mapping is unlocked first: it
+    holds the model's weights, never a frame. Returns bytes advised."""
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
@@ -128,6 +130,7 @@ def release_mapped_pages(path: Path) -> int:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5] == target and "w" not in fields[1]:
             start, end = (int(a, 16) for a in fields[0].split("-"))
+            libc.munlock(ctypes.c_void_p(start), ctypes.c_size_t(end - start))
             if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0:
                 done += end - start
     return done

@@ -475,7 +475,9 @@ def test_winograd_setting_finds_the_same_face(monkeypatch):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
-def test_released_model_pages_read_back_the_same(tmp_path):
+@pytest.mark.parametrize("locked", [False, True])  # the daemon under its unit locks all its memory
+def test_released_model_pages_read_back_the_same(tmp_path, locked):
+    import ctypes
     import mmap
 
     from conftest import resident_kb
@@ -487,6 +489,11 @@ def test_released_model_pages_read_back_the_same(tmp_path):
     path.write_bytes(data)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         assert m[:] == data and resident_kb(path) >= 4000  # every page touched: resident
+        if locked:  # 4 MB: within the 8 MB a user may lock by default
+            [line] = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if ln.endswith(str(path))]
+            start, end = (int(a, 16) for a in line.split()[0].split("-"))
+            if ctypes.CDLL(None).mlock(ctypes.c_void_p(start), ctypes.c_size_t(end - start)) != 0:
+                pytest.skip("this user may not lock 4 MB (RLIMIT_MEMLOCK)")
         assert release_mapped_pages(path) >= len(data)
         assert resident_kb(path) < 100
         assert m[:] == data  # faulted back in from the file, unchanged
