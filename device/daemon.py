@@ -18,7 +18,7 @@ import numpy as np
 
 from device.clock import clock_synced
 from device.config import ConfigError
-from device.detector import CropGeometry, FaceFinder, crop_face
+from device.detector import MAX_BOX_AGE_S, Box, CropGeometry, FaceFinder, crop_face, same_face
 from device.display import Screen
 from device.notify import Notifier
 from device.reading import Reading, Smoother
@@ -84,6 +84,8 @@ class Daemon:
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
+        self._box: Box | None = None  # the last face classified
+        self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
@@ -118,7 +120,11 @@ class Daemon:
         probs = self.classifier.predict(face)[0]
         self.stats.seconds["classify"] += time.monotonic() - t
         self.stats.faces += 1
-        self.smoother.add(captured_at, probs)  # when the frame was read, not when its face was classified
+        # someone else: a box elsewhere, or a face after a gap (the next customer stepping into the
+        # same spot); the reading then averages only their face
+        last_at, last_box, self._box = self.smoother.last_face_at, self._box, box
+        new_face = last_box is not None and (not same_face(last_box, box) or captured_at - last_at > self._face_gap_s)
+        self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 
     # --- the button
     def _handle_presses(self) -> None:

@@ -94,6 +94,16 @@ class FaceDetector:
         return boxes
 
 
+def same_face(before: Box, after: Box, min_iou: float = 0.3) -> bool:
+    """Whether two boxes from frames close in time frame one face: they overlap by at least
+    `min_iou` (intersection over union). A customer at a till moves far less between frames."""
+    w = min(before.x1, after.x1) - max(before.x0, after.x0)
+    h = min(before.y1, after.y1) - max(before.y0, after.y0)
+    inter = max(0, w) * max(0, h)
+    union = before.width * before.height + after.width * after.height - inter
+    return union > 0 and inter / union >= min_iou
+
+
 def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
     """The customer: the largest box, discounted by its distance from the frame centre
     (someone close behind the customer's shoulder should not win)."""

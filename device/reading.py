@@ -28,22 +28,25 @@ class Smoother:
         self.window_s = window_s
         self.reset_after_s = reset_after_s
         self.min_confidence = min_confidence
-        self._samples: deque[tuple[float, np.ndarray]] = deque()
+        self._samples: deque[tuple[float, int, np.ndarray]] = deque()  # (time, face number, probabilities)
+        self._face = 0
         self.last_face_at: float | None = None
 
-    def add(self, now: float, probs: np.ndarray) -> None:
-        """A face was classified in a frame captured at time `now`."""
+    def add(self, now: float, probs: np.ndarray, new_face: bool = False) -> None:
+        """A face was classified in a frame captured at time `now`; `new_face`: not the face of the
+        sample before (someone else stepped in), so the average starts afresh with it."""
         if self.last_face_at is not None and now - self.last_face_at > self.reset_after_s:
             self._samples.clear()
-        self._samples.append((now, np.asarray(probs, dtype=np.float64)))
+        self._face += new_face
+        self._samples.append((now, self._face, np.asarray(probs, dtype=np.float64)))
         self.last_face_at = now
         while self._samples and now - self._samples[0][0] > self.window_s:
             self._samples.popleft()
 
-    def _until(self, at: float) -> list[tuple[float, np.ndarray]]:
+    def _until(self, at: float) -> list[tuple[float, int, np.ndarray]]:
         """The samples of frames captured at or before `at`: a press is judged on what the camera
         saw before it, never on the next customer who stepped in while it waited to be handled."""
-        return [(t, p) for t, p in self._samples if t <= at]
+        return [sample for sample in self._samples if sample[0] <= at]
 
     def face_seen_within(self, at: float, seconds: float) -> bool:
         seen = self._until(at)
@@ -54,7 +57,8 @@ class Smoother:
         seen = self._until(at)
         if not seen or at - seen[-1][0] > self.reset_after_s:
             return None
-        mean = np.mean([p for t, p in seen if seen[-1][0] - t <= self.window_s], axis=0)
+        last, face, _ = seen[-1]
+        mean = np.mean([p for t, f, p in seen if f == face and last - t <= self.window_s], axis=0)
         best = int(mean.argmax())
         conf = float(mean[best])
         probs = {name: float(p) for name, p in zip(self.labels, mean, strict=True)}

@@ -27,6 +27,7 @@ from device.daemon import Daemon
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
 from device.model import EmotionClassifier, ModelError
+from device.preprocess import DISPLAY_NAMES
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.storage import Entry, FeedbackLog, StorageError
 
@@ -776,6 +777,41 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     bus.sent = []
     assert display.show(Screen("idle")) is False and bus.sent == []  # not again for a minute
     assert atexit._ncallbacks() == hooks + 1  # luma's exit hook, once: its __init__ is not re-run
+
+
+@pytest.mark.parametrize("where, gap", [("beside", 0.0), ("in the same spot", 0.6)])
+def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_path, monkeypatch, where, gap):
+    """The next customer steps in just as the last one leaves, beside them or after a gap in the same
+    spot: their press stores their own emotion, none of the last customer's average."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = [100.0]
+    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    first, second = Box(100, 100, 200, 200, 0.9), Box(100 if gap else 260, 100, 200 if gap else 360, 200, 0.9)
+    script = iter([(first, "Angry")] * 6 + [(None, None)] * int(gap * 10) + [(second, "Happy")] * 9)  # more than the steps need
+    shown = []
+
+    class Finder:
+        def find(self, frame):
+            box, emotion = next(script)
+            shown.append(emotion)
+            return box
+
+    def predict(face):
+        return np.eye(7)[[DISPLAY_NAMES.index(shown[-1])]]
+
+    rig.daemon.finder = Finder()
+    monkeypatch.setattr(rig.daemon.classifier, "predict", predict)
+    for _ in range(6 + int(gap * 10) + 2):
+        rig.daemon.step()
+        clock[0] += 0.1
+    rig.press()
+    rig.daemon.step()
+    monkeypatch.undo()
+    assert [(r["emotion"], r["confidence"]) for r in rig.store.rows()] == [("Happy", 1.0)], where
+    rig.close()
 
 
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):

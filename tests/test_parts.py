@@ -65,6 +65,26 @@ def test_a_reading_at_a_moment_uses_only_faces_seen_before_it():
     assert s.reading(4.9).emotion == "Happy"
 
 
+def test_a_new_face_starts_the_average_afresh_and_a_press_before_it_keeps_the_old_one():
+    s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, window_s=1.0, reset_after_s=2.0)
+    for t in (0.0, 0.2, 0.4, 0.6):
+        s.add(t, SAD)  # the customer leaving
+    s.add(0.7, HAPPY, new_face=True)  # the next one, stepped in at once
+    s.add(0.8, HAPPY)
+    assert s.reading(0.8).emotion == "Happy" and s.reading(0.8).confidence == 1.0  # no part of the Sad average
+    assert s.reading(0.65).emotion == "Sad" and s.reading(0.65).confidence == 1.0  # a press at 0.65 was theirs
+
+
+def test_same_face_is_told_by_the_boxes_overlap():
+    from device.detector import Box, same_face
+
+    face = Box(100, 100, 200, 200, 0.9)
+    assert same_face(face, Box(110, 95, 215, 205, 0.9))  # the customer moved a little between frames
+    assert same_face(face, Box(80, 80, 230, 230, 0.9))  # or leaned in: IoU 0.44
+    assert not same_face(face, Box(220, 100, 320, 200, 0.9))  # someone beside them
+    assert not same_face(face, Box(170, 100, 270, 200, 0.9))  # IoU 0.18: another face
+
+
 @pytest.mark.parametrize(("top", "sure"), [(1 / 7, False), (0.39, False), (0.41, True)])
 def test_a_reading_is_sure_from_min_confidence(top, sure):
     s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, min_confidence=0.4)
