@@ -140,6 +140,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
     finally:
         source.close()
         button.close()
+        daemon.close()
         store.close()
         log.info("stopped: %d entries stored this run", daemon.stats.entries)
     return 0
@@ -284,7 +285,8 @@ def cmd_export(cfg, args) -> int:
     try:
         if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
             out = Path(args.output)
-            if out.resolve() in {Path(f"{store.path}{s}").resolve() for s in ("", "-wal", "-shm", "-journal")}:
+            own = ("", "-wal", "-shm", "-journal", ".spare")
+            if out.resolve() in {Path(f"{store.path}{s}").resolve() for s in own}:
                 raise StorageError(f"--output {out}: that is the feedback log itself; name a new .csv file")
             tmp = out.with_name(f".{out.name}.tmp")
             try:

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from device.detector import MAX_BOX_AGE_S, Box, CropGeometry, FaceFinder, crop_f
 from device.display import Screen
 from device.notify import Notifier
 from device.reading import Reading, Smoother
+from device.spare import SpareFile
 from device.storage import Entry, StorageError
 
 log = logging.getLogger("feedbackd")
@@ -93,6 +95,30 @@ class Daemon:
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
         self.storage_error: str | None = None
+        self.spare = self._open_spare(Path(f"{store.path}.spare"))
+
+    def _open_spare(self, path: Path) -> SpareFile | None:
+        """The spare file, and the entries it kept through a stop or a power cut back in line for
+        the log (each once: one the log took before the spare was cleared is not stored again)."""
+        try:
+            spare = SpareFile(path)
+        except OSError as e:
+            log.warning("%s: no spare file (%s): an entry the log cannot take is kept in memory and "
+                        "the journal only", path, e)
+            return None
+        for saved in spare.entries():
+            try:
+                at = datetime.fromisoformat(saved.pop("utc"))
+                entry = Entry(**saved)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("%s: an entry that cannot be read is left out (%s): %s", path, e, saved)
+                continue
+            if not self.store.contains(at, entry.device_id):
+                log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
+                self._pending.append((entry, at))
+        if not self._pending:
+            spare.clear()
+        return spare
 
     # --- one frame
     def step(self) -> None:
@@ -142,8 +168,10 @@ class Daemon:
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)
-            if not stored:  # and to the journal now: a power cut may come first
+            if not stored:  # and to the spare file and the journal now: a power cut may come first
                 log.critical("entry kept in memory until the log can be written: %s", entry_json(entry, at))
+                if self.spare:
+                    self.spare.append(entry_json(entry, at))
             # This customer's thanks, stored or kept: a storage error shown instead would invite a
             # second press, and a second entry once the log is back. The LED means stored.
             self._thanks = (now + self.cfg["display"]["thank_you_s"],
@@ -176,11 +204,17 @@ class Daemon:
             if not self._store(*self._pending[0], now):
                 return False
             self._pending.pop(0)
+        if self.spare:
+            self.spare.clear()
         return True
 
     def _retry_pending(self) -> None:
         if self._pending and time.monotonic() >= self._retry_at:
             self._store_pending(time.monotonic())
+
+    def close(self) -> None:
+        if self.spare:
+            self.spare.close()
 
     def flush_pending(self) -> None:
         """At shutdown: one last try for entries still in memory; any the log cannot take go

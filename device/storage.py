@@ -111,7 +111,7 @@ class FeedbackLog:
         time.tzset()  # a time zone set since the daemon started (raspi-config) dates this entry
         local = now.astimezone()
         row = (
-            now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            utc_text(now),
             local.strftime("%Y-%m-%d"),
             local.strftime("%H:%M:%S"),
             entry.emotion,
@@ -130,6 +130,16 @@ class FeedbackLog:
             return int(cur.lastrowid)
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: cannot store the entry: {e}") from None
+
+    def contains(self, at: datetime, device_id: str) -> bool:
+        """Whether the entry pressed at `at` on `device_id` is stored: one restored from the spare
+        file after a power cut may have reached the log already."""
+        try:
+            found = self.db.execute("SELECT 1 FROM entries WHERE utc = ? AND device_id = ? LIMIT 1",
+                                    (utc_text(at), device_id)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{self.path}: cannot read the log: {e}") from None
+        return found is not None
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
@@ -208,6 +218,11 @@ class FeedbackLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def utc_text(at: datetime) -> str:
+    """A press time as the log's `utc` column has it."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # `at` in UTC, as the daemon stamps it
 
 
 def _entry_row(cur: sqlite3.Cursor, values: tuple) -> dict:

@@ -83,6 +83,7 @@ class Rig:
 
     def close(self) -> None:
         self.button.close()
+        self.daemon.close()
         self.store.close()
 
 
@@ -305,6 +306,38 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     first, second = rig.store.rows()
     assert first["utc"] < second["utc"]  # ids follow press order
     rig.close()
+
+def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(model, face_folder, tmp_path, caplog):
+    """A full SD card fails the log's write, and Raspberry Pi OS keeps the journal in memory: the
+    kept entry is on the disk, in room taken at start-up, before the customer is thanked."""
+    db, spare = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
+    rig = Rig(model, face_folder, db)
+    assert spare.read_bytes() == bytes(64 * 1024)  # the room, taken while there is some
+    rig.steps(2)
+    _break_storage(rig, db, True)
+    rig.press()
+    rig.steps(1)
+    [kept] = [json.loads(r.getMessage().split(": ", 1)[1]) for r in caplog.records
+              if r.getMessage().startswith("entry kept in memory")]
+    assert json.loads(spare.read_bytes().split(b"\0", 1)[0]) == kept and rig.store.count() == 0
+    rig.close()  # the power is cut: no last try, nothing to the journal; the card is freed later
+    os.chmod(db, 0o644)
+    rig = Rig(model, face_folder, db)
+    rig.steps(1)
+    [row] = rig.store.rows()
+    pressed = datetime.fromisoformat(kept["utc"])
+    assert (row["emotion"], json.loads(row["probabilities"]), row["utc"]) == (
+        kept["emotion"], {k: round(v, 4) for k, v in kept["probabilities"].items()},  # as the log rounds them
+        pressed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))  # stamped when pressed, before the power cut
+    assert spare.read_bytes() == bytes(64 * 1024)  # in the log now: the room is free again
+    rig.close()
+    # a power cut after the log took it but before the spare was cleared: stored once, not twice
+    spare.write_bytes((json.dumps(kept) + "\n").encode().ljust(64 * 1024, b"\0"))
+    rig = Rig(model, face_folder, db)
+    rig.steps(1)
+    assert rig.store.count() == 1 and spare.read_bytes() == bytes(64 * 1024)
+    rig.close()
+
 
 @pytest.mark.parametrize("ending", ["stop", "crash"])
 def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_folder, tmp_path, caplog, ending):
@@ -790,7 +823,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     clock = [100.0]
     monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
     first, second = Box(100, 100, 200, 200, 0.9), Box(100 if gap else 260, 100, 200 if gap else 360, 200, 0.9)
-    script = iter([(first, "Angry")] * 6 + [(None, None)] * int(gap * 10) + [(second, "Happy")] * 9)  # more than the steps need
+    script = iter([(first, "Angry")] * 6 + [(None, None)] * int(gap * 10) + [(second, "Happy")] * 9)  # enough
     shown = []
 
     class Finder:
@@ -1196,7 +1229,8 @@ def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeyp
     rig.close()
     assert not writes
     new = {p.name for p in tmp_path.rglob("*")} - {p.name for p in before}
-    assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm"}
+    assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm", "feedback.db.spare"}
+    assert (tmp_path / "feedback.db.spare").read_bytes() == bytes(64 * 1024)  # room for entries, nothing in it
 
 
 def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp_path, caplog):

@@ -532,6 +532,28 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # and let go of: XNNPACK's copy is what runs
 
 
+def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog):
+    from device.spare import SpareFile
+
+    path = tmp_path / "feedback.db.spare"
+    spare = SpareFile(path, size=256)
+    assert path.read_bytes() == bytes(256)
+    assert spare.append('{"utc": "a"}') and spare.append('{"utc": "b"}')
+    assert not spare.append("x" * 250)  # does not fit: refused, the lines before it kept
+    spare.close()
+    data = bytearray(path.read_bytes())
+    data[26:30] = b'{"ut'  # a third line cut short by a power cut
+    path.write_bytes(bytes(data))
+    again = SpareFile(path, size=256)
+    assert again.entries() == [{"utc": "a"}, {"utc": "b"}] and "cut short" in caplog.text
+    again.clear()
+    again.close()
+    assert path.read_bytes() == bytes(256) and SpareFile(path, size=256).entries() == []
+    path.write_bytes(b'{"utc": "c"}\n')  # cut short on the disk (made by hand, or an older size)
+    kept = SpareFile(path, size=256)
+    assert kept.entries() == [{"utc": "c"}] and len(path.read_bytes()) == 256  # read, and the room taken again
+
+
 def test_image_source_takes_a_glob_of_images(tmp_path):
     import cv2
 
