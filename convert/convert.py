@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=300, help="int8 calibration faces (class-stratified)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.add_argument("--seed", type=int, default=2013)
     p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop allowed, in points")
     p.add_argument("--allow-drop", action="store_true", help="keep an int8 model that breaks --max-drop")
@@ -175,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
         return 2
     try:
-        train = fer.load_split(args.data, "train")
-        test = fer.load_split(args.data, fer.eval_split_name(args.data))
+        train = fer.load_split(args.data, "train", skip_bad=args.skip_bad)
+        test = fer.load_split(args.data, fer.eval_split_name(args.data), skip_bad=args.skip_bad)
+        for split in (train, test):
+            if split.skipped:
+                print(f"skipped {len(split.skipped)} bad files, first: {split.skipped[0]}", file=sys.stderr)
         spec = training_spec(args.model, test)
         model = load_float_model(args.model, spec)
     except (ModelError, fer.DataError) as e:

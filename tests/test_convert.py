@@ -126,6 +126,19 @@ def test_the_int8_gate_measures_the_drop_below_the_float_model(tiny_model, fer_c
     assert (tmp_path / "b" / "fer_vgg16_int8.tflite").exists()
 
 
+def test_a_bad_face_in_the_data_stops_the_conversion_unless_skip_bad(tiny_model, fer_csv, tmp_path, capsys):
+    """As `make train` and `make evaluate` do: a run trained with --skip-bad is converted with it too."""
+    data = tmp_path / "fer2013.csv"
+    data.write_text(fer_csv.read_text() + "3,1 2 3,PublicTest\n")  # three pixels, not 48x48
+    bad_line = len(data.read_text().splitlines())
+    args = ["--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "out"), "--variants", "int8",
+            "--calibration", "21", "--latency-runs", "1", "--max-drop", "100"]
+    assert convert_main(args) == 2
+    assert f"fer2013.csv:{bad_line}" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert convert_main([*args, "--skip-bad"]) == 0
+    assert "skipped 1 bad files" in capsys.readouterr().err and (tmp_path / "out" / "fer_vgg16_int8.tflite").exists()
+
+
 def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer_csv, tmp_path, capsys):
     model = tmp_path / "fer_vgg16.keras"
     out = tmp_path / "out"
