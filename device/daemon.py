@@ -106,19 +106,28 @@ class Daemon:
             log.warning("%s: no spare file (%s): an entry the log cannot take is kept in memory and "
                         "the journal only", path, e)
             return None
-        for saved in spare.entries():
-            try:
-                at = datetime.fromisoformat(saved.pop("utc"))
-                entry = Entry(**saved)
-            except (KeyError, TypeError, ValueError) as e:
-                log.error("%s: an entry that cannot be read is left out (%s): %s", path, e, saved)
-                continue
-            if not self.store.contains(at, entry.device_id):
-                log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
-                self._pending.append((entry, at))
+        try:
+            for saved in spare.entries():
+                self._restore(saved, path)
+        except StorageError as e:  # the log cannot be read: the file is left as it is
+            spare.close()
+            log.warning("%s: not restored, the log cannot tell which entries it holds (%s)", path, e)
+            return None
         if not self._pending:
             spare.clear()
         return spare
+
+    def _restore(self, saved: dict, path: Path) -> None:
+        """Put one saved entry back in line unless the log has it."""
+        fields = {k: v for k, v in saved.items() if k in Entry.__dataclass_fields__}  # a newer one's extras
+        try:
+            at, entry = datetime.fromisoformat(saved["utc"]), Entry(**fields)
+        except (KeyError, TypeError, ValueError) as e:
+            log.critical("%s: an entry that cannot be read (%s) is left out: %s", path, e, json.dumps(saved))
+            return
+        if not self.store.contains(at, entry.device_id):
+            log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
+            self._pending.append((entry, at))
 
     # --- one frame
     def step(self) -> None:

@@ -1,10 +1,12 @@
 """Room on disk, taken while there is some, for entries the log cannot take. A full SD card fails
 the log's write, and journald keeps its journal in memory on Raspberry Pi OS: an entry kept only
 in memory would not survive a power cut. The spare file is filled with zeros when the daemon
-starts, so its blocks are the file's already; writing an entry over them needs no free space."""
+starts, so its blocks are the file's already; on ext4 (Raspberry Pi OS's root) writing an entry
+over them needs no free space (a copy-on-write file system such as btrfs gives no such promise)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,23 +19,39 @@ SIZE = 64 * 1024  # about 150 entries: a full card is an error screen staff see 
 
 class SpareFile:
     """JSON lines written over zeros; the first zero byte ends them. Each line is on the disk
-    (fdatasync) before `append` returns; a line cut short by a power cut is skipped when read."""
+    (fdatasync) before `append` returns; a line cut short by a power cut is closed at the next
+    start, so the next line starts afresh, and is left out when read."""
 
     def __init__(self, path: Path, size: int = SIZE):
         self.path, self.size = Path(path), size
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            self.fd, self.writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640), True
+        except OSError as e:  # a card remounted read-only: what it holds can still be restored
+            if e.errno not in (errno.EROFS, errno.EACCES) or not self.path.exists():
+                raise
+            self.fd, self.writable = os.open(self.path, os.O_RDONLY), False
         try:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             written = data.split(b"\0", 1)[0]
             self.lines, self.end = written.decode(errors="replace").splitlines(), len(written)
-            if len(data) != size:  # new (or cut short): its room taken now, after the lines it holds
-                self._zero(self.end)
+            if self.writable:
+                self._take_room(data)
         except OSError:
             os.close(self.fd)
             raise
 
+    def _take_room(self, data: bytes) -> None:
+        """Zeros after the lines, the whole size allocated: a line cut short is closed first, and
+        bytes after a zero (a write or a clearing cut short) are zeroed, not read as lines later."""
+        if self.end and not data[:self.end].endswith(b"\n"):
+            self._write(b"\n", self.end)
+            self.end += 1
+        allocated = os.fstat(self.fd).st_blocks * 512 >= self.size
+        if len(data) != self.size or not allocated or any(data[self.end:]):
+            self._zero(self.end)
+
     def entries(self) -> list[dict]:
-        """The entries written before the last start, in order; a line that is not whole is left out."""
+        """The entries written before this start, in order; a line that is not whole is left out."""
         found = []
         for line in self.lines:
             try:
@@ -48,11 +66,12 @@ class SpareFile:
     def append(self, line: str) -> bool:
         """Write one line to the disk; False when it does not fit or the write fails."""
         data = line.encode() + b"\n"
-        if self.end + len(data) > self.size:
-            log.error("%s: full; the entry is in the journal only", self.path)
+        if not self.writable or self.end + len(data) > self.size:
+            log.error("%s: %s; the entry is in the journal only", self.path,
+                      "read-only" if not self.writable else "full")
             return False
         try:
-            os.pwrite(self.fd, data, self.end)
+            self._write(data, self.end)
             os.fdatasync(self.fd)
         except OSError as e:
             log.error("%s: cannot write the entry (%s); it is in the journal only", self.path, e)
@@ -61,16 +80,26 @@ class SpareFile:
         return True
 
     def clear(self) -> None:
-        """Every entry in it is in the log now."""
-        if self.end:
-            self._zero()
+        """Every entry in it is in the log now; a failed clearing is tried again next time."""
+        if self.end and self.writable:
+            try:
+                self._zero()
+            except OSError as e:
+                log.error("%s: cannot clear it (%s); the log holds its entries, none is stored twice", self.path, e)
+                return
             self.lines = []
 
+    def _write(self, data: bytes, at: int) -> None:
+        if os.pwrite(self.fd, data, at) != len(data):  # a short write on a full disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def _zero(self, start: int = 0) -> None:
-        os.pwrite(self.fd, bytes(max(0, self.size - start)), start)
+        self._write(bytes(max(0, self.size - start)), start)
         os.ftruncate(self.fd, max(self.size, start))
         os.fsync(self.fd)
         self.end = start
+        if os.fstat(self.fd).st_blocks * 512 < self.size:  # holes: the room is not the file's
+            raise OSError(errno.ENOSPC, f"{self.path}: fewer blocks than its size")
 
     def close(self) -> None:
         os.close(self.fd)

@@ -532,26 +532,51 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # and let go of: XNNPACK's copy is what runs
 
 
-def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog):
+def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, monkeypatch):
+    import errno
+
     from device.spare import SpareFile
 
     path = tmp_path / "feedback.db.spare"
     spare = SpareFile(path, size=256)
-    assert path.read_bytes() == bytes(256)
+    assert path.read_bytes() == bytes(256) and os.stat(path).st_blocks * 512 >= 256  # the room is the file's
     assert spare.append('{"utc": "a"}') and spare.append('{"utc": "b"}')
     assert not spare.append("x" * 250)  # does not fit: refused, the lines before it kept
     spare.close()
     data = bytearray(path.read_bytes())
     data[26:30] = b'{"ut'  # a third line cut short by a power cut
+    data[200:204] = b"junk"  # and bytes past a zero: an earlier clearing cut short
     path.write_bytes(bytes(data))
     again = SpareFile(path, size=256)
     assert again.entries() == [{"utc": "a"}, {"utc": "b"}] and "cut short" in caplog.text
-    again.clear()
+    assert again.append('{"utc": "d"}')  # after the cut line, not onto it
     again.close()
+    after = SpareFile(path, size=256)
+    assert after.entries() == [{"utc": "a"}, {"utc": "b"}, {"utc": "d"}] and b"junk" not in path.read_bytes()
+    after.clear()
+    after.close()
     assert path.read_bytes() == bytes(256) and SpareFile(path, size=256).entries() == []
     path.write_bytes(b'{"utc": "c"}\n')  # cut short on the disk (made by hand, or an older size)
     kept = SpareFile(path, size=256)
     assert kept.entries() == [{"utc": "c"}] and len(path.read_bytes()) == 256  # read, and the room taken again
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: len(data) - 1)  # a full disk writes short
+    assert not kept.append('{"utc": "e"}') and "No space left" in caplog.text
+    kept.close()
+    monkeypatch.undo()
+    real_open = os.open
+
+    def read_only(p, flags, *mode):  # the card remounted read-only after errors
+        if flags & os.O_RDWR:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(p, flags, *mode)
+
+    monkeypatch.setattr(os, "open", read_only)
+    ro = SpareFile(path, size=256)
+    assert ro.entries() == [{"utc": "c"}] and not ro.append('{"utc": "f"}')  # restored, nothing written
+    ro.clear()
+    ro.close()
+    monkeypatch.undo()
+    assert SpareFile(path, size=256).entries() == [{"utc": "c"}]
 
 
 def test_image_source_takes_a_glob_of_images(tmp_path):
