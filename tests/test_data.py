@@ -29,6 +29,13 @@ def test_csv_splits(fer_csv):
     assert fer.eval_split_name(fer_csv) == "test"
 
 
+def test_a_csv_saved_again_by_a_spreadsheet_reads_the_same(fer_csv, tmp_path):
+    """Excel and pandas' utf-8-sig write a byte-order mark before the header."""
+    resaved = tmp_path / "fer2013.csv"
+    resaved.write_bytes(b"\xef\xbb\xbf" + fer_csv.read_bytes().replace(b"\n", b"\r\n"))
+    np.testing.assert_array_equal(load_split(resaved, "train").x, load_split(fer_csv, "train").x)
+
+
 def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
     x, y = faces
     layout = tmp_path / "layout"

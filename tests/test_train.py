@@ -203,6 +203,27 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     assert json.loads((out / "fer_vgg16.train.json").read_text()) == again  # its record names the run's data
 
 
+def test_an_export_stopped_while_it_scores_leaves_the_model_with_its_own_record(tmp_path, fer_csv, monkeypatch):
+    """Scoring takes a minute on a 2-core CPU: Ctrl-C, or a sitting that ends, may stop it there."""
+    import training.export as E
+    from training.export import read_record
+
+    out = tmp_path / "out"
+    assert T.main(["--data", str(fer_csv), "--epochs", "2", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "a"),
+                   "--out", str(out), "--stop-after", "1"]) == 0
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "b"),
+                   "--out", str(out)]) == 0
+    before = sha256_file(out / "fer_vgg16.keras")
+
+    def stopped(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "score", stopped)
+    with pytest.raises(KeyboardInterrupt):  # run a's epoch 1, exported over run b's model
+        export_main(["--run-dir", str(tmp_path / "a"), "--data", str(fer_csv), "--out", str(out)])
+    assert sha256_file(out / "fer_vgg16.keras") == before and read_record(out / "fer_vgg16.keras")["sha256"] == before
+
+
 def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_path, fer_csv, capsys):
     """A model exported before class_scale existed (its run gone) gets the device's reading of it."""
     out = tmp_path / "out"
@@ -471,6 +492,10 @@ def test_a_resume_may_switch_precision_and_code(tmp_path, fer_csv, monkeypatch):
     record = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
     assert record["code_commit"] == "aaaa111, resumed on bbbb222"  # credited to both sittings' code
     assert record["precision"] == "mixed_bfloat16; float32"  # and to both precisions
+    monkeypatch.setattr(T, "code_commit", lambda: "cccc333")  # a later sitting resumes the finished run
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(run), "--resume"]) == 0
+    again = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
+    assert again["code_commit"] == "aaaa111, resumed on bbbb222"  # it trained nothing: not credited
 
 
 def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatch, capsys):

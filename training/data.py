@@ -197,7 +197,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each CSV row; a broken quote or a byte that is not UTF-8 stops
     with the line named, whatever --skip-bad says: the rows after it cannot be trusted. FER rows
     never span lines, so one that does began with an unclosed quote."""
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # bad bytes: found per row
+    # utf-8-sig: a CSV saved again by Excel or pandas starts with a byte-order mark; bad bytes are found per row
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         while True:
             start = reader.line_num + 1

@@ -26,7 +26,7 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, other_data, save_atomic
+from training.run import STATE, chosen_weights, other_data, replace_durably, save_atomic
 
 MODEL_NAME = "fer_vgg16"
 
@@ -87,7 +87,10 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     lineage = state["warm_start_from"] if "warm_start_from" in state else warm_start_lineage(cfg.get("init"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{MODEL_NAME}.keras"
-    save_atomic(model, path)
+    # staged until its record is written, then moved over the model: an export stopped while it
+    # scores (a minute) leaves the model before it beside its own record, not the new one beside it
+    staged = path.with_name(f"{MODEL_NAME}.staged.keras")
+    save_atomic(model, staged)
 
     # The faces the run's class weights came from (its --limit subset, if any), kept in its state:
     # re-exporting with the whole split must not give another class_scale.
@@ -99,7 +102,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     commit_file = run / "code_commit"
     record = {
         "model": path.name,
-        "sha256": sha256_file(path),
+        "sha256": sha256_file(staged),
         "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
         "parameters": int(model.count_params()),
         "input": spec.to_dict(),
@@ -134,6 +137,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     }
     curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
     write_record(record, out)
+    replace_durably(staged, path)
     return path
 
 

@@ -403,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             csv.writer(f).writerow(HISTORY_FIELDS)
     commit_file, commit = run / "code_commit", code_commit()
     sittings = commit_file.read_text().split() if args.resume and commit_file.exists() else []
-    if sittings[-1:] != [commit]:  # one line per commit the run trained under, oldest first
-        commit_file.write_text("".join(f"{c}\n" for c in [*sittings, commit]))
+    # one line per commit the run trained under, oldest first: written with an epoch, so a resume
+    # that trains nothing (a finished run) credits nothing
+    commits = "".join(f"{c}\n" for c in (sittings if sittings[-1:] == [commit] else [*sittings, commit]))
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
 
     # --- the epoch loop
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         state["wall_seconds"] += seconds
 
         def write(folder: Path, best=best, row=row, n=epoch + 1) -> None:
+            (folder / "code_commit").write_text(commits)
             model.save(folder / "last.keras")
             if best:
                 model.save_weights(folder / "best.weights.h5")
