@@ -178,9 +178,10 @@ class Daemon:
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)
             if not stored:  # and to the spare file and the journal now: a power cut may come first
-                log.critical("entry kept in memory until the log can be written: %s", entry_json(entry, at))
+                line = entry_json(entry, at)
+                log.critical("entry kept in memory until the log can be written: %s", line)
                 if self.spare:
-                    self.spare.append(entry_json(entry, at))
+                    self.spare.append(line)
             # This customer's thanks, stored or kept: a storage error shown instead would invite a
             # second press, and a second entry once the log is back. The LED means stored.
             self._thanks = (now + self.cfg["display"]["thank_you_s"],

@@ -243,7 +243,7 @@ class Display:
 
 
 class _Recording:
-    """A luma serial interface that notes the set-up sent through it until `stop()`, to send it
+    """A luma serial interface that notes the set-up sent through it until `set_up()`, to send it
     again without re-running luma's __init__. `pauses` are the waits after some commands: luma's
     init runs on a panel just powered on, a replay may hit one that is running."""
 
@@ -266,12 +266,10 @@ class _Recording:
     def cleanup(self) -> None:
         self.serial.cleanup()
 
-    def stop(self) -> list[tuple[Callable, tuple, float]]:
+    def set_up(self) -> Callable[[], None]:
+        """Stop noting and return what sends the noted set-up again."""
         sent, self.sent = self.sent, None
-        return sent
 
-    @staticmethod
-    def replay(sent: list[tuple[Callable, tuple, float]]) -> Callable[[], None]:
         def set_up() -> None:
             for write, args, pause in sent:
                 write(*args)
@@ -319,7 +317,7 @@ def _open_display(cfg: dict) -> Display:
         # luma sends the set-up in __init__ only, and each __init__ adds an exit hook: what it sent
         # is replayed instead (it writes the whole frame each time, so the next draw fills the
         # panel's memory again)
-        return Display(panel, set_up=serial.replay(serial.stop()))
+        return Display(panel, set_up=serial.set_up())
     if driver in LCDS:  # SPI has no acknowledgement: a panel that lost power is found only by the refresh
         from luma.core.framebuffer import full_frame
         from luma.core.interface.serial import spi
@@ -331,5 +329,5 @@ def _open_display(cfg: dict) -> Display:
         # luma's bgr flips its own default order, which differs between the two
         extra = {} if driver == "st7789" else {"bgr": cfg["swap_red_blue"], "framebuffer": full_frame()}
         panel = getattr(lcd, driver)(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"], **extra)
-        return Display(panel, set_up=serial.replay(serial.stop()))
+        return Display(panel, set_up=serial.set_up())
     raise ValueError(f"unknown display driver {driver!r}")

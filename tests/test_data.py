@@ -60,6 +60,19 @@ def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
         load_split(bare, "train")
 
 
+def test_split_folders_spelt_with_capitals_are_a_layout(tmp_path, faces):
+    """Unpacked on Windows or re-zipped by hand, the archive may say Train/ and Test/."""
+    x, y = faces
+    lower = write_folder(tmp_path / "lower", x, y, "train")
+    write_folder(lower, x[::-1], y[::-1], "test")
+    members = {p.relative_to(lower).as_posix().capitalize(): p.read_bytes() for p in lower.rglob("*.png")}
+    for source in (write_zip(tmp_path / "caps.zip", members),
+                   write_zip(tmp_path / "wrapped.zip", {f"FER2013/{k}": v for k, v in members.items()})):
+        assert fer.detect_form(source) == "layout" and fer.eval_split_name(source) == "test"
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(load_split(source, split).y, load_split(lower, split).y)
+
+
 def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
     x, y = faces

@@ -203,14 +203,20 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     assert json.loads((out / "fer_vgg16.train.json").read_text()) == again  # its record names the run's data
 
 
-def test_an_export_stopped_while_it_scores_leaves_the_model_with_its_own_record(tmp_path, fer_csv, monkeypatch):
-    """Scoring takes a minute on a 2-core CPU: Ctrl-C, or a sitting that ends, may stop it there."""
+def test_an_export_stopped_while_it_scores_leaves_the_model_with_its_own_record(tmp_path, fer_csv, monkeypatch,
+                                                                                capsys):
+    """Scoring takes a minute on a 2-core CPU: Ctrl-C, or a sitting that ends, may stop it there.
+    A run stopped between epochs is not exported at all: its card would name a longer run."""
     import training.export as E
     from training.export import read_record
 
     out = tmp_path / "out"
-    assert T.main(["--data", str(fer_csv), "--epochs", "2", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "a"),
-                   "--out", str(out), "--stop-after", "1"]) == 0
+    a = ["--data", str(fer_csv), "--epochs", "2", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "a"),
+         "--out", str(out)]
+    assert T.main([*a, "--stop-after", "1"]) == 0
+    assert export_main(["--run-dir", str(tmp_path / "a"), "--data", str(fer_csv)]) == 2
+    assert "stopped after epoch 1 of 2; finish it with" in capsys.readouterr().err and not out.exists()
+    assert T.main([*a, "--resume"]) == 0
     assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(tmp_path / "b"),
                    "--out", str(out)]) == 0
     before = sha256_file(out / "fer_vgg16.keras")

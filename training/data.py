@@ -82,8 +82,7 @@ def detect_form(path: Path) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
     _, names = _strip_prefix(_entries(path))
-    tops = {n.split("/", 1)[0] for n in names}
-    if tops & set(SPLIT_DIRS.values()):
+    if {n.split("/", 1)[0].lower() for n in names} & set(SPLIT_DIRS.values()):  # Train/ and Test/ too
         return "layout"
     return "classes"
 
@@ -109,7 +108,7 @@ def _strip_prefix(names: list[str]) -> tuple[str, list[str]]:
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) == 1 and all("/" in n for n in names):
         top = tops.pop()
-        if top not in SPLIT_DIRS.values() and top.lower() not in CLASS_ALIASES:
+        if top.lower() not in SPLIT_DIRS.values() and top.lower() not in CLASS_ALIASES:
             return top + "/", [n.split("/", 1)[1] for n in names]
     return "", names
 
@@ -154,6 +153,8 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
         if split not in SPLIT_DIRS:
             raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test, private)")
         want = SPLIT_DIRS[split] + "/"
+        if not any(n.startswith(want) for n in names):  # Train/, TEST/: the folder as the source spells it
+            want = next((n[: len(want)] for n in sorted(names) if n[: len(want)].lower() == want), want)
         names = [n[len(want) :] for n in names if n.startswith(want)]
         prefix += want
         names, tagged = _by_name_prefix(path, names, split)

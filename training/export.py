@@ -254,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --run-dir {args.run_dir}: no run there (no {STATE})", file=sys.stderr)
             return 2
         state = json.loads((args.run_dir / STATE).read_text())
+        if state["epochs_done"] < state["config"]["epochs"]:  # its card would name a command that trains longer
+            print(f"error: --run-dir {args.run_dir}: the run stopped after epoch {state['epochs_done']} of "
+                  f"{state['config']['epochs']}; finish it with training.train --resume --run-dir {args.run_dir} "
+                  "(which exports it)", file=sys.stderr)
+            return 2
         if not (weights := chosen_weights(args.run_dir, state)).is_file():
             print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "
                   "beat its --init model exports nothing)", file=sys.stderr)
