@@ -276,7 +276,7 @@ def cmd_summary(cfg, args) -> int:
         tallies = summarize(store.rows(args.since, args.until), unlogged=oldest)
     finally:
         store.close()
-    print(format_table(tallies, newest) if tallies else "no entries in that period")
+    print(format_table(tallies, newest, oldest) if tallies else "no entries in that period")
     return 0
 
 

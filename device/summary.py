@@ -18,6 +18,7 @@ class Tally:
     rating_sums: Counter = field(default_factory=Counter)  # ratings summed per scale top
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time: the date may be wrong
+    unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
 
     def add(self, row: dict, top: float | None) -> None:
         self.entries += 1
@@ -25,6 +26,7 @@ class Tally:
         self.rating_sums[top] += row["rating"]
         self.emotions[row["emotion"]] += 1
         self.unsynced += row["clock_synced"] == 0
+        self.unlogged += row["rating_max"] is None
 
     def mean_rating(self, scale: float | None) -> float:
         """The mean on `scale`: a rating given out of another top is converted in proportion (4 of 5
@@ -44,9 +46,11 @@ def summarize(rows: Iterable[dict], unlogged: float | None = None) -> list[Tally
     return [*(days[d] for d in sorted(days)), total] if total.entries else []
 
 
-def format_table(tallies: list[Tally], scale: float | None = None) -> str:
+def format_table(tallies: list[Tally], scale: float | None = None, unlogged: float | None = None) -> str:
     """A plain-text table: date, entries, mean rating (out of `scale`, where the log says), then
-    each emotion's share of the day."""
+    each emotion's share of the day. Entries without a logged scale, taken as out of `unlogged`,
+    are counted in a note: a scale changed at the upgrade that began logging it halves or doubles
+    their means, which only the owner can tell."""
     seen = set().union(*(t.emotions for t in tallies))
     emotions = [e for e in DISPLAY_NAMES if e in seen] + sorted(seen - set(DISPLAY_NAMES))
     header = f"{'date':<10} {'entries':>7} {'rating':>6}" + "".join(f" {e:>9}" for e in emotions)
@@ -59,6 +63,9 @@ def format_table(tallies: list[Tally], scale: float | None = None) -> str:
         rescaled = sum(n for top, n in total.scales.items() if top and top != scale)
         lines.append(f"ratings are out of {scale:g}, the scale of the log's newest entry" + (
             f"; {rescaled} of these entries were rated on another and are converted in proportion" if rescaled else ""))
+    if scale and unlogged and total.unlogged:
+        lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
+                     f"they are taken as out of {unlogged:g}, the first scale logged")
     if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time: their "
                      "dates may be wrong (clock_synced = no in the export)")

@@ -989,18 +989,20 @@ def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, 
     log.add(Entry("Neutral", 5, 0.8, {"Neutral": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
     log.close()
     note = ("ratings are out of 10, the scale of the log's newest entry; 2 of these entries were rated on another "
-            "and are converted in proportion")
+            "and are converted in proportion\n1 of these entries were stored before the log kept each entry's "
+            "scale: they are taken as out of 5, the first scale logged")
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "date       entries rating     Happy   Neutral       Sad",
         "2026-11-30       2   7.00       50%        0%       50%",  # (5 + 2) * 10/5 / 2
         "2026-12-01       2   7.50       50%       50%        0%",
         "all              4   7.25       50%       25%       25%",
-        note,
+        *note.splitlines(),
     ]
     assert cli.main(["summary", "--db", str(tmp_path / "f.db"), "--until", "2026-11-30"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["2026-11-30       2   7.00       50%       50%",
-                                                        "all              2   7.00       50%       50%", note]
+                                                        "all              2   7.00       50%       50%",
+                                                        *note.splitlines()]
 
 
 def test_export_csv(tmp_path, capsys):
