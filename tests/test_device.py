@@ -1017,7 +1017,7 @@ def test_export_csv(tmp_path, capsys):
     assert stop.value.code == 2 and "'2026-1-5' is not a date written YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "no" / "f.csv")]) == 2
     assert "f.csv: cannot write the export" in capsys.readouterr().err
-    for target in ("f.db", "f.db-wal"):  # a slip of tab completion must not replace the log with its CSV
+    for target in ("f.db", "f.db-wal", "f.db-shm", "f.db-journal", "f.db.spare"):  # a slip of tab completion
         assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / target)]) == 2
         assert "that is the feedback log itself" in capsys.readouterr().err
     assert FeedbackLog(tmp_path / "f.db").count() == 1
