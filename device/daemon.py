@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -27,6 +28,18 @@ from device.spare import SpareFile
 from device.storage import Entry, StorageError
 
 log = logging.getLogger("feedbackd")
+
+
+def _well_typed(e: Entry) -> bool:
+    """A line edited by hand or written by another version: one the log would fail on must not
+    stop the daemon, nor hold up the entries in line behind it."""
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    return (all(isinstance(v, str) for v in (e.emotion, e.model_sha256, e.device_id))
+            and number(e.rating) and number(e.confidence) and e.clock_synced in (None, True, False)
+            and (e.rating_max is None or number(e.rating_max))
+            and isinstance(e.probabilities, dict) and all(number(v) for v in e.probabilities.values()))
 
 
 def entry_json(entry: Entry, at: datetime) -> str:
@@ -122,6 +135,8 @@ class Daemon:
         fields = {k: v for k, v in saved.items() if k in Entry.__dataclass_fields__}  # a newer one's extras
         try:
             at, entry = datetime.fromisoformat(saved["utc"]), Entry(**fields)
+            if at.tzinfo is None or not _well_typed(entry):
+                raise ValueError("a field of the wrong type")
         except (KeyError, TypeError, ValueError) as e:
             log.critical("%s: an entry that cannot be read (%s) is left out: %s", path, e, json.dumps(saved))
             return

@@ -24,6 +24,7 @@ class SpareFile:
 
     def __init__(self, path: Path, size: int = SIZE):
         self.path, self.size = Path(path), size
+        self.unwritten: list[str] = []  # lines whose write failed: written again before the next one
         try:
             self.fd, self.writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640), True
         except OSError as e:  # a card remounted read-only: what it holds can still be restored
@@ -34,11 +35,15 @@ class SpareFile:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             written = data.split(b"\0", 1)[0]
             self.lines, self.end = written.decode(errors="replace").splitlines(), len(written)
-            if self.writable:
-                self._take_room(data)
         except OSError:
             os.close(self.fd)
             raise
+        if self.writable:
+            try:
+                self._take_room(data)
+            except OSError as e:  # a failing card: the lines read are still restored
+                log.error("%s: cannot take the room (%s); nothing more is written to it", self.path, e)
+                self.writable = False
 
     def _take_room(self, data: bytes) -> None:
         """Zeros after the lines, the whole size allocated: a line cut short is closed first, and
@@ -64,9 +69,12 @@ class SpareFile:
         return found
 
     def append(self, line: str) -> bool:
-        """Write one line to the disk; False when it does not fit or the write fails."""
-        data = line.encode() + b"\n"
+        """Write one line to the disk, after any whose write failed (over the same bytes, so a write
+        cut short there cannot splice two entries); False when they do not fit or the write fails."""
+        self.unwritten.append(line)
+        data = "".join(f"{u}\n" for u in self.unwritten).encode()
         if not self.writable or self.end + len(data) > self.size:
+            self.unwritten.pop()  # no room will come before the log takes it: not tried again
             log.error("%s: %s; the entry is in the journal only", self.path,
                       "read-only" if not self.writable else "full")
             return False
@@ -77,10 +85,12 @@ class SpareFile:
             log.error("%s: cannot write the entry (%s); it is in the journal only", self.path, e)
             return False
         self.end += len(data)
+        self.unwritten = []
         return True
 
     def clear(self) -> None:
         """Every entry in it is in the log now; a failed clearing is tried again next time."""
+        self.unwritten = []
         if self.end and self.writable:
             try:
                 self._zero()
@@ -94,10 +104,11 @@ class SpareFile:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _zero(self, start: int = 0) -> None:
+        self.end = start  # first: after a clearing that fails part-way, the next line goes at `start`,
+        # not after old lines whose bytes may be zeros on the disk by then (a line there would be lost)
         self._write(bytes(max(0, self.size - start)), start)
         os.ftruncate(self.fd, max(self.size, start))
         os.fsync(self.fd)
-        self.end = start
         if os.fstat(self.fd).st_blocks * 512 < self.size:  # holes: the room is not the file's
             raise OSError(errno.ENOSPC, f"{self.path}: fewer blocks than its size")
 

@@ -339,6 +339,17 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     rig.steps(1)
     assert rig.store.count() == 1 and spare.read_bytes() == bytes(64 * 1024)
     rig.close()
+    # lines the log would fail on (edited by hand, another version's) neither stop the daemon nor
+    # hold up the entry behind them
+    later = dict(kept, utc=(pressed + timedelta(minutes=1)).isoformat())
+    bad = [dict(later, rating="5"), dict(later, emotion=None), dict(later, probabilities=None),
+           dict(later, utc=later["utc"][:-6])]  # and a time without its zone
+    spare.write_bytes("".join(json.dumps(e) + "\n" for e in [*bad, later]).encode().ljust(64 * 1024, b"\0"))
+    rig = Rig(model, face_folder, db)
+    rig.steps(1)
+    assert rig.store.count() == 2 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
+    assert caplog.text.count("an entry that cannot be read") == 4
+    rig.close()
 
 
 @pytest.mark.parametrize("ending", ["stop", "crash"])

@@ -577,6 +577,46 @@ def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, 
     ro.close()
     monkeypatch.undo()
     assert SpareFile(path, size=256).entries() == [{"utc": "c"}]
+    path.write_bytes(b'{"utc": "c"}\n')
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # a failing card: no room can be taken
+    failing = SpareFile(path, size=256)
+    assert failing.entries() == [{"utc": "c"}] and "cannot take the room" in caplog.text  # still restored
+    assert not failing.append('{"utc": "x"}')
+    failing.close()
+    monkeypatch.undo()
+
+
+def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, monkeypatch):
+    """A sync that fails leaves the entry's bytes unsure: they are written again, with the next
+    entry, over the same place; a clearing that fails leaves the next entry at the start, where
+    the zeros already on the disk cannot hide it."""
+    import errno
+
+    from device.spare import SpareFile
+
+    def fails(times: int, real):
+        errors = iter([OSError(errno.EIO, "Input/output error")] * times)
+
+        def call(fd):
+            if error := next(errors, None):
+                raise error
+            return real(fd)
+        return call
+
+    path = tmp_path / "feedback.db.spare"
+    spare = SpareFile(path, size=256)
+    monkeypatch.setattr(os, "fdatasync", fails(1, os.fdatasync))
+    assert not spare.append('{"utc": "a"}') and spare.append('{"utc": "b"}')
+    monkeypatch.undo()
+    reread = SpareFile(path, size=256)
+    assert reread.entries() == [{"utc": "a"}, {"utc": "b"}]
+    reread.close()
+    monkeypatch.setattr(os, "fsync", fails(1, os.fsync))
+    spare.clear()  # the log took them; the zeros are written but not synced
+    monkeypatch.undo()
+    assert spare.append('{"utc": "c"}')
+    spare.close()
+    assert SpareFile(path, size=256).entries() == [{"utc": "c"}]
 
 
 def test_image_source_takes_a_glob_of_images(tmp_path):
