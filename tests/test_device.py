@@ -322,11 +322,17 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     [kept] = [json.loads(r.getMessage().split(": ", 1)[1]) for r in caplog.records
               if r.getMessage().startswith("entry kept in memory")]
     assert json.loads(spare.read_bytes().split(b"\0", 1)[0]) == kept and rig.store.count() == 0
-    rig.close()  # the power is cut: no last try, nothing to the journal; the card is freed later
+    rig.close()  # the power is cut: no last try, nothing to the journal
+    rig = Rig(model, face_folder, db)  # back on, the card still full: the kept entry stays in the spare,
+    _break_storage(rig, db, True)  # and the next customer's joins it
+    rig.steps(2)
+    rig.press()
+    rig.steps(1)
+    rig.close()  # cut again; the card is freed later
     os.chmod(db, 0o644)
     rig = Rig(model, face_folder, db)
     rig.steps(1)
-    [row] = rig.store.rows()
+    row, _ = rig.store.rows()
     pressed = datetime.fromisoformat(kept["utc"])
     assert (row["emotion"], json.loads(row["probabilities"]), row["utc"]) == (
         kept["emotion"], {k: round(v, 4) for k, v in kept["probabilities"].items()},  # as the log rounds them
@@ -337,7 +343,7 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     spare.write_bytes((json.dumps(kept) + "\n").encode().ljust(64 * 1024, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
-    assert rig.store.count() == 1 and spare.read_bytes() == bytes(64 * 1024)
+    assert rig.store.count() == 2 and spare.read_bytes() == bytes(64 * 1024)
     rig.close()
     # lines the log would fail on (edited by hand, another version's) neither stop the daemon nor
     # hold up the entry behind them
@@ -347,7 +353,7 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     spare.write_bytes("".join(json.dumps(e) + "\n" for e in [*bad, later]).encode().ljust(64 * 1024, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
-    assert rig.store.count() == 2 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
+    assert rig.store.count() == 3 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
     assert caplog.text.count("an entry that cannot be read") == 4
     rig.close()
 
