@@ -45,7 +45,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "source": Key("camera", str, _choices("camera", "auto", "picamera2", "v4l2", "video", "images", "demo"),
                       "camera: picamera2, else the first V4L2 webcam (retried until one answers); "
                       "auto: the same, else the demo photos (for a desk)"),
-        "device": Key("0", str, None, "V4L2 camera index or path, e.g. 0 or /dev/video0"),
+        "device": Key("0", str, None, "V4L2 camera index or path, in quotes: \"0\" or \"/dev/video0\""),
         "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
         "height": Key(480, int, (48, 4096), "capture height"),
@@ -80,7 +80,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "driver": Key("ssd1306", str, _choices("ssd1306", "sh1106", *LCDS, "terminal", "png", "none"),
                       "screen driver"),
         "i2c_port": Key(1, int, (0, 10), "OLED I2C bus"),
-        "i2c_address": Key(0x3C, int, (0x03, 0x77), "OLED I2C address"),
+        "i2c_address": Key(0x3C, int, (0x03, 0x77), "OLED I2C address, as `i2cdetect -y 1` shows it (3c: 0x3C)"),
         "spi_port": Key(0, int, (0, 10), "LCD SPI bus"),
         "spi_device": Key(0, int, (0, 10), "LCD SPI chip select"),
         "gpio_dc": Key(24, int, (0, 27), "LCD data/command pin (BCM)"),
@@ -261,7 +261,7 @@ def example_toml() -> str:
                 continue
             value = key.default
             shown = ("true" if value else "false") if isinstance(value, bool) else (
-                f'"{value}"' if isinstance(value, str) else repr(value))
+                f'"{value}"' if isinstance(value, str) else f"0x{value:02X}" if name == "i2c_address" else repr(value))
             lines.append(f"# {key.doc}")
             lines.append(f"# {name} = {shown}")
         lines.append("")

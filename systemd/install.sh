@@ -159,10 +159,11 @@ state = Path("/var/lib/feedbackd")  # also the unit's WorkingDirectory: a relati
 written = [("storage.path", cfg["storage"]["path"])]
 if cfg["display"]["driver"] == "png":
     written.append(("display.png_path", cfg["display"]["png_path"]))
-for key, path in written:
-    if not any((state / path).is_relative_to(d) for d in (state, "/tmp", "/var/tmp")):  # PrivateTmp's own
+for key, path in written:  # a PNG screen may go to PrivateTmp's own /tmp; the log would be emptied at each stop
+    dirs = (state,) if key == "storage.path" else (state, "/tmp", "/var/tmp")
+    if not any((state / path).is_relative_to(d) for d in dirs):
         sys.exit(f"install: error: {config}: {key}: {path}: the service can write only under {state} "
-                 "(ProtectSystem=strict): put it there")
+                 "(ProtectSystem=strict; its private /tmp is emptied at each stop): put it there")
 PY
     ) || exit 1
 }

@@ -149,6 +149,10 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     r = make("install", dest, **debian12)
     assert r.returncode != 0  # the service could not write there: it would restart forever
     assert f"{config}: storage.path: /mnt/usb/feedback.db: the service can write only under /var/lib" in r.stderr
+    config.write_text(edited.replace('# path = "/var/lib/feedbackd/feedback.db"', 'path = "/var/tmp/feedback.db"'))
+    r = make("install", dest, **debian12)
+    assert r.returncode != 0  # writable, but the service's private /var/tmp is emptied at each stop
+    assert f"{config}: storage.path: /var/tmp/feedback.db: the service can write only under /var/lib" in r.stderr
     config.write_text(edited)
 
     r = make("install", dest, **debian12)
