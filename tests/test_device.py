@@ -1266,13 +1266,22 @@ def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp
     rig.daemon.notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
     stop = threading.Event()
     t = threading.Thread(target=rig.daemon.run, args=(stop,))
+    messages = []
+
+    def stats() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
+
     with caplog.at_level("INFO", logger="feedbackd"):
         t.start()
-        time.sleep(1.6)
+        deadline = time.monotonic() + 30  # steps are slow on a loaded machine: wait for what is due, not a time
+        while time.monotonic() < deadline and (messages.count("WATCHDOG=1") < 3 or not stats()):
+            try:
+                messages.append(sock.recv(256).decode())
+            except TimeoutError:
+                pass
         stop.set()
-        t.join(timeout=2)
+        t.join(timeout=10)
     assert not t.is_alive()
-    messages = []
     try:
         while True:
             messages.append(sock.recv(256).decode())
@@ -1280,8 +1289,7 @@ def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp
         sock.close()
     assert messages[:2] == ["READY=1", "STATUS=running"] and messages[-1] == "STOPPING=1"
     assert messages.count("WATCHDOG=1") >= 3  # every WATCHDOG_USEC / 2
-    stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
-    assert stats and "frames/s" in stats[0] and "detect" in stats[0]
+    assert stats() and "frames/s" in stats()[0] and "detect" in stats()[0]
     rig.close()
 
 
