@@ -137,7 +137,8 @@ class Daemon:
             at, entry = datetime.fromisoformat(saved["utc"]), Entry(**fields)
             if at.tzinfo is None or not _well_typed(entry):
                 raise ValueError("a field of the wrong type")
-        except (KeyError, TypeError, ValueError) as e:
+            at.astimezone()  # as the log dates it: a year 1 time overflows there
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             log.critical("%s: an entry that cannot be read (%s) is left out: %s", path, e, json.dumps(saved))
             return
         if not self.store.contains(at, entry.device_id):

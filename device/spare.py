@@ -17,6 +17,10 @@ log = logging.getLogger("feedbackd")
 SIZE = 64 * 1024  # about 150 entries: a full card is an error screen staff see within minutes
 
 
+def _joined(lines: list[str]) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
 class SpareFile:
     """JSON lines written over zeros; the first zero byte ends them. Each line is on the disk
     (fdatasync) before `append` returns; a line cut short by a power cut is closed at the next
@@ -25,12 +29,14 @@ class SpareFile:
     def __init__(self, path: Path, size: int = SIZE):
         self.path, self.size = Path(path), size
         self.unwritten: list[str] = []  # lines whose write failed: written again before the next one
+        self.unsure = False  # bytes past `end` may not be zeros on the disk (a write or clearing failed)
+        self.refused = ""  # why nothing is written to it: the file is still read and restored
         try:
-            self.fd, self.writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640), True
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as e:  # a card remounted read-only: what it holds can still be restored
             if e.errno not in (errno.EROFS, errno.EACCES) or not self.path.exists():
                 raise
-            self.fd, self.writable = os.open(self.path, os.O_RDONLY), False
+            self.fd, self.refused = os.open(self.path, os.O_RDONLY), "read-only"
         try:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             written = data.split(b"\0", 1)[0]
@@ -38,12 +44,12 @@ class SpareFile:
         except OSError:
             os.close(self.fd)
             raise
-        if self.writable:
+        if not self.refused:
             try:
                 self._take_room(data)
             except OSError as e:  # a failing card: the lines read are still restored
-                log.error("%s: cannot take the room (%s); nothing more is written to it", self.path, e)
-                self.writable = False
+                self.refused = f"its room could not be taken ({e})"
+                log.error("%s: %s; nothing more is written to it", self.path, self.refused)
 
     def _take_room(self, data: bytes) -> None:
         """Zeros after the lines, the whole size allocated: a line cut short is closed first, and
@@ -71,33 +77,36 @@ class SpareFile:
     def append(self, line: str) -> bool:
         """Write one line to the disk, after any whose write failed (over the same bytes, so a write
         cut short there cannot splice two entries); False when they do not fit or the write fails."""
-        self.unwritten.append(line)
-        data = "".join(f"{u}\n" for u in self.unwritten).encode()
-        if not self.writable or self.end + len(data) > self.size:
-            self.unwritten.pop()  # no room will come before the log takes it: not tried again
-            log.error("%s: %s; the entry is in the journal only", self.path,
-                      "read-only" if not self.writable else "full")
-            return False
+        fits = not self.refused and self.end + len(_joined([*self.unwritten, line])) <= self.size
+        if fits:
+            self.unwritten.append(line)
+        else:  # no room will come before the log takes it: not tried again
+            log.error("%s: %s; the entry is in the journal only", self.path, self.refused or "full")
+            if self.refused or not self.unwritten:
+                return False
+        data = _joined(self.unwritten)  # the lines before it fitted, and still do
         try:
             self._write(data, self.end)
             os.fdatasync(self.fd)
         except OSError as e:
+            self.unsure = True
             log.error("%s: cannot write the entry (%s); it is in the journal only", self.path, e)
             return False
         self.end += len(data)
         self.unwritten = []
-        return True
+        return fits
 
     def clear(self) -> None:
         """Every entry in it is in the log now; a failed clearing is tried again next time."""
         self.unwritten = []
-        if self.end and self.writable:
+        if (self.end or self.unsure) and not self.refused:
             try:
                 self._zero()
             except OSError as e:
+                self.unsure = True
                 log.error("%s: cannot clear it (%s); the log holds its entries, none is stored twice", self.path, e)
                 return
-            self.lines = []
+            self.unsure, self.lines = False, []
 
     def _write(self, data: bytes, at: int) -> None:
         if os.pwrite(self.fd, data, at) != len(data):  # a short write on a full disk

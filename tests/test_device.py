@@ -349,12 +349,13 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     # hold up the entry behind them
     later = dict(kept, utc=(pressed + timedelta(minutes=1)).isoformat())
     bad = [dict(later, rating="5"), dict(later, emotion=None), dict(later, probabilities=None),
-           dict(later, utc=later["utc"][:-6])]  # and a time without its zone
+           dict(later, utc=later["utc"][:-6]), dict(later, utc="0001-01-01T00:00:00+14:00"),  # no zone; year 0 in UTC
+           dict(later, rating=10**400)]
     spare.write_bytes("".join(json.dumps(e) + "\n" for e in [*bad, later]).encode().ljust(64 * 1024, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
     assert rig.store.count() == 3 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
-    assert caplog.text.count("an entry that cannot be read") == 4
+    assert caplog.text.count("an entry that cannot be read") == 6
     rig.close()
 
 

@@ -580,8 +580,8 @@ def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, 
     path.write_bytes(b'{"utc": "c"}\n')
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # a failing card: no room can be taken
     failing = SpareFile(path, size=256)
-    assert failing.entries() == [{"utc": "c"}] and "cannot take the room" in caplog.text  # still restored
-    assert not failing.append('{"utc": "x"}')
+    assert failing.entries() == [{"utc": "c"}] and "its room could not be taken" in caplog.text  # still restored
+    assert not failing.append('{"utc": "x"}') and caplog.text.count("its room could not be taken") == 2
     failing.close()
     monkeypatch.undo()
 
@@ -615,8 +615,20 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     spare.clear()  # the log took them; the zeros are written but not synced
     monkeypatch.undo()
     assert spare.append('{"utc": "c"}')
+    reread = SpareFile(path, size=256)
+    assert reread.entries() == [{"utc": "c"}]
+    reread.close()
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
+    spare.clear()  # not a byte cleared
+    monkeypatch.undo()
+    spare.clear()  # tried again, though nothing is written past the start any more
+    assert path.read_bytes() == bytes(256)
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
+    assert not spare.append('{"utc": "%s"}' % ("d" * 100))
+    monkeypatch.undo()
+    assert not spare.append('{"utc": "%s"}' % ("e" * 140))  # too long to go with it: refused, and d written again
     spare.close()
-    assert SpareFile(path, size=256).entries() == [{"utc": "c"}]
+    assert SpareFile(path, size=256).entries() == [{"utc": "d" * 100}]
 
 
 def test_image_source_takes_a_glob_of_images(tmp_path):
