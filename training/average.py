@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, commit_epoch, other_data
+from training.run import STATE, chosen_weights, commit_epoch, other_data, unfinished
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
         return 2
     state = json.loads(state_path.read_text())
-    done, epochs = state["epochs_done"], state["config"]["epochs"]
-    if done < epochs:  # a run still training would drop the average from the state at its next epoch
-        print(f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; average it once it "
-              "has finished (training.train --resume)", file=sys.stderr)
+    # a run still training would drop the average from the state at its next epoch
+    if error := unfinished(run, state, "average it once it has finished (training.train --resume)"):
+        print(error, file=sys.stderr)
         return 2
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     # Staged and committed by the state like an epoch: a stop in between never leaves the state
     # describing one average and the file holding another.
-    commit_epoch(run, state, done, lambda folder: model.save_weights(folder / "average.weights.h5"))
+    commit_epoch(run, state, state["epochs_done"], lambda folder: model.save_weights(folder / "average.weights.h5"))
     print(f"exported the average to {export_model(run, out, train, test)}")
     return 0
 

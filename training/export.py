@@ -26,7 +26,7 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, other_data, replace_durably, save_atomic
+from training.run import STATE, chosen_weights, other_data, replace_durably, save_atomic, unfinished
 
 MODEL_NAME = "fer_vgg16"
 
@@ -254,10 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --run-dir {args.run_dir}: no run there (no {STATE})", file=sys.stderr)
             return 2
         state = json.loads((args.run_dir / STATE).read_text())
-        if state["epochs_done"] < state["config"]["epochs"]:  # its card would name a command that trains longer
-            print(f"error: --run-dir {args.run_dir}: the run stopped after epoch {state['epochs_done']} of "
-                  f"{state['config']['epochs']}; finish it with training.train --resume --run-dir {args.run_dir} "
-                  "(which exports it)", file=sys.stderr)
+        if error := unfinished(args.run_dir, state, f"finish it with training.train --resume --run-dir "
+                                                    f"{args.run_dir} (which exports it)"):
+            print(error, file=sys.stderr)
             return 2
         if not (weights := chosen_weights(args.run_dir, state)).is_file():
             print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "

@@ -85,6 +85,15 @@ def other_data(run: Path, state: dict, checksum: str, data: str) -> str | None:
     return None
 
 
+def unfinished(run: Path, state: dict, then: str) -> str | None:
+    """The error for a run stopped between epochs (averaging, re-exporting: its record would name a
+    longer run), ending with what to do `then`, else None."""
+    done, epochs = state["epochs_done"], state["config"]["epochs"]
+    if done < epochs:
+        return f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; {then}"
+    return None
+
+
 def chosen_weights(run: Path, state: dict) -> Path:
     """The weights a run exports: its average when `training.average` chose one, else its best epoch."""
     return run / ("average.weights.h5" if "average" in state else "best.weights.h5")
