@@ -73,6 +73,17 @@ def test_split_folders_spelt_with_capitals_are_a_layout(tmp_path, faces):
             np.testing.assert_array_equal(load_split(source, split).y, load_split(lower, split).y)
 
 
+def test_a_split_in_two_spellings_is_refused_not_half_read(tmp_path, faces):
+    """A zip merged by hand may hold train/ and Train/: reading one would drop the other's faces."""
+    x, y = faces
+    good = png_bytes(x[0])
+    both = write_zip(tmp_path / "both.zip", {"train/happy/a.png": good, "Train/sad/b.png": good,
+                                             "test/happy/c.png": good})
+    with pytest.raises(DataError, match=re.escape(f"{both}: the train split is in both Train/ and train/")):
+        load_split(both, "train")
+    assert len(load_split(both, "test")) == 1
+
+
 def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
     x, y = faces

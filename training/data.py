@@ -153,8 +153,11 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
         if split not in SPLIT_DIRS:
             raise DataError(f"{path}: split {split!r} is not in an image-folder layout (train, test, private)")
         want = SPLIT_DIRS[split] + "/"
-        if not any(n.startswith(want) for n in names):  # Train/, TEST/: the folder as the source spells it
-            want = next((n[: len(want)] for n in sorted(names) if n[: len(want)].lower() == want), want)
+        spellings = sorted({n[: len(want)] for n in names if n[: len(want)].lower() == want})  # Train/, TEST/
+        if len(spellings) > 1:  # reading one would silently drop the other's faces
+            raise DataError(f"{path}: the {split} split is in both " + " and ".join(spellings)
+                            + ": merge them into one folder")
+        want = spellings[0] if spellings else want
         names = [n[len(want) :] for n in names if n.startswith(want)]
         prefix += want
         names, tagged = _by_name_prefix(path, names, split)
