@@ -214,8 +214,10 @@ restart_if_failed() {
 }
 
 check_os
-# An upgrade checks the kept config with the new code before it stops or changes anything.
-[ -e "$CONF_DIR/config.toml" ] && check_config "$PYTHON" "$SRC"
+# An upgrade checks the kept config with the new code (and the installed venv: the system Python
+# may lack numpy until apt_packages) before it stops or changes anything. With no venv yet nothing
+# runs to protect: install_config checks the config once the venv is built.
+[ -e "$CONF_DIR/config.toml" ] && [ -x "$ROOT_DIR/venv/bin/python" ] && check_config "$ROOT_DIR/venv/bin/python" "$SRC"
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages

@@ -108,6 +108,25 @@ def test_unit_security_exposure_is_ok(dest):
     assert exposure <= 2.0, r.stdout[-3000:]
 
 
+def test_a_restored_config_installs_on_a_fresh_os_without_numpy(tmp_path, debian12):
+    """Card reflashed, /etc/feedbackd restored from a backup: the system Python has no numpy until
+    apt installs it, so the kept config is checked with the venv the install builds."""
+    shim = tmp_path / "shim/numpy"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('numpy is not installed yet')\n")
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{shim.parent}${{PYTHONPATH:+:$PYTHONPATH}}"'
+                      f' exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    config = tmp_path / "root/etc/feedbackd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[display]\ndriver = "st7789"\n')
+    r = make("install", tmp_path / "root", **{**debian12, "PYTHON": str(python)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "kept /etc/feedbackd/config.toml" in r.stdout
+    assert config.read_text() == '[display]\ndriver = "st7789"\n'
+
+
 def test_unsupported_os_is_refused(tmp_path):
     release = tmp_path / "os-release"
     release.write_text('ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04 LTS"\n')
