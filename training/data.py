@@ -28,7 +28,7 @@ SPLIT_DIRS = {"train": "train", "test": "test", "private": "test"}
 # Kaggle's image-folder FER-2013 puts PublicTest and PrivateTest together in test/ (7,178 faces);
 # its file names say which is which.
 NAME_PREFIX = {"test": "PublicTest_", "private": "PrivateTest_"}
-LOADER_VERSION = 3  # part of the cache key: a loader change re-reads the data
+LOADER_VERSION = 4  # part of the cache key: a loader change re-reads the data
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
 # Folder names accepted for each class: FER-2013's own and the display names.
 CLASS_ALIASES = {name: i for i, name in enumerate(CLASSES)}
