@@ -85,11 +85,12 @@ class FeedbackLog:
     def _check_is_log(self, create: bool) -> int:
         """Refuse another program's database (or an empty file, when reading) before changing it."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            if tables or not create:
-                what = f"an SQLite file with tables {', '.join(tables)}" if tables else "an empty file"
-                raise StorageError(f"{self.path}: not a feedback log ({what}); check storage.path or --db")
+        tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        # Other programs number their schemas too: a numbered file is a log only if it has entries.
+        if "entries" not in tables if version else tables or not create:
+            what = (f"an SQLite file with tables {', '.join(tables)}" if tables
+                    else "an SQLite file with no tables" if version else "an empty file")
+            raise StorageError(f"{self.path}: not a feedback log ({what}); check storage.path or --db")
         return version
 
     def _migrate(self, version: int) -> None:
@@ -222,7 +223,7 @@ class FeedbackLog:
 
 def utc_text(at: datetime) -> str:
     """A press time as the log's `utc` column has it."""
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # `at` in UTC, as the daemon stamps it
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a restored line may carry another offset
 
 
 def _entry_row(cur: sqlite3.Cursor, values: tuple) -> dict:

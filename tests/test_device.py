@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -339,8 +339,10 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
         pressed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))  # stamped when pressed, before the power cut
     assert spare.read_bytes() == bytes(64 * 1024)  # in the log now: the room is free again
     rig.close()
-    # a power cut after the log took it but before the spare was cleared: stored once, not twice
-    spare.write_bytes((json.dumps(kept) + "\n").encode().ljust(64 * 1024, b"\0"))
+    # a power cut after the log took it but before the spare was cleared: stored once, not twice,
+    # whatever offset the line writes the time with (edited by hand, another version's)
+    elsewhere = dict(kept, utc=pressed.astimezone(timezone(timedelta(hours=1))).isoformat())
+    spare.write_bytes("".join(json.dumps(e) + "\n" for e in (kept, elsewhere)).encode().ljust(64 * 1024, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
     assert rig.store.count() == 2 and spare.read_bytes() == bytes(64 * 1024)
@@ -1182,25 +1184,30 @@ def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_pa
     import sqlite3
 
     other = tmp_path / "inventory.db"  # another program's database, named by a slip of --db
-    db = sqlite3.connect(other)
-    db.execute("CREATE TABLE stock (item TEXT)")
-    db.commit()
-    db.close()
+    numbered = tmp_path / "tills.db"  # one that numbers its schema as the log does (user_version)
+    for path, version in ((other, 0), (numbered, 3)):
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE stock (item TEXT)")
+        db.execute(f"PRAGMA user_version = {version}")
+        db.commit()
+        db.close()
     empty = tmp_path / "empty.db"
     empty.touch()
-    before = {p.name: p.read_bytes() for p in (other, empty)}
+    before = {p.name: p.read_bytes() for p in (other, numbered, empty)}
     for command in ("export", "summary"):
-        assert cli.main([command, "--db", str(other)]) == 2
-        assert f"{other}: not a feedback log (an SQLite file with tables stock)" in capsys.readouterr().err
+        for path in (other, numbered):
+            assert cli.main([command, "--db", str(path)]) == 2
+            assert f"{path}: not a feedback log (an SQLite file with tables stock)" in capsys.readouterr().err
         assert cli.main([command, "--db", str(empty)]) == 2
         assert f"{empty}: not a feedback log (an empty file)" in capsys.readouterr().err
-    with pytest.raises(StorageError, match="not a feedback log"):  # nor does the daemon adopt it
-        FeedbackLog(other)
+    for path in (other, numbered):
+        with pytest.raises(StorageError, match="not a feedback log"):  # nor does the daemon adopt it
+            FeedbackLog(path)
     assert cli.main(["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
                      "--display", "none", "--button", "none", "--db", str(tmp_path / "typo.db")]) == 0
     assert "typo.db: no log yet (the service creates it at its first start)" in capsys.readouterr().out
-    assert {p.name: p.read_bytes() for p in (other, empty)} == before
-    assert sorted(os.listdir(tmp_path)) == ["empty.db", "inventory.db"]
+    assert {p.name: p.read_bytes() for p in (other, numbered, empty)} == before
+    assert sorted(os.listdir(tmp_path)) == ["empty.db", "inventory.db", "tills.db"]
 
 
 def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkeypatch):
