@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--calibration: {args.calibration} faces cannot cover the {len(CLASSES)} classes")
     if args.latency_runs < 1:
         p.error("--latency-runs: at least 1")
+    if not 0 <= args.seed < 2**32:  # else numpy refuses it after minutes of loading and scoring
+        p.error(f"--seed {args.seed}: must be from 0 to 2**32 - 1")
     args.out = args.out or args.model.parent  # a side model's conversion never replaces the shipped one
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]

@@ -133,6 +133,9 @@ def test_average_names_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
     (tmp_path / "state.json").write_text(json.dumps({"config": {"epochs": 3}, "epochs_done": 1}))
     assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
     assert "stopped after epoch 1 of 3; average it once it has finished" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras", "--batch-norm-faces", "-5"])
+    assert stop.value.code == 2 and "--batch-norm-faces -5: must be at least 0" in capsys.readouterr().err
 
 
 def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(

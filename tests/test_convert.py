@@ -169,6 +169,9 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
     with pytest.raises(SystemExit) as stop:
         convert_main([*args, "--calibration", "3"])
     assert stop.value.code == 2 and "cannot cover the 7 classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        convert_main([*args, "--seed", "-1"])
+    assert stop.value.code == 2 and "--seed -1: must be from 0 to 2**32 - 1" in capsys.readouterr().err
 
 
 def misfit(path, input_shape: tuple[int, ...], outputs: int) -> None:

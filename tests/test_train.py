@@ -273,6 +273,7 @@ def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
     (["--erase", "1.5"], "--erase 1.5: must be between 0 and 1"),
     (["--dropout", "1"], "--dropout 1.0: must be from 0 up to (not including) 1"),
+    (["--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1"),
 ])
 def test_a_setting_out_of_range_is_named_before_anything_runs(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

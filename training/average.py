@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-norm-faces", type=int, default=0, metavar="N",
                    help="re-estimate batch norm on N Training faces drawn at random (default: all)")
     args = p.parse_args(argv)
+    if args.batch_norm_faces < 0:  # a slice by a negative N would keep all but N, and the card say N
+        p.error(f"--batch-norm-faces {args.batch_norm_faces}: must be at least 0 (0: all)")
     run, state_path = args.run_dir, args.run_dir / STATE
     if not state_path.exists():
         print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
