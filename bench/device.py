@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device.config import load_config
-from device.detector import CropGeometry, FaceDetector, FaceFinder, choose_face, crop_face
+from device.config import ConfigError, load_config
+from device.detector import CropGeometry, DetectorError, FaceDetector, FaceFinder, choose_face, crop_face
 from device.display import Screen, render
-from device.model import EmotionClassifier
+from device.model import EmotionClassifier, ModelError
 from device.preprocess import DEFAULT_SPEC, preprocess
 from device.storage import Entry, FeedbackLog
 from training import data as fer
@@ -131,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
 
     cv2.setNumThreads(1)  # one thread for the detector too, like the classifier
 
-    test = fer.load_split(args.data, fer.eval_split_name(args.data))
+    try:  # the quick checks first: a missing model is named before minutes of loading faces
+        cfg = load_config(args.config)
+        clf = EmotionClassifier(args.model, num_threads=1)
+        detector = FaceDetector.from_config(cfg["detector"])
+        test = fer.load_split(args.data, fer.eval_split_name(args.data))
+    except (ConfigError, ModelError, DetectorError, fer.DataError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(0)
     pick = np.sort(rng.permutation(len(test))[: max(args.frames, args.round_trip)])
-    cfg = load_config(args.config)
-    detector = FaceDetector.from_config(cfg["detector"])
-    clf = EmotionClassifier(args.model, num_threads=1)
     geometry = CropGeometry.from_config(cfg["detector"])
 
     frames = paste_frames(test.x[pick[: args.frames]], seed=1)

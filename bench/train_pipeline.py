@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     policy = T.policy_name(args.precision)
     keras.mixed_precision.set_global_policy(policy)
 
-    train = fer.load_split(args.data, "train")
+    try:
+        train = fer.load_split(args.data, "train")
+    except fer.DataError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
     cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size, erase=args.erase, distill=args.distill)
     x = tf.constant(preprocess(train.x))
     y = tf.constant(train.y)

@@ -524,3 +524,16 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
     assert built == [(0.5, 0.7, (n, 7))]  # one teacher row per Training face
     out = capsys.readouterr().out
     assert "erase 0.5, distill 0.7" in out and "pipeline cost" in out
+
+
+def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys):
+    """`make bench` before `make convert`, or on a Pi without the FER-2013 zip: an error, not a traceback."""
+    from bench import device as bench_device
+    from bench import train_pipeline
+
+    missing = tmp_path / "none.zip"
+    assert train_pipeline.main(["--data", str(missing)]) == 2
+    assert f"bench: error: {missing}" in capsys.readouterr().err
+    model = tmp_path / "fer_vgg16_int8.tflite"
+    assert bench_device.main(["--data", str(missing), "--model", str(model)]) == 2
+    assert f"bench: error: {model}" in capsys.readouterr().err  # named before the data is read
