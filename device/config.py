@@ -45,7 +45,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "source": Key("camera", str, _choices("camera", "auto", "picamera2", "v4l2", "video", "images", "demo"),
                       "camera: picamera2, else the first V4L2 webcam (retried until one answers); "
                       "auto: the same, else the demo photos (for a desk)"),
-        "device": Key("0", str, None, "V4L2 camera index or path, in quotes: \"0\" or \"/dev/video0\""),
+        "device": Key("0", str, None, "V4L2 camera index or path, in quotes: \"0\" or \"/dev/video0\" (source v4l2)"),
         "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
         "height": Key(480, int, (48, 4096), "capture height"),
@@ -194,6 +194,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:
         raise ConfigError(f"{cfg.source}: camera.path: required when camera.source is "
                           f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
+    source = cfg["camera"]["source"]
+    # another camera than the default, with a source that picks its own: the kiosk would use the wrong one
+    if cfg["camera"]["device"] != SCHEMA["camera"]["device"].default and source != "v4l2":
+        where = "command line" if "camera.device" in (overrides or {}) else cfg.source
+        raise ConfigError(f"{where}: camera.device: {cfg['camera']['device']!r} is used only with camera.source "
+                          f"\"v4l2\", not {source!r} (which finds a camera itself); set source = \"v4l2\"")
     window, reset = cfg["button"]["face_window_s"], cfg["smoothing"]["reset_after_s"]
     if window > reset:  # the reading is forgotten after reset_after_s, so a longer window cannot count
         raise ConfigError(f"{cfg.source}: button.face_window_s: {window} is longer than "

@@ -482,6 +482,8 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
         ("[camera]\nfps = 0.5\n", "camera.fps: 0.5 gives a frame every 2 s, not within button.face_window_s (1.5)"),
         ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': a spreadsheet would read it as a formula"),
+        ("[camera]\ndevice = '/dev/video2'\n",  # the kiosk with two cameras would silently use the other
+         "camera.device: '/dev/video2' is used only with camera.source \"v4l2\", not 'camera'"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, toml, message, capsys):
@@ -501,6 +503,9 @@ def test_a_bad_flag_is_blamed_on_the_command_line_not_the_file(tmp_path, capsys)
     path.write_text("[model]\nnum_threads = 2\n")
     assert cli.main(["--config", str(path), "check", "--threads", "0"]) == 2
     assert "error: command line: model.num_threads: 0 is out of range" in capsys.readouterr().err
+    assert cli.main(["--config", str(path), "check", "--camera-device", "1"]) == 2
+    assert "error: command line: camera.device: '1' is used only with" in capsys.readouterr().err
+    assert load_config(path, {"camera.source": "v4l2", "camera.device": "1"})["camera"]["device"] == "1"
 
 
 def test_example_config_is_the_defaults(tmp_path):
