@@ -6,6 +6,7 @@ cooldown and the 'was there a face' rule live in one place, above the hardware."
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -78,6 +79,16 @@ class NoButton(PressQueue):
         pass
 
 
+def _reads_nothing(stream) -> bool:
+    """Whether `stream` is /dev/null (or none): a service's standard input."""
+    if stream is None:
+        return True
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdin): not /dev/null
+        return False
+
+
 class ButtonError(RuntimeError):
     """The configured button cannot be opened; names the setting."""
 
@@ -91,5 +102,8 @@ def open_button(cfg: dict, pin_factory=None) -> PressQueue:
             where = f"button.pin = {cfg['pin']}" + (f", button.led_pin = {cfg['led_pin']}" if cfg["led_pin"] else "")
             raise ButtonError(f"{where}: cannot open the GPIO ({type(e).__name__}: {e})") from None
     if kind == "keyboard":
+        if _reads_nothing(sys.stdin):
+            raise ButtonError('button.kind = "keyboard": standard input is /dev/null (as under systemd), so no '
+                              'press could ever arrive; use "gpio" there')
         return KeyboardButton()
     return NoButton()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device.button import GpioButton, KeyboardButton
+from device.button import ButtonError, GpioButton, KeyboardButton, open_button
 from device.config import DEFAULT_RATINGS, ConfigError, load_config
 from device.detector import Box, choose_face
 from device.display import Display, PngDisplay, Screen, TerminalDisplay, render
@@ -407,6 +407,18 @@ def test_keyboard_button_counts_each_enter():
             time.sleep(0.01)
         assert len(presses) == 2
         button.close()
+
+
+def test_a_keyboard_button_with_no_keyboard_is_refused(monkeypatch):
+    """Under systemd standard input is /dev/null: the daemon would run and never store a press."""
+    with open(os.devnull) as null:
+        monkeypatch.setattr(sys, "stdin", null)
+        with pytest.raises(ButtonError, match='button.kind = "keyboard": standard input is /dev/null'):
+            open_button({"kind": "keyboard"})
+    read, write = os.pipe()
+    with os.fdopen(read) as r, os.fdopen(write, "w"):
+        monkeypatch.setattr(sys, "stdin", r)
+        assert isinstance(open_button({"kind": "keyboard"}), KeyboardButton)
 
 
 def test_face_finder_detects_on_every_nth_frame():
