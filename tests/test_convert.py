@@ -324,6 +324,10 @@ def test_face_detector_files_are_checked(tmp_path):
     assert CAFFEMODEL in r.stderr and "sha256" in r.stderr
     with pytest.raises(DetectorError, match="corrupt"):
         FaceDetector(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "convert.face_detector", "--dest", str(tmp_path), "--replace-bad"],
+                       capture_output=True, text=True, cwd=ROOT)  # what make install runs on its own folder
+    assert r.returncode == 0 and "sha256 is not the pinned one: fetching it again" in r.stderr, r.stderr
+    FaceDetector(tmp_path)  # loads
     (tmp_path / CAFFEMODEL).unlink()
     with pytest.raises(DetectorError, match="missing"):
         FaceDetector(tmp_path)
