@@ -32,6 +32,9 @@ OVERRIDES = {  # command-line flag -> config key
     "display": "display.driver", "png_path": "display.png_path", "button": "button.kind",
     "db": "storage.path", "model": "model.path", "detector_dir": "detector.dir", "threads": "model.num_threads",
 }
+# No camera opened this long after the start: the service restarts (a driver that loaded late gets
+# its device access), showing "Camera error" meanwhile.
+FIRST_OPEN_S = 60.0
 CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage", "clock")
 
 
@@ -127,7 +130,8 @@ def cmd_run(cfg, pin_factory=None) -> int:
     except StorageError as e:
         display.halt(Screen("error", title="Storage error", detail=str(e)))
         raise
-    source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"])
+    source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"],
+                                first_open_s=FIRST_OPEN_S)
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
     stop = Stop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,8 +19,9 @@ class SourceError(RuntimeError):
 
 
 class SourceStuck(SourceError):
-    """A capture that never returns keeps the camera held, so no reconnect can open it: only
-    a new process frees it, and the daemon exits for systemd to restart it."""
+    """A camera fault only a new process clears, so the daemon exits for systemd to restart it: a
+    capture that never returns keeps the camera held, and a camera driver loaded after the
+    service started stays outside the device access systemd gave it at the start."""
 
 
 class ImageSource:
@@ -306,9 +307,10 @@ def _first_webcam(cfg: dict) -> V4L2Source:
 
 class ReconnectingSource:
     """Keeps a source alive: on a failure it closes it and reopens it with exponential
-    back-off. `read()` returns None while the camera is down; `error` says why."""
+    back-off. `read()` returns None while the camera is down; `error` says why. A camera that no
+    try has opened within `first_open_s` of the start raises SourceStuck (see there)."""
 
-    def __init__(self, opener, max_backoff_s: float = 30.0):
+    def __init__(self, opener, max_backoff_s: float = 30.0, first_open_s: float | None = None):
         self._open = opener
         self.max_backoff_s = max_backoff_s
         self.source = None
@@ -316,6 +318,7 @@ class ReconnectingSource:
         self._backoff = 0.5
         self._retry_at = 0.0
         self.reconnects = 0
+        self._give_up_at = None if first_open_s is None else time.monotonic() + first_open_s
 
     def read(self) -> np.ndarray | None:
         now = time.monotonic()
@@ -324,11 +327,15 @@ class ReconnectingSource:
                 return None
             try:
                 self.source = self._open()
+                self._give_up_at = None  # opened once: later faults are the camera's, retried here
                 if self.error is not None:
                     self.reconnects += 1
             except SourceStuck:  # a camera that hung while opening stays held: only a restart frees it
                 raise
             except SourceError as e:
+                if self._give_up_at is not None and now >= self._give_up_at:
+                    raise SourceStuck(f"no camera has opened since the start ({e}); a camera driver loaded "
+                                      "after the start gets its device access only at the next") from None
                 self._fail(str(e), now)
                 return None
         try:

@@ -677,6 +677,42 @@ def test_a_capture_that_never_returns_ends_the_daemon_for_systemd_to_restart(mod
     rig.close()
 
 
+def test_a_camera_never_opened_in_the_first_minute_ends_the_daemon_for_systemd_to_restart(monkeypatch):
+    """systemd resolves DeviceAllow=char-video4linux once, when the unit starts: a camera driver
+    that loads later (a slow boot) is refused until the service restarts. A camera that opened
+    once is a camera fault instead, retried in-process for as long as it takes."""
+    clock = [100.0]
+    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
+    plugged = [False]
+
+    class Unplugged:
+        def read(self):
+            raise SourceError("/dev/video0: unplugged")
+
+        def close(self):
+            pass
+
+    def opener():
+        if not plugged[0]:
+            raise SourceError("no camera: Pi camera: no cameras found")
+        return Unplugged()
+
+    src = ReconnectingSource(opener, max_backoff_s=1, first_open_s=60)
+    for t in (100, 130, 159.9):  # the first minute: the screen says "Camera error" and it retries
+        clock[0] = t
+        assert src.read() is None and "no cameras found" in src.error
+    clock[0] = 161.0  # the next try after the minute
+    with pytest.raises(SourceStuck, match=r"no camera has opened since the start \(no camera: Pi camera"):
+        src.read()
+    src = ReconnectingSource(opener, max_backoff_s=1, first_open_s=60)
+    plugged[0] = True
+    assert src.read() is None and "unplugged" in src.error  # it opened, then failed
+    plugged[0] = False
+    for t in (200, 300, 1000):
+        clock[0] = t
+        assert src.read() is None and "no cameras found" in src.error
+
+
 def test_a_webcam_that_hangs_on_its_first_frame_stops_the_default_camera_source(monkeypatch):
     """source = "camera" tries the Pi camera, then the first webcam: a webcam whose capture hangs
     is not just "no camera" to retry, since the hung thread keeps it open."""
