@@ -132,7 +132,7 @@ def write_card(record: dict, path: Path) -> Path:
     ws = record.get("warm_start_from")
     lineage = (
         f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
-        + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%}" if "epochs" in ws else "")
+        + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%} one view" if "epochs" in ws else "")
         + (f"); {total_epochs(record)} epochs in all." if "epochs" in ws
            else f"); its epochs are unknown, so at least {total_epochs(record)} in all.")
         if ws else "Trained from scratch (no pretrained weights)."
