@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -337,9 +338,9 @@ def test_a_typo_never_costs_the_finished_run_in_its_folder(tmp_path, capsys):
     assert (run / "epoch1.weights.h5").read_bytes() == b"kept for averaging"
 
 
-def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
+def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import run as run_folder
-    from training.run import PENDING, commit_epoch, finish_pending
+    from training.run import commit_files, finish_pending
 
     run = tmp_path / "run"
     run.mkdir()
@@ -351,21 +352,33 @@ def test_an_epoch_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # before state.json said epoch 2 was done
 
     with pytest.raises(KeyboardInterrupt):
-        commit_epoch(run, state, 2, write_then_lose_power)
+        commit_files(run, state, write_then_lose_power)
     assert not (run / "state.json").exists()
-    finish_pending(run, 1)  # the resume: state.json still says epoch 1
-    assert (run / "last.keras").read_text() == "epoch 1" and not list(run.glob(PENDING + "*"))
-
-    (run / f"{PENDING}2").mkdir()  # power went after state.json said epoch 2, before the move
-    (run / f"{PENDING}2" / "last.keras").write_text("epoch 2")
-    finish_pending(run, 2)
-    assert (run / "last.keras").read_text() == "epoch 2" and not list(run.glob(PENDING + "*"))
+    finish_pending(run, {"epochs_done": 1})  # the resume: state.json still says epoch 1
+    assert (run / "last.keras").read_text() == "epoch 1" and not list(run.glob(".pending-*"))
 
     synced = []  # what reaches the disk, in order: the staged files before state.json names them
     monkeypatch.setattr(run_folder, "fsync", lambda path: synced.append(path.name))
-    commit_epoch(run, {"epochs_done": 3}, 3, lambda folder: (folder / "last.keras").write_text("epoch 3"))
-    assert synced == ["last.keras", f"{PENDING}3", "state.tmp", "run", "run"]
-    assert (run / "last.keras").read_text() == "epoch 3"
+    commit_files(run, {"epochs_done": 2}, lambda folder: (folder / "last.keras").write_text("epoch 2"))
+    assert synced == ["last.keras", ".pending-commit1", "state.tmp", "run", "run"]
+    assert (run / "last.keras").read_text() == "epoch 2"
+
+    # A first average committed, a second staged after the same epoch, and the power cut before
+    # state.json named it: the resume keeps the first, which the state describes.
+    state = json.loads((run / "state.json").read_text())
+    commit_files(run, state, lambda folder: (folder / "average.weights.h5").write_text("average 1"))
+    monkeypatch.setattr(run_folder, "save_state", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        commit_files(run, state, lambda folder: (folder / "average.weights.h5").write_text("average 2"))
+    finish_pending(run, json.loads((run / "state.json").read_text()))
+    assert (run / "average.weights.h5").read_text() == "average 1" and not list(run.glob(".pending-*"))
+
+    # a run begun by an older feedbackd staged by epoch: committed up to its epochs_done
+    for n in (3, 4):
+        (run / f".pending-epoch{n}").mkdir()
+        (run / f".pending-epoch{n}" / "last.keras").write_text(f"epoch {n}")
+    finish_pending(run, {"epochs_done": 3})
+    assert (run / "last.keras").read_text() == "epoch 3" and not list(run.glob(".pending-*"))
 
 
 def test_card_reproduces_every_cycle_oldest_first():
@@ -519,11 +532,14 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
     monkeypatch.setattr(T, "train_dataset", spy)
     rc = train_pipeline.main(["--data", str(fer_csv), "--steps", "2", "--rounds", "1", "--width", "0.0625",
                               "--batch-size", "8", "--precision", "float32", "--erase", "0.5", "--distill", "0.7"])
-    assert rc in (0, 1)  # 1: the pipeline cost more than 10 % on this tiny model
     n = len(fer.load_split(fer_csv, "train"))
     assert built == [(0.5, 0.7, (n, 7))]  # one teacher row per Training face
     out = capsys.readouterr().out
-    assert "erase 0.5, distill 0.7" in out and "pipeline cost" in out
+    assert "erase 0.5, distill 0.7" in out
+    rates = {k: float(v) for k, v in re.findall(r"^(in-memory batch|input pipeline)\s*:\s*([\d.]+) img/s", out, re.M)}
+    cost = float(re.search(r"^pipeline cost\s*:\s*(-?[\d.]+) %", out, re.M).group(1))
+    assert cost == pytest.approx(100 * (1 - rates["input pipeline"] / rates["in-memory batch"]), abs=0.5)
+    assert rc == (0 if cost <= 10 else 1)  # the verdict: at most 10 % (this tiny model may miss it)
 
 
 def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys):

@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, commit_epoch, other_data, unfinished
+from training.run import STATE, chosen_weights, commit_files, other_data, unfinished
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     # Staged and committed by the state like an epoch: a stop in between never leaves the state
     # describing one average and the file holding another.
-    commit_epoch(run, state, state["epochs_done"], lambda folder: model.save_weights(folder / "average.weights.h5"))
+    commit_files(run, state, lambda folder: model.save_weights(folder / "average.weights.h5"))
     print(f"exported the average to {export_model(run, out, train, test)}")
     return 0
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 STATE = "state.json"
-PENDING = ".pending-epoch"  # + the epoch number
+STAGED = ".pending-commit"  # + the commit's number: committed once state.json's "commits" reaches it
+OLD_STAGED = ".pending-epoch"  # + the epoch: how a run begun by an older feedbackd staged its epochs
 # Everything a run writes; a new run in the folder of a finished one removes these first. The
 # teachers' targets stay: they are reused only for the same teachers and faces.
 RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
-             "average.weights.h5", "epoch*.weights.h5", PENDING + "*", "*.tmp", "*.tmp.*")
+             "average.weights.h5", "epoch*.weights.h5", ".pending-*", "*.tmp", "*.tmp.*")
 
 
 def fsync(path: Path) -> None:
@@ -47,23 +48,30 @@ def save_atomic(model, path: Path) -> None:
     replace_durably(tmp, path)
 
 
-def commit_epoch(run: Path, state: dict, epoch: int, write: Callable[[Path], None]) -> None:
-    """`write(folder)` puts epoch `epoch`'s files (checkpoint, best, kept weights, history) in a
-    staging folder; saving `state` (with epochs_done = epoch) commits them, then they move in."""
-    pending = run / f"{PENDING}{epoch}"
+def commit_files(run: Path, state: dict, write: Callable[[Path], None]) -> None:
+    """`write(folder)` puts an epoch's files (checkpoint, best, kept weights, history) or an average
+    in a staging folder; saving `state` commits them, then they move in. Each commit has its own
+    number, so a second average staged after the same epoch is never taken for the first."""
+    n = state.get("commits", 0) + 1
+    pending = run / f"{STAGED}{n}"
     shutil.rmtree(pending, ignore_errors=True)
     pending.mkdir()
     write(pending)
     for f in [*pending.iterdir(), pending]:  # on the disk before state.json says they are
         fsync(f)
-    save_state(state, run / STATE)
-    finish_pending(run, state["epochs_done"])
+    save_state({**state, "commits": n}, run / STATE)
+    state["commits"] = n
+    finish_pending(run, state)
 
 
-def finish_pending(run: Path, epochs_done: int) -> None:
-    """Move a committed epoch's staged files into place; drop an uncommitted one's."""
-    for pending in run.glob(PENDING + "*"):
-        if int(pending.name[len(PENDING):]) <= epochs_done:
+def finish_pending(run: Path, state: dict) -> None:
+    """Move committed staged files into place; drop uncommitted ones."""
+    for pending in run.glob(".pending-*"):
+        if pending.name.startswith(STAGED):
+            committed = int(pending.name[len(STAGED):]) <= state.get("commits", 0)
+        else:
+            committed = int(pending.name[len(OLD_STAGED):]) <= state["epochs_done"]
+        if committed:
             for f in pending.iterdir():
                 os.replace(f, run / f.name)
         shutil.rmtree(pending)

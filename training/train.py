@@ -25,7 +25,7 @@ from training import data as fer
 from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, run_out, warm_start_lineage
 from training.metrics import report
-from training.run import STATE, clear_run, commit_epoch, finish_pending
+from training.run import STATE, clear_run, commit_files, finish_pending
 
 DEFAULTS = {
     "epochs": 20,
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"--{k.replace('_', '-')} (the run has {theirs.get(k)})" for k in changed)
                   + ", or start a new run with --restart or another --run-dir", file=sys.stderr)
             return 2
-        finish_pending(run, state["epochs_done"])  # a stop while an epoch was being saved
+        finish_pending(run, state)  # a stop while an epoch was being saved
         if 0 < args.stop_after <= state["epochs_done"]:
             print(f"error: --stop-after {args.stop_after}: {run} has already done {state['epochs_done']} epochs; "
                   "drop it or give a later epoch", file=sys.stderr)
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(folder / "history.csv", "a", newline="") as f:
                 csv.writer(f).writerow(row)
 
-        commit_epoch(run, state, epoch + 1, write)
+        commit_files(run, state, write)
         eta = seconds * (cfg["epochs"] - epoch - 1)
         print(f"epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {row[2]}  acc {row[3]}  "
               f"val_acc {val['accuracy']:.4f}  val_f1 {val['macro_f1']:.4f}  "
