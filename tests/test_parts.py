@@ -139,20 +139,34 @@ def test_sd_notify_on_a_real_socket(tmp_path):
 
 def test_latest_frame_skips_the_backlog_and_releases_after_the_last_grab():
     counter = iter(range(10**6))
-    grabbing, released = threading.Event(), []
+    latest, driver_free, held = [-1], threading.Event(), threading.Event()
+    driver_free.set()
+    released = []
 
     def grab():
-        grabbing.set()
+        if not driver_free.is_set():
+            held.set()  # inside the driver's read, which has not returned yet
+        driver_free.wait()
         time.sleep(0.001)
-        grabbing.clear()
-        return np.full((2, 2), next(counter))
+        latest[0] = next(counter)
+        return np.full((2, 2), latest[0])
 
-    src = LatestFrame(grab, "fast camera", release=lambda: released.append(grabbing.is_set()))
+    src = LatestFrame(grab, "fast camera", release=lambda: released.append(latest[0]))
     first = int(src.read()[0, 0])
-    time.sleep(0.2)  # a slow pipeline: ~100 frames were grabbed meanwhile
-    assert int(src.read()[0, 0]) > first + 20
-    src.close()
-    assert released == [False]  # once, and never while a grab was running
+    deadline = time.monotonic() + 10
+    while latest[0] <= first + 20 and time.monotonic() < deadline:  # a slow pipeline: frames pile up meanwhile
+        time.sleep(0.01)
+    seen = latest[0]
+    assert seen > first + 20 and int(src.read()[0, 0]) >= seen  # the newest frame, not the next of a backlog
+    driver_free.clear()
+    assert held.wait(5)
+    closing = threading.Thread(target=src.close)
+    closing.start()
+    time.sleep(0.1)
+    assert released == []  # never while a grab is running
+    driver_free.set()
+    closing.join(5)
+    assert not closing.is_alive() and released == [latest[0]]  # once, after the last grab
 
 
 def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
@@ -388,7 +402,10 @@ def test_acknowledge_blinks_the_led_twice():
     led = factory.pin(27)
     assert led.state == 0
     button.acknowledge()
-    time.sleep(0.7)
+    deadline = time.monotonic() + 5  # two blinks take 0.5 s; a loaded machine may take longer
+    while not ([s for _, s in led.states].count(1) == 2 and led.state == 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # and no third
     states = [s for _, s in led.states]
     assert states.count(1) == 2 and states[-1] == 0  # two blinks, then off
     button.close()
