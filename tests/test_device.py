@@ -124,15 +124,19 @@ def test_end_to_end_press_stores_one_entry_and_thanks(model, face_folder, tmp_pa
 def test_entries_carry_the_local_date_and_time_of_the_kiosk(tmp_path, monkeypatch):
     """The export's date and time are the store's own, not UTC: a Tokyo till at 05:00. The zone
     is the one set now, not when the daemon started (a technician sets it after installing)."""
-    time.tzset()  # the zone the process started with
-    monkeypatch.setenv("TZ", "Asia/Tokyo")  # then set, as raspi-config would, with no restart
+    entry, at = Entry("Happy", 5, 0.9, {"Happy": 0.9}, "ab", "till-1"), datetime(2026, 11, 3, 20, tzinfo=UTC)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()  # the zone the daemon started with
     try:
         log = FeedbackLog(tmp_path / "f.db")
-        log.add(Entry("Happy", 5, 0.9, {"Happy": 0.9}, "ab", "till-1"), datetime(2026, 11, 3, 20, tzinfo=UTC))
-        row = next(log.rows())
+        log.add(entry, at)
+        monkeypatch.setenv("TZ", "Asia/Tokyo")  # then set, as raspi-config would, with no restart
+        log.add(entry, at)
+        utc_row, row = log.rows()
+        assert (utc_row["local_date"], utc_row["local_time"]) == ("2026-11-03", "20:00:00")
         assert (row["utc"], row["local_date"], row["local_time"]) == ("2026-11-03T20:00:00.000000Z", "2026-11-04",
                                                                       "05:00:00")
-        assert [r["id"] for r in log.rows(since="2026-11-04")] == [row["id"]] and not list(log.rows(until="2026-11-03"))
+        assert [r["id"] for r in log.rows(since="2026-11-04")] == [row["id"]]
         log.close()
     finally:
         monkeypatch.undo()
@@ -167,18 +171,29 @@ def test_press_without_a_face_stores_nothing(model, empty_folder, face_folder, t
     rig.close()
 
 
-def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folder, tmp_path):
-    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 1.0, "display.thank_you_s": 1.0})
-    rig.steps(2)
-    for _ in range(2):  # the second press comes one frame after the first
+def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folder, tmp_path, monkeypatch):
+    """The cooldown on its own: a press after the thank-you has gone, but within button.cooldown_s
+    of the last entry, stores nothing (a clock the test moves: a loaded machine cannot blur it)."""
+    from device import daemon as D
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 1.5, "display.thank_you_s": 0.5})
+    clock = [100.0]
+    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+
+    def press_at(t: float) -> None:
+        clock[0] = t - 0.1
+        rig.steps(1)  # a face seen just before the press
+        clock[0] = t
         rig.press()
         rig.steps(1)
-    assert rig.store.count() == 1
-    time.sleep(1.0)
-    rig.steps(1)  # a face seen just before the press, however slow the last step was
-    rig.press()
-    rig.steps(1)
+
+    press_at(100.0)
+    assert rig.store.count() == 1 and rig.daemon.screen(clock[0]).kind == "thanks"
+    press_at(100.8)  # the thank-you went at 100.5; the cooldown lasts until 101.5
+    assert rig.store.count() == 1 and rig.daemon.screen(clock[0]).kind == "live"
+    press_at(101.6)
     assert rig.store.count() == 2
+    monkeypatch.undo()
     rig.close()
 
 
@@ -281,8 +296,14 @@ def test_the_journal_is_told_apart_from_a_terminal_that_inherited_its_variable(t
 
 
 def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
-    def blinks() -> int:
-        time.sleep(0.7)  # two blinks take 0.5 s
+    def blinks(due: int) -> int:
+        """The LED's blinks so far, once `due` of them ended (none due: after as long as two take)."""
+        deadline = time.monotonic() + (5 if due else 0.7)
+        while time.monotonic() < deadline:
+            states = [state for _, state in rig.led.states]
+            if due and states.count(1) >= due and states[-1] == 0:
+                break
+            time.sleep(0.01)
         return [state for _, state in rig.led.states].count(1)
 
     db = tmp_path / "feedback.db"
@@ -298,13 +319,13 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     before = time.monotonic()
     rig.steps(1)
     after = time.monotonic()
-    assert rig.store.count() == 0 and blinks() == 0
+    assert rig.store.count() == 0 and blinks(0) == 0
     assert rig.daemon.screen(before + 0.4).kind == "thanks"  # kept: the customer need not press again
     assert rig.daemon.screen(after + 0.6).title == "Storage error"  # then, for staff
     _break_storage(rig, db, False)
     rig.press()  # long before the retry is due: the kept entry goes first, then this one
     rig.steps(1)
-    assert rig.store.count() == 2 and blinks() == 2  # one acknowledgement, this customer's
+    assert rig.store.count() == 2 and blinks(2) == 2  # one acknowledgement, this customer's
     first, second = rig.store.rows()
     assert first["utc"] < second["utc"]  # ids follow press order
     rig.close()

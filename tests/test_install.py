@@ -120,6 +120,10 @@ def test_a_restored_config_installs_on_a_fresh_os_without_numpy(tmp_path, debian
     python.chmod(0o755)
     config = tmp_path / "root/etc/feedbackd/config.toml"
     config.parent.mkdir(parents=True)
+    config.write_text('[storage]\npath = "/mnt/usb/feedback.db"\n')  # checked all the same, with the venv
+    r = make("install", tmp_path / "root", **{**debian12, "PYTHON": str(python)})
+    assert r.returncode != 0 and "ImportError" not in r.stderr
+    assert f"{config}: storage.path: /mnt/usb/feedback.db: the service can write only under /var/lib" in r.stderr
     config.write_text('[display]\ndriver = "st7789"\n')
     r = make("install", tmp_path / "root", **{**debian12, "PYTHON": str(python)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
