@@ -196,8 +196,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                           f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
     source = cfg["camera"]["source"]
     # another camera than the default, with a source that picks its own: the kiosk would use the wrong one
-    if cfg["camera"]["device"] != SCHEMA["camera"]["device"].default and source != "v4l2":
-        where = "command line" if "camera.device" in (overrides or {}) else cfg.source
+    if source in ("camera", "auto", "picamera2") and cfg["camera"]["device"] not in ("0", "/dev/video0"):
+        where = "command line" if {"camera.device", "camera.source"} & set(overrides or {}) else cfg.source
         raise ConfigError(f"{where}: camera.device: {cfg['camera']['device']!r} is used only with camera.source "
                           f"\"v4l2\", not {source!r} (which finds a camera itself); set source = \"v4l2\"")
     window, reset = cfg["button"]["face_window_s"], cfg["smoothing"]["reset_after_s"]

@@ -335,7 +335,7 @@ class ReconnectingSource:
             except SourceError as e:
                 if self._give_up_at is not None and now >= self._give_up_at:
                     raise SourceStuck(f"no camera has opened since the start ({e}); a camera driver loaded "
-                                      "after the start gets its device access only at the next") from None
+                                      "after the start gets its device access only at the next start") from None
                 self._fail(str(e), now)
                 return None
         try:

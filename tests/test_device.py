@@ -302,6 +302,7 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
         while time.monotonic() < deadline:
             states = [state for _, state in rig.led.states]
             if due and states.count(1) >= due and states[-1] == 0:
+                time.sleep(0.3)  # and no more
                 break
             time.sleep(0.01)
         return [state for _, state in rig.led.states].count(1)
@@ -527,6 +528,12 @@ def test_a_bad_flag_is_blamed_on_the_command_line_not_the_file(tmp_path, capsys)
     assert cli.main(["--config", str(path), "check", "--camera-device", "1"]) == 2
     assert "error: command line: camera.device: '1' is used only with" in capsys.readouterr().err
     assert load_config(path, {"camera.source": "v4l2", "camera.device": "1"})["camera"]["device"] == "1"
+    path.write_text('[camera]\nsource = "v4l2"\ndevice = "/dev/video2"\n')  # a kiosk's, checked on a desk
+    assert load_config(path, {"camera.source": "demo"})["camera"]["source"] == "demo"
+    with pytest.raises(ConfigError, match="^command line: camera.device: '/dev/video2' is used only with"):
+        load_config(path, {"camera.source": "auto"})
+    path.write_text('[camera]\ndevice = "/dev/video0"\n')  # the default, spelt as a path
+    assert load_config(path)["camera"]["device"] == "/dev/video0"
 
 
 def test_example_config_is_the_defaults(tmp_path):

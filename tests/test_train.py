@@ -380,6 +380,13 @@ def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypat
     finish_pending(run, {"epochs_done": 3})
     assert (run / "last.keras").read_text() == "epoch 3" and not list(run.glob(".pending-*"))
 
+    # two averages committed, the power cut before either moved in: the later one's file wins
+    for n in (9, 10):  # "10" sorts before "9" as text
+        (run / f".pending-commit{n}").mkdir()
+        (run / f".pending-commit{n}" / "average.weights.h5").write_text(f"average {n}")
+    finish_pending(run, {"epochs_done": 3, "commits": 10})
+    assert (run / "average.weights.h5").read_text() == "average 10" and not list(run.glob(".pending-*"))
+
 
 def test_card_reproduces_every_cycle_oldest_first():
     from training.card import _reproduce
@@ -539,7 +546,8 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
     rates = {k: float(v) for k, v in re.findall(r"^(in-memory batch|input pipeline)\s*:\s*([\d.]+) img/s", out, re.M)}
     cost = float(re.search(r"^pipeline cost\s*:\s*(-?[\d.]+) %", out, re.M).group(1))
     assert cost == pytest.approx(100 * (1 - rates["input pipeline"] / rates["in-memory batch"]), abs=0.5)
-    assert rc == (0 if cost <= 10 else 1)  # the verdict: at most 10 % (this tiny model may miss it)
+    if abs(cost - 10) >= 0.1:  # printed to 0.1 %: at the line itself the verdict may go either way
+        assert rc == (0 if cost <= 10 else 1)  # at most 10 % (this tiny model may miss it)
 
 
 def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys):

@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, commit_files, other_data, unfinished
+from training.run import STATE, chosen_weights, commit_files, finish_pending, other_data, unfinished
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if error := unfinished(run, state, "average it once it has finished (training.train --resume)"):
         print(error, file=sys.stderr)
         return 2
+    finish_pending(run, state)  # an earlier average committed just before a power cut
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
     if state["best_epoch"] == 0 and "average" not in state:  # the bar is the --init model: it must be the same one

@@ -26,7 +26,7 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, other_data, replace_durably, save_atomic, unfinished
+from training.run import STATE, chosen_weights, finish_pending, other_data, replace_durably, save_atomic, unfinished
 
 MODEL_NAME = "fer_vgg16"
 
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     f"{args.run_dir} (which exports it)"):
             print(error, file=sys.stderr)
             return 2
+        finish_pending(args.run_dir, state)  # an average committed just before a power cut
         if not (weights := chosen_weights(args.run_dir, state)).is_file():
             print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "
                   "beat its --init model exports nothing)", file=sys.stderr)

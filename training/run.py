@@ -65,13 +65,16 @@ def commit_files(run: Path, state: dict, write: Callable[[Path], None]) -> None:
 
 
 def finish_pending(run: Path, state: dict) -> None:
-    """Move committed staged files into place; drop uncommitted ones."""
-    for pending in run.glob(".pending-*"):
-        if pending.name.startswith(STAGED):
-            committed = int(pending.name[len(STAGED):]) <= state.get("commits", 0)
-        else:
-            committed = int(pending.name[len(OLD_STAGED):]) <= state["epochs_done"]
-        if committed:
+    """Move committed staged files into place, oldest commit first (a later one's files win); drop
+    uncommitted ones. Whatever reads a run's files calls it first: a power cut may have come
+    between a commit and its move."""
+    def order(pending: Path) -> tuple[bool, int]:
+        new = pending.name.startswith(STAGED)
+        return new, int(pending.name[len(STAGED if new else OLD_STAGED):])
+
+    for pending in sorted(run.glob(".pending-*"), key=order):
+        new, n = order(pending)
+        if n <= (state.get("commits", 0) if new else state["epochs_done"]):
             for f in pending.iterdir():
                 os.replace(f, run / f.name)
         shutil.rmtree(pending)
