@@ -469,9 +469,10 @@ def test_face_finder_detects_on_every_nth_frame():
     assert finder.find(face) is not None and detector.calls == 2
 
 
-def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path):
+def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path, monkeypatch):
     import cv2
 
+    from device import sources
     from device.sources import VideoSource
 
     path = str(tmp_path / "clip.avi")
@@ -479,16 +480,17 @@ def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path):
     for i in range(10):  # frame i is a flat grey of 20 * i
         writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
     writer.release()
+    clock = [100.0]  # moved by the test: a loaded machine cannot blur the frame periods
+    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
     src = VideoSource(path)
-    assert abs(int(src.read().mean()) - 0) <= 3
-    time.sleep(0.26)  # ~5 frame periods later the source hands out frame ~5, not frame 1
-    seen = [round(src.read().mean() / 20)]
-    assert 4 <= seen[0] <= 9
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and seen[-1] >= max(seen):  # past the end it starts over
-        seen.append(round(src.read().mean() / 20))
-        time.sleep(0.02)
-    assert seen[-1] < max(seen), seen
+
+    def frame_at(t: float) -> int:
+        clock[0] = t
+        return round(src.read().mean() / 20)
+
+    assert frame_at(100.0) == 0
+    assert frame_at(100.26) == 5  # 5 frame periods (20 fps) later: frame 5, not the next one, 1
+    assert frame_at(100.51) == 0  # past frame 9 it starts over
     src.close()
     with pytest.raises(SourceError, match="missing.avi: cannot open video"):
         VideoSource(str(tmp_path / "missing.avi"))
