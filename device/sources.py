@@ -5,6 +5,7 @@ uint8) and never a backlog; frames stay in memory and are never written anywhere
 from __future__ import annotations
 
 import glob
+import logging
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+log = logging.getLogger("feedbackd")
 
 
 class SourceError(RuntimeError):
@@ -141,7 +143,10 @@ class LatestFrame:
         try:
             self._grab_until_stopped()
         finally:
-            self._release()
+            try:
+                self._release()
+            except Exception as e:  # an unplugged camera may fail to stop: one line, not a thread's traceback
+                log.warning("%s: releasing the camera failed (%s: %s)", self.name, type(e).__name__, e)
 
     def _grab_until_stopped(self) -> None:
         while not self._stop.is_set():

@@ -277,7 +277,7 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     assert calls[-2:] == ["stop", "close"]
 
 
-def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch):
+def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch, caplog):
     """Else the camera stays held and every reconnect finds it busy."""
     import types
 
@@ -310,6 +310,7 @@ def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch):
         src.read()
     src.close()
     assert calls == ["close"]
+    assert "Pi camera: releasing the camera failed (RuntimeError: camera unplugged)" in caplog.text
 
 
 def test_latest_frame_hands_out_each_frame_once():
