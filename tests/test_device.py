@@ -424,18 +424,24 @@ def test_a_press_just_before_the_service_stops_is_stored(model, face_folder, tmp
     rig.close()
 
 
-def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder, tmp_path):
+def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder, tmp_path, monkeypatch):
+    from device import daemon as D
+
     rig = Rig(model, face_folder, tmp_path / "feedback.db",
               **{"button.face_window_s": 0.2, "smoothing.reset_after_s": 0.3})
+    clock = [100.0]  # moved by the test: a loaded machine's slow steps cannot blur the windows
+    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
     rig.steps(2)
-    pressed = datetime.now(UTC)
+    clock[0] = 100.1
     rig.press()
-    time.sleep(0.5)  # the loop stalls (a camera reconnect) past both windows before it sees the press
+    clock[0] = 100.6  # the loop stalls (a camera reconnect) past both windows before it sees the press
+    handled = datetime.now(UTC)
     rig.daemon._handle_presses()
+    monkeypatch.undo()
     rows = list(rig.store.rows())
     assert len(rows) == 1
     utc = datetime.strptime(rows[0]["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    assert abs((utc - pressed).total_seconds()) < 0.2  # stamped at the press, not 0.5 s later
+    assert abs((utc - (handled - timedelta(seconds=0.5))).total_seconds()) < 0.1  # at the press, not 0.5 s later
     rig.close()
 
 
