@@ -41,15 +41,18 @@ models: venv
 	$(BIN)/python -m convert.face_detector --dest models/face
 
 # On a Raspberry Pi: the OLED (once I2C is on) and the GPIO button; elsewhere a desk setup
-# (terminal, Enter). Where `make install` wrote /etc/feedbackd/config.toml, its hardware settings.
+# (terminal, Enter). Where `make install` wrote /etc/feedbackd/config.toml, its hardware settings;
+# a --config in ARGS, that file's.
 RUN_MODEL ?= models/fer_vgg16_int8.tflite
 INSTALLED_CONFIG ?= /etc/feedbackd/config.toml
 RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,terminal) --button gpio,\
              --display terminal --button keyboard)
-RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db \
-             $(if $(wildcard $(INSTALLED_CONFIG)),,--source auto $(RUN_PARTS))
+RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
+             $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),--source auto $(RUN_PARTS)))
 
 run: venv models
+	@if systemctl is-active --quiet feedbackd.service 2>/dev/null; then echo "make run: feedbackd.service is \
+	running and holds the camera, display and button: sudo systemctl stop feedbackd first"; exit 1; fi
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
 	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 

@@ -232,6 +232,19 @@ def test_make_run_picks_parts_the_machine_has(tmp_path):
     if not Path("/dev/i2c-1").exists():  # a Pi with I2C still off: its OLED cannot answer
         pi = run_line("ON_PI=yes")
         assert "--display terminal" in pi and "--button gpio" in pi
+    own = run_line("ARGS=--config /home/pi/lcd.toml")  # a config to try before installing: its parts, not ours
+    assert own.endswith("--config /home/pi/lcd.toml") and not {"--source", "--display", "--button"} & set(own.split())
     (tmp_path / "config.toml").write_text("[display]\ndriver = \"st7789\"\n")  # after sudo make install
     installed = run_line("ON_PI=yes")
     assert "--display" not in installed and "--button" not in installed and "--source" not in installed
+    assert f"--config {tmp_path / 'config.toml'}" in installed
+
+
+def test_make_run_refuses_while_the_service_holds_the_hardware(tmp_path):
+    """A second daemon would draw on the kiosk's screen and then fail on its busy GPIO pin."""
+    (tmp_path / "systemctl").write_text('#!/bin/sh\n[ "$1" = is-active ]\n')  # feedbackd.service: active
+    (tmp_path / "systemctl").chmod(0o755)
+    r = subprocess.run(["make", "-C", str(ROOT), "run"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.returncode != 0
+    assert "feedbackd.service is running and holds the camera, display and button: sudo systemctl stop" in r.stdout
