@@ -141,6 +141,9 @@ def cmd_run(cfg, pin_factory=None) -> int:
              cfg["button"]["kind"], store.path)
     try:
         daemon.run(stop)
+    except SourceError:  # given up on the camera: its error stays up while systemd restarts the service
+        display.halt(Screen("error", title="Camera error", detail="restarting..."))
+        raise
     finally:
         source.close()
         button.close()

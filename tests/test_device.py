@@ -655,6 +655,23 @@ def test_the_error_screen_stays_up_after_the_process_exits(model, face_folder, t
     assert any(shown) and screen.image.tobytes() == shown  # still the error, not a blank panel
 
 
+def test_a_camera_given_up_on_leaves_its_error_on_the_screen(model, tmp_path, monkeypatch, capsys):
+    """No camera in the first minute (or a hung capture): the daemon exits for systemd to restart
+    it, and the kiosk shows why meanwhile, not a dark panel that sends the technician to its wiring."""
+    from luma.core.device import dummy
+
+    screen = dummy(width=128, height=64, mode="1")
+    monkeypatch.setattr(cli, "open_display", lambda cfg: Display(screen))
+    monkeypatch.setattr(cli, "FIRST_OPEN_S", 0.0)  # the minute, gone
+    args = ["run", "--source", "v4l2", "--camera-device", str(tmp_path / "video9"), "--db", str(tmp_path / "f.db"),
+            "--detector-dir", str(FACE_DIR), "--button", "none", "--model", str(model)]
+    assert cli.main(args) == 2
+    assert "no camera has opened since the start" in capsys.readouterr().err
+    screen.cleanup()  # what luma's atexit hook runs
+    expected = render(Screen("error", title="Camera error", detail="restarting..."), (128, 64), "1")
+    assert screen.image.tobytes() == expected.tobytes()
+
+
 def test_a_runtime_that_is_installed_but_broken_is_named(model, tmp_path, monkeypatch):
     """A runtime that fails to import (a numpy ABI mismatch, say) is reported as such; only a
     runtime that is not installed at all falls through to the next."""
