@@ -68,9 +68,11 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: int, fill) -> None:
+def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: int, fill,
+              room: float | None = None) -> None:
+    """`text` centred on a line `width` wide, shrunk to fit within `room` of it (default: all)."""
     f = font(size)
-    while size > 8 and draw.textlength(text, font=f) > width - 4:  # shrink long words to fit
+    while size > 8 and draw.textlength(text, font=f) > (room or width) - 4:  # shrink long words to fit
         size -= 1
         f = font(size)
     x = (width - draw.textlength(text, font=f)) / 2
@@ -141,7 +143,8 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         if screen.kind == "thanks":
             _centered(d, 0, "Thank you!", int(13 * u), w, accent)
             top = int(15 * u)
-        _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white)
+        # clear of the face dot in the top right corner, on every panel ("Disgusted" on an LCD)
+        _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white, room=w - 16 * u)
         if screen.rating is not None and screen.emotion:
             if screen.rating_max <= 10:
                 n = screen.rating_max

@@ -379,6 +379,18 @@ def test_an_error_screen_shows_the_file_name_and_what_is_wrong(size):
     assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
 
 
+@pytest.mark.parametrize("size", [(128, 64), (64, 128), (160, 128), (240, 240), (320, 240)])
+def test_the_face_dot_never_touches_the_emotion(size):
+    """The dot in the top right corner says a face is in view: the longest emotion stays clear of it."""
+    w, h = size
+    u = min(w, h) / 64
+    for emotion in (*DISPLAY_NAMES, None):  # None: "Not sure"
+        image = render(Screen("live", emotion, 1 if emotion else None, 5), size, "1")  # the dot shows only there
+        assert image.crop((int(w - 8 * u), 0, w, int(8 * u) + 1)).getbbox() is None, emotion
+        with_dot = render(Screen("live", emotion, 1 if emotion else None, 5, face=True), size, "1")
+        assert with_dot.crop((int(w - 8 * u), 0, w, int(8 * u) + 1)).getbbox() is not None  # the dot is there
+
+
 def test_png_driver_writes_the_screen(tmp_path):
     png = PngDisplay(tmp_path / "screens" / "now.png")
     display = Display(png)
