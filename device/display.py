@@ -105,6 +105,8 @@ def detail_lines(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int, 
         lines, cut = lines[:most], lines[most - 1].split()
         while len(cut) > 1 and not fits(" ".join(cut) + " ..."):
             cut.pop()
+        while len(cut[0]) > 1 and not fits(cut[0] + " ..."):  # one piece of a broken word: shortened
+            cut[0] = cut[0][:-1]
         lines[-1] = " ".join(cut) + " ..."
     return lines
 

@@ -377,6 +377,11 @@ def test_an_error_screen_shows_the_file_name_and_what_is_wrong(size):
     image = render(Screen("error", title="Model error", detail=detail), size, "1")
     x0, y0, x1, y1 = image.getbbox()
     assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
+    # a hash broken across lines, the last of them cut short: still inside the panel
+    hashed = ("/opt/feedbackd/models/fer_vgg16_int8.tflite: sha256 0123456789abcdef… does not match its "
+              "manifest /opt/feedbackd/models/fer_vgg16_int8.json (fedcba9876543210…); refusing to use it")
+    x0, y0, x1, y1 = render(Screen("error", title="Model error", detail=hashed), size, "1").getbbox()
+    assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
 
 
 @pytest.mark.parametrize("size", [(128, 64), (64, 128), (160, 128), (240, 240), (320, 240)])
