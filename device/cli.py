@@ -211,7 +211,8 @@ def cmd_check(cfg, skip: list[str]) -> int:
     part("display", display)
     part("button", button)
     part("storage", storage)
-    part("clock", lambda: clock.describe(clock.clock_synced()))  # informative: an RTC may keep good time
+    # informative: an RTC may keep good time
+    part("clock", lambda: f"{clock.describe(clock.clock_synced())}; {clock.local_zone()}")
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1

@@ -4,6 +4,7 @@ entries stored meanwhile carry a wrong date. Each entry records what was known."
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 TIMESYNCD = Path("/run/systemd/timesync")  # systemd-timesyncd, Raspberry Pi OS's time client
@@ -16,6 +17,13 @@ def clock_synced(timesyncd: Path = TIMESYNCD) -> bool | None:
     if (timesyncd / "synchronized").exists():
         return True
     return False if timesyncd.is_dir() else None
+
+
+def local_zone() -> str:
+    """The zone entries are dated in (the Pi's, set by raspi-config): a kiosk left on the image's
+    default would put a store's evening entries on the next day."""
+    now = datetime.now().astimezone()
+    return f"local time {now:%Y-%m-%d %H:%M} {now:%Z} (UTC{now:%z}), the zone entries are dated in"
 
 
 def describe(synced: bool | None) -> str:

@@ -557,6 +557,8 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == list(cli.CHECK_PARTS)
     assert all(line.startswith("ok ") for line in lines)
+    here = datetime.now().astimezone()  # the zone a technician checks against the store's
+    assert f"{here:%Z} (UTC{here:%z}), the zone entries are dated in" in lines[-1]
     assert cli.main([*base, "--skip", "camera", "--skip", "display", "--model", str(tmp_path / "none.tflite")]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage", "clock"]
