@@ -51,6 +51,14 @@ def resident_kb(path) -> int:
     return total
 
 
+def moved_clock(monkeypatch, module, start: float = 100.0) -> list[float]:
+    """Freeze `module`'s time.monotonic at `start`; the test moves it (clock[0] = t), so a
+    loaded machine's slow steps cannot blur the windows it measures."""
+    clock = [start]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    return clock
+
+
 def photo() -> Path:
     """A real photo of one face: matplotlib's public-domain sample of Grace Hopper."""
     import matplotlib.cbook

@@ -127,12 +127,18 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     np.testing.assert_array_equal(*fc2)
 
 
-def test_average_names_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
-    assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
+def test_average_and_export_name_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
+    average = ["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]
+    export = ["--run-dir", str(tmp_path), "--data", str(fer_csv)]
+    assert A.main(average) == 2
+    assert "no run there" in capsys.readouterr().err
+    assert export_main(export) == 2
     assert "no run there" in capsys.readouterr().err
     (tmp_path / "state.json").write_text(json.dumps({"config": {"epochs": 3}, "epochs_done": 1}))
-    assert A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]) == 2
+    assert A.main(average) == 2
     assert "stopped after epoch 1 of 3; average it once it has finished" in capsys.readouterr().err
+    assert export_main(export) == 2
+    assert "stopped after epoch 1 of 3; finish it with training.train --resume" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras", "--batch-norm-faces", "-5"])
     assert stop.value.code == 2 and "--batch-norm-faces -5: must be at least 0" in capsys.readouterr().err

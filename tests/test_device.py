@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACE_DIR, ROOT, photo
+from conftest import FACE_DIR, ROOT, moved_clock, photo
 
 from device import cli, sources
 from device.button import GpioButton
@@ -177,8 +177,7 @@ def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folde
     from device import daemon as D
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 1.5, "display.thank_you_s": 0.5})
-    clock = [100.0]
-    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    clock = moved_clock(monkeypatch, D)
 
     def press_at(t: float) -> None:
         clock[0] = t - 0.1
@@ -429,8 +428,7 @@ def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder,
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db",
               **{"button.face_window_s": 0.2, "smoothing.reset_after_s": 0.3})
-    clock = [100.0]  # moved by the test: a loaded machine's slow steps cannot blur the windows
-    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    clock = moved_clock(monkeypatch, D)
     rig.steps(2)
     clock[0] = 100.1
     rig.press()
@@ -734,8 +732,7 @@ def test_a_camera_never_opened_in_the_first_minute_ends_the_daemon_for_systemd_t
     """systemd resolves DeviceAllow=char-video4linux once, when the unit starts: a camera driver
     that loads later (a slow boot) is refused until the service restarts. A camera that opened
     once is a camera fault instead, retried in-process for as long as it takes."""
-    clock = [100.0]
-    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
+    clock = moved_clock(monkeypatch, sources)
     plugged = [False]
 
     class Unplugged:
@@ -936,8 +933,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     from device.detector import Box
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db")
-    clock = [100.0]
-    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    clock = moved_clock(monkeypatch, D)
     first, second = Box(100, 100, 200, 200, 0.9), Box(100 if gap else 260, 100, 200 if gap else 360, 200, 0.9)
     script = iter([(first, "Angry")] * 6 + [(None, None)] * int(gap * 10) + [(second, "Happy")] * 9)  # enough
     shown = []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import moved_clock
 from PIL import Image
 
 from device.button import ButtonError, GpioButton, KeyboardButton, open_button
@@ -498,8 +499,7 @@ def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path, monkeypatch)
     for i in range(10):  # frame i is a flat grey of 20 * i
         writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
     writer.release()
-    clock = [100.0]  # moved by the test: a loaded machine cannot blur the frame periods
-    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
+    clock = moved_clock(monkeypatch, sources)  # a loaded machine cannot blur the frame periods
     src = VideoSource(path)
 
     def frame_at(t: float) -> int:

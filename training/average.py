@@ -23,7 +23,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import export_model, run_out
 from training.metrics import report
-from training.run import STATE, chosen_weights, commit_files, finish_pending, other_data, unfinished
+from training.run import chosen_weights, commit_files, finished_state, other_data
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -94,16 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch_norm_faces < 0:  # a slice by a negative N would keep all but N, and the card say N
         p.error(f"--batch-norm-faces {args.batch_norm_faces}: must be at least 0 (0: all)")
-    run, state_path = args.run_dir, args.run_dir / STATE
-    if not state_path.exists():
-        print(f"error: --run-dir {run}: no run there (no state.json)", file=sys.stderr)
-        return 2
-    state = json.loads(state_path.read_text())
+    run = args.run_dir
     # a run still training would drop the average from the state at its next epoch
-    if error := unfinished(run, state, "average it once it has finished (training.train --resume)"):
+    state, error = finished_state(run, "average it once it has finished (training.train --resume)")
+    if error:
         print(error, file=sys.stderr)
         return 2
-    finish_pending(run, state)  # an earlier average committed just before a power cut
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
     if state["best_epoch"] == 0 and "average" not in state:  # the bar is the --init model: it must be the same one

@@ -26,7 +26,7 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, finish_pending, other_data, replace_durably, save_atomic, unfinished
+from training.run import STATE, chosen_weights, finished_state, other_data, replace_durably, save_atomic
 
 MODEL_NAME = "fer_vgg16"
 
@@ -250,15 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out: a re-scored model's files stay beside it")
     state = {}
     if args.run_dir:
-        if not (args.run_dir / STATE).exists():
-            print(f"error: --run-dir {args.run_dir}: no run there (no {STATE})", file=sys.stderr)
-            return 2
-        state = json.loads((args.run_dir / STATE).read_text())
-        if error := unfinished(args.run_dir, state, f"finish it with training.train --resume --run-dir "
-                                                    f"{args.run_dir} (which exports it)"):
+        state, error = finished_state(args.run_dir, f"finish it with training.train --resume --run-dir "
+                                                    f"{args.run_dir} (which exports it)")
+        if error:
             print(error, file=sys.stderr)
             return 2
-        finish_pending(args.run_dir, state)  # an average committed just before a power cut
         if not (weights := chosen_weights(args.run_dir, state)).is_file():
             print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "
                   "beat its --init model exports nothing)", file=sys.stderr)

@@ -96,13 +96,18 @@ def other_data(run: Path, state: dict, checksum: str, data: str) -> str | None:
     return None
 
 
-def unfinished(run: Path, state: dict, then: str) -> str | None:
-    """The error for a run stopped between epochs (averaging, re-exporting: its record would name a
-    longer run), ending with what to do `then`, else None."""
+def finished_state(run: Path, then: str) -> tuple[dict, str | None]:
+    """A finished run's state with any committed staged files moved in, and None; or ({}, the error)
+    for no run or one stopped between epochs (averaging, re-exporting: its record would name a
+    longer run), ending with what to do `then`."""
+    if not (run / STATE).exists():
+        return {}, f"error: --run-dir {run}: no run there (no {STATE})"
+    state = json.loads((run / STATE).read_text())
     done, epochs = state["epochs_done"], state["config"]["epochs"]
     if done < epochs:
-        return f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; {then}"
-    return None
+        return {}, f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; {then}"
+    finish_pending(run, state)  # a commit (an average) may have come just before a power cut
+    return state, None
 
 
 def chosen_weights(run: Path, state: dict) -> Path:
