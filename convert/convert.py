@@ -137,29 +137,39 @@ def converted_from(manifest: Path) -> dict | None:
         return None
 
 
-def remove_stale_variants(out: Path, stem: str, source_sha256: str) -> list[Path]:
-    """Variants left from an earlier float model (not rebuilt this time) would contradict the
-    report and the card: every converted file in `out` comes from the current model."""
+def same_model(m: dict, source_sha256: str, spec: InputSpec) -> bool:
+    """Whether a converted variant's manifest is of this float model read this way: re-scoring a
+    model (training.export --model) may change its input spec, class scale say, not its weights."""
+    try:
+        return m["source_model"]["sha256"] == source_sha256 and InputSpec.from_dict(m["input"]) == spec
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def remove_stale_variants(out: Path, stem: str, source_sha256: str, spec: InputSpec) -> list[Path]:
+    """Variants left from an earlier float model or input spec (not rebuilt this time) would
+    contradict the report and the card: every converted file in `out` comes from the current one."""
     removed = []
     for manifest in (out / f"{stem}_{v}.json" for v in VARIANTS):  # not fer_vgg16_small_int8.json, say
         m = converted_from(manifest)
         model = manifest.with_suffix(".tflite")
-        if m and model.exists() and m["source_model"]["sha256"] != source_sha256:
+        if m and model.exists() and not same_model(m, source_sha256, spec):
             model.unlink()
             manifest.unlink()
             removed.append(model)
     return removed
 
 
-def earlier_rows(out: Path, stem: str, source_sha256: str, data_sha256: str, done: list[str]) -> list[dict]:
-    """Report rows, from their manifests, for variants of this same float model, scored on the
-    same data, that an earlier conversion kept: `--variants float16` must not drop the int8
-    model's row from the report."""
+def earlier_rows(out: Path, stem: str, source_sha256: str, spec: InputSpec, data_sha256: str,
+                 done: list[str]) -> list[dict]:
+    """Report rows, from their manifests, for variants of this same float model and input spec,
+    scored on the same data, that an earlier conversion kept: `--variants float16` must not drop
+    the int8 model's row from the report."""
     rows = []
     for v in (v for v in VARIANTS if v not in done):
         model = out / f"{stem}_{v}.tflite"
         m = converted_from(manifest_path(model))
-        if not (m and m["source_model"]["sha256"] == source_sha256 and model.is_file()):
+        if not (m and same_model(m, source_sha256, spec) and model.is_file()):
             continue
         try:
             if m["dataset"]["sha256"] != data_sha256:
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from convert.report import write_report
 
-        rows += earlier_rows(args.out, stem, source["sha256"], test.checksum, variants)
+        rows += earlier_rows(args.out, stem, source["sha256"], spec, test.checksum, variants)
         report_tmp = write_report(args.out / f".{stem}_CONVERT_REPORT.tmp.md", args, source, float_report, rows,
                                   len(test), len(calib), spec)
         for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
@@ -264,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, final)
         os.replace(report_tmp, args.out / "CONVERT_REPORT.md")
         print(f"wrote {', '.join(str(f) for _, f in staged)} and {args.out / 'CONVERT_REPORT.md'}")
-        for old in remove_stale_variants(args.out, stem, source["sha256"]):
-            print(f"removed {old}: converted from an older {args.model.name}")
+        for old in remove_stale_variants(args.out, stem, source["sha256"], spec):
+            print(f"removed {old}: converted from an older {args.model.name} or input spec")
         return 0
     except ModelError as e:
         print(f"error: verification failed: {e}", file=sys.stderr)

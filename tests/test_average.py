@@ -139,6 +139,9 @@ def test_average_and_export_name_a_missing_or_unfinished_run(tmp_path, fer_csv, 
     assert "stopped after epoch 1 of 3; average it once it has finished" in capsys.readouterr().err
     assert export_main(export) == 2
     assert "stopped after epoch 1 of 3; finish it with training.train --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # named before minutes of loading the data
+        export_main(["--model", str(tmp_path / "gone.keras"), "--data", str(tmp_path / "none.csv")])
+    assert stop.value.code == 2 and f"--model {tmp_path / 'gone.keras'}: no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         A.main(["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras", "--batch-norm-faces", "-5"])
     assert stop.value.code == 2 and "--batch-norm-faces -5: must be at least 0" in capsys.readouterr().err

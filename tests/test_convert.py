@@ -218,16 +218,21 @@ def test_variants_of_an_older_model_are_removed(converted, tiny_model, fer_csv, 
     older["source_model"]["sha256"] = "0" * 64
     (tmp_path / "fer_vgg16_float16.json").write_text(json.dumps(older))
     shutil.copy(converted / "fer_vgg16_dynamic.json", tmp_path / "fer_vgg16_dynamic.json")  # same model: kept
+    rescored = json.loads((converted / "fer_vgg16_dynamic.json").read_text())  # same weights, older input spec
+    rescored["input"]["class_scale"] = [0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    (tmp_path / "fer_vgg16_float32.json").write_text(json.dumps(rescored))
+    shutil.copy(converted / "fer_vgg16_dynamic.tflite", tmp_path / "fer_vgg16_float32.tflite")
     for suffix in (".tflite", ".json"):  # another model whose name starts the same: not ours to remove
         shutil.copy(tmp_path / f"fer_vgg16_float16{suffix}", tmp_path / f"fer_vgg16_small_int8{suffix}")
     assert convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(tmp_path),
                          "--variants", "int8", "--calibration", "21", "--latency-runs", "1", "--allow-drop"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.tflite")) == [
         "fer_vgg16_dynamic.tflite", "fer_vgg16_int8.tflite", "fer_vgg16_small_int8.tflite"]
-    assert not (tmp_path / "fer_vgg16_float16.json").exists()
+    assert not (tmp_path / "fer_vgg16_float16.json").exists() and not (tmp_path / "fer_vgg16_float32.json").exists()
     report = (tmp_path / "CONVERT_REPORT.md").read_text()  # every model in the folder, none that is gone
     assert "| int8 | fer_vgg16_int8.tflite |" in report and "| dynamic | fer_vgg16_dynamic.tflite (converted " in report
-    assert "| float16 |" not in report and "kept from an earlier conversion of the same model" in report
+    assert "| float16 |" not in report and "fer_vgg16_float32.tflite" not in report
+    assert "kept from an earlier conversion of the same model" in report
     assert "| int8 file at most 30 % of float32's size |" in report  # graded on the int8 built this time
 
 
@@ -299,6 +304,9 @@ def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, t
                           (model.with_suffix(".json"), "expected a .tflite or .keras model")):
         assert evaluate_main(["--model", str(path), *common]) == 2
         assert f"{path}: {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(["--model", str(model), "--threads", "0", *common])
+    assert stop.value.code == 2 and "--threads 0: must be at least 1" in capsys.readouterr().err
     assert evaluate_main(["--model", str(tmp_path / "other.keras"), *common]) == 2  # not scored without its record
     assert f"{tmp_path / 'other.train.json'}: this training record is for another model" in capsys.readouterr().err
     for record, message in (([1, 2], "a JSON list, not an object"),
@@ -307,6 +315,16 @@ def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, t
         assert evaluate_main(["--model", str(tmp_path / "other.keras"), *common]) == 2
         err = capsys.readouterr().err
         assert f"{tmp_path / 'other.train.json'}: unreadable training record" in err and message in err
+
+
+def test_an_older_run_without_class_counts_is_scored_with_a_warning(tmp_path, capsys):
+    """Its export would apply the class scale; evaluate cannot, and says so rather than differ silently."""
+    from training.evaluate import keras_spec
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    assert keras_spec(tmp_path) == DEFAULT_SPEC
+    assert f"warning: {tmp_path}: its state.json records no class counts" in capsys.readouterr().err
 
 
 def test_face_detector_files_are_checked(tmp_path, monkeypatch, capsys):

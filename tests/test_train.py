@@ -275,6 +275,7 @@ def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
     (["--erase", "1.5"], "--erase 1.5: must be between 0 and 1"),
     (["--dropout", "1"], "--dropout 1.0: must be from 0 up to (not including) 1"),
     (["--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1"),
+    (["--stop-after", "-1"], "--stop-after -1: must be at least 0"),
 ])
 def test_a_setting_out_of_range_is_named_before_anything_runs(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
@@ -340,7 +341,7 @@ def test_a_typo_never_costs_the_finished_run_in_its_folder(tmp_path, capsys):
 
 def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import run as run_folder
-    from training.run import commit_files, finish_pending
+    from training.run import chosen_weights, commit_files, finish_pending
 
     run = tmp_path / "run"
     run.mkdir()
@@ -384,7 +385,13 @@ def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypat
     for n in (9, 10):  # "10" sorts before "9" as text
         (run / f".pending-commit{n}").mkdir()
         (run / f".pending-commit{n}" / "average.weights.h5").write_text(f"average {n}")
-    finish_pending(run, {"epochs_done": 3, "commits": 10})
+    (run / ".pending-commit11").mkdir()  # staged, never committed
+    (run / ".pending-commit11" / "average.weights.h5").write_text("average 11")
+    state = {"epochs_done": 3, "commits": 10, "average": {}}
+    # evaluate, which must not move a run's files (it may be training), reads the committed one
+    assert chosen_weights(run, state).read_text() == "average 10"
+    finish_pending(run, state)
+    assert chosen_weights(run, state) == run / "average.weights.h5"
     assert (run / "average.weights.h5").read_text() == "average 10" and not list(run.glob(".pending-*"))
 
 

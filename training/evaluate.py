@@ -52,8 +52,11 @@ def keras_spec(path: Path) -> InputSpec:
     from training.train import model_spec
 
     if path.is_dir():
-        counts = json.loads((path / STATE).read_text()).get("train_class_counts")
-        return model_spec(run_config(path), counts) if counts else DEFAULT_SPEC
+        if counts := json.loads((path / STATE).read_text()).get("train_class_counts"):
+            return model_spec(run_config(path), counts)
+        print(f"warning: {path}: its state.json records no class counts (a run begun by an older feedbackd), "
+              "so it is scored without the class scale its export would apply", file=sys.stderr)
+        return DEFAULT_SPEC
     record = read_record(path)  # refuses another model's record rather than quietly scoring without it
     if record is None:
         return DEFAULT_SPEC
@@ -101,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out-dir", type=Path, default=Path("build/eval"), help="where the PNGs go")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="LiteRT threads for a .tflite (default: %(default)s)")
     p.add_argument("--split", choices=["test", "private"],
                    help="of a CSV or split layout: test (PublicTest, the default) or private (PrivateTest)")
     args = p.parse_args(argv)
+    if args.threads < 1:  # LiteRT's own message would blame the model, after the data has loaded
+        p.error(f"--threads {args.threads}: must be at least 1")
 
     try:
         check_model_path(args.model)

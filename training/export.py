@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.model and args.out:
         p.error("--out: a re-scored model's files stay beside it")
+    if args.model and not args.model.is_file():  # before minutes of loading the data
+        p.error(f"--model {args.model}: no such model file")
     state = {}
     if args.run_dir:
         state, error = finished_state(args.run_dir, f"finish it with training.train --resume --run-dir "

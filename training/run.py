@@ -64,19 +64,28 @@ def commit_files(run: Path, state: dict, write: Callable[[Path], None]) -> None:
     finish_pending(run, state)
 
 
-def finish_pending(run: Path, state: dict) -> None:
-    """Move committed staged files into place, oldest commit first (a later one's files win); drop
-    uncommitted ones. Whatever reads a run's files calls it first: a power cut may have come
-    between a commit and its move."""
+def staged(run: Path, state: dict) -> tuple[list[Path], list[Path]]:
+    """A run's staging folders: (committed ones oldest first, uncommitted ones)."""
     def order(pending: Path) -> tuple[bool, int]:
         new = pending.name.startswith(STAGED)
         return new, int(pending.name[len(STAGED if new else OLD_STAGED):])
 
+    committed, uncommitted = [], []
     for pending in sorted(run.glob(".pending-*"), key=order):
         new, n = order(pending)
-        if n <= (state.get("commits", 0) if new else state["epochs_done"]):
-            for f in pending.iterdir():
-                os.replace(f, run / f.name)
+        (committed if n <= (state.get("commits", 0) if new else state["epochs_done"]) else uncommitted).append(pending)
+    return committed, uncommitted
+
+
+def finish_pending(run: Path, state: dict) -> None:
+    """Move committed staged files into place, oldest commit first (a later one's files win); drop
+    uncommitted ones. Whatever changes a run's files calls it first: a power cut may have come
+    between a commit and its move."""
+    committed, uncommitted = staged(run, state)
+    for pending in committed:
+        for f in pending.iterdir():
+            os.replace(f, run / f.name)
+    for pending in committed + uncommitted:
         shutil.rmtree(pending)
     fsync(run)
 
@@ -111,5 +120,8 @@ def finished_state(run: Path, then: str) -> tuple[dict, str | None]:
 
 
 def chosen_weights(run: Path, state: dict) -> Path:
-    """The weights a run exports: its average when `training.average` chose one, else its best epoch."""
-    return run / ("average.weights.h5" if "average" in state else "best.weights.h5")
+    """The weights a run exports: its average when `training.average` chose one, else its best epoch.
+    A committed copy not yet moved in wins, so that a reader which must not move files (evaluate,
+    while the run may still be training) reads what the state says."""
+    name = "average.weights.h5" if "average" in state else "best.weights.h5"
+    return next((f for d in reversed(staged(run, state)[0]) if (f := d / name).is_file()), run / name)

@@ -55,6 +55,7 @@ RANGES = [
     ("erase", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
     ("limit", lambda v, a: v >= 0, "at least 0"),
     ("seed", lambda v, a: 0 <= v < 2**32, "from 0 to 2**32 - 1"),  # numpy's seeds
+    ("stop_after", lambda v, a: v >= 0, "at least 0 (0: run to the end)"),  # -1 would stop every sitting at once
 ]
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
 
