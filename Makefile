@@ -50,9 +50,12 @@ RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,termina
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
              $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),--source auto $(RUN_PARTS)))
 
+# The service's state, not is-active: one in its restart loop (activating) takes the hardware back
+# within 10 s. No systemd or no unit here: nothing to wait for.
 run: venv models
-	@if systemctl is-active --quiet feedbackd.service 2>/dev/null; then echo "make run: feedbackd.service is \
-	running and holds the camera, display and button: sudo systemctl stop feedbackd first"; exit 1; fi
+	@state=$$(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null); case $$state in \
+	    inactive|failed|"") ;; *) echo "make run: feedbackd.service is $$state and holds (or is about to take) \
+	the camera, display and button: sudo systemctl stop feedbackd first"; exit 1;; esac
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
 	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 

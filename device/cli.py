@@ -16,7 +16,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from device import clock
+from device import clock, spare
 from device.button import ButtonError, open_button
 from device.config import DEFAULT_PATH, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if getattr(args, "since", None) and getattr(args, "until", None) and args.since > args.until:
         sub.choices[args.command].error(f"--since {args.since} is after --until {args.until}")
+    if getattr(args, "output", None) and (not args.output.name or os.path.isdir(args.output)):
+        sub.choices[args.command].error(f"--output {args.output}: a folder; name the file to write, "
+                                        f"such as {args.output / 'feedback.csv'}")
     return args
 
 
@@ -189,7 +192,9 @@ def cmd_check(cfg, skip: list[str]) -> int:
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
-            return f"{store.path}: {store.count()} entries, schema v{store.schema_version}, integrity ok"
+            kept = len(spare.waiting(spare_path(store)))  # not in the count, nor yet in an export
+            return (f"{store.path}: {store.count()} entries, schema v{store.schema_version}, integrity ok"
+                    + (f"; {kept} more waiting in {spare_path(store)} for the log to take them" if kept else ""))
         finally:
             store.close()
 
@@ -211,8 +216,8 @@ def cmd_check(cfg, skip: list[str]) -> int:
     part("display", display)
     part("button", button)
     part("storage", storage)
-    # informative: an RTC may keep good time
-    part("clock", lambda: f"{clock.describe(clock.clock_synced())}; {clock.local_zone()}")
+    # informative: a kiosk still stores entries on a clock it cannot vouch for, each marked so
+    part("clock", lambda: f"{clock.describe(clock.clock_source())}; {clock.local_zone()}")
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
@@ -275,22 +280,42 @@ def open_log(cfg, command: str) -> FeedbackLog:
     return FeedbackLog(path, create=False)
 
 
+def spare_path(store: FeedbackLog) -> Path:
+    return Path(f"{store.path}.spare")
+
+
+def waiting_note(store: FeedbackLog, report: str) -> str | None:
+    """Entries the daemon kept in the spare file while the log could not take them (a full or
+    read-only card) are in no report until it restores them: said, so a report is not read as whole.
+    Read before the log, so an entry moved meanwhile is named twice rather than not at all."""
+    path = spare_path(store)
+    try:
+        kept = len(spare.waiting(path))
+    except OSError as e:
+        return f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not in this {report}"
+    return f"{kept} entries are waiting in {path} and are not in this {report} yet" if kept else None
+
+
 def cmd_summary(cfg, args) -> int:
     from device.summary import format_table, summarize
 
     store = open_log(cfg, "summary")
     try:
+        note = waiting_note(store, "summary")
         oldest, newest = store.rating_scales()
         tallies = summarize(store.rows(args.since, args.until), unlogged=oldest)
     finally:
         store.close()
     print(format_table(tallies, newest, oldest) if tallies else "no entries in that period")
+    if note:
+        print(f"feedbackd: {note}", file=sys.stderr)
     return 0
 
 
 def cmd_export(cfg, args) -> int:
     store = open_log(cfg, "export")
     try:
+        note = waiting_note(store, "export")
         if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
             out = Path(args.output)
             own = ("", "-wal", "-shm", "-journal", ".spare")
@@ -317,6 +342,8 @@ def cmd_export(cfg, args) -> int:
                 raise StorageError(f"stdout: cannot write the export: {e.strerror}") from None
     finally:
         store.close()
+    if note:
+        print(f"feedbackd: {note}", file=sys.stderr)
     if args.salvage and store.unreadable:
         print(f"feedbackd: {store.unreadable} entries could not be read from {store.path}; the export holds "
               "the rest", file=sys.stderr)

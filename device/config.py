@@ -214,12 +214,36 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
+    if state := os.environ.get("STATE_DIRECTORY"):  # set by systemd: under feedbackd.service and its sandbox
+        _check_sandbox(cfg, Path(state.split(":")[0]))
     return cfg
+
+
+def _check_sandbox(cfg: Config, state: Path) -> None:
+    """Paths the hardened unit cannot reach: ProtectHome=yes hides /home, /root and /run/user, and
+    ProtectSystem=strict leaves only the StateDirectory (also the WorkingDirectory: a relative path lands
+    there) and a private /tmp writable. Checked at every start, make install's check included, since a
+    config edited later would otherwise fail with a misleading "Read-only file system" or "not found"."""
+    for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
+        if any(Path(path).is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
+            raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service (ProtectHome=yes): "
+                              f"put it under {ROOT / 'models'}")
+    written = [("storage.path", cfg["storage"]["path"])]
+    if cfg["display"]["driver"] == "png":
+        written.append(("display.png_path", cfg["display"]["png_path"]))
+    for key, path in written:  # a PNG screen may go to the private /tmp; the log would be emptied at each stop
+        dirs = (state,) if key == "storage.path" else (state, Path("/tmp"), Path("/var/tmp"))
+        if not any((state / path).is_relative_to(d) for d in dirs):
+            raise ConfigError(f"{cfg.source}: {key}: {path}: the service can write only under {state} "
+                              "(ProtectSystem=strict; its private /tmp is emptied at each stop): put it there")
 
 
 I2C_PINS = {0: {0: "SDA", 1: "SCL"}, 1: {2: "SDA", 3: "SCL"}}  # BCM numbers of each I2C bus
 SPI_PINS = {0: {10: "MOSI", 9: "MISO", 11: "SCLK"}, 1: {20: "MOSI", 19: "MISO", 21: "SCLK"}}
 SPI_CE = {0: (8, 7), 1: (18, 17, 16)}
+# make install turns SPI on (for the LCDs) whatever the display, and the kernel's spi0 then holds both
+# chip selects: a button there would fail "GPIO busy" at start-up.
+SPI0_HELD = {pin: f"SPI0's CE{i} pin" for i, pin in enumerate(SPI_CE[0])}
 
 
 def _display_pins(display: dict) -> dict[int, str]:
@@ -253,6 +277,9 @@ def _check_pins(cfg: Config) -> None:
         if pin in taken:
             raise ConfigError(f"{cfg.source}: button.{key}: BCM {pin} is {taken[pin]} "
                               f"(display.driver = {cfg['display']['driver']!r}); choose another pin")
+        if pin in SPI0_HELD:
+            raise ConfigError(f"{cfg.source}: button.{key}: BCM {pin} is {SPI0_HELD[pin]}, which the kernel "
+                              "holds while SPI is on (sudo make install turns it on); choose another pin")
     if button["led_pin"] and button["pin"] == button["led_pin"]:
         raise ConfigError(f"{cfg.source}: button.led_pin: BCM {button['pin']} is button.pin too")
 

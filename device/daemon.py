@@ -108,6 +108,9 @@ class Daemon:
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
         self.storage_error: str | None = None
+        # The spare holds lines this start could not restore: never cleared in this run; the next
+        # start restores them, and skips those of this run's the log took by then.
+        self._unrestored = False
         self.spare = self._open_spare(Path(f"{store.path}.spare"))
 
     def _open_spare(self, path: Path) -> SpareFile | None:
@@ -122,11 +125,11 @@ class Daemon:
         try:
             for saved in spare.entries():
                 self._restore(saved, path)
-        except StorageError as e:  # the log cannot be read: the file is left as it is
-            spare.close()
-            log.warning("%s: not restored, the log cannot tell which entries it holds (%s)", path, e)
-            return None
-        if not self._pending:
+        except StorageError as e:  # the log cannot be read: its lines stay for the next start to restore
+            self._unrestored = True
+            log.warning("%s: not restored, the log cannot tell which entries it holds (%s); kept for the next "
+                        "start, and new entries the log cannot take are written after them", path, e)
+        if not self._pending and not self._unrestored:
             spare.clear()
         return spare
 
@@ -230,7 +233,7 @@ class Daemon:
             if not self._store(*self._pending[0], now):
                 return False
             self._pending.pop(0)
-        if self.spare:
+        if self.spare and not self._unrestored:
             self.spare.clear()
         return True
 

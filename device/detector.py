@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +49,22 @@ class Box:
 
 def check_face_files(model_dir: Path) -> dict[str, Path]:
     """Paths of the detector files, each present and matching its pinned sha256."""
+    # An installed kiosk (FEEDBACKD_HOME: the unit and the feedbackd command set it) has no make
+    # targets in its folder: installing again from the checkout restores and re-checks the files.
+    kiosk = bool(os.environ.get("FEEDBACKD_HOME"))
     paths = {}
     for name, digest in FACE_FILES.items():
         path = Path(model_dir) / name
         if not path.is_file():
-            raise DetectorError(f"{path}: face-detector file missing (run 'make models')")
+            fix = "run 'sudo make install' from the checkout" if kiosk else "run 'make models'"
+            raise DetectorError(f"{path}: face-detector file missing from detector.dir: {fix}, "
+                                "or set detector.dir to the folder that holds it")
         actual = sha256_file(path)
         if actual != digest:
+            fix = ("run 'sudo make install' from the checkout, which fetches it again" if kiosk
+                   else "delete it and run 'make models'")
             raise DetectorError(f"{path}: sha256 {actual[:16]}… is not the pinned {digest[:16]}… "
-                                "(corrupt or wrong file: delete it and run 'make models')")
+                                f"(corrupt or wrong file in detector.dir: {fix})")
         paths[name] = path
     return paths
 

@@ -146,7 +146,8 @@ class EmotionClassifier:
     def __init__(self, model: str | Path, num_threads: int = 1):
         self.path = Path(model)
         if not self.path.is_file():
-            raise ModelError(f"{self.path}: emotion model not found (run 'make convert' or set model.path)")
+            raise ModelError(f"{self.path}: emotion model not found: check model.path, or restore the model "
+                             "('sudo make install' from the checkout on a kiosk, 'make convert' on a desk)")
         if self.path.suffix != ".tflite":
             raise ModelError(f"{self.path}: expected a converted .tflite model (run 'make convert' on a .keras one)")
         self.manifest = Manifest.load(manifest_path(self.path))

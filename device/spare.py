@@ -21,6 +21,35 @@ def _joined(lines: list[str]) -> bytes:
     return "".join(f"{line}\n" for line in lines).encode()
 
 
+def _lines(data: bytes) -> list[str]:
+    """The lines a spare file's bytes hold: the first zero byte ends them."""
+    return data.split(b"\0", 1)[0].decode(errors="replace").splitlines()
+
+
+def _parse(lines: list[str]) -> tuple[list[dict], list[str]]:
+    """The entries among `lines`, and the lines cut short (a power cut mid-write)."""
+    found, cut = [], []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            cut.append(line)
+            continue
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found, cut
+
+
+def waiting(path: Path) -> list[dict]:
+    """The entries a spare file holds for the daemon to restore, read without changing the file
+    (`feedbackd export`, `summary`, `check`); none where there is no file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    return _parse(_lines(data))[0]
+
+
 class SpareFile:
     """JSON lines written over zeros; the first zero byte ends them. Each line is on the disk
     (fdatasync) before `append` returns; a line cut short by a power cut is closed at the next
@@ -39,8 +68,7 @@ class SpareFile:
             self.fd, self.refused = os.open(self.path, os.O_RDONLY), "read-only"
         try:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
-            written = data.split(b"\0", 1)[0]
-            self.lines, self.end = written.decode(errors="replace").splitlines(), len(written)
+            self.lines, self.end = _lines(data), len(data.split(b"\0", 1)[0])
         except OSError:
             os.close(self.fd)
             raise
@@ -63,15 +91,9 @@ class SpareFile:
 
     def entries(self) -> list[dict]:
         """The entries written before this start, in order; a line that is not whole is left out."""
-        found = []
-        for line in self.lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                log.error("%s: a line cut short is left out: %r", self.path, line[:80])
-                continue
-            if isinstance(entry, dict):
-                found.append(entry)
+        found, cut = _parse(self.lines)
+        for line in cut:
+            log.error("%s: a line cut short is left out: %r", self.path, line[:80])
         return found
 
     def append(self, line: str) -> bool:

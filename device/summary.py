@@ -17,7 +17,7 @@ class Tally:
     scales: Counter = field(default_factory=Counter)  # entries per scale top (None: unknown)
     rating_sums: Counter = field(default_factory=Counter)  # ratings summed per scale top
     emotions: Counter = field(default_factory=Counter)
-    unsynced: int = 0  # stamped before the clock had network time: the date may be wrong
+    unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
 
     def add(self, row: dict, top: float | None) -> None:
@@ -67,6 +67,6 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
         lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
                      f"they are taken as out of {unlogged:g}, the first scale logged")
     if unsynced := total.unsynced:
-        lines.append(f"{unsynced} of these entries were stored before the clock had network time: their "
-                     "dates may be wrong (clock_synced = no in the export)")
+        lines.append(f"{unsynced} of these entries were stored before the clock had network time, with no RTC "
+                     "to set it: their dates may be wrong (clock_synced = no in the export)")
     return "\n".join(lines)

@@ -7,11 +7,12 @@
 # (for tests). PREFIX (default /opt/feedbackd) holds the venv and the models.
 set -euo pipefail
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/opt/feedbackd}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
+DT_MODEL=${DT_MODEL:-/proc/device-tree/model}  # the board's name, e.g. "Raspberry Pi 5 Model B Rev 1.0"
 MODEL=models/fer_vgg16_int8.tflite  # the one the default config names
 SERVICE_USER=feedbackd
 GROUPS_NEEDED=(video gpio i2c spi)
@@ -43,18 +44,23 @@ check_os() {
     say "OS: ${PRETTY_NAME:-$ID $VERSION_ID} ($(uname -m))"
 }
 
-on_pi() { grep -qs "Raspberry Pi" /proc/device-tree/model; }
+on_pi() { grep -qs "Raspberry Pi" "$DT_MODEL"; }
 
 apt_packages() {
     local pkgs=(python3-venv python3-pip python3-numpy i2c-tools)
     # lgpio for gpiozero (Pi 5 too); spidev and an RPi.GPIO module for luma's SPI LCD driver:
-    # rpi-lgpio's, unless python3-rpi.gpio already provides one (both cannot be installed).
+    # rpi-lgpio's, unless python3-rpi.gpio already provides one (both cannot be installed). On a Pi 5
+    # (or 500, CM5) that one fails "Cannot determine SOC peripheral base address": apt swaps it out
+    # ("python3-rpi.gpio-" removes it in the same transaction).
     if on_pi; then
         pkgs+=(python3-picamera2 python3-lgpio python3-spidev)
-        if dpkg-query -W -f='${Status}' python3-rpi.gpio 2>/dev/null | grep -q "ok installed"; then
-            say "python3-rpi.gpio is installed: keeping it (a Pi 5 with an SPI LCD needs python3-rpi-lgpio instead)"
-        else
+        if ! dpkg-query -W -f='${Status}' python3-rpi.gpio 2>/dev/null | grep -q "ok installed"; then
             pkgs+=(python3-rpi-lgpio)
+        elif grep -Eqs "Raspberry Pi (5|Compute Module 5)" "$DT_MODEL"; then
+            pkgs+=(python3-rpi-lgpio python3-rpi.gpio-)
+            say "python3-rpi.gpio cannot drive a Pi 5's pins: replacing it with python3-rpi-lgpio"
+        else
+            say "python3-rpi.gpio is installed: keeping it (it drives an LCD's pins on this Pi)"
         fi
     fi
     say "apt: ${pkgs[*]}"
@@ -134,12 +140,12 @@ install_config() {
 }
 
 # The config as the service will read it, with the code about to run it (its Python, and PYTHONPATH
-# for the code not yet installed): the model and detector files it names must exist (or be the
-# ones this install lays down) and lie outside /home and /root, which ProtectHome hides; the files
-# it writes must lie in the unit's StateDirectory, all that ProtectSystem=strict leaves writable.
+# for the code not yet installed) and the unit's STATE_DIRECTORY, which has the daemon refuse paths
+# the sandbox hides or keeps read-only (device/config.py); the model and detector files it names
+# must also exist, or be the ones this install lays down.
 check_config() {
-    (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" \
-        "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
+    (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR STATE_DIRECTORY=/var/lib/feedbackd \
+        PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
 import sys
 from pathlib import Path
 
@@ -153,18 +159,6 @@ except ConfigError as e:
 for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
     if Path(path) not in installed and not Path(path).exists():
         sys.exit(f"install: error: {config}: {key}: {path} does not exist")
-    if Path(path).is_relative_to("/home") or Path(path).is_relative_to("/root"):
-        sys.exit(f"install: error: {config}: {key}: {path} is hidden from the service (ProtectHome=yes): "
-                 "put it under /opt/feedbackd/models")
-state = Path("/var/lib/feedbackd")  # also the unit's WorkingDirectory: a relative path lands there
-written = [("storage.path", cfg["storage"]["path"])]
-if cfg["display"]["driver"] == "png":
-    written.append(("display.png_path", cfg["display"]["png_path"]))
-for key, path in written:  # a PNG screen may go to PrivateTmp's own /tmp; the log would be emptied at each stop
-    dirs = (state,) if key == "storage.path" else (state, "/tmp", "/var/tmp")
-    if not any((state / path).is_relative_to(d) for d in dirs):
-        sys.exit(f"install: error: {config}: {key}: {path}: the service can write only under {state} "
-                 "(ProtectSystem=strict; its private /tmp is emptied at each stop): put it there")
 PY
     ) || exit 1
 }
@@ -214,6 +208,7 @@ restart_if_failed() {
     fi
 }
 
+if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
 check_os
 # An upgrade checks the kept config with the new code (and the installed venv: the system Python
 # may lack numpy until apt_packages) before it stops or changes anything. With no venv yet nothing

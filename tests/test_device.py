@@ -23,7 +23,7 @@ from conftest import FACE_DIR, ROOT, moved_clock, photo
 from device import cli, sources
 from device.button import GpioButton
 from device.config import ConfigError, example_toml, load_config
-from device.daemon import Daemon
+from device.daemon import Daemon, entry_json
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
 from device.model import EmotionClassifier, ModelError
@@ -380,6 +380,65 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     assert rig.store.count() == 3 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
     assert caplog.text.count("an entry that cannot be read") == 6
     rig.close()
+
+
+class PressOnly:
+    """A button pressed when told, for a daemon run without camera, detector or model."""
+
+    def __init__(self) -> None:
+        self.pressed: list[float] = []
+
+    def presses(self) -> list[float]:
+        pressed, self.pressed = self.pressed, []
+        return pressed
+
+    def acknowledge(self) -> None:
+        pass
+
+
+def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tmp_path, monkeypatch, caplog):
+    """A damaged index fails the start-up check of which kept entries the log has: those stay in
+    the spare for a later start, and an entry the log refuses meanwhile still goes to the disk
+    after them, not to memory only. Each reaches the log once."""
+    import types
+
+    db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
+    earlier = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    kept = entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"), earlier)
+    path.write_bytes(f"{kept}\n".encode().ljust(64 * 1024, b"\0"))
+    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES), path=tmp_path,
+                                       sha256="ab")
+
+    def start() -> tuple[Daemon, FeedbackLog, PressOnly]:
+        store, button = FeedbackLog(db), PressOnly()
+        return Daemon(load_config(None), None, None, classifier, None, button, store, device_id="till-3"), store, button
+
+    def unreadable(*_):
+        raise StorageError(f"{db}: cannot read the log: database disk image is malformed")
+
+    monkeypatch.setattr(FeedbackLog, "contains", unreadable)
+    daemon, store, button = start()
+    assert "not restored, the log cannot tell which entries it holds" in caplog.text and daemon.spare
+    store.db.execute("PRAGMA query_only = ON")  # and the card is full: the next customer's entry is refused
+    now = time.monotonic()
+    daemon.smoother.add(now, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index("Happy")])
+    button.pressed.append(now)
+    daemon._handle_presses()
+    assert store.count() == 0
+    assert [json.loads(line)["emotion"] for line in path.read_bytes().split(b"\0", 1)[0].splitlines()] == [
+        "Sad", "Happy"]  # on the disk: a power cut now loses neither
+    store.db.execute("PRAGMA query_only = OFF")  # room again: the log takes the new entry
+    daemon._store_pending(time.monotonic())
+    assert [r["emotion"] for r in store.rows()] == ["Happy"]
+    assert path.read_bytes().startswith(kept.encode())  # the one never restored is still kept
+    daemon.close()
+    store.close()
+    monkeypatch.undo()  # the index repaired: the next start restores the kept entry, and only it
+    daemon, store, _ = start()
+    daemon._store_pending(time.monotonic())
+    assert sorted(r["emotion"] for r in store.rows()) == ["Happy", "Sad"] and path.read_bytes() == bytes(64 * 1024)
+    daemon.close()
+    store.close()
 
 
 @pytest.mark.parametrize("ending", ["stop", "crash"])
@@ -1083,8 +1142,8 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     log.close()
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "1 of these entries were stored before the clock had network time: their dates may be wrong "
-        "(clock_synced = no in the export)")
+        "1 of these entries were stored before the clock had network time, with no RTC to set it: their dates may "
+        "be wrong (clock_synced = no in the export)")
 
 
 def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
@@ -1131,6 +1190,48 @@ def test_export_csv(tmp_path, capsys):
         assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / target)]) == 2
         assert "that is the feedback log itself" in capsys.readouterr().err
     assert FeedbackLog(tmp_path / "f.db").count() == 1
+
+
+@pytest.mark.parametrize("output", [".", "/", "{tmp}", "{tmp}/"])
+def test_export_to_a_folder_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, output):
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    monkeypatch.chdir(tmp_path)
+    output = output.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", output])
+    assert stop.value.code == 2
+    assert f"--output {Path(output)}: a folder; name the file to write, such as " in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["f.db"]
+
+
+def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, capsys):
+    """A full card: the daemon keeps entries in the spare file and stores them later; an export
+    or summary read meanwhile lacks them, and says how many (whole lines only, as the daemon reads them)."""
+    db, kept = tmp_path / "f.db", tmp_path / "f.db.spare"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    line = json.dumps({"utc": "2026-11-30T12:00:00+00:00", "emotion": "Sad"})
+    kept.write_bytes(f"{line}\n{line}\n{line[:20]}".encode().ljust(64 * 1024, b"\0"))  # the last cut short
+    before = kept.read_bytes()
+    note = f"feedbackd: 2 entries are waiting in {kept} and are not in this {{}} yet\n"
+    assert cli.main(["export", "--db", str(db)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 2 and err == note.format("export")
+    assert cli.main(["export", "--db", str(db), "--output", str(tmp_path / "f.csv")]) == 0
+    assert capsys.readouterr().err == f"wrote 1 entries to {tmp_path / 'f.csv'}\n" + note.format("export")
+    assert cli.main(["summary", "--db", str(db)]) == 0
+    assert capsys.readouterr().err == note.format("summary")
+    assert cli.main(["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
+                     "--display", "none", "--button", "none", "--db", str(db)]) == 0
+    assert f"integrity ok; 2 more waiting in {kept} for the log to take them" in (
+        capsys.readouterr().out)
+    assert kept.read_bytes() == before  # only read
+    kept.write_bytes(bytes(64 * 1024))  # restored and cleared by the daemon: nothing to say
+    assert cli.main(["summary", "--db", str(db)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_export_to_a_closed_pipe_or_a_full_disk(tmp_path):
@@ -1218,12 +1319,33 @@ def test_command_line_flags_override_the_config_file(tmp_path, capsys):
 def test_clock_synchronization_is_read_from_timesyncd(tmp_path):
     from device.clock import clock_synced
 
-    run = tmp_path / "timesync"
-    assert clock_synced(run) is None  # no systemd-timesyncd: unknown
+    run, rtc = tmp_path / "timesync", tmp_path / "rtc0"  # no RTC
+    assert clock_synced(run, rtc) is None  # no systemd-timesyncd: unknown
     run.mkdir()
-    assert clock_synced(run) is False  # timesyncd runs but has not reached a time server
+    assert clock_synced(run, rtc) is False  # timesyncd runs but has not reached a time server
     (run / "synchronized").touch()
-    assert clock_synced(run) is True
+    assert clock_synced(run, rtc) is True
+
+
+def test_an_offline_kiosk_with_an_rtc_battery_trusts_the_clock_the_rtc_set(tmp_path):
+    """A Pi 5 with its battery, never online: the kernel set the clock from the RTC at boot. One
+    whose RTC lost its time (no battery, a power cut) starts at 1970: fake-hwclock's time then is a guess."""
+    from device.clock import clock_source, clock_synced, describe
+
+    run, rtc = tmp_path / "timesync", tmp_path / "rtc0"
+    run.mkdir()  # timesyncd runs, no time server in reach
+    rtc.mkdir()
+    for hctosys, since_epoch, trusted in (("1", datetime(2026, 11, 30, tzinfo=UTC), True),
+                                          ("0", datetime(2026, 11, 30, tzinfo=UTC), False),  # set by fake-hwclock
+                                          ("1", datetime(1970, 1, 1, 0, 5, tzinfo=UTC), False)):  # RTC reset
+        (rtc / "hctosys").write_text(f"{hctosys}\n")
+        (rtc / "since_epoch").write_text(f"{int(since_epoch.timestamp())}\n")
+        assert clock_synced(run, rtc) is trusted
+    (rtc / "since_epoch").write_text(f"{int(datetime(2026, 11, 30, tzinfo=UTC).timestamp())}\n")
+    assert describe(clock_source(run, rtc)) == "set from the RTC at boot (kept by its battery; no network time since)"
+    assert clock_synced(tmp_path / "chrony", rtc) is True  # no timesyncd, the RTC alone
+    (run / "synchronized").touch()
+    assert describe(clock_source(run, rtc)) == "synchronized with network time since boot"
 
 
 @pytest.mark.parametrize("synced, shown", [(False, "no"), (True, "yes")])  # a Pi back from a power cut, offline

@@ -143,6 +143,34 @@ def test_unsupported_os_is_refused(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.parametrize(("board", "rpi_gpio", "rpi_packages", "said"), [
+    ("Raspberry Pi 5 Model B Rev 1.0", True, ["python3-rpi-lgpio", "python3-rpi.gpio-"], "replacing it"),
+    ("Raspberry Pi 5 Model B Rev 1.0", False, ["python3-rpi-lgpio"], ""),
+    ("Raspberry Pi 4 Model B Rev 1.5", True, [], "keeping it"),
+    ("Raspberry Pi 4 Model B Rev 1.5", False, ["python3-rpi-lgpio"], ""),
+])
+def test_apt_packages_give_luma_an_rpi_gpio_that_drives_the_board(tmp_path, board, rpi_gpio, rpi_packages, said):
+    """luma drives an LCD's DC and reset pins through RPi.GPIO: Bookworm's python3-rpi.gpio works on a Pi 4
+    (kept: rpi-lgpio cannot be installed beside it) but on a Pi 5 fails "Cannot determine SOC peripheral
+    base address", so there apt swaps it for rpi-lgpio."""
+    model = tmp_path / "model"
+    model.write_bytes(board.encode() + b"\0")  # as /proc/device-tree/model has it
+    (tmp_path / "dpkg-query").write_text(f"#!/bin/sh\n{'echo install ok installed' if rpi_gpio else 'exit 1'}\n")
+    (tmp_path / "apt-get").write_text(f'#!/bin/sh\necho "$*" >>{tmp_path / "apt.log"}\n')
+    for tool in ("dpkg-query", "apt-get"):
+        (tmp_path / tool).chmod(0o755)
+    r = subprocess.run(["bash", "-c", 'source "$0" && apt_packages', str(ROOT / "systemd/install.sh")],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "DT_MODEL": str(model), "PATH": f"{tmp_path}:{os.environ['PATH']}",
+                            "DESTDIR": str(tmp_path / "root")})  # should the script run on, never onto this machine
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not r.stdout.startswith("install: OS:") and not (tmp_path / "root").exists()  # sourced: only the function
+    install = (tmp_path / "apt.log").read_text().splitlines()[-1].split()
+    assert install[:4] == ["install", "-y", "-qq", "--no-install-recommends"] and "python3-spidev" in install
+    assert [p for p in install if p.startswith("python3-rpi")] == rpi_packages
+    assert said in r.stdout
+
+
 def test_uninstall_removes_only_what_the_install_made(tmp_path):
     (tmp_path / "usr/local/lib").mkdir(parents=True)
     (tmp_path / "usr/local/lib/other.so").write_text("not ours")
@@ -240,11 +268,18 @@ def test_make_run_picks_parts_the_machine_has(tmp_path):
     assert f"--config {tmp_path / 'config.toml'}" in installed
 
 
-def test_make_run_refuses_while_the_service_holds_the_hardware(tmp_path):
-    """A second daemon would draw on the kiosk's screen and then fail on its busy GPIO pin."""
-    (tmp_path / "systemctl").write_text('#!/bin/sh\n[ "$1" = is-active ]\n')  # feedbackd.service: active
+@pytest.mark.parametrize("state", ["active", "activating", "deactivating", "inactive", "failed"])
+def test_make_run_refuses_while_the_service_holds_the_hardware(tmp_path, state):
+    """A second daemon would draw on the kiosk's screen and then fail on its busy GPIO pin; a service in
+    its restart loop ("activating (auto-restart)", which is-active calls inactive) takes them back in 10 s."""
+    (tmp_path / "systemctl").write_text(f'#!/bin/sh\n[ "$1" = show ] && echo {state}\n'
+                                        f'[ "$1" = is-active ] && [ {state} = active ]\n')  # systemctl's answers
     (tmp_path / "systemctl").chmod(0o755)
-    r = subprocess.run(["make", "-C", str(ROOT), "run"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    r = subprocess.run(["make", "-C", str(ROOT), "run", f"RUN_MODEL={tmp_path / 'none.tflite'}"], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert r.returncode != 0
-    assert "feedbackd.service is running and holds the camera, display and button: sudo systemctl stop" in r.stdout
+    if state in ("inactive", "failed"):  # free: on to the next step, which finds no model here
+        assert "none.tflite is missing" in r.stdout and "sudo systemctl stop" not in r.stdout
+    else:
+        assert (f"feedbackd.service is {state} and holds (or is about to take) the camera, display and button: "
+                "sudo systemctl stop feedbackd first") in r.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import moved_clock
+from conftest import ROOT, moved_clock
 from PIL import Image
 
 from device.button import ButtonError, GpioButton, KeyboardButton, open_button
@@ -102,6 +102,10 @@ def test_a_reading_is_sure_from_min_confidence(top, sure):
     ({"display.driver": "st7789", "button.led_pin": 8}, "button.led_pin: BCM 8 is st7789's SPI chip-select pin"),
     ({"display.driver": "ili9341", "button.pin": 11}, "button.pin: BCM 11 is ili9341's SPI SCLK pin"),
     ({"button.led_pin": 17}, "button.led_pin: BCM 17 is button.pin too"),
+    # make install turns SPI on for any display, and the kernel's spi0 then holds both chip selects
+    ({"button.pin": 8}, "button.pin: BCM 8 is SPI0's CE0 pin, which the kernel holds while SPI is on"),
+    ({"button.led_pin": 7}, "button.led_pin: BCM 7 is SPI0's CE1 pin, which the kernel holds while SPI is on"),
+    ({"display.driver": "st7789", "button.pin": 7}, "button.pin: BCM 7 is SPI0's CE1 pin"),
 ])
 def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -120,6 +124,69 @@ def test_custom_rating_scale(tmp_path):
     assert Screen("thanks", "Happy", 10, 10).text() == "Thank you! Happy **********"
     halves = [Screen("thanks", "Sad", r, 5).text().rsplit(" ", 1)[1] for r in (0.5, 2.5, 3.5)]
     assert halves == ["*....", "***..", "****."]  # as many stars as the logged rating rounds to, halves up
+
+
+def test_the_readme_rating_scale_edits_the_installed_config(tmp_path):
+    """The README's 0-10 scale, done as it says to the config make install writes (config.example.toml,
+    whose [rating] and [rating.map] are declared already: TOML refuses a second declaration)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*Ratings\.\*\*.*?\n\n((?:    [^\n]*\n)+)", readme, re.S).group(1).replace("    ", "")
+    assert "replace the file's last section" in readme
+    config = (ROOT / "systemd/config.example.toml").read_text()
+    config = config.replace("# max = 5", "max = 10")  # "uncomment max in [rating] and set it to 10"
+    (tmp_path / "config.toml").write_text(config[:config.index("[rating.map]")] + block)
+    cfg = load_config(tmp_path / "config.toml")
+    assert cfg["rating"]["max"] == 10 and cfg["rating"]["map"]["Happy"] == 10 and cfg["rating"]["map"]["Angry"] == 0
+
+
+def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
+    """Under the unit (systemd sets STATE_DIRECTORY) a config edited since make install is held to what
+    ProtectHome and ProtectSystem=strict leave it: else a "Read-only file system" error would point at
+    the SD card."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = tmp_path / "config.toml"
+    cases = [
+        ('[storage]\npath = "/mnt/usb/feedback.db"\n', "storage.path: /mnt/usb/feedback.db: the service can write "
+         "only under /var/lib/feedbackd (ProtectSystem=strict; its private /tmp is emptied at each stop)"),
+        ('[storage]\npath = "/tmp/feedback.db"\n', "storage.path: /tmp/feedback.db: the service can write only"),
+        ('[model]\npath = "/home/pi/fer.tflite"\n', "model.path: /home/pi/fer.tflite is hidden from the service "
+         "(ProtectHome=yes): put it under "),
+        ('[detector]\ndir = "/root/face"\n', "detector.dir: /root/face is hidden from the service (ProtectHome=yes)"),
+        ('[display]\ndriver = "png"\npng_path = "/srv/screen.png"\n', "display.png_path: /srv/screen.png: the "
+         "service can write only under /var/lib/feedbackd"),
+    ]
+    for text, message in cases:
+        config.write_text(text)
+        load_config(config)  # run by hand (make run, a desk): no sandbox
+        monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/feedbackd")
+        with pytest.raises(ConfigError, match=re.escape(f"{config}: {message}")):
+            load_config(config)
+        monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/feedbackd")
+    config.write_text('[display]\ndriver = "png"\npng_path = "/tmp/screen.png"\n')  # the private /tmp will do
+    assert load_config(config)["storage"]["path"] == "/var/lib/feedbackd/feedback.db"
+
+
+@pytest.mark.parametrize(("home", "fix"), [(None, "run 'make models'"),
+                                           ("/opt/feedbackd", "run 'sudo make install' from the checkout")])
+def test_missing_model_files_name_the_key_and_the_fix_that_fits(tmp_path, monkeypatch, home, fix):
+    """A kiosk (FEEDBACKD_HOME set by the unit and the feedbackd command) has no make targets in its folder."""
+    from device.detector import PROTOTXT, DetectorError, check_face_files
+    from device.model import EmotionClassifier, ModelError
+
+    if home:
+        monkeypatch.setenv("FEEDBACKD_HOME", home)
+    else:
+        monkeypatch.delenv("FEEDBACKD_HOME", raising=False)
+    with pytest.raises(DetectorError, match=re.escape(f"{tmp_path / PROTOTXT}: face-detector file missing from "
+                                                      f"detector.dir: {fix}, or set detector.dir")):
+        check_face_files(tmp_path)
+    (tmp_path / PROTOTXT).write_text("not the res10 file")
+    with pytest.raises(DetectorError, match=r"\(corrupt or wrong file in detector\.dir: .*" + re.escape(fix)):
+        check_face_files(tmp_path)
+    with pytest.raises(ModelError, match=re.escape("emotion model not found: check model.path, or restore the model "
+                                                   "('sudo make install' from the checkout on a kiosk")):
+        EmotionClassifier(tmp_path / "none.tflite")
 
 
 def test_sd_notify_on_a_real_socket(tmp_path):
