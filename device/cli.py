@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from device import clock, spare
@@ -192,9 +192,9 @@ def cmd_check(cfg, skip: list[str]) -> int:
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
-            kept = len(spare.waiting(spare_path(store)))  # not in the count, nor yet in an export
+            note = waiting(store)  # not in the count, nor yet in an export
             return (f"{store.path}: {store.count()} entries, schema v{store.schema_version}, integrity ok"
-                    + (f"; {kept} more waiting in {spare_path(store)} for the log to take them" if kept else ""))
+                    + (f"; {note}, for the log to take them" if note else ""))
         finally:
             store.close()
 
@@ -284,16 +284,28 @@ def spare_path(store: FeedbackLog) -> Path:
     return Path(f"{store.path}.spare")
 
 
-def waiting_note(store: FeedbackLog, report: str) -> str | None:
-    """Entries the daemon kept in the spare file while the log could not take them (a full or
-    read-only card) are in no report until it restores them: said, so a report is not read as whole.
-    Read before the log, so an entry moved meanwhile is named twice rather than not at all."""
+def waiting(store: FeedbackLog) -> str | None:
+    """How many entries the daemon kept in the spare file while the log could not take them (a
+    full or read-only card), and the log does not hold yet: they are in no report until it
+    restores them. Said, so a report is not read as whole; None for none."""
     path = spare_path(store)
     try:
-        kept = len(spare.waiting(path))
+        kept = spare.waiting(path)
     except OSError as e:
-        return f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not in this {report}"
-    return f"{kept} entries are waiting in {path} and are not in this {report} yet" if kept else None
+        return f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not counted"
+    try:
+        n = sum(not store.contains(datetime.fromisoformat(e["utc"]), e["device_id"]) for e in kept
+                if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str))
+    except (StorageError, ValueError):  # a damaged index, or a time the daemon would leave out too
+        return f"up to {len(kept)} entries are waiting in {path}" if kept else None
+    return f"{n} entries are waiting in {path}" if n else None
+
+
+def waiting_note(store: FeedbackLog, report: str) -> str | None:
+    """The spare file's entries not in this report. Read before the log's rows, so an entry the
+    daemon moves meanwhile is named twice rather than not at all."""
+    note = waiting(store)
+    return f"{note}, not in this {report} yet" if note else None
 
 
 def cmd_summary(cfg, args) -> int:

@@ -108,8 +108,8 @@ class Daemon:
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
         self.storage_error: str | None = None
-        # The spare holds lines this start could not restore: never cleared in this run; the next
-        # start restores them, and skips those of this run's the log took by then.
+        # The log could not say which of the spare's lines it holds: they stay there, retried with
+        # the pending entries, and the spare is not cleared until they are back in line.
         self._unrestored = False
         self.spare = self._open_spare(Path(f"{store.path}.spare"))
 
@@ -122,19 +122,28 @@ class Daemon:
             log.warning("%s: no spare file (%s): an entry the log cannot take is kept in memory and "
                         "the journal only", path, e)
             return None
-        try:
-            for saved in spare.entries():
-                self._restore(saved, path)
-        except StorageError as e:  # the log cannot be read: its lines stay for the next start to restore
-            self._unrestored = True
-            log.warning("%s: not restored, the log cannot tell which entries it holds (%s); kept for the next "
-                        "start, and new entries the log cannot take are written after them", path, e)
+        self._restore_spare(spare)
         if not self._pending and not self._unrestored:
             spare.clear()
         return spare
 
-    def _restore(self, saved: dict, path: Path) -> None:
-        """Put one saved entry back in line unless the log has it."""
+    def _restore_spare(self, spare: SpareFile) -> None:
+        """Put the spare's entries from before this start back in line, all or none: while the log
+        cannot say which it holds, they stay in the spare (`_unrestored`) and are tried again."""
+        try:
+            restored = [kept for saved in spare.entries() if (kept := self._restore(saved, spare.path))]
+        except StorageError as e:
+            if not self._unrestored:
+                log.warning("%s: not restored yet, the log cannot tell which entries it holds (%s); kept there, "
+                            "and new entries the log cannot take are written after them", spare.path, e)
+            self._unrestored = True
+            self._retry_at = time.monotonic() + self.cfg["storage"]["retry_s"]
+            return
+        self._unrestored = False
+        self._pending[:0] = restored  # pressed before this start's own entries
+
+    def _restore(self, saved: dict, path: Path) -> tuple[Entry, datetime] | None:
+        """One saved entry to put back in line, None if the log has it or it cannot be read."""
         fields = {k: v for k, v in saved.items() if k in Entry.__dataclass_fields__}  # a newer one's extras
         try:
             at, entry = datetime.fromisoformat(saved["utc"]), Entry(**fields)
@@ -143,10 +152,11 @@ class Daemon:
             at.astimezone()  # as the log dates it: a year 1 time overflows there
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             log.critical("%s: an entry that cannot be read (%s) is left out: %s", path, e, json.dumps(saved))
-            return
-        if not self.store.contains(at, entry.device_id):
-            log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
-            self._pending.append((entry, at))
+            return None
+        if self.store.contains(at, entry.device_id):
+            return None
+        log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
+        return entry, at
 
     # --- one frame
     def step(self) -> None:
@@ -229,6 +239,8 @@ class Daemon:
 
     def _store_pending(self, now: float) -> bool:
         """Store the waiting entries oldest first; True once none is left."""
+        if self._unrestored and self.spare:
+            self._restore_spare(self.spare)
         while self._pending:
             if not self._store(*self._pending[0], now):
                 return False
@@ -238,7 +250,7 @@ class Daemon:
         return True
 
     def _retry_pending(self) -> None:
-        if self._pending and time.monotonic() >= self._retry_at:
+        if (self._pending or self._unrestored) and time.monotonic() >= self._retry_at:
             self._store_pending(time.monotonic())
 
     def close(self) -> None:

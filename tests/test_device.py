@@ -398,8 +398,8 @@ class PressOnly:
 
 def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tmp_path, monkeypatch, caplog):
     """A damaged index fails the start-up check of which kept entries the log has: those stay in
-    the spare for a later start, and an entry the log refuses meanwhile still goes to the disk
-    after them, not to memory only. Each reaches the log once."""
+    the spare, tried again with the pending entries, and an entry the log refuses meanwhile still
+    goes to the disk after them, not to memory only. Each reaches the log once."""
     import types
 
     db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
@@ -418,7 +418,7 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
 
     monkeypatch.setattr(FeedbackLog, "contains", unreadable)
     daemon, store, button = start()
-    assert "not restored, the log cannot tell which entries it holds" in caplog.text and daemon.spare
+    assert "not restored yet, the log cannot tell which entries it holds" in caplog.text and daemon.spare
     store.db.execute("PRAGMA query_only = ON")  # and the card is full: the next customer's entry is refused
     now = time.monotonic()
     daemon.smoother.add(now, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index("Happy")])
@@ -430,13 +430,16 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     store.db.execute("PRAGMA query_only = OFF")  # room again: the log takes the new entry
     daemon._store_pending(time.monotonic())
     assert [r["emotion"] for r in store.rows()] == ["Happy"]
-    assert path.read_bytes().startswith(kept.encode())  # the one never restored is still kept
+    assert path.read_bytes().startswith(kept.encode())  # the one not yet restored is still kept
+    monkeypatch.undo()  # the index repaired: the next retry, not the next start, restores the kept entry
+    daemon._retry_at = 0.0
+    daemon._retry_pending()
+    assert sorted(r["emotion"] for r in store.rows()) == ["Happy", "Sad"] and path.read_bytes() == bytes(64 * 1024)
     daemon.close()
     store.close()
-    monkeypatch.undo()  # the index repaired: the next start restores the kept entry, and only it
+    path.write_bytes(f"{kept}\n".encode().ljust(64 * 1024, b"\0"))  # cleared just before a power cut: once still
     daemon, store, _ = start()
-    daemon._store_pending(time.monotonic())
-    assert sorted(r["emotion"] for r in store.rows()) == ["Happy", "Sad"] and path.read_bytes() == bytes(64 * 1024)
+    assert store.count() == 2 and not daemon._pending and path.read_bytes() == bytes(64 * 1024)
     daemon.close()
     store.close()
 
@@ -1210,13 +1213,15 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     """A full card: the daemon keeps entries in the spare file and stores them later; an export
     or summary read meanwhile lacks them, and says how many (whole lines only, as the daemon reads them)."""
     db, kept = tmp_path / "f.db", tmp_path / "f.db.spare"
+    stored, at = Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, 30, 11, tzinfo=UTC)
     log = FeedbackLog(db)
-    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.add(stored, at)
     log.close()
-    line = json.dumps({"utc": "2026-11-30T12:00:00+00:00", "emotion": "Sad"})
-    kept.write_bytes(f"{line}\n{line}\n{line[:20]}".encode().ljust(64 * 1024, b"\0"))  # the last cut short
+    lines = [entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"), at + timedelta(hours=h)) for h in (1, 2)]
+    lines.append(entry_json(stored, at))  # the log took it before the daemon cleared the spare: not waiting
+    kept.write_bytes(("\n".join(lines) + f"\n{lines[0][:20]}").encode().ljust(64 * 1024, b"\0"))  # one cut short
     before = kept.read_bytes()
-    note = f"feedbackd: 2 entries are waiting in {kept} and are not in this {{}} yet\n"
+    note = f"feedbackd: 2 entries are waiting in {kept}, not in this {{}} yet\n"
     assert cli.main(["export", "--db", str(db)]) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 2 and err == note.format("export")
@@ -1224,11 +1229,16 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     assert capsys.readouterr().err == f"wrote 1 entries to {tmp_path / 'f.csv'}\n" + note.format("export")
     assert cli.main(["summary", "--db", str(db)]) == 0
     assert capsys.readouterr().err == note.format("summary")
-    assert cli.main(["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
-                     "--display", "none", "--button", "none", "--db", str(db)]) == 0
-    assert f"integrity ok; 2 more waiting in {kept} for the log to take them" in (
-        capsys.readouterr().out)
+    check = ["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
+             "--display", "none", "--button", "none", "--db", str(db)]
+    assert cli.main(check) == 0
+    assert f"integrity ok; 2 entries are waiting in {kept}, for the log to take them" in capsys.readouterr().out
     assert kept.read_bytes() == before  # only read
+    kept.rename(tmp_path / "moved")
+    kept.mkdir()  # a spare that cannot be read: said, and the log's own check still passes
+    assert cli.main(check) == 0
+    assert f"integrity ok; cannot read {kept} (Is a directory)" in capsys.readouterr().out
+    kept.rmdir()
     kept.write_bytes(bytes(64 * 1024))  # restored and cleared by the daemon: nothing to say
     assert cli.main(["summary", "--db", str(db)]) == 0
     assert capsys.readouterr().err == ""
