@@ -9,6 +9,9 @@ MODEL   ?= models/fer_vgg16.keras
 ARGS    ?=
 STAMP   := $(VENV)/.installed
 
+# One pip at a time: the environments' editable installs all write feedbackd.egg-info here.
+.NOTPARALLEL:
+
 .PHONY: venv models run test workstation lint train evaluate convert bench bench-train install uninstall status clean
 
 # On a Raspberry Pi the venv also sees apt's picamera2 and lgpio, keeps numpy at the system's
@@ -17,17 +20,23 @@ ON_PI     := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo yes
 EXTRAS    := $(if $(ON_PI),device,device,train,dev)
 PIN_NUMPY := $(if $(ON_PI),$(shell $(PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' 2>/dev/null))
 
-# The stamp holds what it was installed with: new extras or a new system numpy (apt upgraded it,
-# or picamera2 arrived after the first `make run`) rebuild the venv like a new pyproject.toml.
-WANT := $(strip $(EXTRAS) $(PIN_NUMPY))
+# The stamp holds what it was installed with: another Python (PYTHON=python3.12), new extras or a
+# new system numpy (apt upgraded it, or picamera2 arrived after the first `make run`) rebuild the
+# venv like a new pyproject.toml.
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("python%d.%d" % sys.version_info[:2])' 2>/dev/null)
+WANT := $(strip $(PY_VERSION) $(EXTRAS) $(PIN_NUMPY))
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(WANT))
 .PHONY: $(STAMP)
 endif
 
-# A venv without a working pip (an interrupted build, or python3-venv missing at the time) is
-# made again rather than trusted.
+# A venv of another Python, or without a working pip (an interrupted build, or python3-venv
+# missing at the time), is made again rather than trusted.
 $(STAMP): pyproject.toml
-	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && \
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "feedbackd needs \
+	Python >= 3.11; PYTHON=$(PYTHON) is $(or $(PY_VERSION),not found): install one and name it, e.g. \
+	make run PYTHON=python3.11"; exit 1; }
+	@[ "$$($(BIN)/python -c 'import sys; print("python%d.%d" % sys.version_info[:2])' 2>/dev/null)" = \
+	    "$(PY_VERSION)" ] && $(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && \
 	    $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV); } || \
 	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
@@ -50,6 +59,7 @@ RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,termina
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
              $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),--source auto $(RUN_PARTS)))
 
+# lgpio writes its notification files into LG_WD (else here, in the checkout), as the service does.
 # The service's state, not is-active: one in its restart loop (activating) takes the hardware back
 # within 10 s. No systemd or no unit here: nothing to wait for.
 run: venv models
@@ -57,7 +67,7 @@ run: venv models
 	    inactive|failed|"") ;; *) echo "make run: feedbackd.service is $$state and holds (or is about to take) \
 	the camera, display and button: sudo systemctl stop feedbackd first"; exit 1;; esac
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
-	$(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
+	LG_WD=$${LG_WD:-/tmp} $(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
 # A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images. Its
 # wheels stop at Python 3.11: the first of PYTHON, python3.11, 3.10, 3.9 that is 3.9 to 3.11;

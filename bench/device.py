@@ -98,7 +98,9 @@ def daemon_memory_mb(model: Path, frames_dir: Path, config: Path | None, seconds
     """Peak RSS (VmHWM) of `feedbackd run` on an image folder, and its resident memory split
     into private (anonymous) and file-backed pages (shared libraries, the mapped model)."""
     with tempfile.TemporaryDirectory(dir=ROOT / "build") as d, open(Path(d) / "stderr.log", "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "device.cli", *(["--config", str(config)] if config else []),
+        if config is None:  # the defaults, as the stage timings use: not an installed /etc/feedbackd/config.toml
+            (config := Path(d) / "defaults.toml").write_text("")
+        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "--config", str(config),
                                  "run", "--source", "images", "--camera-path", str(frames_dir), "--display", "none",
                                  "--button", "none", "--model", str(model), "--threads", "1",
                                  "--db", str(Path(d) / "rss.db")], cwd=ROOT, stderr=err)  # a file: an unread pipe fills

@@ -89,7 +89,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "swap_red_blue": Key(False, bool, None, "st7735/ili9341 LCD: swap red and blue (set it if red shows blue)"),
         "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns"),
         "png_path": Key("build/screen.png", str, None, "file the png driver writes"),
-        "thank_you_s": Key(2.0, (int, float), (0.5, 30.0), "how long the thank-you screen stays"),
+        "thank_you_s": Key(2.0, (int, float), (0.5, 30.0),
+                           "how long the thank-you screen stays (through button.cooldown_s, if that is longer)"),
     },
     "button": {
         "kind": Key("gpio", str, _choices("gpio", "keyboard", "none"), "submit button"),

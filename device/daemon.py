@@ -66,6 +66,7 @@ class Stop:
 
 
 STAGES = ("capture", "detect", "classify", "render")
+IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Daemon:
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self.stats = Stats()
         self._last_accepted = -1e9
+        self._logged_face: int | None = None  # the smoother's number of the face last logged
         self._thanks: tuple[float, Screen] | None = None
         self._no_face_until = 0.0
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
@@ -198,11 +200,15 @@ class Daemon:
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
             reading = self.smoother.reading(pressed_at)
-            if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
+            # the face already logged counts again only while in view: else a customer who presses
+            # as the last one leaves, before their own face is seen, would log the last one's
+            logged = self.smoother.face_at(pressed_at) == self._logged_face
+            window = min(IN_VIEW_S, bt["face_window_s"]) if logged else bt["face_window_s"]
+            if reading is None or not self.smoother.face_seen_within(pressed_at, window):
                 self._no_face_until = now + self.cfg["display"]["thank_you_s"]
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once
-            self._last_accepted = pressed_at
+            self._last_accepted, self._logged_face = pressed_at, self.smoother.face_at(pressed_at)
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)
@@ -212,9 +218,12 @@ class Daemon:
                 if self.spare:
                     self.spare.append(line)
             # This customer's thanks, stored or kept: a storage error shown instead would invite a
-            # second press, and a second entry once the log is back. The LED means stored.
-            self._thanks = (now + self.cfg["display"]["thank_you_s"],
-                            Screen("thanks", entry.emotion, entry.rating, self.cfg["rating"]["max"]))
+            # second press, and a second entry once the log is back. It lasts the cooldown too, so
+            # that no press meets a screen that ignores it; a reading the screen called "Not sure"
+            # is thanked without the emotion the entry keeps. The LED means stored.
+            until = max(now + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
+            shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
+            self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]))
             if stored:
                 self.button.acknowledge()
 
@@ -279,7 +288,7 @@ class Daemon:
         if r is None:
             return Screen("idle")
         return Screen("live", r.emotion if r.sure else None, r.rating if r.sure else None,
-                      self.cfg["rating"]["max"], face=self.smoother.face_seen_within(now, 0.5))
+                      self.cfg["rating"]["max"], face=self.smoother.face_seen_within(now, IN_VIEW_S))
 
     # --- the loop
     def run(self, stop: Stop | threading.Event) -> None:

@@ -112,9 +112,15 @@ def same_face(before: Box, after: Box, min_iou: float = 0.3) -> bool:
     return union > 0 and inter / union >= min_iou
 
 
-def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
+# How much better another face must score to take over from the one followed: two faces of about
+# the same score would otherwise swap with the detector's jitter, each swap restarting the reading.
+TAKE_OVER = 1.3
+
+
+def choose_face(boxes: list[Box], frame_shape: tuple[int, ...], follow: Box | None = None) -> Box | None:
     """The customer: the largest box, discounted by its distance from the frame centre
-    (someone close behind the customer's shoulder should not win)."""
+    (someone close behind the customer's shoulder should not win); the face followed so far
+    (`follow`) keeps the place unless another scores TAKE_OVER times higher."""
     if not boxes:
         return None
     h, w = frame_shape[:2]
@@ -124,7 +130,11 @@ def choose_face(boxes: list[Box], frame_shape: tuple[int, ...]) -> Box | None:
         cx, cy = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
         return b.width * b.height * (1.0 - np.hypot(cx - w / 2, cy - h / 2) / diag)
 
-    return max(boxes, key=score)
+    best = max(boxes, key=score)
+    followed = [b for b in boxes if follow is not None and same_face(follow, b)]
+    if followed and score(best) < TAKE_OVER * score(kept := max(followed, key=score)):
+        return kept
+    return best
 
 
 class FaceFinder:
@@ -140,7 +150,7 @@ class FaceFinder:
 
     def find(self, frame: np.ndarray) -> Box | None:
         if self._box is None or self._age + 1 >= self.every or time.monotonic() - self._at > self.max_age_s:
-            self._box, self._age = choose_face(self.detector.detect(frame), frame.shape), 0
+            self._box, self._age = choose_face(self.detector.detect(frame), frame.shape, self._box), 0
             self._at = time.monotonic()
         else:
             self._age += 1

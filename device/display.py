@@ -47,8 +47,9 @@ class Screen:
         if self.kind == "error":
             return f"{self.title}: {self.detail}"
         stars = "" if self.rating is None else f" {stars_text(self.rating, self.rating_max)}"
-        label = self.emotion or "Not sure"
-        return ("Thank you! " if self.kind == "thanks" else "") + label + stars
+        if self.kind == "thanks":
+            return "Thank you!" + (f" {self.emotion}{stars}" if self.emotion else "")
+        return (self.emotion or "Not sure") + stars
 
 
 def full_stars(rating: float) -> int:
@@ -142,6 +143,9 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
             _centered(d, top + i * pitch, text, size, w, white)
     else:  # live or thanks
         top = 0
+        if screen.kind == "thanks" and not screen.emotion:  # a reading not sure: the thanks alone, centred
+            _centered(d, (h - int(18 * u)) // 2, "Thank you!", int(18 * u), w, accent)
+            return img
         if screen.kind == "thanks":
             _centered(d, 0, "Thank you!", int(13 * u), w, accent)
             top = int(15 * u)

@@ -172,8 +172,9 @@ def test_press_without_a_face_stores_nothing(model, empty_folder, face_folder, t
 
 
 def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folder, tmp_path, monkeypatch):
-    """The cooldown on its own: a press after the thank-you has gone, but within button.cooldown_s
-    of the last entry, stores nothing (a clock the test moves: a loaded machine cannot blur it)."""
+    """The cooldown: a press within button.cooldown_s of the last entry stores nothing, and the
+    thank-you lasts as long, so no press meets a screen that ignores it (a clock the test moves:
+    a loaded machine cannot blur it)."""
     from device import daemon as D
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 1.5, "display.thank_you_s": 0.5})
@@ -188,8 +189,9 @@ def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folde
 
     press_at(100.0)
     assert rig.store.count() == 1 and rig.daemon.screen(clock[0]).kind == "thanks"
-    press_at(100.8)  # the thank-you went at 100.5; the cooldown lasts until 101.5
-    assert rig.store.count() == 1 and rig.daemon.screen(clock[0]).kind == "live"
+    press_at(100.8)  # the thank-you's own 0.5 s are over; the cooldown lasts until 101.5
+    assert rig.store.count() == 1 and rig.daemon.screen(clock[0]).kind == "thanks"
+    assert rig.daemon.screen(101.45).kind == "thanks" and rig.daemon.screen(101.55).kind == "live"
     press_at(101.6)
     assert rig.store.count() == 2
     monkeypatch.undo()
@@ -230,7 +232,9 @@ def test_a_reading_below_min_confidence_shows_not_sure_and_a_press_stores_it(mod
     rig.steps(1)
     row = next(rig.store.rows())
     assert row["emotion"] in rig.daemon.classifier.manifest.display_names and row["confidence"] < 1.0
-    assert rig.daemon.screen(time.monotonic()) == Screen("thanks", row["emotion"], row["rating"], 5)
+    thanks = rig.daemon.screen(time.monotonic())  # without the emotion and stars the screen never showed
+    assert thanks == Screen("thanks", None, None, 5) and thanks.text() == "Thank you!"
+    assert rig.screen.image.tobytes() == render(thanks, (128, 64), "1").tobytes()
     rig.close()
 
 def _break_storage(rig: Rig, db: Path, broken: bool) -> None:
@@ -394,6 +398,48 @@ class PressOnly:
 
     def acknowledge(self) -> None:
         pass
+
+
+def _bare_daemon(tmp_path) -> tuple[Daemon, FeedbackLog, PressOnly]:
+    """A daemon without camera, detector or model: the test feeds its smoother and its button."""
+    import types
+
+    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES), path=tmp_path,
+                                       sha256="ab")
+    store, button = FeedbackLog(tmp_path / "feedback.db"), PressOnly()
+    return Daemon(load_config(None), None, None, classifier, None, button, store, device_id="pi"), store, button
+
+
+def _seen(daemon: Daemon, at: float, emotion: str, p: float = 0.9, new_face: bool = False) -> None:
+    probs = np.full(len(DISPLAY_NAMES), (1 - p) / (len(DISPLAY_NAMES) - 1))
+    probs[DISPLAY_NAMES.index(emotion)] = p
+    daemon.smoother.add(at, probs, new_face)
+
+
+def test_a_press_as_the_last_customer_leaves_does_not_log_them_again(tmp_path, monkeypatch):
+    """The last customer lingers after their press, then leaves; the next one presses before their
+    own face is seen (eyes on the button). The face already logged is out of view: no entry, and
+    "No face" asks them to look up."""
+    from device import daemon as D
+
+    daemon, store, button = _bare_daemon(tmp_path)
+    clock = moved_clock(monkeypatch, D)
+    for t in np.arange(99.0, 103.6, 0.1):  # seen from 99 to 103.5, pressing at 100
+        _seen(daemon, t, "Happy")
+        if abs(t - 100.0) < 1e-6:
+            clock[0] = button.pressed.append(100.0) or 100.0
+            daemon._handle_presses()
+    clock[0] = 104.3  # past the 3 s cooldown, 0.8 s after the last one left
+    button.pressed.append(104.3)
+    daemon._handle_presses()
+    assert [r["emotion"] for r in store.rows()] == ["Happy"] and daemon.screen(104.3) == Screen("no_face")
+    _seen(daemon, 104.6, "Sad", new_face=True)  # their face, now seen: they press again
+    clock[0] = 104.7
+    button.pressed.append(104.7)
+    daemon._handle_presses()
+    assert [r["emotion"] for r in store.rows()] == ["Happy", "Sad"]
+    daemon.close()
+    store.close()
 
 
 def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tmp_path, monkeypatch, caplog):

@@ -227,25 +227,39 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
 
 
 def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
-    """The stamp records the extras and the numpy pin it was installed with (not just a time)."""
+    """The stamp records the Python, the extras and the numpy pin it was installed with (not just a time)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
 
     def dry_run(*settings: str) -> str:
-        r = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", f"VENV={venv}", *settings],
+        r = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", f"VENV={venv}", "PY_VERSION=python3.11", *settings],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    (venv / ".installed").write_text("device,train,dev\n")  # what a workstation installs
+    (venv / ".installed").write_text("python3.11 device,train,dev\n")  # what a workstation installs
     assert "pip install" not in dry_run()
-    (venv / ".installed").write_text("device numpy==1.24.2\n")  # installed for something else
+    (venv / ".installed").write_text("python3.10 device,train,dev\n")  # made with another Python
+    assert 'pip install --quiet -e ".[device,train,dev]"' in dry_run()
+    (venv / ".installed").write_text("python3.11 device numpy==1.24.2\n")  # installed for something else
     assert 'pip install --quiet -e ".[device,train,dev]"' in dry_run()
     pi = ("ON_PI=yes", "PIN_NUMPY=numpy==1.26.4")  # a Pi whose apt upgraded numpy since the venv was built
     assert 'pip install --quiet -e ".[device]" numpy==1.26.4' in dry_run(*pi)
-    (venv / ".installed").write_text("device numpy==1.26.4\n")
+    (venv / ".installed").write_text("python3.11 device numpy==1.26.4\n")
     assert "pip install" not in dry_run(*pi)
 
+
+def test_a_python_older_than_3_11_is_named_before_a_venv_is_made(tmp_path):
+    """Ubuntu 22.04's python3 is 3.10: a venv made with it would fail pyproject's requires-python
+    halfway through its pip install, and be kept."""
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\n"
+                   "case \"$*\" in *'print('*) echo python3.10 ;; *'exit('*) exit 1 ;; esac\n")
+    old.chmod(0o755)
+    r = subprocess.run(["make", "-C", str(ROOT), "venv", f"VENV={tmp_path / 'venv'}", f"PYTHON={old}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and not (tmp_path / "venv").exists()
+    assert f"feedbackd needs Python >= 3.11; PYTHON={old} is python3.10: install one and name it" in r.stdout
 
 
 def test_make_run_picks_parts_the_machine_has(tmp_path):

@@ -810,6 +810,20 @@ def test_the_customer_is_the_largest_most_central_face():
     assert choose_face([], frame) is None
 
 
+def test_the_face_followed_keeps_its_place_against_a_companion_of_about_its_score():
+    """Two faces of about the same score would swap with the detector's jitter, each swap restarting
+    the reading (and a press logging whichever won last); only a clearly better one takes over."""
+    frame = (480, 640, 3)
+    customer = Box(265, 180, 375, 300, 0.9)  # central, 110 x 120
+    companion = Box(60, 60, 200, 200, 0.9)  # off-centre, 140 x 140: scores a little higher
+    assert choose_face([customer, companion], frame) == companion  # nobody followed yet: the better score
+    jittered = Box(261, 184, 371, 304, 0.9)
+    assert choose_face([jittered, companion], frame, follow=customer) == jittered
+    close = Box(150, 60, 450, 360, 0.9)  # someone leaning in, far larger
+    assert choose_face([customer, close], frame, follow=customer) == close
+    assert choose_face([companion], frame, follow=customer) == companion  # the customer left
+
+
 MEMLOCK_CHILD = """
 import resource, sys
 import numpy as np
