@@ -418,11 +418,12 @@ def test_card_reproduces_every_cycle_oldest_first():
     record["warm_start_from"]["average"] = parent_avg  # each cycle's average follows its training command
     lines = _reproduce(record).splitlines()
     assert lines[0].startswith("    # RUN: that cycle's run folder")  # whose epochs were kept for the average
-    assert lines[2] == '    make train ARGS="--epochs 4 --keep-epochs"'
-    assert lines[3].endswith("--batch-norm-faces 8192 --models startmodel.keras RUN/epoch4.weights.h5")
-    assert lines[4].startswith('    make train ARGS="--init') and "--keep-epochs" in lines[4]
-    assert lines[5].endswith("--models RUN/epoch5.weights.h5")
-    assert "--batch-norm-faces" not in lines[5] and lines[6].startswith("    make evaluate")
+    assert lines[2] == "    cp models/fer_vgg16.keras startmodel.keras"  # made before its cycle replaces it
+    assert lines[3] == '    make train ARGS="--epochs 4 --keep-epochs"'
+    assert lines[4].endswith("--batch-norm-faces 8192 --models startmodel.keras RUN/epoch4.weights.h5")
+    assert lines[5].startswith('    make train ARGS="--init') and "--keep-epochs" in lines[5]
+    assert lines[6].endswith("--models RUN/epoch5.weights.h5")
+    assert "--batch-norm-faces" not in lines[6] and lines[7].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
 

@@ -67,6 +67,9 @@ def _reproduce(record: dict) -> str:
         chain.insert(0, (None, None))
     lines = []
     for c, avg in chain:
+        # a .keras file among the average's --models is the model that cycle started from, which its export replaces
+        start = (c or {}).get("init") or "models/fer_vgg16.keras"
+        lines += [f"    cp {start} {m['file']}" for m in (avg or {}).get("models", []) if m["file"].endswith(".keras")]
         lines.append(f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
                      else f"    {train_command(c, keep_epochs=bool(avg))}"
                      + ("   # *" if "epoch_offset" not in c else ""))
@@ -74,7 +77,7 @@ def _reproduce(record: dict) -> str:
             lines.append(_average_command(avg, record["data"]["train_faces"]))
     if any(avg for _, avg in chain):
         lines[:0] = ["    # RUN: that cycle's run folder, where --keep-epochs kept epochN.weights.h5;",
-                     "    # a .keras file among --models: a copy of the model that cycle started from"]
+                     "    # cp: the model a cycle starts from, kept for its average (its export replaces it)"]
     if record.get("rescored"):  # exported before the code wrote a class_scale
         lines.append(f"    .venv/bin/python -m training.export --model models/fer_vgg16.keras --data {DEFAULT_DATA}")
     lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
