@@ -225,13 +225,10 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
     ProtectSystem=strict leaves only the StateDirectory (also the WorkingDirectory: a relative path lands
     there) and a private /tmp writable. Checked at every start, make install's check included, since a
     config edited later would otherwise fail with a misleading "Read-only file system" or "not found"."""
-    hidden = {"/home": "ProtectHome=yes", "/root": "ProtectHome=yes", "/run/user": "ProtectHome=yes",
-              "/tmp": "PrivateTmp=yes: its own, empty /tmp", "/var/tmp": "PrivateTmp=yes: its own, empty /var/tmp"}
     for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
-        for folder, why in hidden.items():
-            if Path(os.path.normpath(path)).is_relative_to(folder):
-                raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service ({why}): "
-                                  f"put it under {ROOT / 'models'}")
+        if any(Path(os.path.normpath(path)).is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
+            raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service (ProtectHome=yes): "
+                              f"put it under {ROOT / 'models'}")
     written = [("storage.path", cfg["storage"]["path"])]
     if cfg["display"]["driver"] == "png":
         written.append(("display.png_path", cfg["display"]["png_path"]))
