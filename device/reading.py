@@ -48,11 +48,6 @@ class Smoother:
         saw before it, never on the next customer who stepped in while it waited to be handled."""
         return [sample for sample in self._samples if sample[0] <= at]
 
-    def face_at(self, at: float) -> int | None:
-        """The number of the face last seen at or before `at` (it changes with each new face)."""
-        seen = self._until(at)
-        return seen[-1][1] if seen else None
-
     def face_seen_within(self, at: float, seconds: float) -> bool:
         seen = self._until(at)
         return bool(seen) and at - seen[-1][0] <= seconds

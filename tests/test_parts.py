@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -558,6 +559,24 @@ def test_face_finder_detects_on_every_nth_frame():
     finder.find(face)
     time.sleep(0.06)  # a slow loop: two frames apart is already longer than a box may live
     assert finder.find(face) is not None and detector.calls == 2
+
+
+def test_a_released_face_gives_way_to_the_next_customer_without_outscoring_it_by_far():
+    """After a press the logged customer may linger off to the side, packing; the next customer,
+    stepping up at the centre, takes over on a better score alone. Until then the face followed
+    keeps its place against one about as good."""
+    from device.detector import FaceFinder
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    last = Box(200, 180, 310, 300, 0.9)  # the logged customer, moving off
+    nxt = Box(265, 180, 375, 300, 0.9)  # the next one, central: a little better, not 1.3 times
+    seen = iter([[last], [last, nxt], [last, nxt], [last, nxt], [last], [nxt]])
+    finder = FaceFinder(types.SimpleNamespace(detect=lambda _: next(seen)))
+    assert finder.find(frame) == last and finder.find(frame) == last  # followed: kept against about as good
+    finder.release()  # the press was logged
+    assert finder.find(frame) == nxt  # the better face at once
+    assert finder.find(frame) == nxt and finder.find(frame) == last  # followed in turn; and the other, left alone
+    assert finder.find(frame) == nxt
 
 
 def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path, monkeypatch):

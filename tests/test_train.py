@@ -558,7 +558,7 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
         assert rc == (0 if cost <= 10 else 1)  # at most 10 % (this tiny model may miss it)
 
 
-def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys):
+def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys, fer_csv):
     """`make bench` before `make convert`, or on a Pi without the FER-2013 zip: an error, not a traceback."""
     from bench import device as bench_device
     from bench import train_pipeline
@@ -566,6 +566,9 @@ def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys):
     missing = tmp_path / "none.zip"
     assert train_pipeline.main(["--data", str(missing)]) == 2
     assert f"bench: error: {missing}" in capsys.readouterr().err
+    n = len(fer.load_split(fer_csv, "train"))  # more steps than one epoch holds would time its short last batch
+    assert train_pipeline.main(["--data", str(fer_csv), "--batch-size", "4", "--steps", str(n // 4 - 1)]) == 2
+    assert f"--steps {n // 4 - 1}: at most {n // 4 - 2} with --batch-size 4 on {n} faces" in capsys.readouterr().err
     model = tmp_path / "fer_vgg16_int8.tflite"
     assert bench_device.main(["--data", str(missing), "--model", str(model)]) == 2
     assert f"bench: error: {model}" in capsys.readouterr().err  # named before the data is read

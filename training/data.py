@@ -7,10 +7,12 @@ bare folder (or zip) of ``<class>/`` subfolders, read whole as the split ``all``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
+import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -62,9 +64,22 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _files(root: Path) -> list[Path]:
+    """The files under a folder, through linked folders too (a class folder linked in from
+    elsewhere; Path.rglob would skip it), each real folder once (a link loop is not followed round)."""
+    seen, files = set(), []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        if (real := os.path.realpath(folder)) in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [f for name in names if (f := Path(folder, name)).is_file()]
+    return files
+
+
 def _tree_sha256(root: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+    for p in sorted(_files(root)):
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(p.read_bytes())
     return h.hexdigest()
@@ -91,7 +106,7 @@ def _entries(path: Path) -> list[str]:
     """Relative POSIX paths of the files in a folder or zip, hidden files left out,
     with one common top-level folder stripped (archives often wrap everything in one)."""
     if path.is_dir():
-        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        names = [p.relative_to(path).as_posix() for p in _files(path)]
     elif zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -269,8 +284,8 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
         try:
             with np.load(cached) as z:
                 return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # a damaged cache entry is a miss: read the data again and rewrite it
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged (or, after a power cut, empty) cache entry is a miss: read the data again
     if form == "csv":
         faces, labels, skipped = _read_csv(path, split, skip_bad)
     else:
@@ -280,10 +295,16 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     x = np.stack(faces).astype(np.uint8)
     y = np.asarray(labels, dtype=np.int64)
     if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # two loaders at once each write their own
-        np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
-        os.replace(tmp, cached)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
+            os.replace(tmp, cached)
+        except OSError as e:  # a full disk or a read-only cache costs the next load its speed, not this one's data
+            with contextlib.suppress(OSError):  # its folder may be what failed
+                tmp.unlink()
+            print(f"warning: cannot cache the decoded faces in {cached.parent} ({e.strerror or e}); "
+                  "the next load decodes them again", file=sys.stderr)
     return Split(x, y, str(path), split, checksum, skipped)
 
 
