@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import png_bytes, synthetic_faces, write_csv, write_folder, write_zip
 
+from device.preprocess import CLASSES
 from training import data as fer
 from training.data import DataError, load_split
 
@@ -243,6 +244,39 @@ def test_wrong_header_and_empty_split(tmp_path):
         load_split(only_train, "test")
     with pytest.raises(DataError, match="no such file"):
         load_split(tmp_path / "missing.zip", "train")
+
+
+def test_a_file_that_cannot_be_read_is_named_even_with_skip_bad(tmp_path):
+    """A failing card's I/O error: not a traceback that names nothing (here a read that always fails)."""
+    x, y = synthetic_faces(1)
+    layout = write_folder(tmp_path / "fer", x, y, "train")
+    write_folder(layout, x, y, "test")
+    (bad := layout / "train" / "angry" / "bad.png").symlink_to("/proc/self/mem")
+    for skip_bad in (False, True):
+        with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read")):
+            load_split(layout, "train", skip_bad=skip_bad)
+
+
+def test_a_zip_that_wraps_the_challenge_csv_is_named(tmp_path):
+    x, y = synthetic_faces(1)
+    csv = write_csv(tmp_path / "fer2013.csv", {"Training": (x, y)})
+    archive = write_zip(tmp_path / "archive.zip", {"fer2013/fer2013.csv": csv.read_bytes()})
+    with pytest.raises(DataError, match=re.escape(f"{archive}: holds fer2013.csv: unpack it and give the CSV itself")):
+        load_split(archive, "train")
+
+
+def test_a_zip_holding_a_name_twice_is_refused(tmp_path):
+    """An archive appended to: reading by name would take only the last copy, and lose a face."""
+    import warnings
+    import zipfile
+
+    x, y = synthetic_faces(1)
+    archive = write_zip(tmp_path / "fer.zip", {f"train/{CLASSES[k]}/0.png": png_bytes(x[k]) for k in range(7)})
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "a") as z:
+        warnings.simplefilter("ignore")  # zipfile's own "Duplicate name" warning
+        z.writestr("train/happy/0.png", png_bytes(x[0]))
+    with pytest.raises(DataError, match=re.escape(f"{archive}: train/happy/0.png is in the archive more than once")):
+        load_split(archive, "train")
 
 
 def test_a_class_folder_linked_in_from_elsewhere_is_read(tmp_path):

@@ -15,6 +15,7 @@ import os
 import sys
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -81,13 +82,25 @@ def _tree_sha256(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(_files(root)):
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
+        h.update(_read(p))
     return h.hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # a failing card, a file without read permission: named, even with --skip-bad
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def source_checksum(path: Path) -> str:
     """sha256 of a file source, or of every path and byte under a folder source."""
-    return _tree_sha256(path) if path.is_dir() else sha256_file(path)
+    if path.is_dir():
+        return _tree_sha256(path)
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def detect_form(path: Path) -> str:
@@ -99,6 +112,8 @@ def detect_form(path: Path) -> str:
     _, names = _strip_prefix(_entries(path))
     if {n.split("/", 1)[0].lower() for n in names} & set(SPLIT_DIRS.values()):  # Train/ and Test/ too
         return "layout"
+    if csvs := [n for n in names if n.lower().endswith(".csv")]:  # Kaggle's archive.zip wraps fer2013.csv
+        raise DataError(f"{path}: holds {csvs[0]}: unpack it and give the CSV itself")
     return "classes"
 
 
@@ -113,6 +128,8 @@ def _entries(path: Path) -> list[str]:
                 names = [n for n in z.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{path}: damaged zip archive ({e})") from None
+        if twice := sorted(n for n, k in Counter(names).items() if k > 1):  # appended to: only the last copy reads
+            raise DataError(f"{path}: {twice[0]} is in the archive more than once ({len(twice)} such names)")
     else:
         raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
     names = [n for n in names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
