@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # a full disk, a read-only or misnamed --dest: named, not a traceback
-        print(f"error: --dest {args.dest}: cannot write the face-detector files ({e.strerror or e})", file=sys.stderr)
+    except OSError as e:  # a full disk, a read-only or misnamed --dest, an unreadable wheel: named, not a traceback
+        print(f"error: {e.filename or args.dest}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

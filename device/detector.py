@@ -147,19 +147,20 @@ class FaceFinder:
         self.detector, self.every, self.max_age_s = detector, every, max_age_s
         self._box: Box | None = None
         self._age, self._at = 0, 0.0  # frames since the box was detected, and when
-        self._follow = True  # whether the box found keeps its place against a slightly better face
+        self._released: Box | None = None  # the face whose press was logged, tracked while in view
 
     def release(self) -> None:
-        """The face followed has given its feedback: the next detection takes the best face, so the
-        next customer stepping up need not outscore the last one (still packing) by TAKE_OVER."""
-        self._follow = False
+        """The face followed has given its feedback: it keeps no lead, so the next customer stepping
+        up need not outscore the last one (still packing) by TAKE_OVER. A missed detection does not
+        undo it; a face taken other than that one is followed as usual."""
+        self._released = self._box
 
     def find(self, frame: np.ndarray) -> Box | None:
         if self._box is None or self._age + 1 >= self.every or time.monotonic() - self._at > self.max_age_s:
-            before = self._box
-            self._box = choose_face(self.detector.detect(frame), frame.shape, before if self._follow else None)
-            # followed again once another face is taken (or none): the released one stays released
-            self._follow = self._follow or self._box is None or before is None or not same_face(before, self._box)
+            follow = self._box if self._released is None else None  # no lead for anyone while released
+            self._box = choose_face(self.detector.detect(frame), frame.shape, follow)
+            if self._box is not None and self._released is not None:  # tracked while chosen, dropped once not
+                self._released = self._box if same_face(self._released, self._box) else None
             self._age, self._at = 0, time.monotonic()
         else:
             self._age += 1

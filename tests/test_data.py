@@ -261,8 +261,11 @@ def test_a_zip_that_wraps_the_challenge_csv_is_named(tmp_path):
     x, y = synthetic_faces(1)
     csv = write_csv(tmp_path / "fer2013.csv", {"Training": (x, y)})
     archive = write_zip(tmp_path / "archive.zip", {"fer2013/fer2013.csv": csv.read_bytes()})
-    with pytest.raises(DataError, match=re.escape(f"{archive}: holds fer2013.csv: unpack it and give the CSV itself")):
+    with pytest.raises(DataError, match=re.escape(f"{archive}: holds fer2013.csv and no images: give that CSV")):
         load_split(archive, "train")
+    bare = write_folder(tmp_path / "bare", x, y)
+    (bare / "labels.csv").write_text("file,label\n")  # a stray CSV beside faces: a file to skip, as before
+    assert len(load_split(bare, "all", skip_bad=True)) == 7
 
 
 def test_a_zip_holding_a_name_twice_is_refused(tmp_path):
@@ -275,6 +278,8 @@ def test_a_zip_holding_a_name_twice_is_refused(tmp_path):
     with warnings.catch_warnings(), zipfile.ZipFile(archive, "a") as z:
         warnings.simplefilter("ignore")  # zipfile's own "Duplicate name" warning
         z.writestr("train/happy/0.png", png_bytes(x[0]))
+        for _ in range(2):  # macOS's resource forks, left out anyway: not a reason to refuse
+            z.writestr("__MACOSX/train/._0.png", b"")
     with pytest.raises(DataError, match=re.escape(f"{archive}: train/happy/0.png is in the archive more than once")):
         load_split(archive, "train")
 

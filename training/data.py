@@ -68,12 +68,16 @@ def cache_dir() -> Path:
 def _files(root: Path) -> list[Path]:
     """The files under a folder, through linked folders too (a class folder linked in from
     elsewhere; Path.rglob would skip it), each real folder once (a link loop is not followed round)."""
+    def unreadable(e: OSError):
+        raise DataError(f"{e.filename}: cannot read ({e.strerror or e})")
+
     seen, files = set(), []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unreadable):
         if (real := os.path.realpath(folder)) in seen:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs.sort()  # the same first path to a folder linked twice, on any machine
         files += [f for name in names if (f := Path(folder, name)).is_file()]
     return files
 
@@ -112,8 +116,9 @@ def detect_form(path: Path) -> str:
     _, names = _strip_prefix(_entries(path))
     if {n.split("/", 1)[0].lower() for n in names} & set(SPLIT_DIRS.values()):  # Train/ and Test/ too
         return "layout"
-    if csvs := [n for n in names if n.lower().endswith(".csv")]:  # Kaggle's archive.zip wraps fer2013.csv
-        raise DataError(f"{path}: holds {csvs[0]}: unpack it and give the CSV itself")
+    csvs = [n for n in names if n.lower().endswith(".csv")]  # Kaggle's archive.zip wraps fer2013.csv
+    if csvs and not any(PurePosixPath(n).suffix.lower() in IMAGE_EXT for n in names):
+        raise DataError(f"{path}: holds {csvs[0]} and no images: give that CSV itself (unpacked)")
     return "classes"
 
 
@@ -128,11 +133,11 @@ def _entries(path: Path) -> list[str]:
                 names = [n for n in z.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{path}: damaged zip archive ({e})") from None
-        if twice := sorted(n for n, k in Counter(names).items() if k > 1):  # appended to: only the last copy reads
-            raise DataError(f"{path}: {twice[0]} is in the archive more than once ({len(twice)} such names)")
     else:
         raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
     names = [n for n in names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
+    if twice := sorted(n for n, k in Counter(names).items() if k > 1):  # a zip appended to: only its last copy reads
+        raise DataError(f"{path}: {twice[0]} is in the archive more than once ({len(twice)} such names)")
     return names
 
 
