@@ -280,15 +280,11 @@ def open_log(cfg, command: str) -> FeedbackLog:
     return FeedbackLog(path, create=False)
 
 
-def spare_path(store: FeedbackLog) -> Path:
-    return Path(f"{store.path}.spare")
-
-
 def waiting(store: FeedbackLog) -> str | None:
     """How many entries the daemon kept in the spare file while the log could not take them (a
     full or read-only card), and the log does not hold yet: they are in no report until it
     restores them. Said, so a report is not read as whole; None for none."""
-    path = spare_path(store)
+    path = spare.beside(store.path)
     try:
         kept = spare.waiting(path)
     except OSError as e:

@@ -24,7 +24,7 @@ from device.detector import MAX_BOX_AGE_S, Box, CropGeometry, FaceFinder, crop_f
 from device.display import Screen
 from device.notify import Notifier
 from device.reading import Reading, Smoother
-from device.spare import SpareFile
+from device.spare import SpareFile, beside
 from device.storage import Entry, StorageError
 
 log = logging.getLogger("feedbackd")
@@ -112,7 +112,7 @@ class Daemon:
         # The log could not say which of the spare's lines it holds: they stay there, retried with
         # the pending entries, and the spare is not cleared until they are back in line.
         self._unrestored = False
-        self.spare = self._open_spare(Path(f"{store.path}.spare"))
+        self.spare = self._open_spare(beside(store.path))  # the log's spare file
 
     def _open_spare(self, path: Path) -> SpareFile | None:
         """The spare file, and the entries it kept through a stop or a power cut back in line for

@@ -17,6 +17,11 @@ log = logging.getLogger("feedbackd")
 SIZE = 64 * 1024  # about 150 entries: a full card is an error screen staff see within minutes
 
 
+def beside(log_path: Path | str) -> Path:
+    """The spare file of a feedback log: the daemon writes it, the reports count what waits there."""
+    return Path(f"{log_path}.spare")
+
+
 def _joined(lines: list[str]) -> bytes:
     return "".join(f"{line}\n" for line in lines).encode()
 
