@@ -69,7 +69,7 @@ def _files(root: Path) -> list[Path]:
     """The files under a folder, through linked folders too (a class folder linked in from
     elsewhere; Path.rglob would skip it), each real folder once (a link loop is not followed round)."""
     def unreadable(e: OSError):
-        raise DataError(f"{e.filename}: cannot read ({e.strerror or e})")
+        raise _unreadable(e.filename, e)
 
     seen, files = set(), []
     for folder, dirs, names in os.walk(root, followlinks=True, onerror=unreadable):
@@ -90,11 +90,16 @@ def _tree_sha256(root: Path) -> str:
     return h.hexdigest()
 
 
+def _unreadable(path, e: OSError) -> DataError:
+    """A failing card, a file without read permission: named, even with --skip-bad."""
+    return DataError(f"{path}: cannot read ({e.strerror or e})")
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
-    except OSError as e:  # a failing card, a file without read permission: named, even with --skip-bad
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
 
 
 def source_checksum(path: Path) -> str:
@@ -104,7 +109,7 @@ def source_checksum(path: Path) -> str:
     try:
         return sha256_file(path)
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise _unreadable(path, e) from None
 
 
 def detect_form(path: Path) -> str:
