@@ -102,6 +102,7 @@ class Daemon:
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
         self._box: Box | None = None  # the last face classified
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
+        self._missed = False  # a frame since the last face was looked at and showed none
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
@@ -180,15 +181,19 @@ class Daemon:
         t = time.monotonic()
         self.stats.seconds["detect"] += t - start
         if box is None:
+            self._missed = True
             return
         face = crop_face(frame, box, self.geometry, self.classifier.spec.size)
         probs = self.classifier.predict(face)[0]
         self.stats.seconds["classify"] += time.monotonic() - t
         self.stats.faces += 1
-        # someone else: a box elsewhere, or a face after a gap (the next customer stepping into the
-        # same spot); the reading then averages only their face
+        # someone else: a box elsewhere, or a face after a gap in which frames showed none (the next
+        # customer stepping into the same spot); the reading then averages only their face. Frames
+        # further apart than the gap with a face in each (a slow Pi) are one customer.
         last_at, last_box, self._box = self.smoother.last_face_at, self._box, box
-        new_face = last_box is not None and (not same_face(last_box, box) or captured_at - last_at > self._face_gap_s)
+        new_face = last_box is not None and (
+            not same_face(last_box, box) or (self._missed and captured_at - last_at > self._face_gap_s))
+        self._missed = False
         self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 
     # --- the button

@@ -1030,6 +1030,37 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     rig.close()
 
 
+def test_a_slow_pi_averages_one_customer_over_frames_further_apart_than_the_face_gap(model, face_folder, tmp_path,
+                                                                                     monkeypatch):
+    """On a slow Pi each step may take longer than the face gap (0.5 s); the same face in frame after
+    frame, with none missed between, is still one customer, so the press keeps their average."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = moved_clock(monkeypatch, D)
+    box, seen = Box(100, 100, 200, 200, 0.9), iter(["Angry", "Happy", "Happy"])
+
+    class Finder:
+        def find(self, frame):
+            self.emotion = next(seen)
+            return box
+
+        def release(self):
+            pass
+
+    finder = rig.daemon.finder = Finder()
+    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    for _ in range(2):
+        rig.daemon.step()
+        clock[0] += 0.8  # one detection step on a slow Pi
+    rig.press()
+    rig.daemon.step()
+    monkeypatch.undo()
+    assert [(r["emotion"], r["confidence"]) for r in rig.store.rows()] == [("Angry", 0.5)]  # both frames, tied
+    rig.close()
+
+
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
     from luma.core.error import DeviceNotFoundError
 
