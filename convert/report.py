@@ -72,6 +72,9 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         "",
         f"int8 calibration: {calibration_faces} class-stratified FER-2013 Training faces, seed {args.seed}.",
         "",
+        "The device runs the int8 file (`model.path`'s default); only it and its manifest are committed. The "
+        "other variants are written here for comparison and rebuilt by the command below.",
+        "",
         "Reproduce: `make convert` (or `.venv/bin/python -m convert --data DATA`).",
         "",
     ]
