@@ -72,10 +72,17 @@ def png_bytes(face: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# The challenge CSV's emotion codes, as Kaggle's page gives them: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
+# 5 Surprise, 6 Neutral (stated here, not taken from the loader under test).
+FER_CSV_CODES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
 def write_csv(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """A challenge CSV of faces labelled by index into CLASSES, written with the challenge's codes."""
     lines = ["emotion,pixels,Usage"]
     for usage, (x, y) in splits.items():
-        lines += [f"{label},{' '.join(map(str, face.ravel()))},{usage}" for face, label in zip(x, y, strict=True)]
+        lines += [f"{FER_CSV_CODES.index(CLASSES[label])},{' '.join(map(str, face.ravel()))},{usage}"
+                  for face, label in zip(x, y, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -31,6 +31,21 @@ def test_csv_splits(fer_csv):
     assert fer.eval_split_name(fer_csv) == "test"
 
 
+def test_the_challenge_csv_codes_name_its_own_class_order(tmp_path, faces):
+    """fer2013.csv numbers 4 Sad, 5 Surprise, 6 Neutral: read by index into the alphabetical CLASSES
+    they would train sad faces as neutral. The same faces as a CSV and as class folders agree."""
+    x, _ = faces
+    codes = np.arange(7)
+    rows = [f"{c},{' '.join(map(str, face.ravel()))},Training" for c, face in zip(codes, x, strict=False)]
+    path = tmp_path / "fer2013.csv"
+    path.write_text("\n".join(["emotion,pixels,Usage", *rows]) + "\n")
+    read = load_split(path, "train")
+    assert [CLASSES[i] for i in read.y] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    folder = load_split(write_folder(tmp_path / "bare", read.x, read.y), "all")
+    by_face = dict(zip((f.tobytes() for f in folder.x), folder.y.tolist(), strict=True))
+    assert [by_face[f.tobytes()] for f in read.x] == read.y.tolist()
+
+
 def test_a_csv_saved_again_by_a_spreadsheet_reads_the_same(fer_csv, tmp_path):
     """Excel and pandas' utf-8-sig write a byte-order mark before the header."""
     resaved = tmp_path / "fer2013.csv"
@@ -298,6 +313,17 @@ def test_a_class_folder_linked_in_from_elsewhere_is_read(tmp_path):
     split = load_split(linked, "train")
     assert np.bincount(split.y, minlength=7).tolist() == [2] * 7
     np.testing.assert_array_equal(np.sort(split.x, axis=0), np.sort(load_split(tmp_path / "full", "train").x, axis=0))
+
+
+def test_a_hidden_file_beside_the_faces_leaves_a_folder_source_the_same(tmp_path, faces):
+    """Finder's .DS_Store is not a face: a run trained on the folder must still resume on it."""
+    x, y = faces
+    bare = write_folder(tmp_path / "bare", x, y)
+    before = fer.source_checksum(bare)
+    (bare / CLASSES[0] / ".DS_Store").write_bytes(b"\0\1")
+    assert fer.source_checksum(bare) == before
+    (bare / CLASSES[0] / "extra.png").write_bytes(png_bytes(x[0]))
+    assert fer.source_checksum(bare) != before  # a face added is a change
 
 
 def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):

@@ -31,7 +31,10 @@ SPLIT_DIRS = {"train": "train", "test": "test", "private": "test"}
 # Kaggle's image-folder FER-2013 puts PublicTest and PrivateTest together in test/ (7,178 faces);
 # its file names say which is which.
 NAME_PREFIX = {"test": "PublicTest_", "private": "PrivateTest_"}
-LOADER_VERSION = 4  # part of the cache key: a loader change re-reads the data
+LOADER_VERSION = 5  # part of the cache key: a loader change re-reads the data
+# The challenge CSV's `emotion` codes 0-6 name the classes in its own order, not CLASSES' (alphabetical).
+CSV_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+CSV_CODE_TO_CLASS = tuple(CLASSES.index(name) for name in CSV_EMOTIONS)
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
 # Folder names accepted for each class: FER-2013's own and the display names.
 CLASS_ALIASES = {name: i for i, name in enumerate(CLASSES)}
@@ -82,9 +85,14 @@ def _files(root: Path) -> list[Path]:
     return files
 
 
+def _hidden(name: str) -> bool:
+    """A file no loader reads (.DS_Store, a zip's __MACOSX/ copies): not data, nor part of its checksum."""
+    return any(part.startswith((".", "__MACOSX")) for part in name.split("/"))
+
+
 def _tree_sha256(root: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(_files(root)):
+    for p in sorted(p for p in _files(root) if not _hidden(p.relative_to(root).as_posix())):
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(_read(p))
     return h.hexdigest()
@@ -140,7 +148,7 @@ def _entries(path: Path) -> list[str]:
             raise DataError(f"{path}: damaged zip archive ({e})") from None
     else:
         raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
-    names = [n for n in names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
+    names = [n for n in names if not _hidden(n)]
     if twice := sorted(n for n, k in Counter(names).items() if k > 1):  # a zip appended to: only its last copy reads
         raise DataError(f"{path}: {twice[0]} is in the archive more than once ({len(twice)} such names)")
     return names
@@ -282,16 +290,16 @@ def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]
             if row[2] != usage:
                 continue
             try:
-                label = int(row[0])
+                code = int(row[0])
                 pixels = np.array(row[1].split(), dtype=np.int64)
             except (ValueError, OverflowError):
                 raise DataError(f"{where}: emotion and pixels must be integers") from None
-            if not 0 <= label < len(CLASSES):
-                raise DataError(f"{where}: emotion {label} out of range 0..{len(CLASSES) - 1}")
+            if not 0 <= code < len(CSV_EMOTIONS):
+                raise DataError(f"{where}: emotion {code} out of range 0..{len(CSV_EMOTIONS) - 1}")
             if pixels.size != SIZE * SIZE or pixels.min() < 0 or pixels.max() > 255:
                 raise DataError(f"{where}: pixels must be {SIZE * SIZE} values in 0..255, got {pixels.size}")
             faces.append(pixels.astype(np.uint8).reshape(SIZE, SIZE))
-            labels.append(label)
+            labels.append(CSV_CODE_TO_CLASS[code])
         except DataError as e:
             if not skip_bad:
                 raise
