@@ -205,11 +205,12 @@ class Daemon:
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
             reading = self.smoother.reading(pressed_at)
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
-                self._no_face_until = now + self.cfg["display"]["thank_you_s"]
+                if not getattr(self.source, "error", None):  # a camera error stays up: trying again cannot help
+                    self._no_face_until = now + self.cfg["display"]["thank_you_s"]
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once
             self._last_accepted = pressed_at
-            self.finder.release()  # logged: the next customer's face need not outscore this one's by far
+            self.finder.release(self._box)  # logged: the next customer's face need not outscore this one's by far
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)

@@ -141,30 +141,50 @@ class FaceFinder:
     """The customer's box, detected on every `every`-th frame; the frames between reuse the
     last box (a customer at a till barely moves in a few frames), and a frame where no face
     was found makes the next one detect again. A box is never reused past `max_age_s`: on a
-    slow Pi `every` frames take longer, and a customer who left must not be classified on."""
+    slow Pi `every` frames take longer, and a customer who left must not be classified on.
+
+    The customer followed keeps the place through a detection that misses them (looking down at
+    the button) for `max_age_s` and at least MISSES_KEPT detections: a bystander in view is not
+    read as the customer meanwhile, whose press would log the bystander's face."""
+
+    MISSES_KEPT = 2
 
     def __init__(self, detector: FaceDetector, every: int = 1, max_age_s: float = MAX_BOX_AGE_S):
         self.detector, self.every, self.max_age_s = detector, every, max_age_s
         self._box: Box | None = None
         self._age, self._at = 0, 0.0  # frames since the box was detected, and when
+        self._followed: Box | None = None  # the customer, and when and how often since they were missed
+        self._followed_at, self._misses = 0.0, 0
         self._released: Box | None = None  # the face whose press was logged, tracked while in view
 
-    def release(self) -> None:
-        """The face followed has given its feedback: it keeps no lead, so the next customer stepping
-        up need not outscore the last one (still packing) by TAKE_OVER. A missed detection does not
-        undo it; a face taken other than that one is followed as usual."""
-        self._released = self._box
+    def release(self, face: Box | None) -> None:
+        """The face followed (`face`: the one whose reading was logged) has given its feedback: it
+        keeps no lead, so the next customer stepping up need not outscore the last one (still packing)
+        by TAKE_OVER. A missed detection does not undo it; a face taken other than that one is
+        followed as usual."""
+        self._released = face
 
     def find(self, frame: np.ndarray) -> Box | None:
         if self._box is None or self._age + 1 >= self.every or time.monotonic() - self._at > self.max_age_s:
-            follow = self._box if self._released is None else None  # no lead for anyone while released
-            self._box = choose_face(self.detector.detect(frame), frame.shape, follow)
-            if self._box is not None and self._released is not None:  # tracked while chosen, dropped once not
-                self._released = self._box if same_face(self._released, self._box) else None
-            self._age, self._at = 0, time.monotonic()
+            self._box = self._detect(frame)
+            self._age, self._at = 0, time.monotonic()  # after the detection: on a slow Pi it takes a while
         else:
             self._age += 1
         return self._box
+
+    def _detect(self, frame: np.ndarray) -> Box | None:
+        boxes, now = self.detector.detect(frame), time.monotonic()
+        follow = self._followed if self._released is None else None  # no lead for anyone while released
+        box = choose_face(boxes, frame.shape, follow)
+        if follow is not None and not any(same_face(follow, b) for b in boxes):
+            self._misses += 1
+            if now - self._followed_at <= self.max_age_s or self._misses < self.MISSES_KEPT:
+                return None  # the customer, missed for a moment: nobody else is read as them
+        if box is not None:
+            self._followed, self._followed_at, self._misses = box, now, 0
+            if self._released is not None:  # tracked while chosen, dropped once not
+                self._released = box if same_face(self._released, box) else None
+        return box
 
 
 @dataclass(frozen=True)

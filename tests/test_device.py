@@ -768,6 +768,9 @@ def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face
     assert rig.daemon.screen(time.monotonic()).title == "Camera error"
     expected = render(Screen("error", title="Camera error", detail="reconnecting..."), (128, 64), "1")
     assert rig.screen.image.tobytes() == expected.tobytes()
+    rig.press()  # a customer who cannot be seen: "No face - try again" would only ask for more presses
+    rig.steps(1)
+    assert rig.screen.image.tobytes() == expected.tobytes() and list(rig.store.rows()) == []
     rig.daemon.source = ImageSource(str(face_folder), fps=30)  # plugged back in
     rig.steps(2)
     assert rig.daemon.screen(time.monotonic()).kind == "live"
@@ -1012,7 +1015,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
             shown.append(emotion)
             return box
 
-        def release(self):
+        def release(self, face):
             pass
 
     def predict(face):
@@ -1046,7 +1049,7 @@ def test_a_slow_pi_averages_one_customer_over_frames_further_apart_than_the_face
             self.emotion = next(seen)
             return box
 
-        def release(self):
+        def release(self, face):
             pass
 
     finder = rig.daemon.finder = Finder()
