@@ -151,12 +151,14 @@ def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
         kept_run, fer_csv, tmp_path, capsys, monkeypatch):
     init = tmp_path / "start.keras"
     shutil.copy(kept_run.parent / "first" / "fer_vgg16.keras", init)
+    start = init.read_bytes()
     run, out = tmp_path / "cycle", tmp_path / "out"
     scores = iter([0.9, 0.5])  # the --init model scores 0.9, the cycle's one epoch 0.5
     real_report = T.report
     monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
-    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--init", str(init),
-                   "--run-dir", str(run), "--out", str(out)]) == 0
+    cycle = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--init", str(init),
+             "--run-dir", str(run), "--out", str(out)]
+    assert T.main(cycle) == 0
     assert not (run / "best.weights.h5").exists()
     kernels = _scores(monkeypatch, 0.6, 0.7)
     assert A.main(["--run-dir", str(run), "--data", str(fer_csv), "--models", str(init),
@@ -172,3 +174,50 @@ def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
     init.unlink()
     assert A.main(args) == 2
     assert f"--init {init}: gone since {run} started" in capsys.readouterr().err
+
+    # the start restored, the average beats it, and a stop comes before its export lands: a new run
+    # in the folder is refused, and --resume exports the average, though no epoch beat the start
+    init.write_bytes(start)
+    _scores(monkeypatch, 0.8, 0.7)
+
+    def stopped(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "export_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        A.main([*args, str(init)])
+    assert T.main(cycle) == 2 and "did not complete: --resume" in capsys.readouterr().err
+    assert T.main([*cycle, "--resume"]) == 0 and "exported the average" in capsys.readouterr().out
+    assert [m["file"] for m in json.loads((out / "fer_vgg16.train.json").read_text())["average"]["models"]] == [
+        "epoch1.weights.h5", "start.keras"]
+
+
+def test_a_keras_model_averaged_in_must_be_the_cycles_start(kept_run, fer_csv, tmp_path, monkeypatch):
+    """The start's file is where the cycle exports: passed after that export, the model would average
+    its best epoch in twice, and the card would tell to copy the start there."""
+    out, run = tmp_path / "models", tmp_path / "cycle"
+    out.mkdir()
+    shutil.copy(kept_run.parent / "first" / "fer_vgg16.keras", out / "fer_vgg16.keras")
+    start = shutil.copy(out / "fer_vgg16.keras", tmp_path / "start.keras")  # kept before the export replaces it
+    scores = iter([0.1, 0.5])  # the --init model scores 0.1, the cycle's epoch 0.5: it is exported over it
+    real_report = T.report
+    monkeypatch.setattr(T, "report", lambda y, p: dict(real_report(y, p), accuracy=next(scores)))
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--init",
+                   str(out / "fer_vgg16.keras"), "--run-dir", str(run), "--out", str(out)]) == 0
+    average = ["--run-dir", str(run), "--data", str(fer_csv), "--models", str(run / "epoch1.weights.h5")]
+    with pytest.raises(SystemExit) as refused:
+        A.main([*average, str(out / "fer_vgg16.keras")])
+    assert f"--models {out / 'fer_vgg16.keras'}: it is the model at {out / 'fer_vgg16.keras'}, where {run} " \
+           "exported its best epoch" in str(refused.value) and "pass a copy of the cycle's --init" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:  # another lineage's model
+        A.main([*average, str(kept_run / "last.keras")])
+    started = warm_start_lineage(str(start))["sha256"][:12]
+    assert f"not the model {run} started from (fer_vgg16.keras, sha256 {started})" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:  # the start of this cycle, which started from what kept_run exported
+        A.main(["--run-dir", str(kept_run), "--data", str(fer_csv), "--models", str(start)])
+    assert f"it is the model at {kept_run.parent / 'first' / 'fer_vgg16.keras'}" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:
+        A.main(["--run-dir", str(kept_run), "--data", str(fer_csv), "--models", str(kept_run / "last.keras")])
+    assert f"{kept_run} trained from scratch" in str(refused.value)
+    _scores(monkeypatch, 0.5, 0.6)
+    assert A.main([*average, str(start)]) == 0  # the copy made before the export: averaged

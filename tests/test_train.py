@@ -13,7 +13,7 @@ import pytest
 from conftest import synthetic_faces, write_csv
 
 from device.model import sha256_file
-from device.preprocess import DEFAULT_SPEC, InputSpec, predict_faces, preprocess
+from device.preprocess import DEFAULT_SPEC, ONE_VIEW, InputSpec, predict_faces, preprocess
 from training import data as fer
 from training import train as T
 from training.export import main as export_main
@@ -250,6 +250,13 @@ def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_pat
     card = (out / "MODEL_CARD.md").read_text()
     assert "python -m training.export --model models/fer_vgg16.keras" in card
     assert f"accuracy {record['publictest']['accuracy']:.4f}" in capsys.readouterr().out
+    # a model trained with another normalization keeps it: only the views and class_scale are re-read
+    spec = InputSpec.from_dict(exported["input"])
+    trained = replace(spec, mean=0.4, std=0.3)
+    record_path.write_text(json.dumps(dict(old, input=replace(trained, views=ONE_VIEW, class_scale=()).to_dict())))
+    assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0
+    assert json.loads(record_path.read_text())["input"] == trained.to_dict()
+    assert "- 0.4) / 0.3`" in (out / "MODEL_CARD.md").read_text()
     other = write_csv(tmp_path / "other.csv", {"Training": synthetic_faces(2), "PublicTest": synthetic_faces(1)})
     assert export_main(["--model", str(model), "--data", str(other)]) == 2
     assert f"{record_path}: the model was trained on data sha256" in capsys.readouterr().err
@@ -327,6 +334,34 @@ def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, cap
     assert not (run / "epoch2.weights.h5").exists() and len(_history(run)) == 1  # nothing left to average
     assert T.main([*common, "--epochs", "1"]) == 0  # a finished run's folder is simply reused
     assert "removed the previous run's" in capsys.readouterr().out and len(_history(run)) == 1
+
+
+def test_a_run_whose_export_was_stopped_is_kept_until_it_is_exported(tmp_path, fer_csv, monkeypatch, capsys):
+    """A stop (Ctrl-C, a power cut, a full disk) after the last epoch but before its export landed:
+    the run is finished, yet its best epoch is only in its folder, which a new run there would clear."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(run),
+               "--out", str(out)]
+
+    def stopped(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "export_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(command)
+    monkeypatch.undo()
+    assert T.main(command) == 2  # the same command again, without --resume
+    err = capsys.readouterr().err
+    assert f"{run} holds a finished run whose export to {out} did not complete: --resume" in err
+    assert f"python -m training.export --run-dir {run}" in err and (run / "best.weights.h5").exists()
+    assert T.main([*command, "--resume"]) == 0  # trains nothing, exports
+    assert (out / "fer_vgg16.keras").exists() and "exported the best epoch (1)" in capsys.readouterr().out
+    assert json.loads((run / "state.json").read_text())["export_due"] is False
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps(dict(state, export_due=True)))  # stopped again, exported by hand
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 0
+    assert T.main(command) == 0  # now the folder is simply reused
+    assert "removed the previous run's" in capsys.readouterr().out
 
 
 def test_a_typo_never_costs_the_finished_run_in_its_folder(tmp_path, capsys):

@@ -21,7 +21,7 @@ import numpy as np
 from device.model import sha256_file
 from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
-from training.export import export_model, run_out
+from training.export import MODEL_NAME, export_model, run_out
 from training.metrics import report
 from training.run import chosen_weights, commit_files, finished_state, other_data
 
@@ -83,6 +83,27 @@ def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
             layer.momentum = m
 
 
+def check_start(run: Path, state: dict, models: list[Path]) -> None:
+    """A `.keras` among the models stands for the cycle's start, which the card repeats as a copy of the
+    run's --init: the run's own export there would average its best epoch in twice, another model
+    would average another basin in. Refused by sha256, the run's start as it recorded it."""
+    export = run_out(state, None) / f"{MODEL_NAME}.keras"
+    exported = export.is_file() and (state["best_epoch"] or "average" in state)  # else it may be the start
+    ours = sha256_file(export) if exported else None
+    start = state.get("warm_start_from") or {}
+    for m in (m for m in models if m.suffix == ".keras" and m.is_file()):
+        sha = sha256_file(m)
+        if sha == ours:
+            why = f"it is the model at {export}, where {run} exported its best epoch or average over its start"
+        elif "warm_start_from" in state and sha != start.get("sha256"):  # runs before it was kept: unchecked
+            why = (f"not the model {run} started from ({start['file']}, sha256 {start['sha256'][:12]})" if start
+                   else f"{run} trained from scratch: it has no starting model to average in")
+        else:
+            continue
+        raise SystemExit(f"error: --models {m}: {why}; pass a copy of the cycle's --init model, made before "
+                         "its export replaced it")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", type=Path, required=True, help="the run whose record the export carries")
@@ -102,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
+    check_start(run, state, args.models)  # before minutes of loading the data
     if state["best_epoch"] == 0 and "average" not in state:  # the bar is the --init model: it must be the same one
         init, started = Path(cfg["init"]), (state.get("warm_start_from") or {}).get("sha256")
         if not init.is_file() or (started and sha256_file(init) != started):
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": [{"file": m.name, "sha256": sha256_file(m)} for m in args.models],
         "batch_norm_faces": len(faces),
         "publictest_accuracy": acc,
-    })
+    }, export_due=True)  # a stop before the export lands must not let a new run remove the average
     # Staged and committed by the state like an epoch: a stop in between never leaves the state
     # describing one average and the file holding another.
     commit_files(run, state, lambda folder: model.save_weights(folder / "average.weights.h5"))

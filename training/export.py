@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from device.model import ModelError, sha256_file
-from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec
+from device.preprocess import CLASSES, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, finished_state, other_data, replace_durably, save_atomic
+from training.run import STATE, chosen_weights, finished_state, other_data, replace_durably, save_atomic, save_state
 
 MODEL_NAME = "fer_vgg16"
 
@@ -138,6 +138,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
     write_record(record, out)
     replace_durably(staged, path)
+    if state.get("export_due"):  # the run's result is out of its folder: a new run there may remove it
+        save_state({**state, "export_due": False}, run / STATE)
     return path
 
 
@@ -147,7 +149,7 @@ def score(model, spec, test: fer.Split) -> tuple[dict, dict]:
     from training.train import classify
 
     val = report(test.y, classify(model, test.x, spec).argmax(1))
-    single = report(test.y, classify(model, test.x, replace(DEFAULT_SPEC, views=ONE_VIEW)).argmax(1))
+    single = report(test.y, classify(model, test.x, replace(spec, views=ONE_VIEW, class_scale=())).argmax(1))
     return val, {k: single[k] for k in ("accuracy", "macro_f1")}
 
 
@@ -219,7 +221,9 @@ def load_float_model(path: Path, spec: InputSpec):
 
 def rescore(path: Path, test: fer.Split) -> dict:
     """Score an exported model again with this code's `model_spec` (its record's config and class
-    counts) and rewrite what the export wrote beside it, but for the weights and the curves."""
+    counts) and rewrite what the export wrote beside it, but for the weights and the curves. Only the
+    views and class_scale are this code's: the size and normalization stay the record's, which the
+    weights were trained with."""
     from training.train import code_commit, model_spec
 
     record_path = path.with_suffix(".train.json")
@@ -230,7 +234,8 @@ def rescore(path: Path, test: fer.Split) -> dict:
     if record is None:
         raise ModelError(f"{record_path}: no training record beside {path} to re-score")
     check_trained_on(record, path, test)
-    spec = model_spec(record["config"], record["data"]["train_class_counts"])
+    fresh = model_spec(record["config"], record["data"]["train_class_counts"])
+    spec = replace(record_spec(record, path), views=fresh.views, class_scale=fresh.class_scale)
     val, single = score(load_float_model(path, spec), spec, test)
     record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),
                   exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rescored=True)

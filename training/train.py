@@ -310,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{old['config']['epochs']}: --resume to continue it, --restart to discard it, "
                   "or another --run-dir", file=sys.stderr)
             return 2
+        if old and old.get("export_due") and not args.restart:  # its best epoch or average is only here
+            print(f"error: {run} holds a finished run whose export to {old.get('out', 'models')} did not complete: "
+                  f"--resume (or python -m training.export --run-dir {run}) to export it, --restart to discard it, "
+                  "or another --run-dir", file=sys.stderr)
+            return 2
         if args.init and not args.init.is_file():
             print(f"error: --init {args.init}: no such file", file=sys.stderr)
             return 2
@@ -427,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             state.pop("average", None)
             state.update(best_accuracy=val["accuracy"], best_epoch=epoch + 1, best_report=val)
         state["epochs_done"] = epoch + 1
+        # committed with the last epoch, cleared by the export: a stop in between must not let a new run remove it
+        state["export_due"] = state["epochs_done"] == cfg["epochs"] and state["best_epoch"] > 0
         state["wall_seconds"] += seconds
 
         def write(folder: Path, best=best, row=row, n=epoch + 1) -> None:
@@ -450,13 +457,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped after epoch {epoch + 1}; continue with --resume --run-dir {run}")
             return 0
 
-    # --- export the best epoch as a plain float32 model with its training record
-    if state["best_epoch"] == 0:
+    # --- export the best epoch (or, resuming a finished run, its average) as a plain float32 model
+    # with its training record
+    if state["best_epoch"] == 0 and "average" not in state:
         print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {out} left as it was")
         return 0
     path = export_model(run, out, train, test)
-    print(f"exported the best epoch ({state['best_epoch']}, PublicTest accuracy "
-          f"{state['best_accuracy']:.4f}) to {path}")
+    chosen = "average" if "average" in state else f"best epoch ({state['best_epoch']})"
+    print(f"exported the {chosen}, PublicTest accuracy {state['best_accuracy']:.4f}, to {path}")
     return 0
 
 
