@@ -1,7 +1,8 @@
 """The one preprocessing contract shared by training, conversion and the device.
 
-Training calls it on FER-2013 faces, the device on live face crops, both with the
-spec read from the model manifest, so the two can never drift apart.
+Training calls it on FER-2013 faces with the spec its export then writes into the model
+manifest; conversion and the device call it with the spec read from that manifest, so the
+two can never drift apart.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ feedbackd appliance. This card is written by `training/export.py` from
 
 ## Result on FER-2013 PublicTest ({val['n']} faces)
 
-| metric | as the device runs it | the network alone, one view of each face |
+| metric | scored the device's way | the network alone, one view of each face |
 | --- | --- | --- |
 | accuracy | **{val['accuracy']:.2%}** | {single['accuracy']:.2%} |
 | macro-F1 | {val['macro_f1']:.4f} | {single['macro_f1']:.4f} |
@@ -158,7 +158,8 @@ The float32 model is evaluated at export the way the device classifies a face: {
 in one batch. Epochs were chosen, and the per-epoch
 figures in the curves measured, on one view in {record['precision']} during training (they may
 differ from the float32 figure in the second decimal). The per-class table and the confusion
-matrix are the device's way.
+matrix are this float32 model's, scored the device's way; the int8 file the device runs is
+measured against it in `CONVERT_REPORT.md` (accuracy, agreement) when `make convert` makes it.
 
 {_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
 used here. PublicTest chose the best epoch of every cycle, the weight averages and the
