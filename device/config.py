@@ -192,6 +192,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                           "check and export would each find the log in a different folder")
     for section, key in (("detector", "dir"), ("model", "path")):  # shipped files live beside the code
         cfg[section][key] = str(ROOT / cfg[section][key])
+    # The folder they were given in, or the unit's (its WorkingDirectory, also when make install checks
+    # the config from /): lgpio moves the whole process into $LG_WD when the button opens (make run and
+    # the feedbackd command set /tmp), before the log, the images or the PNG are opened. A URL stays one.
+    state = os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
+    base = state.split(":")[0] if state else os.getcwd()
+    for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):
+        if cfg[section][key] and "://" not in cfg[section][key]:
+            cfg[section][key] = os.path.normpath(os.path.join(base, cfg[section][key]))
     if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:
         raise ConfigError(f"{cfg.source}: camera.path: required when camera.source is "
                           f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
@@ -215,8 +223,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
-    if state := os.environ.get("STATE_DIRECTORY"):  # set by systemd: under feedbackd.service and its sandbox
-        _check_sandbox(cfg, Path(state.split(":")[0]))
+    if state:
+        _check_sandbox(cfg, Path(base))
     return cfg
 
 
@@ -226,15 +234,20 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
     there) and a private /tmp writable. Checked at every start, make install's check included, since a
     config edited later would otherwise fail with a misleading "Read-only file system" or "not found"."""
     for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
-        if any(Path(os.path.normpath(path)).is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
+        real = Path(os.path.realpath(path))  # a link into /home is as hidden as the file
+        if any(real.is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
             raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service (ProtectHome=yes): "
+                              f"put it under {ROOT / 'models'}")
+        # the code's own folder aside: a checkout under /tmp (a test, CI) is not where the unit runs from
+        if any(real.is_relative_to(t) for t in ("/tmp", "/var/tmp")) and not real.is_relative_to(ROOT.resolve()):
+            raise ConfigError(f"{cfg.source}: {key}: {path} is in a /tmp the service sees empty (PrivateTmp=yes): "
                               f"put it under {ROOT / 'models'}")
     written = [("storage.path", cfg["storage"]["path"])]
     if cfg["display"]["driver"] == "png":
         written.append(("display.png_path", cfg["display"]["png_path"]))
     for key, path in written:  # a PNG screen may go to the private /tmp; the log would be emptied at each stop
         dirs = (state,) if key == "storage.path" else (state, Path("/tmp"), Path("/var/tmp"))
-        if not any(Path(os.path.normpath(state / path)).is_relative_to(d) for d in dirs):
+        if not any(Path(path).is_relative_to(d) for d in dirs):  # made absolute, against the state folder
             raise ConfigError(f"{cfg.source}: {key}: {path}: the service can write only under {state} "
                               "(ProtectSystem=strict; its private /tmp is emptied at each stop): put it there")
 

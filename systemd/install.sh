@@ -6,6 +6,7 @@
 # DESTDIR=/some/root installs into that folder instead, without root, apt, a user or systemctl
 # (for tests). PREFIX (default /opt/feedbackd) holds the venv and the models.
 set -euo pipefail
+umask 022  # the venv, models and config must be readable by the service user, whatever sudo passed on
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DESTDIR=${DESTDIR:-}
@@ -131,9 +132,12 @@ install_config() {
     if [ -e "$CONF_DIR/config.toml" ]; then
         say "kept /etc/feedbackd/config.toml (see config.example.toml beside it for every key)"
     else
+        # written aside and renamed: a power cut mid-write must not leave a short config a re-install keeps
         sed "s|^# feedbackd configuration:.*|# feedbackd configuration, installed by make install. Uncomment a key to change it.|" \
-            "$SRC/systemd/config.example.toml" >"$CONF_DIR/config.toml"
-        chmod 0644 "$CONF_DIR/config.toml"
+            "$SRC/systemd/config.example.toml" >"$CONF_DIR/.config.toml.new"
+        chmod 0644 "$CONF_DIR/.config.toml.new"
+        sync "$CONF_DIR/.config.toml.new"
+        mv "$CONF_DIR/.config.toml.new" "$CONF_DIR/config.toml"
         say "installed /etc/feedbackd/config.toml (defaults: Pi camera or webcam, SSD1306 OLED, GPIO17 button)"
     fi
     check_config "$ROOT_DIR/venv/bin/python"
@@ -228,6 +232,7 @@ build_venv
 install_models
 install_config
 install_unit
+sync  # the venv and models on the card before "done": a Pi unplugged right after must not boot half an install
 if live; then
     enable_buses
     start_service

@@ -1007,7 +1007,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     clock = moved_clock(monkeypatch, D)
     first, second = Box(100, 100, 200, 200, 0.9), Box(100 if gap else 260, 100, 200 if gap else 360, 200, 0.9)
     script = iter([(first, "Angry")] * 6 + [(None, None)] * int(gap * 10) + [(second, "Happy")] * 9)  # enough
-    shown = []
+    shown, released = [], []
 
     class Finder:
         def find(self, frame):
@@ -1016,7 +1016,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
             return box
 
         def release(self, face):
-            pass
+            released.append(face)
 
     def predict(face):
         return np.eye(7)[[DISPLAY_NAMES.index(shown[-1])]]
@@ -1030,6 +1030,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     rig.daemon.step()
     monkeypatch.undo()
     assert [(r["emotion"], r["confidence"]) for r in rig.store.rows()] == [("Happy", 1.0)], where
+    assert released == [second]  # the face logged has no lead over the next customer's
     rig.close()
 
 

@@ -83,25 +83,29 @@ def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
             layer.momentum = m
 
 
-def check_start(run: Path, state: dict, models: list[Path]) -> None:
-    """A `.keras` among the models stands for the cycle's start, which the card repeats as a copy of the
-    run's --init: the run's own export there would average its best epoch in twice, another model
-    would average another basin in. Refused by sha256, the run's start as it recorded it."""
+def check_start(run: Path, state: dict, models: list[Path]) -> str | None:
+    """Why a `.keras` among the models cannot stand for the cycle's start (which the card repeats as a
+    copy of the run's --init), or None: the run's own export there would average its best epoch in
+    twice, another model would average another basin in. Judged by sha256, the run's start as it
+    recorded it first (an export that did not land leaves the start in place)."""
     export = run_out(state, None) / f"{MODEL_NAME}.keras"
     exported = export.is_file() and (state["best_epoch"] or "average" in state)  # else it may be the start
     ours = sha256_file(export) if exported else None
     start = state.get("warm_start_from") or {}
     for m in (m for m in models if m.suffix == ".keras" and m.is_file()):
         sha = sha256_file(m)
+        if start and sha == start.get("sha256"):
+            continue
         if sha == ours:
             why = f"it is the model at {export}, where {run} exported its best epoch or average over its start"
-        elif "warm_start_from" in state and sha != start.get("sha256"):  # runs before it was kept: unchecked
+        elif "warm_start_from" in state:  # runs before it was kept: unchecked
             why = (f"not the model {run} started from ({start['file']}, sha256 {start['sha256'][:12]})" if start
                    else f"{run} trained from scratch: it has no starting model to average in")
         else:
             continue
-        raise SystemExit(f"error: --models {m}: {why}; pass a copy of the cycle's --init model, made before "
-                         "its export replaced it")
+        return (f"error: --models {m}: {why}; pass a copy of the cycle's --init model, made before its export "
+                "replaced it")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = run_out(state, args.out)
     cfg = json.loads((run / "config.json").read_text())
-    check_start(run, state, args.models)  # before minutes of loading the data
+    if error := check_start(run, state, args.models):  # before minutes of loading the data
+        print(error, file=sys.stderr)
+        return 2
     if state["best_epoch"] == 0 and "average" not in state:  # the bar is the --init model: it must be the same one
         init, started = Path(cfg["init"]), (state.get("warm_start_from") or {}).get("sha256")
         if not init.is_file() or (started and sha256_file(init) != started):
