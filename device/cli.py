@@ -13,8 +13,11 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
+from typing import IO
 
 from device import clock, spare
 from device.button import ButtonError, open_button
@@ -36,6 +39,9 @@ OVERRIDES = {  # command-line flag -> config key
 # its device access), showing "Camera error" meanwhile.
 FIRST_OPEN_S = 60.0
 CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage", "clock")
+# Free space under which `check` fails storage: an entry is a few hundred bytes, but SQLite's WAL
+# grows to about 4 MiB (1000 pages) before a checkpoint copies it into the log, which needs room too.
+MIN_FREE_MIB = 8
 
 
 def local_date(text: str) -> str:
@@ -156,6 +162,24 @@ def cmd_run(cfg, pin_factory=None) -> int:
     return 0
 
 
+def log_room(path: Path) -> str:
+    """The free space for the log at `path`, or a StorageError naming why the daemon could not write
+    it: integrity_check passes on a card remounted read-only or full, where no entry would be stored."""
+    fresh = not path.exists()
+    folder = next(p for p in path.parents if p.exists()) if fresh else path.parent
+    fs = os.statvfs(folder)
+    if fs.f_flag & os.ST_RDONLY:
+        raise StorageError(f"{path}: {folder} is on a read-only file system; the log can take no entries")
+    writable = (folder,) if fresh else (path, folder)  # the folder too: SQLite makes its -wal and -shm there
+    if denied := next((p for p in writable if not os.access(p, os.W_OK)), None):
+        raise StorageError(f"{path}: {'no log yet, and ' if fresh else ''}{denied} is not writable for this user")
+    free = fs.f_bavail * fs.f_frsize
+    if free < MIN_FREE_MIB * 2**20:
+        raise StorageError(f"{path}: only {free / 2**20:.1f} MiB free on its file system (under {MIN_FREE_MIB} "
+                           "MiB): free space, or the log soon takes no entries")
+    return f"{free // 2**20} MiB free"
+
+
 def cmd_check(cfg, skip: list[str]) -> int:
     from device.sources import open_source
 
@@ -183,17 +207,15 @@ def cmd_check(cfg, skip: list[str]) -> int:
 
     def storage() -> str:
         path = Path(cfg["storage"]["path"])
+        room = log_room(path)
         if not path.exists():  # a fresh install: the service makes the log at its first start
-            folder = next(p for p in path.parents if p.exists())
-            if not os.access(folder, os.W_OK):
-                raise StorageError(f"{path}: no log yet, and {folder} is not writable for this user")
-            return f"{path}: no log yet (the service creates it at its first start)"
+            return f"{path}: no log yet (the service creates it at its first start), {room}"
         store = FeedbackLog(path, create=False)
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
             note = waiting(store)  # not in the count, nor yet in an export
-            return (f"{store.path}: {store.count()} entries, schema v{store.schema_version}, integrity ok"
+            return (f"{store.path}: {store.count()} entries, schema v{store.schema_version}, {room}, integrity ok"
                     + (f"; {note}, for the log to take them" if note else ""))
         finally:
             store.close()
@@ -280,28 +302,67 @@ def open_log(cfg, command: str) -> FeedbackLog:
     return FeedbackLog(path, create=False)
 
 
-def waiting(store: FeedbackLog) -> str | None:
+def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None) -> str | None:
     """How many entries the daemon kept in the spare file while the log could not take them (a
     full or read-only card), and the log does not hold yet: they are in no report until it
-    restores them. Said, so a report is not read as whole; None for none."""
+    restores them. Said, so a report is not read as whole; None for none. Only those pressed on a
+    local date from `since` to `until` count: the others would not be in the report anyway."""
     path = spare.beside(store.path)
     try:
         kept = spare.waiting(path)
     except OSError as e:
         return f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not counted"
     try:
-        n = sum(not store.contains(datetime.fromisoformat(e["utc"]), e["device_id"]) for e in kept
-                if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str))
+        pressed = [(datetime.fromisoformat(e["utc"]), e["device_id"]) for e in kept
+                   if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str)]
+        n = sum(not store.contains(at, device) for at, device in pressed
+                if (since or "") <= at.astimezone().date().isoformat() <= (until or "9999-12-31"))
     except (StorageError, ValueError):  # a damaged index, or a time the daemon would leave out too
         return f"up to {len(kept)} entries are waiting in {path}" if kept else None
     return f"{n} entries are waiting in {path}" if n else None
 
 
-def waiting_note(store: FeedbackLog, report: str) -> str | None:
+def waiting_note(store: FeedbackLog, report: str, since: str | None, until: str | None) -> str | None:
     """The spare file's entries not in this report. Read before the log's rows, so an entry the
     daemon moves meanwhile is named twice rather than not at all."""
-    note = waiting(store)
+    note = waiting(store, since, until)
     return f"{note}, not in this {report} yet" if note else None
+
+
+def to_stdout(write: Callable[[IO[str]], object], report: str) -> None:
+    """Write a report to stdout: a reader that had enough (`| head`) ends it quietly, a full disk
+    (`> /mnt/usb/f.csv` on a full stick) is an error naming stdout, neither a traceback."""
+    try:
+        write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except OSError as e:
+        raise StorageError(f"stdout: cannot write the {report}: {e.strerror}") from None
+
+
+def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
+    """Write a report to `out` whole or not at all: a failed export leaves no CSV that looks complete.
+    Its own temporary file, so two exports to one file never write into each other's."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            with contextlib.suppress(OSError):  # mkstemp's 0600 would keep a user from a file root wrote;
+                os.fchmod(fd, 0o666 & ~umask)  # a FAT stick refuses modes, and shows its own
+            with open(fd, "w", newline="") as f:
+                n = write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise StorageError(f"{out}: cannot write the export: {e.strerror}") from None
+    return n
 
 
 def cmd_summary(cfg, args) -> int:
@@ -309,12 +370,13 @@ def cmd_summary(cfg, args) -> int:
 
     store = open_log(cfg, "summary")
     try:
-        note = waiting_note(store, "summary")
+        note = waiting_note(store, "summary", args.since, args.until)
         oldest, newest = store.rating_scales()
         tallies = summarize(store.rows(args.since, args.until), unlogged=oldest)
     finally:
         store.close()
-    print(format_table(tallies, newest, oldest) if tallies else "no entries in that period")
+    table = format_table(tallies, newest, oldest) if tallies else "no entries in that period"
+    to_stdout(lambda out: print(table, file=out), "summary")
     if note:
         print(f"feedbackd: {note}", file=sys.stderr)
     return 0
@@ -322,32 +384,20 @@ def cmd_summary(cfg, args) -> int:
 
 def cmd_export(cfg, args) -> int:
     store = open_log(cfg, "export")
+
+    def write(out: IO[str]) -> int:
+        return store.export_csv(out, args.since, args.until, args.salvage)
+
     try:
-        note = waiting_note(store, "export")
-        if args.output:  # written whole or not at all: a failed export leaves no CSV that looks complete
+        note = waiting_note(store, "export", args.since, args.until)
+        if args.output:
             out = Path(args.output)
             own = ("", "-wal", "-shm", "-journal", ".spare")
             if out.resolve() in {Path(f"{store.path}{s}").resolve() for s in own}:
                 raise StorageError(f"--output {out}: that is the feedback log itself; name a new .csv file")
-            tmp = out.with_name(f".{out.name}.tmp")
-            try:
-                with open(tmp, "w", newline="") as f:
-                    n = store.export_csv(f, args.since, args.until, args.salvage)
-                tmp.replace(out)
-            except OSError as e:
-                raise StorageError(f"{out}: cannot write the export: {e.strerror}") from None
-            finally:
-                with contextlib.suppress(OSError):  # a folder we may not even look into
-                    tmp.unlink(missing_ok=True)
-            print(f"wrote {n} entries to {out}", file=sys.stderr)
+            print(f"wrote {to_file(out, write)} entries to {out}", file=sys.stderr)
         else:
-            try:
-                store.export_csv(sys.stdout, args.since, args.until, args.salvage)
-                sys.stdout.flush()
-            except BrokenPipeError:  # `feedbackd export | head`: the reader had enough
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            except OSError as e:
-                raise StorageError(f"stdout: cannot write the export: {e.strerror}") from None
+            to_stdout(write, "export")
     finally:
         store.close()
     if note:

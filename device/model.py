@@ -19,7 +19,10 @@ import numpy as np
 
 from device.preprocess import InputSpec, predict_faces
 
-SCHEMA_VERSION = 1
+# 2 added the input's `views` and `class_scale`, which change what the device computes: a reader of 1
+# would ignore them and score lower without a word, so it refuses a 2 instead. 1 is still read.
+SCHEMA_VERSION = 2
+READS_SCHEMAS = (1, 2)
 MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 
 
@@ -59,8 +62,9 @@ class Manifest:
         except (OSError, ValueError) as e:  # ValueError: not JSON, or not even UTF-8
             raise ModelError(f"{path}: cannot read model manifest: {e}") from None
         try:
-            if d["schema_version"] != SCHEMA_VERSION:
-                raise ModelError(f"{path}: manifest schema_version {d['schema_version']}, expected {SCHEMA_VERSION}")
+            if d["schema_version"] not in READS_SCHEMAS:
+                raise ModelError(f"{path}: manifest schema_version {d['schema_version']}, this feedbackd reads "
+                                 f"{' and '.join(map(str, READS_SCHEMAS))}: update it (git pull, then make install)")
             labels = tuple(x["name"] for x in d["labels"])
             display = tuple(x["display_name"] for x in d["labels"])
             inp = d["input"]

@@ -47,13 +47,18 @@ def test_classifier_averages_the_views_its_manifest_names(converted, tmp_path):
     manifest = json.loads(src.with_suffix(".json").read_text())
     assert InputSpec.from_dict(manifest["input"]).views == DEVICE_VIEWS
 
-    def with_input(name: str, **keys) -> EmotionClassifier:
+    def with_input(name: str, schema: int = 1, **keys) -> EmotionClassifier:  # schema 1: before views
         path = tmp_path / name / src.name
         path.parent.mkdir()
         shutil.copy(src, path)
         inp = {k: v for k, v in manifest["input"].items() if k != "views"}
-        path.with_suffix(".json").write_text(json.dumps({**manifest, "input": {**inp, **keys}}))
+        path.with_suffix(".json").write_text(json.dumps({**manifest, "schema_version": schema,
+                                                         "input": {**inp, **keys}}))
         return EmotionClassifier(path)
+
+    assert manifest["schema_version"] == 2  # views: an older reader must refuse it, not run one view
+    with pytest.raises(ModelError, match=r"schema_version 3, this feedbackd reads 1 and 2: update it"):
+        with_input("newer", schema=3)
 
     single, mirror = with_input("single"), with_input("mirror", mirror=True)
     faces = np.random.default_rng(3).integers(0, 256, (5, 48, 48), dtype=np.uint8)

@@ -1288,17 +1288,19 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
-def test_export_to_a_closed_pipe_or_a_full_disk(tmp_path):
+@pytest.mark.parametrize("report", ["export", "summary"])
+def test_a_report_to_a_closed_pipe_or_a_full_disk(tmp_path, report):
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
     log.close()
-    command = [sys.executable, "-m", "device.cli", "export", "--db", str(tmp_path / "f.db")]
+    command = [sys.executable, "-m", "device.cli", report, "--db", str(tmp_path / "f.db")]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # `feedbackd export | head -0`: the reader is gone before the first line
     assert proc.wait(timeout=30) == 0 and "Traceback" not in proc.stderr.read()
     with open("/dev/full", "w") as full:  # `> /mnt/usb/f.csv` on a full stick
         r = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 2 and "stdout: cannot write the export: No space left on device" in r.stderr
+    assert r.returncode == 2 and f"stdout: cannot write the {report}: No space left on device" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, capsys):
@@ -1490,6 +1492,77 @@ def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkey
     monkeypatch.setattr(pathlib.Path, "stat", stat)
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 2
     assert "f.db: permission denied: run it as root (sudo feedbackd export)" in capsys.readouterr().err
+
+
+def test_two_exports_to_one_file_each_write_their_own_temporary_file(tmp_path, capsys, monkeypatch):
+    """A leftover `.feedback.csv.tmp` stands for another export to the same file, still writing:
+    this one neither writes into it nor deletes it, on success or failure."""
+    db, out = tmp_path / "f.db", tmp_path / "feedback.csv"
+    log = FeedbackLog(db)
+    for _ in range(3):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    other = tmp_path / ".feedback.csv.tmp"
+    other.write_text("the other export's rows\n")
+    assert cli.main(["export", "--db", str(db), "--output", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 3 and capsys.readouterr().err == f"wrote 3 entries to {out}\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as before, not mkstemp's 0600
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert cli.main(["export", "--db", str(db), "--output", str(out)]) == 2
+    assert f"{out}: cannot write the export: No space left on device" in capsys.readouterr().err
+    assert other.read_text() == "the other export's rows\n"
+    assert sorted(os.listdir(tmp_path)) == [".feedback.csv.tmp", "f.db", "feedback.csv"]
+
+
+def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, capsys, monkeypatch):
+    """integrity_check passes on a card the daemon cannot write: check names the log all the same."""
+    from types import SimpleNamespace
+
+    db = tmp_path / "f.db"
+    FeedbackLog(db).close()
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    disk = {"f_flag": 0, "f_bavail": 1000, "f_frsize": 1 << 20}  # 1000 MiB free
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(**disk))
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) not in denied and writable(path, mode))
+
+    def checked() -> tuple[int, str]:
+        rc = cli.main(check)
+        return rc, capsys.readouterr().out
+
+    denied: set[Path] = set()
+    assert checked() == (0, f"ok   storage        {db}: 0 entries, schema v3, 1000 MiB free, integrity ok\n")
+    disk["f_flag"] = os.ST_RDONLY
+    assert checked() == (1, f"FAIL storage        {db}: {tmp_path} is on a read-only file system; the log can take "
+                            "no entries\n")
+    disk["f_flag"], disk["f_bavail"], disk["f_frsize"] = 0, 1000, 4096  # under 4 MiB
+    assert checked() == (1, f"FAIL storage        {db}: only 3.9 MiB free on its file system (under 8 MiB): free "
+                            "space, or the log soon takes no entries\n")
+    disk["f_bavail"] = 1 << 20
+    for path in (db, tmp_path):  # the log, or the folder SQLite makes its -wal file in
+        denied = {path}
+        assert checked() == (1, f"FAIL storage        {db}: {path} is not writable for this user\n")
+    denied, disk["f_flag"] = set(), os.ST_RDONLY  # nor does a fresh install pass on a read-only card
+    db.unlink()
+    rc, out = checked()
+    assert rc == 1 and f"{tmp_path} is on a read-only file system" in out
+
+
+def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, capsys):
+    db, kept = tmp_path / "f.db", tmp_path / "f.db.spare"
+    FeedbackLog(db).close()
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)  # local noon is the same date in any time zone within 11 h
+    kept.write_bytes(f"{entry_json(Entry('Sad', 2, 0.7, {'Sad': 0.7}, 'ab', 'pi'), noon)}\n".encode())
+    note = f"feedbackd: 1 entries are waiting in {kept}, not in this {{}} yet\n"
+    for command in ("export", "summary"):
+        for flags in (["--since", "2026-12-01"], ["--until", "2026-11-29"]):
+            assert cli.main([command, "--db", str(db), *flags]) == 0
+            assert capsys.readouterr().err == ""
+        for flags in ([], ["--since", "2026-11-30", "--until", "2026-11-30"]):
+            assert cli.main([command, "--db", str(db), *flags]) == 0
+            assert capsys.readouterr().err == note.format(command)
 
 
 def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):
