@@ -153,7 +153,7 @@ class FaceFinder:
         self.detector, self.every, self.max_age_s = detector, every, max_age_s
         self._box: Box | None = None
         self._age, self._at = 0, 0.0  # frames since the box was detected, and when
-        self._followed: Box | None = None  # the customer, and when and how often since they were missed
+        self._followed: Box | None = None  # the customer, when last detected, and detections missing them since
         self._followed_at, self._misses = 0.0, 0
         self._released: Box | None = None  # the face whose press was logged, tracked while in view
 
