@@ -270,6 +270,10 @@ class _Recording:
     def _send(self, write: Callable, args: tuple, pause: float | None) -> None:
         if self.sent is not None and pause is not None:
             self.sent.append((write, args, pause))
+            write(*args)
+            if pause:  # luma's own set-up sends reset and sleep-out back to back (luma.lcd issue #82)
+                time.sleep(pause)
+            return
         write(*args)
 
     def cleanup(self) -> None:
@@ -332,8 +336,11 @@ def _open_display(cfg: dict) -> Display:
         from luma.core.interface.serial import spi
         from luma.lcd import device as lcd
 
+        # the reset pin held and then waited on as the datasheets ask (ILI9341: 10 us, then 5 ms, or
+        # 120 ms for a panel that was running): luma's default is no wait, and the first commands are lost
         serial = _Recording(spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
-                                gpio_RST=cfg["gpio_rst"]), pauses=LCD_PAUSES)
+                                gpio_RST=cfg["gpio_rst"], reset_hold_time=0.01, reset_release_time=0.15),
+                            pauses=LCD_PAUSES)
         # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again;
         # luma's bgr flips its own default order, which differs between the two
         extra = {} if driver == "st7789" else {"bgr": cfg["swap_red_blue"], "framebuffer": full_frame()}

@@ -223,8 +223,10 @@ class Picamera2Source(LatestFrame):
     def __init__(self, width: int, height: int, fps: float, timeout_s: float = 5.0):
         try:
             from picamera2 import Picamera2
-        except ImportError:
-            raise SourceError("picamera2 is not installed (apt install python3-picamera2)") from None
+        except Exception as e:  # installed but broken (built for another numpy) is not "not installed"
+            missing = isinstance(e, ModuleNotFoundError) and e.name == "picamera2"
+            raise SourceError("picamera2 is not installed (apt install python3-picamera2)" if missing
+                              else f"picamera2 cannot be imported ({type(e).__name__}: {e})") from None
         cam = None
         try:
             cam = Picamera2()

@@ -968,11 +968,14 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
         def output(self, pin, level):
             self.lit = (pin, level)
 
-    bus, pins = Bus(), Pins()
-    monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: bus)
+    bus, pins, opened, first = Bus(), Pins(), {}, []
+    monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: opened.update(kw) or bus)
     monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", lambda self: pins, raising=False)
+    monkeypatch.setattr(device.display.time, "sleep", first.append)
     hooks = atexit._ncallbacks()
     display = open_display(load_config(None, {"display.driver": driver, "display.swap_red_blue": swap})["display"])
+    assert (opened["reset_hold_time"], opened["reset_release_time"]) == (0.01, 0.15)  # a running panel's 120 ms
+    assert first == [0.15, 0.12] if (0x01,) in bus.sent else first == [0.12]  # luma's own set-up waits too
     wake, reset = (0x11,), (0x01,)
     set_up = [w for w in bus.sent if not (isinstance(w, bytes) and len(w) > 64)]  # less luma's blank frame
     assert wake in set_up and display.device.size == size and pins.lit == (18, 1)  # the backlight is on

@@ -279,6 +279,23 @@ def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
     assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
 
 
+def test_a_broken_picamera2_is_named_as_broken_not_missing(monkeypatch):
+    """apt's picamera2 under a numpy it was not built for fails to import: "not installed, apt install
+    it" would send the technician to a command that changes nothing, and a ValueError must not end the
+    daemon before the webcams are tried."""
+    from device import sources
+
+    class Broken:
+        def __getattr__(self, name):
+            raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")
+
+    monkeypatch.setattr(sources.glob, "glob", lambda pattern: [])
+    monkeypatch.setitem(sys.modules, "picamera2", Broken())
+    cfg = {"source": "camera", "width": 640, "height": 480, "fps": 15}
+    with pytest.raises(SourceError, match=r"picamera2 cannot be imported \(ValueError: numpy.dtype size changed"):
+        sources.open_source(cfg)
+
+
 def test_the_camera_source_takes_the_first_webcam_that_gives_a_frame(monkeypatch):
     from device import sources
 
