@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -207,16 +206,19 @@ def cmd_check(cfg, skip: list[str]) -> int:
 
     def storage() -> str:
         path = Path(cfg["storage"]["path"])
-        room = log_room(path)
         if not path.exists():  # a fresh install: the service makes the log at its first start
-            return f"{path}: no log yet (the service creates it at its first start), {room}"
+            return f"{path}: no log yet (the service creates it at its first start), {log_room(path)}"
         store = FeedbackLog(path, create=False)
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
+            held = f"{store.count()} entries, schema v{store.schema_version}, integrity ok"
+            try:  # a card remounted read-only is when the log may be damaged: what it holds is said too
+                room = log_room(path)
+            except StorageError as e:
+                raise StorageError(f"{e} ({held})") from None
             note = waiting(store)  # not in the count, nor yet in an export
-            return (f"{store.path}: {store.count()} entries, schema v{store.schema_version}, {room}, integrity ok"
-                    + (f"; {note}, for the log to take them" if note else ""))
+            return f"{store.path}: {held}, {room}" + (f"; {note}, for the log to take them" if note else "")
         finally:
             store.close()
 
@@ -317,7 +319,7 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
                    if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str)]
         n = sum(not store.contains(at, device) for at, device in pressed
                 if (since or "") <= at.astimezone().date().isoformat() <= (until or "9999-12-31"))
-    except (StorageError, ValueError):  # a damaged index, or a time the daemon would leave out too
+    except (StorageError, ValueError, OverflowError):  # a damaged index, or a time the daemon would leave out too
         return f"up to {len(kept)} entries are waiting in {path}" if kept else None
     return f"{n} entries are waiting in {path}" if n else None
 
@@ -343,22 +345,18 @@ def to_stdout(write: Callable[[IO[str]], object], report: str) -> None:
 
 def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
     """Write a report to `out` whole or not at all: a failed export leaves no CSV that looks complete.
-    Its own temporary file, so two exports to one file never write into each other's."""
+    Its own temporary file (by process), so two exports to one file never write into each other's."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            with contextlib.suppress(OSError):  # mkstemp's 0600 would keep a user from a file root wrote;
-                os.fchmod(fd, 0o666 & ~umask)  # a FAT stick refuses modes, and shows its own
-            with open(fd, "w", newline="") as f:
+            with open(tmp, "w", newline="") as f:
                 n = write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, out)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with contextlib.suppress(OSError):  # a folder we may not even look into
+                tmp.unlink()
             raise
     except OSError as e:
         raise StorageError(f"{out}: cannot write the export: {e.strerror}") from None

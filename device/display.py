@@ -268,13 +268,11 @@ class _Recording:
         self._send(self.serial.data, (data,), None if len(data) > self.FRAME_BYTES else 0.0)
 
     def _send(self, write: Callable, args: tuple, pause: float | None) -> None:
+        write(*args)
         if self.sent is not None and pause is not None:
             self.sent.append((write, args, pause))
-            write(*args)
             if pause:  # luma's own set-up sends reset and sleep-out back to back (luma.lcd issue #82)
                 time.sleep(pause)
-            return
-        write(*args)
 
     def cleanup(self) -> None:
         self.serial.cleanup()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.imports import not_installed
 from device.preprocess import InputSpec, predict_faces
 
 # 2 added the input's `views` and `class_scale`, which change what the device computes: a reader of 1
@@ -106,9 +107,8 @@ def load_interpreter(model: Path, num_threads: int = 1):
         try:
             Interpreter = attrgetter(attr)(importlib.import_module(name))
             break
-        except ImportError as e:
-            absent = isinstance(e, ModuleNotFoundError) and e.name and (name + ".").startswith(e.name + ".")
-            if not absent:  # a runtime there but broken, or missing one of its own dependencies
+        except Exception as e:  # numpy's "dtype size changed" is a ValueError
+            if not not_installed(e, name):
                 raise ModelError(f"{name} is installed but cannot be imported: {e}") from None
     else:
         raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)")

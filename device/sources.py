@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device.imports import not_installed
+
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 log = logging.getLogger("feedbackd")
 
@@ -223,10 +225,10 @@ class Picamera2Source(LatestFrame):
     def __init__(self, width: int, height: int, fps: float, timeout_s: float = 5.0):
         try:
             from picamera2 import Picamera2
-        except Exception as e:  # installed but broken (built for another numpy) is not "not installed"
-            missing = isinstance(e, ModuleNotFoundError) and e.name == "picamera2"
-            raise SourceError("picamera2 is not installed (apt install python3-picamera2)" if missing
-                              else f"picamera2 cannot be imported ({type(e).__name__}: {e})") from None
+        except Exception as e:
+            why = ("is not installed (apt install python3-picamera2)" if not_installed(e, "picamera2")
+                   else f"is installed but cannot be imported ({type(e).__name__}: {e})")
+            raise SourceError(f"picamera2 {why}") from None
         cam = None
         try:
             cam = Picamera2()

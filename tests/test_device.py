@@ -745,15 +745,16 @@ def test_a_runtime_that_is_installed_but_broken_is_named(model, tmp_path, monkey
     runtime that is not installed at all falls through to the next."""
     from device.model import ModelError, load_interpreter
 
-    for name in [m for m in sys.modules if m.split(".")[0] == "ai_edge_litert"]:
-        monkeypatch.delitem(sys.modules, name)
     broken = tmp_path / "site" / "ai_edge_litert"
     broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(ModelError, match="ai_edge_litert.interpreter is installed but cannot be imported: "
-                                         "numpy.core.multiarray failed to import"):
-        load_interpreter(model)
+    for error in ("ImportError('numpy.core.multiarray failed to import')", "ValueError('numpy.dtype size changed')"):
+        for name in [m for m in sys.modules if m.split(".")[0] == "ai_edge_litert"]:
+            monkeypatch.delitem(sys.modules, name)
+        (broken / "__init__.py").write_text(f"raise {error}\n")
+        with pytest.raises(ModelError, match="ai_edge_litert.interpreter is installed but cannot be imported: "
+                                             + error.split("'")[1]):
+            load_interpreter(model)
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # not installed: on to the next runtime
     assert type(load_interpreter(model)).__module__.startswith("tensorflow.")  # no tflite_runtime here
 
@@ -1279,12 +1280,12 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     check = ["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
              "--display", "none", "--button", "none", "--db", str(db)]
     assert cli.main(check) == 0
-    assert f"integrity ok; 2 entries are waiting in {kept}, for the log to take them" in capsys.readouterr().out
+    assert f" MiB free; 2 entries are waiting in {kept}, for the log to take them" in capsys.readouterr().out
     assert kept.read_bytes() == before  # only read
     kept.rename(tmp_path / "moved")
     kept.mkdir()  # a spare that cannot be read: said, and the log's own check still passes
     assert cli.main(check) == 0
-    assert f"integrity ok; cannot read {kept} (Is a directory)" in capsys.readouterr().out
+    assert f" MiB free; cannot read {kept} (Is a directory)" in capsys.readouterr().out
     kept.rmdir()
     kept.write_bytes(bytes(64 * 1024))  # restored and cleared by the daemon: nothing to say
     assert cli.main(["summary", "--db", str(db)]) == 0
@@ -1536,36 +1537,52 @@ def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, ca
         return rc, capsys.readouterr().out
 
     denied: set[Path] = set()
-    assert checked() == (0, f"ok   storage        {db}: 0 entries, schema v3, 1000 MiB free, integrity ok\n")
+    assert checked() == (0, f"ok   storage        {db}: 0 entries, schema v3, integrity ok, 1000 MiB free\n")
     disk["f_flag"] = os.ST_RDONLY
+    held = "(0 entries, schema v3, integrity ok)"  # and what the log holds: a failing card may damage it
     assert checked() == (1, f"FAIL storage        {db}: {tmp_path} is on a read-only file system; the log can take "
-                            "no entries\n")
+                            f"no entries {held}\n")
     disk["f_flag"], disk["f_bavail"], disk["f_frsize"] = 0, 1000, 4096  # under 4 MiB
     assert checked() == (1, f"FAIL storage        {db}: only 3.9 MiB free on its file system (under 8 MiB): free "
-                            "space, or the log soon takes no entries\n")
+                            f"space, or the log soon takes no entries {held}\n")
     disk["f_bavail"] = 1 << 20
     for path in (db, tmp_path):  # the log, or the folder SQLite makes its -wal file in
         denied = {path}
-        assert checked() == (1, f"FAIL storage        {db}: {path} is not writable for this user\n")
+        assert checked() == (1, f"FAIL storage        {db}: {path} is not writable for this user {held}\n")
     denied, disk["f_flag"] = set(), os.ST_RDONLY  # nor does a fresh install pass on a read-only card
     db.unlink()
     rc, out = checked()
     assert rc == 1 and f"{tmp_path} is on a read-only file system" in out
 
 
-def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, capsys):
+def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, capsys, monkeypatch):
+    """By the store's own date, as the report dates entries: 20:00 UTC on 30 November is 1 December in
+    Tokyo. A line whose time overflows the local calendar (year 1, edited by hand) is no traceback."""
     db, kept = tmp_path / "f.db", tmp_path / "f.db.spare"
     FeedbackLog(db).close()
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)  # local noon is the same date in any time zone within 11 h
-    kept.write_bytes(f"{entry_json(Entry('Sad', 2, 0.7, {'Sad': 0.7}, 'ab', 'pi'), noon)}\n".encode())
-    note = f"feedbackd: 1 entries are waiting in {kept}, not in this {{}} yet\n"
-    for command in ("export", "summary"):
-        for flags in (["--since", "2026-12-01"], ["--until", "2026-11-29"]):
-            assert cli.main([command, "--db", str(db), *flags]) == 0
-            assert capsys.readouterr().err == ""
-        for flags in ([], ["--since", "2026-11-30", "--until", "2026-11-30"]):
-            assert cli.main([command, "--db", str(db), *flags]) == 0
-            assert capsys.readouterr().err == note.format(command)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        evening = datetime(2026, 11, 30, 20, tzinfo=UTC)
+        line = entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"), evening)
+        kept.write_bytes(f"{line}\n".encode())
+        note = f"feedbackd: 1 entries are waiting in {kept}, not in this {{}} yet\n"
+        for command in ("export", "summary"):
+            for flags in (["--since", "2026-12-02"], ["--until", "2026-11-30"]):
+                assert cli.main([command, "--db", str(db), *flags]) == 0
+                assert capsys.readouterr().err == ""
+            for flags in ([], ["--since", "2026-12-01", "--until", "2026-12-01"]):
+                assert cli.main([command, "--db", str(db), *flags]) == 0
+                assert capsys.readouterr().err == note.format(command)
+        year_1 = json.dumps({**json.loads(line), "utc": "0001-01-01T00:00:00+00:00"})
+        kept.write_bytes(f"{line}\n{year_1}\n".encode())
+        monkeypatch.setenv("TZ", "America/New_York")  # before year 1 began there
+        time.tzset()
+        assert cli.main(["export", "--db", str(db)]) == 0
+        assert capsys.readouterr().err == f"feedbackd: up to 2 entries are waiting in {kept}, not in this export yet\n"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):
