@@ -18,6 +18,7 @@ from device.detector import MAX_BOX_AGE_S
 ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents[1])
 DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
 LCDS = ("st7789", "st7735", "ili9341")  # luma.lcd's SPI colour panels: 240x240, 160x128, 320x240
+OLED_SIZES = ("128x64", "128x32")  # what luma's ssd1306 and sh1106 drive at 128 wide
 DEFAULT_RATINGS = {"Happy": 5, "Surprised": 4, "Neutral": 3, "Sad": 2, "Fearful": 2, "Disgusted": 1, "Angry": 1}
 
 
@@ -79,6 +80,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "display": {
         "driver": Key("ssd1306", str, _choices("ssd1306", "sh1106", *LCDS, "terminal", "png", "none"),
                       "screen driver"),
+        "size": Key("128x64", str, _choices(*OLED_SIZES),
+                    "OLED (and png) size: 128x32 for a 0.91-inch strip; an LCD's is its driver's"),
         "i2c_port": Key(1, int, (0, 10), "OLED I2C bus"),
         "i2c_address": Key(0x3C, int, (0x03, 0x77), "OLED I2C address, as `i2cdetect -y 1` shows it (3c: 0x3C)"),
         "spi_port": Key(0, int, (0, 10), "LCD SPI bus"),
@@ -220,6 +223,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")
+    _check_display(cfg)
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
@@ -275,6 +279,19 @@ def _display_pins(display: dict) -> dict[int, str]:
     for key in ("gpio_dc", "gpio_rst", "gpio_backlight"):
         pins[display[key]] = f"display.{key}"
     return pins
+
+
+def _check_display(cfg: Config) -> None:
+    """A size the panel cannot take is refused here, not as a garbled screen on the Pi."""
+    display = cfg["display"]
+    if display["size"] == SCHEMA["display"]["size"].default:
+        return
+    if display["driver"] in LCDS:
+        raise ConfigError(f"{cfg.source}: display.size: {display['size']!r} is for an OLED or the png driver; "
+                          f"a {display['driver']} LCD's size is its driver's: remove the key")
+    if display["rotate"] % 2:  # a 32-pixel-wide screen: no word of the layout fits across it
+        raise ConfigError(f"{cfg.source}: display.rotate: {display['rotate']} turns a {display['size']} panel "
+                          "on its side, too narrow for the words; use 0 or 2")
 
 
 def _check_pins(cfg: Config) -> None:

@@ -121,6 +121,17 @@ def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, filled: boo
     draw.polygon(pts, fill=fill if filled else None, outline=fill)
 
 
+def _rating(d: ImageDraw.ImageDraw, screen: Screen, w: int, bottom: float, r: float, size: int, fill) -> None:
+    """The rating above `bottom`: a star each, of radius `r` at most, up to 10; "73/100" beyond."""
+    if screen.rating_max > 10:
+        _centered(d, int(bottom) - int(1.1 * size), stars_text(screen.rating, screen.rating_max), size, w, fill)
+        return
+    n = screen.rating_max
+    r = min(w / (2.3 * n), r)
+    for i in range(n):
+        _star(d, w / 2 + (i - (n - 1) / 2) * 2.2 * r, bottom - r, r, i < full_stars(screen.rating), fill)
+
+
 def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
     """Draw one screen; sizes scale from the 128x64 layout so text stays legible there."""
     w, h = size
@@ -128,6 +139,9 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
     d = ImageDraw.Draw(img)
     white = "white"
     accent = {"error": "red", "thanks": "lime"}.get(screen.kind, white) if mode == "RGB" else white
+    if h < 48:  # a 128x32 strip: the layout below would shrink every word to 8 pixels
+        _strip(screen, d, w, h, accent)
+        return img
     u = min(w, h) / 64  # layout unit: a portrait 64x128 OLED keeps the 128x64 sizes
     if screen.kind == "idle":
         _centered(d, int(12 * u), "Look at the", int(15 * u), w, white)
@@ -152,17 +166,33 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         # clear of the face dot in the top right corner, on every panel ("Disgusted" on an LCD)
         _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white, room=w - 16 * u)
         if screen.rating is not None and screen.emotion:
-            if screen.rating_max <= 10:
-                n = screen.rating_max
-                r = min(w / (2.3 * n), 9 * u)
-                for i in range(n):
-                    cx = w / 2 + (i - (n - 1) / 2) * 2.2 * r
-                    _star(d, cx, h - r - 3 * u, r, i < full_stars(screen.rating), white)
-            else:
-                _centered(d, h - int(18 * u), stars_text(screen.rating, screen.rating_max), int(14 * u), w, white)
+            _rating(d, screen, w, h - 3 * u, 9 * u, int(14 * u), white)
         if screen.face and screen.kind == "live":
             d.ellipse((w - 7 * u, 2 * u, w - 2 * u, 7 * u), fill=white)
     return img
+
+
+def _strip(screen: Screen, d: ImageDraw.ImageDraw, w: int, h: int, accent) -> None:
+    """Each screen in two lines at most, its text nearly as large as on the 128x64 layout."""
+    white = "white"
+    if screen.kind == "idle":
+        _centered(d, h // 2 - 9, "Look at the camera", 14, w, white)
+    elif screen.kind == "no_face":
+        _centered(d, 0, "No face", 14, w, white)
+        _centered(d, 16, "try again", 12, w, white)
+    elif screen.kind == "error":
+        _centered(d, -2, screen.title, 11, w, accent)  # its descenders clear of the detail below
+        for i, text in enumerate(detail_lines(d, screen.detail, 9, w, 2)):
+            _centered(d, 11 + 10 * i, text, 9, w, white)
+    elif screen.kind == "thanks" and not (screen.emotion and screen.rating is not None):
+        _centered(d, h // 2 - 10, "Thank you!", 16, w, accent)
+    else:  # live, or thanks with its rating: the emotion (the thanks) above, the rating below
+        top = "Thank you!" if screen.kind == "thanks" else screen.emotion or "Not sure"
+        _centered(d, 0, top, 14, w, accent if screen.kind == "thanks" else white, room=w - 18)
+        if screen.rating is not None and screen.emotion:
+            _rating(d, screen, w, h - 1, 6, 12, white)
+        if screen.face and screen.kind == "live":
+            d.ellipse((w - 7, 2, w - 2, 7), fill=white)
 
 
 class PngDisplay:
@@ -301,6 +331,12 @@ def _luma_error() -> type[Exception]:
     return Error
 
 
+def panel_size(cfg: dict) -> tuple[int, int]:
+    """display.size ("128x32") as luma's width and height."""
+    width, height = cfg["size"].split("x")
+    return int(width), int(height)
+
+
 def open_display(cfg: dict) -> Display:
     """The configured driver; a hardware driver that cannot start is a DisplayError."""
     try:
@@ -318,13 +354,14 @@ def _open_display(cfg: dict) -> Display:
     if driver == "terminal":
         return Display(TerminalDisplay())
     if driver == "png":
-        return Display(PngDisplay(cfg["png_path"]))
+        return Display(PngDisplay(cfg["png_path"], panel_size(cfg)))
     if driver in ("ssd1306", "sh1106"):
         from luma.core.interface.serial import i2c
         from luma.oled import device as oled
 
         serial = _Recording(i2c(port=cfg["i2c_port"], address=cfg["i2c_address"]))
-        panel = getattr(oled, driver)(serial, rotate=cfg["rotate"])
+        width, height = panel_size(cfg)
+        panel = getattr(oled, driver)(serial, width=width, height=height, rotate=cfg["rotate"])
         # luma sends the set-up in __init__ only, and each __init__ adds an exit hook: what it sent
         # is replayed instead (it writes the whole frame each time, so the next draw fills the
         # panel's memory again)

@@ -935,6 +935,33 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     assert charge_pump in bus.commands  # an error screen may stay up for hours: staff must be able to read it
 
 
+@pytest.mark.parametrize("driver", ["ssd1306", "sh1106"])
+def test_a_128x32_oled_is_set_up_for_32_rows(monkeypatch, driver):
+    """luma sets a panel up as 128x64 unless told: a 0.91-inch strip then shows every other row."""
+    import luma.core.interface.serial
+
+    from device.display import open_display
+
+    class Bus:
+        commands, frames = [], []
+
+        def command(self, *cmd):
+            self.commands.extend(cmd)
+
+        def data(self, data):
+            self.frames.append(len(data))
+
+    bus = Bus()
+    monkeypatch.setattr(luma.core.interface.serial, "i2c", lambda port, address: bus)
+    display = open_display(load_config(None, {"display.driver": driver, "display.size": "128x32"})["display"])
+    assert display.device.size == (128, 32)
+    set_multiplex = bus.commands.index(0xA8)
+    assert bus.commands[set_multiplex + 1] in (0x1F, 0x20)  # 32 rows (luma's sh1106 counts one more)
+    bus.frames.clear()
+    assert display.show(Screen("live", "Happy", 5, 5))
+    assert sum(bus.frames) == 128 * 32 // 8  # one 128x32 frame, a bit a pixel
+
+
 @pytest.mark.parametrize("driver, size, swap, madctl", [("st7789", (240, 240), False, 0x70),
                                                        ("st7735", (160, 128), True, 0x68),  # luma's RGB made BGR
                                                        ("ili9341", (320, 240), True, 0x20)])  # its BGR made RGB

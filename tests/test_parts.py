@@ -23,7 +23,7 @@ from PIL import Image
 from device.button import ButtonError, GpioButton, KeyboardButton, open_button
 from device.config import DEFAULT_RATINGS, ConfigError, load_config
 from device.detector import Box, choose_face
-from device.display import Display, PngDisplay, Screen, TerminalDisplay, render
+from device.display import Display, PngDisplay, Screen, TerminalDisplay, open_display, render
 from device.notify import Notifier
 from device.preprocess import DISPLAY_NAMES
 from device.reading import Smoother
@@ -460,7 +460,7 @@ SCREENS = [Screen("idle"), Screen("live", "Surprised", 4, 5, True), Screen("live
            Screen("error", title="Camera error", detail="reconnecting...")]
 
 
-@pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((240, 240), "RGB")])
+@pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((128, 32), "1"), ((240, 240), "RGB")])
 def test_every_screen_draws_inside_the_panel(size, mode):
     images = [render(s, size, mode) for s in SCREENS]
     for screen, image in zip(SCREENS, images, strict=True):
@@ -497,16 +497,54 @@ def test_an_error_screen_shows_the_file_name_and_what_is_wrong(size):
     assert x0 > 0 and y0 > 0 and x1 < size[0] and y1 < size[1], (x0, y0, x1, y1)
 
 
-@pytest.mark.parametrize("size", [(128, 64), (64, 128), (160, 128), (240, 240), (320, 240)])
+@pytest.mark.parametrize("size", [(128, 64), (128, 32), (64, 128), (160, 128), (240, 240), (320, 240)])
 def test_the_face_dot_never_touches_the_emotion(size):
     """The dot in the top right corner says a face is in view: the longest emotion stays clear of it."""
     w, h = size
-    u = min(w, h) / 64
+    u = min(w, h) / 64 if h >= 48 else 1  # a 128x32 strip draws the 128x64 dot
     for emotion in (*DISPLAY_NAMES, None):  # None: "Not sure"
         image = render(Screen("live", emotion, 1 if emotion else None, 5), size, "1")  # the dot shows only there
         assert image.crop((int(w - 8 * u), 0, w, int(8 * u) + 1)).getbbox() is None, emotion
         with_dot = render(Screen("live", emotion, 1 if emotion else None, 5, face=True), size, "1")
         assert with_dot.crop((int(w - 8 * u), 0, w, int(8 * u) + 1)).getbbox() is not None  # the dot is there
+
+
+def _ink_rows(image: Image.Image) -> list[tuple[int, int]]:
+    """The bands of rows with ink in them, as (first, last): one per line of text or stars."""
+    rows = [image.crop((0, y, image.width, y + 1)).getbbox() is not None for y in range(image.height)]
+    bands = []
+    for y, ink in enumerate(rows):
+        if ink and (not bands or bands[-1][1] != y - 1):
+            bands.append((y, y))
+        elif ink:
+            bands[-1] = (bands[-1][0], y)
+    return bands
+
+
+def test_a_128x32_strip_shows_words_as_tall_as_a_128x64_panel():
+    """The 0.91-inch OLED: the 128x64 layout scaled down would draw 6-pixel words under 4-pixel stars."""
+    tall = _ink_rows(render(Screen("idle"), (128, 64), "1"))[0]  # "Look at the", without descenders
+    for emotion in DISPLAY_NAMES:
+        bands = _ink_rows(render(Screen("live", emotion, 4, 5, face=True), (128, 32), "1").crop((0, 0, 118, 32)))
+        assert len(bands) == 2, (emotion, bands)  # the word above, the stars below, apart
+        assert bands[0][1] - bands[0][0] >= tall[1] - tall[0], (emotion, bands, tall)
+        assert bands[1][1] - bands[1][0] >= 9, (emotion, bands)  # stars a customer can count
+    idle = _ink_rows(render(Screen("idle"), (128, 32), "1"))
+    assert len(idle) == 1 and idle[0][1] - idle[0][0] >= 9, idle  # "Look at the camera" on one line
+    lines = _ink_rows(render(Screen("error", title="Storage error", detail="disk full; entries are kept in "
+                                    "memory and retried every 5 s until the card has room"), (128, 32), "1"))
+    assert len(lines) == 3, lines  # the title and two lines of what is wrong
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"display.size": "128x48"}, "display.size: '128x48' is not one of 128x64, 128x32"),
+    ({"display.driver": "st7789", "display.size": "128x32"}, "display.size: '128x32' is for an OLED or the png"),
+    ({"display.size": "128x32", "display.rotate": 1}, "display.rotate: 1 turns a 128x32 panel on its side"),
+])
+def test_a_display_size_the_panel_cannot_take_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    load_config(None, {**overrides, "display.size": "128x64"})  # the default size goes with any driver
 
 
 def test_png_driver_writes_the_screen(tmp_path):
@@ -516,6 +554,11 @@ def test_png_driver_writes_the_screen(tmp_path):
     with Image.open(tmp_path / "screens" / "now.png") as im:
         assert im.convert("1").tobytes() == render(Screen("idle"), (128, 64), "1").tobytes()
     assert os.listdir(tmp_path / "screens") == ["now.png"]
+    strip = open_display(load_config(None, {"display.driver": "png", "display.size": "128x32",
+                                            "display.png_path": str(tmp_path / "strip.png")})["display"])
+    assert strip.show(Screen("idle"))
+    with Image.open(tmp_path / "strip.png") as im:
+        assert im.size == (128, 32) and im.convert("1").tobytes() == render(Screen("idle"), (128, 32), "1").tobytes()
 
 
 def test_terminal_driver_prints_one_line_per_change():
