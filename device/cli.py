@@ -26,7 +26,7 @@ from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
-from device.storage import FeedbackLog, StorageError
+from device.storage import FeedbackLog, ReopeningLog, StorageError
 
 FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
@@ -131,7 +131,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
     try:
         classifier = EmotionClassifier.from_config(cfg["model"])
         detector = FaceDetector.from_config(cfg["detector"])
-        store = FeedbackLog(cfg["storage"]["path"])
+        store = open_store(Path(cfg["storage"]["path"]))
     except (ModelError, DetectorError) as e:
         display.halt(Screen("error", title="Model error", detail=str(e)))
         raise
@@ -161,6 +161,31 @@ def cmd_run(cfg, pin_factory=None) -> int:
     return 0
 
 
+def open_store(path: Path) -> FeedbackLog | ReopeningLog:
+    """The daemon's log. One that cannot open for want of room, or on a card remounted read-only,
+    is opened later: a restart on a full card would otherwise take no entries at all, while the
+    running kiosk keeps them in its spare file. Any other failure (a damaged or foreign file,
+    permissions) stops the start."""
+    try:
+        return FeedbackLog(path)
+    except StorageError as e:
+        try:
+            log_room(path)
+        except NoRoom as room:
+            if path.exists():  # a damaged or foreign file stops the start, full card or not
+                FeedbackLog(path, create=False).close()
+            logging.getLogger("feedbackd").error("%s; %s: starting without it, and entries are kept in memory and "
+                                                 "the spare file until it opens", room, e)
+            return ReopeningLog(path)
+        except StorageError as why:  # not writable for this user: the install's to mend
+            raise StorageError(f"{e} ({str(why).removeprefix(f'{path}: ')})") from None
+        raise
+
+
+class NoRoom(StorageError):
+    """The log's card is full or read-only: entries wait for room, no setting is wrong."""
+
+
 def log_room(path: Path) -> str:
     """The free space for the log at `path`, or a StorageError naming why the daemon could not write
     it: integrity_check passes on a card remounted read-only or full, where no entry would be stored."""
@@ -168,13 +193,13 @@ def log_room(path: Path) -> str:
     folder = next(p for p in path.parents if p.exists()) if fresh else path.parent
     fs = os.statvfs(folder)
     if fs.f_flag & os.ST_RDONLY:
-        raise StorageError(f"{path}: {folder} is on a read-only file system; the log can take no entries")
+        raise NoRoom(f"{path}: {folder} is on a read-only file system; the log can take no entries")
     writable = (folder,) if fresh else (path, folder)  # the folder too: SQLite makes its -wal and -shm there
     if denied := next((p for p in writable if not os.access(p, os.W_OK)), None):
         raise StorageError(f"{path}: {'no log yet, and ' if fresh else ''}{denied} is not writable for this user")
     free = fs.f_bavail * fs.f_frsize
     if free < MIN_FREE_MIB * 2**20:
-        raise StorageError(f"{path}: only {free / 2**20:.1f} MiB free on its file system (under {MIN_FREE_MIB} "
+        raise NoRoom(f"{path}: only {free / 2**20:.1f} MiB free on its file system (under {MIN_FREE_MIB} "
                            "MiB): free space, or the log soon takes no entries")
     return f"{free // 2**20} MiB free"
 

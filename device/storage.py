@@ -69,8 +69,7 @@ class FeedbackLog:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
             else:
-                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", timeout=5,
-                                          isolation_level=None, uri=True)
+                self.db = self._reader()
             version = self._check_is_log(create)
             if version > len(MIGRATIONS):
                 raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
@@ -81,6 +80,25 @@ class FeedbackLog:
                 self._migrate(version)
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection that reads the log as it is. A reader of a WAL log makes its 32 KiB -shm
+        file, which a full or read-only card has no room for once the daemon stopped cleanly (and
+        SQLite removed it): then, with no -wal file holding newer entries, the main file holds them
+        all and is read as an immutable file, so the owner can still export before replacing the card."""
+        uri = self.path.resolve().as_uri()
+        db = None
+        try:
+            db = sqlite3.connect(f"{uri}?mode=rw", timeout=5, isolation_level=None, uri=True)
+            db.execute("PRAGMA user_version")
+            return db
+        except sqlite3.OperationalError:
+            if db is not None:
+                db.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", isolation_level=None, uri=True)
 
     def _check_is_log(self, create: bool) -> int:
         """Refuse another program's database (or an empty file, when reading) before changing it."""
@@ -219,6 +237,30 @@ class FeedbackLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+class ReopeningLog:
+    """The log of a daemon that started on a full or read-only card, where SQLite cannot open it
+    (it makes a -shm file first). Each use tries to open it again and fails as a write to a full
+    card does, so the kiosk runs meanwhile and keeps its entries in memory and the spare file."""
+
+    def __init__(self, path: str | Path):
+        self.path, self._log = Path(path), None
+
+    def _opened(self) -> FeedbackLog:
+        if self._log is None:
+            self._log = FeedbackLog(self.path)
+        return self._log
+
+    def add(self, entry: Entry, now: datetime | None = None) -> int:
+        return self._opened().add(entry, now)
+
+    def contains(self, at: datetime, device_id: str) -> bool:
+        return self._opened().contains(at, device_id)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
 
 
 def utc_text(at: datetime) -> str:

@@ -58,7 +58,7 @@ def model(converted) -> Path:
 class Rig:
     """The real daemon with a mock GPIO pin and luma's dummy display."""
 
-    def __init__(self, model: Path, frames: Path, db: Path, **cfg_overrides):
+    def __init__(self, model: Path, frames: Path, db: Path, store=None, **cfg_overrides):
         from gpiozero.pins.mock import MockFactory
         from luma.core.device import dummy
 
@@ -68,7 +68,7 @@ class Rig:
         self.button = GpioButton(17, pull_up=True, bounce_s=0, led_pin=27, pin_factory=self.factory)
         self.pin, self.led = self.factory.pin(17), self.factory.pin(27)
         self.screen = dummy(width=128, height=64, mode="1")
-        self.store = FeedbackLog(db)
+        self.store = store or FeedbackLog(db)
         self.daemon = Daemon(self.cfg, ImageSource(str(frames), fps=30), FaceDetector(FACE_DIR),
                              EmotionClassifier(model), Display(self.screen), self.button, self.store,
                              device_id="till-3")
@@ -274,6 +274,77 @@ def test_storage_failure_is_retried_and_nothing_lost(model, face_folder, tmp_pat
         utc = datetime.strptime(row["utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert abs((utc - at).total_seconds()) < 0.3
     rig.close()
+
+
+def _no_room_for_shm(db: Path) -> Path:
+    """A stopped daemon's log on a full or read-only card: SQLite cannot make the 32 KiB -shm file a
+    WAL log is opened with (here it would be made in a folder that is not there)."""
+    shm = Path(f"{db}-shm")
+    shm.symlink_to(db.parent / "gone" / "shm")
+    return shm
+
+
+def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_room(model, face_folder, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """systemd restarts the daemon (a camera given up on, a reboot) on a card that filled up: it must
+    start and keep entries in its spare file, as it did while running, not fail every 10 s."""
+    from types import SimpleNamespace
+
+    from device.spare import beside, waiting
+
+    db = tmp_path / "feedback.db"
+    log = FeedbackLog(db)
+    log.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"))  # yesterday's customer
+    log.close()
+    shm = _no_room_for_shm(db)
+    with pytest.raises(StorageError, match="cannot open the feedback log"):  # room on the card: not a full card,
+        cli.open_store(db)  # so the start stops on what is wrong
+    disk = SimpleNamespace(f_flag=0, f_bavail=1, f_frsize=4096)
+    statvfs = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: disk)
+    caplog.set_level("INFO", logger="feedbackd")
+    store = cli.open_store(db)
+    assert "only 0.0 MiB free on its file system" in caplog.text and "starting without it" in caplog.text
+    rig = Rig(model, face_folder, db, store=store, **{"storage.retry_s": 0.1})
+    rig.steps(3)
+    rig.press()
+    rig.steps(1)
+    assert [e["emotion"] for e in waiting(beside(db))] == [rig.daemon._pending[0][0].emotion]  # on the card
+    assert rig.daemon.screen(time.monotonic()).kind == "thanks" and not rig.led.state  # thanked, not stored
+    shm.unlink()  # room again
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    time.sleep(0.15)
+    rig.steps(1)
+    rig.close()
+    log = FeedbackLog(db, create=False)
+    assert [r["emotion"] for r in log.rows()][0] == "Sad" and log.count() == 2 and waiting(beside(db)) == []
+    log.close()
+    db.write_bytes(b"yesterday's notes")  # not a log, on a full card: the start stops on that
+    monkeypatch.setattr(os, "statvfs", lambda path: disk)
+    with pytest.raises(StorageError, match="file is not a database"):
+        cli.open_store(db)
+
+
+def test_reports_read_a_stopped_log_on_a_full_card(tmp_path, capsys, monkeypatch):
+    """The owner exports before the card is replaced: every entry is in the main file once the daemon
+    stopped, and check names the card, not a disk I/O error."""
+    from types import SimpleNamespace
+
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, 30, 11, tzinfo=UTC))
+    log.close()
+    _no_room_for_shm(db)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=0, f_bavail=1, f_frsize=4096))
+    assert cli.main(["export", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-30,")
+    assert cli.main(["summary", "--db", str(db)]) == 0 and "Happy" in capsys.readouterr().out
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    assert cli.main(check) == 1
+    assert f"FAIL storage        {db}: only 0.0 MiB free on its file system" in capsys.readouterr().out
+    Path(f"{db}-wal").write_bytes(b"newer entries")  # a -wal file may hold entries the main file lacks:
+    assert cli.main(["export", "--db", str(db)]) == 2  # not read past
+    assert "cannot open the feedback log" in capsys.readouterr().err
 
 
 def test_under_systemd_each_log_line_carries_its_journal_priority():
