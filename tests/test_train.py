@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -321,6 +322,37 @@ def test_a_missing_init_is_named_before_the_data_is_read(tmp_path, capsys):
     assert T.main(["--data", str(tmp_path / "no-data.csv"), "--init", str(missing),
                    "--run-dir", str(tmp_path / "r")]) == 2
     assert f"--init {missing}: no such file" in capsys.readouterr().err
+
+
+def test_evaluate_without_matplotlib_prints_the_report_and_names_the_pngs_it_skips(tiny_model, fer_csv, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A Pi's venv has the device packages only: after minutes of scoring a .tflite there, the report
+    must come out whole (under --json as one object on stdout) and the missing PNGs be named, not a traceback."""
+    from training.evaluate import main as evaluate_main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    common = ["--model", str(tiny_model), "--data", str(fer_csv), "--out-dir", str(tmp_path / "eval")]
+    note = "note: confusion matrix PNG not written: matplotlib is not installed (pip install matplotlib)\n"
+    assert evaluate_main(common) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("faces 28 ") and "wrote" not in out and err == note
+    assert evaluate_main([*common, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 28 and err == note
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_a_record_with_a_class_scale_of_another_length_is_named_before_the_data_is_read(tmp_path, capsys):
+    """A hand-edited .train.json: refused by name, not a bare ValueError once the data has loaded."""
+    from training.evaluate import main as evaluate_main
+
+    model = tmp_path / "fer_vgg16.keras"
+    model.write_bytes(b"read only once the record is accepted")
+    record = model.with_suffix(".train.json")
+    record.write_text(json.dumps(
+        {"sha256": sha256_file(model), "input": {**DEFAULT_SPEC.to_dict(), "class_scale": [1.0] * 6}}))
+    assert evaluate_main(["--model", str(model), "--data", str(tmp_path / "not-read.csv")]) == 2
+    assert f"error: {record}: class_scale has 6 values for 7 labels" in capsys.readouterr().err
 
 
 def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, capsys):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.imports import not_installed
 from device.model import EmotionClassifier, ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
@@ -26,10 +27,9 @@ from training.metrics import report
 from training.run import STATE, chosen_weights
 
 
-def predict_keras(path: Path, faces: np.ndarray) -> np.ndarray:
+def predict_keras(path: Path, faces: np.ndarray, spec: InputSpec) -> np.ndarray:
     from training.train import classify
 
-    spec = keras_spec(path)
     if not path.is_dir():
         return classify(load_float_model(path, spec), faces, spec)
     from training.model import build_vgg16  # a training run: rebuild the model, load what it exports
@@ -78,14 +78,15 @@ def check_model_path(model: Path) -> None:
         raise ModelError(f"{model}: expected a .tflite or .keras model or a training run folder")
 
 
-def predict_probs(model: Path, faces: np.ndarray, threads: int = 2) -> np.ndarray:
-    """Class probabilities (N, 7) from a `.tflite` (device code) or a Keras model or run."""
+def predict_probs(model: Path, faces: np.ndarray, spec: InputSpec | None, threads: int = 2) -> np.ndarray:
+    """Class probabilities (N, 7) from a `.tflite` (device code, its manifest's spec) or a Keras model
+    or run (`spec`, its `keras_spec`)."""
     if model.suffix == ".tflite":
         clf = EmotionClassifier(model, num_threads=threads)
         if tuple(clf.manifest.labels) != CLASSES:
             raise ModelError(f"{model}: manifest labels {clf.manifest.labels} are not FER-2013's {CLASSES}")
         return clf.predict_batched(faces)
-    return predict_keras(model, faces)
+    return predict_keras(model, faces, spec)
 
 
 def format_report(r: dict) -> str:
@@ -95,6 +96,26 @@ def format_report(r: dict) -> str:
         c = r["per_class"][name]
         lines.append(f"{shown:<10} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>6.3f} {c['support']:>8}")
     return "\n".join(lines)
+
+
+def write_pngs(model: Path, r: dict, out_dir: Path) -> list[Path]:
+    """The confusion matrix (and a run's curves) as PNGs; none, with a note, where matplotlib is not
+    installed, as in a Pi's venv of device packages: the report printed before them is what counts."""
+    from training.plots import confusion_png, curves_png
+
+    stem = model.name if model.is_dir() else model.stem
+    history = model / "history.csv" if model.is_dir() and (model / "history.csv").exists() else None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pngs = [confusion_png(np.array(r["confusion_matrix"]), out_dir / f"{stem}_confusion.png",
+                              f"{stem} on {Path(r['data']).name} ({r['split']}): accuracy {r['accuracy']:.1%}")]
+        return pngs + ([curves_png(history, out_dir / f"{stem}_curves.png")] if history else [])
+    except ImportError as e:
+        if not not_installed(e, "matplotlib"):
+            raise
+        skipped = "confusion matrix and curves PNGs" if history else "confusion matrix PNG"
+        print(f"note: {skipped} not written: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,32 +134,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_model_path(args.model)
+        spec = None if args.model.suffix == ".tflite" else keras_spec(args.model)  # a bad record: before the data
         split = args.split or fer.eval_split_name(args.data)
         data = fer.load_split(args.data, split, skip_bad=args.skip_bad)
-        probs = predict_probs(args.model, data.x, args.threads)
+        probs = predict_probs(args.model, data.x, spec, args.threads)
     except (fer.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     r = report(data.y, probs.argmax(1))
     r.update(model=str(args.model), data=str(args.data), split=split, skipped=len(data.skipped))
 
-    from training.plots import confusion_png, curves_png
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.model.name if args.model.is_dir() else args.model.stem
-    pngs = [confusion_png(np.array(r["confusion_matrix"]), args.out_dir / f"{stem}_confusion.png",
-                          f"{stem} on {args.data.name} ({split}): accuracy {r['accuracy']:.1%}")]
-    if args.model.is_dir() and (args.model / "history.csv").exists():
-        pngs.append(curves_png(args.model / "history.csv", args.out_dir / f"{stem}_curves.png"))
-    r["images"] = [str(x) for x in pngs]
-
+    # printed before the PNGs are drawn: the minutes of scoring are not lost if drawing fails
     if args.json:
         print(json.dumps(r))
     else:
         print(format_report(r))
         if data.skipped:
             print(f"\nskipped {len(data.skipped)} bad files, first: {data.skipped[0]}")
-        print("\nwrote " + ", ".join(r["images"]))
+    if (pngs := write_pngs(args.model, r, args.out_dir)) and not args.json:
+        print("\nwrote " + ", ".join(map(str, pngs)))
     return 0
 
 

@@ -183,12 +183,17 @@ def read_record(model: Path) -> dict | None:
 
 
 def record_spec(record: dict, model: Path) -> InputSpec:
-    """The input spec a training record names, refused by name when the record cannot give one."""
+    """The input spec a training record names, refused by name when the record cannot give one, or
+    gives a class_scale of another length than the labels (a hand edit): else scoring fails bare,
+    after the data has loaded."""
+    path = model.with_suffix(".train.json")
     try:
-        return InputSpec.from_dict(record["input"])
+        spec = InputSpec.from_dict(record["input"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: "input" not an object
-        raise ModelError(f"{model.with_suffix('.train.json')}: unreadable training record "
-                         f"({type(e).__name__}: {e})") from None
+        raise ModelError(f"{path}: unreadable training record ({type(e).__name__}: {e})") from None
+    if spec.class_scale and len(spec.class_scale) != len(CLASSES):
+        raise ModelError(f"{path}: class_scale has {len(spec.class_scale)} values for {len(CLASSES)} labels")
+    return spec
 
 
 def check_trained_on(record: dict, model: Path, data: fer.Split, required: bool = True) -> None:
