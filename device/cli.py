@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Callable
@@ -321,12 +322,18 @@ def open_log(cfg, command: str) -> FeedbackLog:
     path = Path(cfg["storage"]["path"])
     try:
         path.stat()
+        if os.access(path, os.R_OK):
+            return FeedbackLog(path, create=False)
     except FileNotFoundError:
         raise StorageError(f"{path}: no feedback log here") from None
     except PermissionError:
-        raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
-                           "which reads the log as the feedbackd user") from None
-    return FeedbackLog(path, create=False)
+        pass
+    if os.environ.get("SUDO_USER"):  # sudo already: the command dropped to the service user, who cannot read it
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise StorageError(f"{path}: permission denied for the {user} user, which sudo feedbackd runs as: "
+                           f"copy the log into a folder it can read (not /root), or chown {user} the copy")
+    raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
+                       "which reads the log as the feedbackd user")
 
 
 def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None) -> str | None:

@@ -1582,6 +1582,7 @@ def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_pa
 
 def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkeypatch):
     import pathlib
+    import pwd
 
     FeedbackLog(tmp_path / "f.db").close()
     real_stat = pathlib.Path.stat
@@ -1592,8 +1593,20 @@ def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkey
         return real_stat(self, **kw)
 
     monkeypatch.setattr(pathlib.Path, "stat", stat)
+    monkeypatch.delenv("SUDO_USER", raising=False)
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 2
     assert "f.db: permission denied: run it as root (sudo feedbackd export)" in capsys.readouterr().err
+    # under sudo the command runs as the service user: a copy in /root is out of its reach, and saying
+    # "run it as root" again would send the technician round in a circle
+    monkeypatch.setenv("SUDO_USER", "pi")
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 2
+    assert f"f.db: permission denied for the {user} user, which sudo feedbackd runs as: copy the log into a folder " \
+        "it can read" in capsys.readouterr().err
+    monkeypatch.setattr(pathlib.Path, "stat", real_stat)  # a root-owned 0600 copy: it can be seen, not read
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.R_OK)
+    assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 2
+    assert "f.db: permission denied for the" in capsys.readouterr().err
 
 
 def test_two_exports_to_one_file_each_write_their_own_temporary_file(tmp_path, capsys, monkeypatch):
