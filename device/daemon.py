@@ -102,7 +102,7 @@ class Daemon:
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
         self._box: Box | None = None  # the last face classified
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
-        self._missed = False  # a frame since the last face was looked at and showed none
+        self._missed_at: float | None = None  # the first frame since the last face that showed none
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
@@ -181,19 +181,21 @@ class Daemon:
         t = time.monotonic()
         self.stats.seconds["detect"] += t - start
         if box is None:
-            self._missed = True
+            self._missed_at = captured_at if self._missed_at is None else self._missed_at
             return
         face = crop_face(frame, box, self.geometry, self.classifier.spec.size)
         probs = self.classifier.predict(face)[0]
         self.stats.seconds["classify"] += time.monotonic() - t
         self.stats.faces += 1
-        # someone else: a box elsewhere, or a face after a gap in which frames showed none (the next
-        # customer stepping into the same spot); the reading then averages only their face. Frames
-        # further apart than the gap with a face in each (a slow Pi) are one customer.
-        last_at, last_box, self._box = self.smoother.last_face_at, self._box, box
+        # someone else: a box elsewhere, or a face after frames that showed none for longer than the
+        # gap (the next customer stepping into the same spot); the reading then averages only their
+        # face. Timed from the first frame without one: on a slow Pi frames are further apart than
+        # the gap, and one customer blinking in one of them stays one customer.
+        last_box, self._box = self._box, box
         new_face = last_box is not None and (
-            not same_face(last_box, box) or (self._missed and captured_at - last_at > self._face_gap_s))
-        self._missed = False
+            not same_face(last_box, box)
+            or (self._missed_at is not None and captured_at - self._missed_at > self._face_gap_s))
+        self._missed_at = None
         self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 
     # --- the button

@@ -1167,6 +1167,41 @@ def test_a_slow_pi_averages_one_customer_over_frames_further_apart_than_the_face
     rig.close()
 
 
+@pytest.mark.parametrize(("seen", "logged"), [
+    (["Angry", None, "Happy"], ("Angry", 0.5)),  # missed in one frame (a blink): one customer, 0.33 s without a face
+    (["Angry", None, None, "Happy"], ("Happy", 1.0)),  # 0.67 s without one: the next customer
+])
+def test_on_a_slow_pi_a_face_missed_in_one_frame_is_the_same_customer(model, face_folder, tmp_path, monkeypatch,
+                                                                      seen, logged):
+    """3 frames a second (a Pi Zero 2 W): the frames before and after a blink are 0.67 s apart, over
+    the 0.5 s face gap, yet the customer was out of sight for one frame only."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = moved_clock(monkeypatch, D)
+    box, frames = Box(100, 100, 200, 200, 0.9), iter([*seen, None])  # None: the frame after the press
+
+    class Finder:
+        def find(self, frame):
+            self.emotion = next(frames)
+            return box if self.emotion else None
+
+        def release(self, face):
+            pass
+
+    finder = rig.daemon.finder = Finder()
+    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    for _ in seen:
+        rig.daemon.step()
+        clock[0] += 1 / 3
+    rig.press()
+    rig.daemon.step()
+    monkeypatch.undo()
+    assert [(r["emotion"], r["confidence"]) for r in rig.store.rows()] == [logged]
+    rig.close()
+
+
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
     from luma.core.error import DeviceNotFoundError
 
