@@ -4,7 +4,9 @@ PNG and terminal drivers, the LED on a gpiozero mock pin and the keyboard button
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import re
 import socket
@@ -991,3 +993,18 @@ def test_the_daemon_memory_is_kept_out_of_swap(limit):
         assert why == "None" and int(after) - int(before) >= 64 * 1024
     else:  # a finite limit: nothing locked, so allocations past it still succeed
         assert "RLIMIT_MEMLOCK is" in why and "not unlimited" in why and int(after) == 0
+
+
+def test_every_gray_level_keeps_its_own_int8_input_value():
+    """The shipped int8 model's input grid sits half a step off the pixels' (scale 4/255, zero point
+    -1): each gray level is a tie, and rounding float32 noise merged 17 of them with a neighbour."""
+    from device.model import quantize
+    from device.preprocess import DEFAULT_SPEC, preprocess
+
+    manifest = json.loads((ROOT / "models" / "fer_vgg16_int8.json").read_text())
+    q = manifest["input"]["quantization"]
+    faces = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    x = preprocess(faces, dataclasses.replace(DEFAULT_SPEC, size=16)).ravel()
+    assert np.allclose((x / q["scale"] + q["zero_point"]) % 1, 0.5, atol=1e-4)  # every one a tie
+    levels = quantize(x, q["scale"], q["zero_point"], np.int8)
+    assert levels.dtype == np.int8 and (levels.astype(int) == np.arange(256) - 128).all()
