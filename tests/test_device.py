@@ -686,16 +686,22 @@ def test_example_config_is_the_defaults(tmp_path):
     assert load_config(path) == load_config(None)
 
 
-def test_check_reports_each_part(model, face_folder, tmp_path, capsys):
+def test_check_reports_each_part(model, face_folder, tmp_path, capsys, monkeypatch):
     base = ["check", "--source", "images", "--camera-path", str(face_folder), "--display", "png",
             "--png-path", str(tmp_path / "screen.png"), "--button", "none", "--db", str(tmp_path / "f.db"),
             "--model", str(model), "--detector-dir", str(FACE_DIR)]
-    assert cli.main(base) == 0
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # not UTC, as CI's zone is: a check that printed UTC would show
+    time.tzset()
+    try:
+        assert cli.main(base) == 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == list(cli.CHECK_PARTS)
     assert all(line.startswith("ok ") for line in lines)
-    here = datetime.now().astimezone()  # the zone a technician checks against the store's
-    assert f"{here:%Z} (UTC{here:%z}), the zone entries are dated in" in lines[-1]
+    # the zone a technician checks against the store's
+    assert "JST (UTC+0900), the zone entries are dated in" in lines[-1]
     assert cli.main([*base, "--skip", "camera", "--skip", "display", "--model", str(tmp_path / "none.tflite")]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage", "clock"]
@@ -1481,22 +1487,32 @@ def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == len(rows) + 1
 
 
-def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys):
+def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys, monkeypatch):
+    """Tokyo evenings in UTC are the next morning there: the store's date is the one asked for."""
     db = tmp_path / "f.db"
-    log = FeedbackLog(db)
-    for day in (3, 6, 9):
-        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, day, 12, tzinfo=UTC))
-    dates = [r["local_date"] for r in log.rows()]  # as this machine's time zone wrote them
-    log.close()
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        log = FeedbackLog(db)
+        for day in (3, 6, 9):  # 20:00 UTC, 05:00 the next day in Tokyo
+            log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, day, 20, tzinfo=UTC))
+        log.close()
 
-    def exported(*flags: str) -> list[str]:
-        assert cli.main(["export", "--db", str(db), *flags]) == 0
-        return [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+        def exported(*flags: str) -> list[str]:
+            assert cli.main(["export", "--db", str(db), *flags]) == 0
+            return [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
 
-    assert exported() == dates
-    assert exported("--since", dates[1]) == dates[1:]
-    assert exported("--until", dates[1]) == dates[:2]
-    assert exported("--since", dates[1], "--until", dates[1]) == [dates[1]]
+        dates = ["2026-11-04", "2026-11-07", "2026-11-10"]
+        assert exported() == dates
+        assert exported("--since", dates[1]) == dates[1:]
+        assert exported("--until", dates[1]) == dates[:2]
+        assert exported("--since", dates[1], "--until", dates[1]) == [dates[1]]
+        # the day before each local date is its UTC date: neither flag reads that
+        assert exported("--since", "2026-11-06") == dates[1:]
+        assert exported("--until", "2026-11-06") == dates[:1]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_command_line_flags_override_the_config_file(tmp_path, capsys):
