@@ -67,7 +67,7 @@ run: venv models
 	    inactive|failed|"") ;; *) echo "make run: feedbackd.service is $$state and holds (or is about to take) \
 	the camera, display and button: sudo systemctl stop feedbackd first"; exit 1;; esac
 	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
-	LG_WD=$${LG_WD:-/tmp} $(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
+	LG_WD=$${LG_WD:-$${XDG_RUNTIME_DIR:-/tmp}} $(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
 # A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images. Its
 # wheels stop at Python 3.11: the first of PYTHON, python3.11, 3.10, 3.9 that is 3.9 to 3.11;

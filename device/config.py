@@ -197,7 +197,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         cfg[section][key] = str(ROOT / cfg[section][key])
     # The folder they were given in, or the unit's (its WorkingDirectory, also when make install checks
     # the config from /): lgpio moves the whole process into $LG_WD when the button opens (make run and
-    # the feedbackd command set /tmp), before the log, the images or the PNG are opened. A URL stays one.
+    # the feedbackd command set a folder of the user's own), before the log, the images or the PNG are
+    # opened. A URL stays one.
     state = os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
     base = state.split(":")[0] if state else os.getcwd()
     for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):

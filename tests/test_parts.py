@@ -184,8 +184,8 @@ def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
 
 
 def test_relative_paths_mean_the_folder_they_were_given_in(tmp_path, monkeypatch):
-    """lgpio changes the process's folder to $LG_WD (/tmp under make run) when the GPIO button opens,
-    before the log is opened: var/feedback.db must not become /tmp/var/feedback.db, lost at reboot."""
+    """lgpio changes the process's folder to $LG_WD (the user's runtime folder under make run) when the
+    GPIO button opens, before the log is opened: var/feedback.db must not become /tmp/var/feedback.db."""
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)  # run by hand, not by the unit
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, {"storage.path": "var/feedback.db", "camera.source": "images", "camera.path": "photos/",
