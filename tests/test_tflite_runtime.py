@@ -3,13 +3,14 @@ second environment `make test` builds (.venv-tflite); it must agree with LiteRT 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_faces
+from conftest import FACE_DIR, ROOT, photo
 
 from device.model import EmotionClassifier, runtime_name
 
@@ -26,12 +27,29 @@ print(json.dumps({"runtime": runtime_name(clf.interpreter), "numpy": np.__versio
 """
 
 
-def test_int8_model_agrees_under_tflite_runtime(converted, tmp_path):
+def photo_faces() -> np.ndarray:
+    """The real photo's face cropped as the daemon crops it, at a few sizes and sideways shifts:
+    faces a customer shows, on which the shipped model is mostly sure (a small synthetic model's
+    near-ties go either way on two builds of the kernels)."""
+    import cv2
+
+    from device.config import load_config
+    from device.detector import CropGeometry, FaceDetector, crop_face
+
+    frame = cv2.imread(str(photo()))
+    box = FaceDetector(FACE_DIR).detect(frame)[0]
+    base = CropGeometry.from_config(load_config()["detector"])
+    return np.stack([crop_face(frame, dataclasses.replace(box, x0=box.x0 + dx, x1=box.x1 + dx),
+                               CropGeometry(base.scale * zoom, base.shift_y), 48)
+                     for zoom in (0.9, 1.0, 1.1, 1.2) for dx in (-6, 0, 6)])
+
+
+def test_the_shipped_int8_model_agrees_under_tflite_runtime(tmp_path):
     if UNAVAILABLE.exists() and not OLD_ENV.exists():
         pytest.skip(UNAVAILABLE.read_text().strip())
     assert OLD_ENV.exists(), "the tflite_runtime environment is missing: 'make test' builds .venv-tflite"
-    model = converted / "fer_vgg16_int8.tflite"
-    faces, _ = synthetic_faces(2, seed=11)
+    model = ROOT / "models" / "fer_vgg16_int8.tflite"
+    faces = photo_faces()
     np.save(tmp_path / "faces.npy", faces)
     r = subprocess.run([str(OLD_ENV), "-c", SCRIPT, str(model), str(tmp_path / "faces.npy")],
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
