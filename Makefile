@@ -59,7 +59,7 @@ RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,termina
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
              $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),--source auto $(RUN_PARTS)))
 
-# lgpio writes its notification files into LG_WD (else here, in the checkout), as the service does.
+# lgpio makes its notification FIFO in LG_WD: the user's $XDG_RUNTIME_DIR (else /tmp) unless LG_WD is set.
 # The service's state, not is-active: one in its restart loop (activating) takes the hardware back
 # within 10 s. No systemd or no unit here: nothing to wait for.
 run: venv models

@@ -173,8 +173,8 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
 
 
 def _strip(screen: Screen, d: ImageDraw.ImageDraw, w: int, h: int, accent) -> None:
-    """Each screen in two lines (an error's detail in two smaller ones), its text nearly as large as on
-    the 128x64 layout."""
+    """Each screen in at most two lines of large type (an error: its title above two smaller lines of
+    detail), its text nearly as large as on the 128x64 layout."""
     white = "white"
     if screen.kind == "idle":
         _centered(d, h // 2 - 9, "Look at the camera", 14, w, white)
