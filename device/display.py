@@ -210,15 +210,18 @@ class PngDisplay:
 
 
 class TerminalDisplay:
-    """Prints each new screen as one line on stdout (for a desk)."""
+    """Prints each new screen as one line on stdout (for a desk); a change its line does not show
+    (the face dot) prints nothing."""
 
     size, mode = (128, 64), "1"
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
+        self.stream, self.last = stream or sys.stdout, ""
 
     def show(self, screen: Screen) -> None:
-        print(f"[screen] {screen.text()}", file=self.stream, flush=True)
+        if screen.text() != self.last:
+            self.last = screen.text()
+            print(f"[screen] {self.last}", file=self.stream, flush=True)
 
 
 class Display:
