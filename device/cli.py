@@ -177,7 +177,7 @@ def open_store(path: Path) -> FeedbackLog | ReopeningLog:
                 FeedbackLog(path, create=False).close()
             logging.getLogger("feedbackd").error("%s; %s: starting without it, and entries are kept in memory and "
                                                  "the spare file until it opens", room, e)
-            return ReopeningLog(path)
+            return ReopeningLog(path, str(room))
         except StorageError as why:  # not writable for this user: the install's to mend
             raise StorageError(f"{e} ({str(why).removeprefix(f'{path}: ')})") from None
         raise

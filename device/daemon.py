@@ -109,7 +109,7 @@ class Daemon:
         self._no_face_until = 0.0
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
-        self.storage_error: str | None = None
+        self.storage_error: str | None = getattr(store, "error", None)  # a log that could not open at start
         # The log could not say which of the spare's lines it holds: they stay there, retried with
         # the pending entries, and the spare is not cleared until they are back in line.
         self._unrestored = False
@@ -263,8 +263,14 @@ class Daemon:
         return True
 
     def _retry_pending(self) -> None:
-        if (self._pending or self._unrestored) and time.monotonic() >= self._retry_at:
-            self._store_pending(time.monotonic())
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if self._pending or self._unrestored:
+            self._store_pending(now)
+        elif self.storage_error and hasattr(self.store, "reopen"):  # no entry waiting: the error screen clears
+            self.storage_error = self.store.reopen()  # once the log opens, not at the next press
+            self._retry_at = now + self.cfg["storage"]["retry_s"]
 
     def close(self) -> None:
         if self.spare:

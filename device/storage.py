@@ -4,6 +4,7 @@ and migrated forward in order at open."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sqlite3
@@ -64,22 +65,30 @@ class FeedbackLog:
         one from a typo, nor change a copied log's schema (an older one reads as is)."""
         self.path = Path(path)
         self.unreadable = 0  # entries the last salvage() could not read
+        self.db: sqlite3.Connection | None = None
         try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            else:
-                self.db = self._reader()
-            version = self._check_is_log(create)
-            if version > len(MIGRATIONS):
-                raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
-                                   f"({len(MIGRATIONS)}); upgrade feedbackd")
-            if create:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=FULL")
-                self._migrate(version)
-        except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
+            self._open(create)
+        except BaseException as e:
+            if self.db is not None:  # closed now, not when collected: a daemon on a full card tries every
+                self.db.close()  # few seconds, and a connection left open keeps the -wal after the last close
+            if isinstance(e, OSError | sqlite3.Error):
+                raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
+            raise
+
+    def _open(self, create: bool) -> None:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+        else:
+            self.db = self._reader()
+        version = self._check_is_log(create)
+        if version > len(MIGRATIONS):
+            raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
+                               f"({len(MIGRATIONS)}); upgrade feedbackd")
+        if create:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate(version)
 
     def _reader(self) -> sqlite3.Connection:
         """A connection that reads the log as it is. A reader of a WAL log makes its 32 KiB -shm
@@ -244,13 +253,25 @@ class ReopeningLog:
     (it makes a -shm file first). Each use tries to open it again and fails as a write to a full
     card does, so the kiosk runs meanwhile and keeps its entries in memory and the spare file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, error: str):
         self.path, self._log = Path(path), None
+        self.error: str | None = error  # why it is not open: the daemon shows it from the start
 
     def _opened(self) -> FeedbackLog:
         if self._log is None:
-            self._log = FeedbackLog(self.path)
+            try:
+                self._log = FeedbackLog(self.path)
+            except StorageError as e:
+                self.error = str(e)
+                raise
+            self.error = None
         return self._log
+
+    def reopen(self) -> str | None:
+        """Try to open it now, with no entry waiting: why it still cannot, or None once it is open."""
+        with contextlib.suppress(StorageError):
+            self._opened()
+        return self.error
 
     def add(self, entry: Entry, now: datetime | None = None) -> int:
         return self._opened().add(entry, now)

@@ -307,6 +307,7 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
     assert "only 0.0 MiB free on its file system" in caplog.text and "starting without it" in caplog.text
     rig = Rig(model, face_folder, db, store=store, **{"storage.retry_s": 0.1})
     rig.steps(3)
+    assert rig.daemon.screen(time.monotonic()).title == "Storage error"  # the technician sees it before a press
     rig.press()
     rig.steps(1)
     assert [e["emotion"] for e in waiting(beside(db))] == [rig.daemon._pending[0][0].emotion]  # on the card
@@ -319,6 +320,17 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
     log = FeedbackLog(db, create=False)
     assert [r["emotion"] for r in log.rows()][0] == "Sad" and log.count() == 2 and waiting(beside(db)) == []
     log.close()
+    assert not Path(f"{db}-wal").exists()  # every connection closed, the failed opens' too: a clean stop
+    shm = _no_room_for_shm(db)  # full again at the next start; then room, with no customer pressing
+    monkeypatch.setattr(os, "statvfs", lambda path: disk)
+    rig = Rig(model, face_folder, db, store=cli.open_store(db), **{"storage.retry_s": 0.1})
+    rig.steps(2)
+    assert rig.daemon.screen(time.monotonic()).title == "Storage error"
+    shm.unlink()
+    time.sleep(0.15)
+    rig.steps(1)
+    assert rig.daemon.screen(time.monotonic()).kind == "live"  # the error clears once the log opens
+    rig.close()
     db.write_bytes(b"yesterday's notes")  # not a log, on a full card: the start stops on that
     monkeypatch.setattr(os, "statvfs", lambda path: disk)
     with pytest.raises(StorageError, match="file is not a database"):
