@@ -95,14 +95,17 @@ class Daemon:
         sm, rt = cfg["smoothing"], cfg["rating"]
         unrated = [n for n in classifier.manifest.display_names if n not in rt["map"]]
         if unrated:
-            raise ConfigError(f"rating.map has no rating for {', '.join(unrated)} (labels of {classifier.path})")
+            raise ConfigError(f"{cfg.source}: rating.map has no rating for {', '.join(unrated)} "
+                              f"(labels of {classifier.path})")
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])
-        self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"])
+        self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"],
+                                 hold_s=cfg["button"]["face_window_s"])  # a press in that window is theirs
         self._box: Box | None = None  # the last face classified
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self._missed_at: float | None = None  # the first frame since the last face that showed none
+        self._missed = 0  # and how many frames since have shown none
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None
@@ -182,6 +185,7 @@ class Daemon:
         self.stats.seconds["detect"] += t - start
         if box is None:
             self._missed_at = captured_at if self._missed_at is None else self._missed_at
+            self._missed += 1
             return
         face = crop_face(frame, box, self.geometry, self.classifier.spec.size)
         probs = self.classifier.predict(face)[0]
@@ -189,13 +193,16 @@ class Daemon:
         self.stats.faces += 1
         # someone else: a box elsewhere, or a face after frames that showed none for longer than the
         # gap (the next customer stepping into the same spot); the reading then averages only their
-        # face. Timed from the first frame without one: on a slow Pi frames are further apart than
-        # the gap, and one customer blinking in one of them stays one customer.
+        # face. Timed from the first frame without one, and never on one frame alone: on a slow Pi
+        # (a Zero 2 W detects for most of a second) one missed detection is longer than the gap, and
+        # one customer blinking in it stays one customer.
         last_box, self._box = self._box, box
         new_face = last_box is not None and (
             not same_face(last_box, box)
-            or (self._missed_at is not None and captured_at - self._missed_at > self._face_gap_s))
-        self._missed_at = None
+            or (self._missed > 1 and captured_at - self._missed_at > self._face_gap_s))
+        self._missed_at, self._missed = None, 0
+        if new_face:  # the next customer, in the last one's spot too, is followed with the usual lead
+            self.finder.release(None)
         self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 
     # --- the button
@@ -225,7 +232,9 @@ class Daemon:
             # second press, and a second entry once the log is back. It lasts the cooldown too, so
             # that no press meets a screen that ignores it; a reading the screen called "Not sure"
             # is thanked without the emotion the entry keeps. The LED means stored.
-            until = max(now + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
+            # From when the entry is stored: a backlog the log took first (a card with room again)
+            # may have taken seconds, and a thank-you already over would invite a second press.
+            until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
             self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]))
             if stored:

@@ -143,14 +143,16 @@ class FaceFinder:
     was found makes the next one detect again. A box is never reused past `max_age_s`: on a
     slow Pi `every` frames take longer, and a customer who left must not be classified on.
 
-    The customer followed keeps the place through a detection that misses them (looking down at
-    the button) for `max_age_s` and at least MISSES_KEPT detections: a bystander in view is not
-    read as the customer meanwhile, whose press would log the bystander's face."""
+    The customer followed keeps the place through detections that miss them (looking down at
+    the button) for `hold_s` and at least MISSES_KEPT detections: a bystander in view is not read
+    as the customer meanwhile, whose press would log the bystander's face. The daemon holds them
+    as long as a press still counts as theirs (button.face_window_s)."""
 
     MISSES_KEPT = 2
 
-    def __init__(self, detector: FaceDetector, every: int = 1, max_age_s: float = MAX_BOX_AGE_S):
-        self.detector, self.every, self.max_age_s = detector, every, max_age_s
+    def __init__(self, detector: FaceDetector, every: int = 1, max_age_s: float = MAX_BOX_AGE_S,
+                 hold_s: float = MAX_BOX_AGE_S):
+        self.detector, self.every, self.max_age_s, self.hold_s = detector, every, max_age_s, hold_s
         self._box: Box | None = None
         self._age, self._at = 0, 0.0  # frames since the box was detected, and when
         self._followed: Box | None = None  # the customer, when last detected, and detections missing them since
@@ -178,7 +180,7 @@ class FaceFinder:
         box = choose_face(boxes, frame.shape, follow)
         if follow is not None and not any(same_face(follow, b) for b in boxes):
             self._misses += 1
-            if now - self._followed_at <= self.max_age_s or self._misses < self.MISSES_KEPT:
+            if now - self._followed_at <= self.hold_s or self._misses < self.MISSES_KEPT:
                 return None  # the customer, missed for a moment: nobody else is read as them
         if box is not None:
             self._followed, self._followed_at, self._misses = box, now, 0

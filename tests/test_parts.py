@@ -671,8 +671,8 @@ def test_a_released_face_gives_way_to_the_next_customer_without_outscoring_it_by
 def test_the_customer_missed_for_a_moment_is_not_replaced_by_a_bystander(monkeypatch):
     """Looking down at the button, the customer is missed by a detection or two; a bystander behind
     them is then no one to read, or their press would log the bystander's face. Once the customer
-    has been gone both MAX_BOX_AGE_S and two detections (a slow Pi's detections are far apart), the
-    bystander is the next customer."""
+    has been gone both the hold (MAX_BOX_AGE_S unless told) and two detections (a slow Pi's
+    detections are far apart), the bystander is the next customer."""
     from device import detector
     from device.detector import FaceFinder
 
@@ -693,6 +693,9 @@ def test_the_customer_missed_for_a_moment_is_not_replaced_by_a_bystander(monkeyp
                                                                           bystander]
     slow = finder_seeing([customer, bystander], [bystander], [customer, bystander], [bystander], [bystander])
     assert [found(slow, t) for t in (0.0, 0.8, 1.6, 2.4, 3.2)] == [customer, None, customer, None, bystander]
+    held = finder_seeing([customer, bystander], *[[bystander]] * 3)  # the daemon's hold: button.face_window_s
+    held.hold_s = 1.5
+    assert [found(held, t) for t in (0.0, 0.7, 1.4, 1.6)] == [customer, None, None, bystander]
     nxt = Box(420, 150, 540, 290, 0.9)  # stepping up beside: a little better, not 1.3 times
     released = finder_seeing([customer], [], [Box(255, 180, 365, 300, 0.9), nxt])
     assert found(released, 0.0) == customer and found(released, 0.1) is None  # missed just before the press
