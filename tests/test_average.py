@@ -147,6 +147,30 @@ def test_average_and_export_name_a_missing_or_unfinished_run(tmp_path, fer_csv, 
     assert stop.value.code == 2 and "--batch-norm-faces -5: must be at least 0" in capsys.readouterr().err
 
 
+def test_average_export_and_evaluate_name_an_unreadable_state_or_config(tmp_path, fer_csv, capsys):
+    """A truncated or hand-edited state.json or config.json: the file named, exit 2, no traceback."""
+    average = ["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]
+    export = ["--run-dir", str(tmp_path), "--data", str(fer_csv)]
+    state, config = tmp_path / "state.json", tmp_path / "config.json"
+    state.write_text('{"config": {"epochs": 1}, "epochs_')
+    config.write_text("{}")
+    evaluate = ["--model", str(tmp_path), "--data", str(fer_csv)]
+    for main, args in ((A.main, average), (export_main, export), (evaluate_main, evaluate)):
+        assert main(args) == 2
+        assert f"error: {state}: unreadable run state (" in capsys.readouterr().err
+    state.write_text(json.dumps({"config": {"epochs": 1}}))
+    assert export_main(export) == 2
+    assert f"error: {state}: unreadable run state (no 'epochs_done')" in capsys.readouterr().err
+    state.write_text(json.dumps({"config": {"epochs": 1}, "epochs_done": 1, "best_epoch": 1}))
+    (tmp_path / "best.weights.h5").write_bytes(b"not read: the config is refused first")
+    config.write_text("[]")
+    assert A.main(average) == 2
+    assert f"error: {config}: unreadable run config (a JSON list, not an object)" in capsys.readouterr().err
+    config.write_text("{}")
+    assert export_main(export) == 2
+    assert f"error: {config}: unreadable run config (no 'width'" in capsys.readouterr().err
+
+
 def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
         kept_run, fer_csv, tmp_path, capsys, monkeypatch):
     init = tmp_path / "start.keras"

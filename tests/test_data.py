@@ -106,6 +106,20 @@ def test_a_split_in_two_spellings_is_refused_not_half_read(tmp_path, faces):
     assert len(load_split(both, "test")) == 1
 
 
+def test_a_folder_beside_train_and_test_is_refused_not_dropped(tmp_path, faces):
+    """A train/ val/ test/ repackaging (val PublicTest, test PrivateTest) read as train/ and test/
+    would choose epochs on PrivateTest: the folder the layout has no place for is named."""
+    x, _ = faces
+    good = png_bytes(x[0])
+    members = {f"fer2013/{s}/happy/a.png": good for s in ("train", "test")}
+    three = write_zip(tmp_path / "three.zip", {**members, "fer2013/Val/sad/b.png": good})
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=re.escape(f"{three}: Val/ beside train/ and test/")):
+            load_split(three, split)
+    readme = write_zip(tmp_path / "readme.zip", {**members, "fer2013/README.txt": b"notes"})  # a file, not a split
+    assert len(load_split(readme, "train")) == len(load_split(readme, "test")) == 1
+
+
 def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
     x, y = faces

@@ -324,6 +324,49 @@ def test_a_missing_init_is_named_before_the_data_is_read(tmp_path, capsys):
     assert f"--init {missing}: no such file" in capsys.readouterr().err
 
 
+def test_a_warm_start_from_a_copy_of_the_shipped_model_keeps_its_lineage(tmp_path, monkeypatch, capsys):
+    """CYCLES.md starts from a copy (~/.cache/feedbackd/start.keras) with no record beside it: the record
+    in models/ of the same bytes gives its epochs and ancestry; a model no record describes is named."""
+    monkeypatch.chdir(tmp_path)
+    shipped = tmp_path / "models" / "fer_vgg16.keras"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"the shipped weights")
+    record = {"sha256": sha256_file(shipped), "epochs": 4, "config": {"epochs": 4}, "publictest": {"accuracy": 0.6},
+              "warm_start_from": {"file": "fer_vgg16.keras", "sha256": "0" * 64, "epochs": 9}}
+    shipped.with_suffix(".train.json").write_text(json.dumps(record))
+    copy = tmp_path / "cache" / "start.keras"
+    copy.parent.mkdir()
+    shutil.copy(shipped, copy)
+    lineage = warm_start_lineage(str(copy))
+    assert lineage["file"] == "start.keras" and lineage["warm_start_from"] == record["warm_start_from"]
+    assert T.epoch_offset(lineage) == 13 and capsys.readouterr().err == ""
+    copy.write_bytes(b"weights no record describes")
+    assert warm_start_lineage(str(copy)) == {"file": "start.keras", "sha256": sha256_file(copy)}
+    assert f"warning: --init {copy}: no training record of this model" in capsys.readouterr().err
+
+
+def test_an_unreadable_record_or_state_is_named_before_the_data_is_read(tmp_path, capsys):
+    """A truncated or hand-edited .train.json beside --init, or state.json in --run-dir: exit 2 naming
+    the file (and the missing key), not a bare JSONDecodeError or KeyError."""
+    init = tmp_path / "start.keras"
+    init.write_bytes(b"weights")
+    record = init.with_suffix(".train.json")
+    start = ["--data", str(tmp_path / "not-read.csv"), "--init", str(init), "--run-dir", str(tmp_path / "r")]
+    for text, message in (('{"sha256": "', "unreadable training record ("),
+                          (json.dumps({"sha256": sha256_file(init), "config": {}, "publictest": {"accuracy": 0.5}}),
+                           "unreadable training record (KeyError: 'epochs')")):
+        record.write_text(text)
+        assert T.main(start) == 2
+        assert f"error: --init {init}: {record}: {message}" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, message in (("", "unreadable run state ("),
+                          (json.dumps({"config": {}}), "unreadable run state (no 'epochs_done')")):
+        (run / "state.json").write_text(text)
+        assert T.main(["--data", str(tmp_path / "not-read.csv"), "--run-dir", str(run), "--resume"]) == 2
+        assert f"error: {run / 'state.json'}: {message}" in capsys.readouterr().err
+
+
 def test_evaluate_without_matplotlib_prints_the_report_and_names_the_pngs_it_skips(tiny_model, fer_csv, tmp_path,
                                                                                    monkeypatch, capsys):
     """A Pi's venv has the device packages only: after minutes of scoring a .tflite there, the report

@@ -12,18 +12,17 @@ middle than any of them: it generalizes better at the cost of one pass over the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from device.model import sha256_file
+from device.model import ModelError, sha256_file
 from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import MODEL_NAME, export_model, run_out
 from training.metrics import report
-from training.run import chosen_weights, commit_files, finished_state, other_data
+from training.run import chosen_weights, commit_files, finished_state, other_data, read_config
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -126,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     out = run_out(state, args.out)
-    cfg = json.loads((run / "config.json").read_text())
+    try:
+        cfg = read_config(run, "width", "dropout", "seed", "init")
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if error := check_start(run, state, args.models):  # before minutes of loading the data
         print(error, file=sys.stderr)
         return 2

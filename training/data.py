@@ -1,7 +1,7 @@
 """Read FER-2013 in its public forms into uint8 arrays, with a checksum-keyed cache.
 
 Forms: the challenge CSV (``emotion,pixels,Usage``); the image-folder layout
-``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` as a folder or a zip read in place; a
+``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` (no other folder) as a folder or a zip read in place; a
 bare folder (or zip) of ``<class>/`` subfolders, read whole as the split ``all``.
 """
 
@@ -128,6 +128,13 @@ def detect_form(path: Path) -> str:
         return "csv"
     _, names = _strip_prefix(_entries(path))
     if {n.split("/", 1)[0].lower() for n in names} & set(SPLIT_DIRS.values()):  # Train/ and Test/ too
+        # only train/ and test/ are read: a val/ beside them would be dropped, and test/ (PublicTest to
+        # the loader) might then be PrivateTest, on which training would choose its epochs
+        if other := sorted({top for n in names if "/" in n
+                            and (top := n.split("/", 1)[0]).lower() not in SPLIT_DIRS.values()}):
+            raise DataError(f"{path}: {', '.join(f'{t}/' for t in other)} beside train/ and test/: an image-folder "
+                            "layout has only train/ (Training) and test/ (PublicTest, and PrivateTest named "
+                            "PrivateTest_*); move it out or merge it into those")
         return "layout"
     csvs = [n for n in names if n.lower().endswith(".csv")]  # Kaggle's archive.zip wraps fer2013.csv
     if csvs and not any(PurePosixPath(n).suffix.lower() in IMAGE_EXT for n in names):

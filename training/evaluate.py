@@ -24,7 +24,7 @@ from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
 from training.export import load_float_model, read_record, record_spec
 from training.metrics import report
-from training.run import STATE, chosen_weights
+from training.run import STATE, chosen_weights, read_config, read_state
 
 
 def predict_keras(path: Path, faces: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -34,16 +34,12 @@ def predict_keras(path: Path, faces: np.ndarray, spec: InputSpec) -> np.ndarray:
         return classify(load_float_model(path, spec), faces, spec)
     from training.model import build_vgg16  # a training run: rebuild the model, load what it exports
 
-    model = build_vgg16(width=(cfg := run_config(path))["width"], dropout=cfg["dropout"])
+    model = build_vgg16(width=(cfg := read_config(path, "width", "dropout"))["width"], dropout=cfg["dropout"])
     try:
-        model.load_weights(chosen_weights(path, json.loads((path / STATE).read_text())))
+        model.load_weights(chosen_weights(path, read_state(path)))
     except Exception as e:  # h5py raises many kinds for a damaged weights file
         raise ModelError(f"{path}: cannot load the run's weights ({type(e).__name__}: {e})") from None
     return classify(model, faces, spec)
-
-
-def run_config(run: Path) -> dict:
-    return json.loads((run / "config.json").read_text())
 
 
 def keras_spec(path: Path) -> InputSpec:
@@ -52,8 +48,8 @@ def keras_spec(path: Path) -> InputSpec:
     from training.train import model_spec
 
     if path.is_dir():
-        if counts := json.loads((path / STATE).read_text()).get("train_class_counts"):
-            return model_spec(run_config(path), counts)
+        if counts := read_state(path).get("train_class_counts"):
+            return model_spec(read_config(path, "class_weight_power"), counts)
         print(f"warning: {path}: its state.json records no class counts (a run begun by an older feedbackd), "
               "so it is scored without the class scale its export would apply", file=sys.stderr)
         return DEFAULT_SPEC
@@ -69,7 +65,7 @@ def check_model_path(model: Path) -> None:
         missing = [n for n in ("config.json", STATE) if not (model / n).is_file()]
         if missing:
             raise ModelError(f"{model}: not a training run folder (no {', '.join(missing)})")
-        if not (weights := chosen_weights(model, json.loads((model / STATE).read_text()))).is_file():
+        if not (weights := chosen_weights(model, read_state(model))).is_file():
             raise ModelError(f"{model}: no {weights.name} to score (a run none of whose epochs beat its --init "
                              "model exports nothing)")
     elif not model.is_file():

@@ -26,7 +26,18 @@ from device.model import ModelError, sha256_file
 from device.preprocess import CLASSES, ONE_VIEW, InputSpec
 from training import data as fer
 from training.metrics import report
-from training.run import STATE, chosen_weights, finished_state, other_data, replace_durably, save_atomic, save_state
+from training.run import (
+    STATE,
+    chosen_weights,
+    finished_state,
+    other_data,
+    read_config,
+    read_json,
+    read_state,
+    replace_durably,
+    save_atomic,
+    save_state,
+)
 
 MODEL_NAME = "fer_vgg16"
 
@@ -42,21 +53,27 @@ def cpu_name() -> str:
 
 
 def warm_start_lineage(init: str | None) -> dict | None:
-    """What a warm start began from; read when the run starts, before its export may overwrite that file."""
+    """What a warm start began from; read when the run starts, before its export may overwrite that file.
+    Its record is the one beside it, else the one in models/ of the same model (a start from a copy of
+    the shipped model, as CYCLES.md's commands make, has none beside it)."""
     if not init or not Path(init).is_file():
         return None
-    entry = {"file": Path(init).name, "sha256": sha256_file(Path(init))}
-    record_path = Path(init).with_name(Path(init).stem + ".train.json")
-    if record_path.exists():
-        prev = json.loads(record_path.read_text())
-        if prev.get("sha256") == entry["sha256"]:
-            entry.update(
-                epochs=prev["epochs"],
-                config=prev["config"],
-                publictest_accuracy=prev.get("publictest_single_view", prev["publictest"])["accuracy"],
-                warm_start_from=prev.get("warm_start_from"),
-                average=prev.get("average"),
-            )
+    path, models = Path(init), Path("models")  # where exports go unless told otherwise (run_out)
+    entry = {"file": path.name, "sha256": sha256_file(path)}
+    for record_path in [path.with_name(path.stem + ".train.json"), *sorted(models.glob("*.train.json"))]:
+        if not record_path.is_file():
+            continue
+        if (prev := read_json(record_path, "training record")).get("sha256") != entry["sha256"]:
+            continue  # another model's (an older export, the shipped model beside a copy of another)
+        try:
+            return {**entry, "epochs": prev["epochs"], "config": prev["config"],
+                    "publictest_accuracy": prev.get("publictest_single_view", prev["publictest"])["accuracy"],
+                    "warm_start_from": prev.get("warm_start_from"), "average": prev.get("average")}
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"{record_path}: unreadable training record ({type(e).__name__}: {e})") from None
+    if path.suffix == ".keras":  # ImageNet weights (.h5) have no FER epochs to count
+        print(f"warning: --init {path}: no training record of this model beside it or in {models}/, so its "
+              "lineage is unknown: the record and card will count only this run's epochs", file=sys.stderr)
     return entry
 
 
@@ -76,8 +93,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
 
     export_commit = code_commit()  # before this export's own files make the tree dirty; an export
     # redone later may score the model with newer code than the run's
-    cfg = json.loads((run / "config.json").read_text())
-    state = json.loads((run / STATE).read_text())
+    cfg = read_config(run, "width", "dropout", "class_weight_power")
+    state = read_state(run, "epochs_done", "best_epoch", "wall_seconds")
     keras.mixed_precision.set_global_policy("float32")
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
     model.load_weights(chosen_weights(run, state))
@@ -171,12 +188,7 @@ def read_record(model: Path) -> dict | None:
     path = model.with_suffix(".train.json")
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: unreadable training record ({e})") from None
-    if not isinstance(record, dict):
-        raise ModelError(f"{path}: unreadable training record (a JSON {type(record).__name__}, not an object)")
+    record = read_json(path, "training record")
     if record.get("sha256") != sha256_file(model):
         raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
     return record
@@ -283,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if error := other_data(args.run_dir, state, train.checksum, args.data):
         print(error, file=sys.stderr)
         return 2
-    print(export_model(args.run_dir, run_out(state, args.out), train, test))
+    try:
+        print(export_model(args.run_dir, run_out(state, args.out), train, test))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

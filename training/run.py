@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from device.model import ModelError
+
 STATE = "state.json"
 STAGED = ".pending-commit"  # + the commit's number: committed once state.json's "commits" reaches it
 OLD_STAGED = ".pending-epoch"  # + the epoch: how a run begun by an older feedbackd staged its epochs
@@ -17,6 +19,28 @@ OLD_STAGED = ".pending-epoch"  # + the epoch: how a run begun by an older feedba
 # teachers' targets stay: they are reused only for the same teachers and faces.
 RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
              "average.weights.h5", "epoch*.weights.h5", ".pending-*", "*.tmp", "*.tmp.*")
+
+
+def read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object a run or export wrote, with `keys` in it; refused naming the file (a truncated,
+    hand-edited or older file) rather than a bare JSONDecodeError or KeyError later."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: unreadable {what} (a JSON {type(data).__name__}, not an object)")
+    if missing := [k for k in keys if k not in data]:
+        raise ModelError(f"{path}: unreadable {what} (no {', '.join(map(repr, missing))})")
+    return data
+
+
+def read_state(run: Path, *keys: str) -> dict:
+    return read_json(run / STATE, "run state", keys)
+
+
+def read_config(run: Path, *keys: str) -> dict:
+    return read_json(run / "config.json", "run config", keys)
 
 
 def fsync(path: Path) -> None:
@@ -111,7 +135,10 @@ def finished_state(run: Path, then: str) -> tuple[dict, str | None]:
     longer run), ending with what to do `then`."""
     if not (run / STATE).exists():
         return {}, f"error: --run-dir {run}: no run there (no {STATE})"
-    state = json.loads((run / STATE).read_text())
+    try:
+        state = read_state(run, "config", "epochs_done")
+    except ModelError as e:
+        return {}, f"error: {e}"
     done, epochs = state["epochs_done"], state["config"]["epochs"]
     if done < epochs:
         return {}, f"error: --run-dir {run}: the run stopped after epoch {done} of {epochs}; {then}"

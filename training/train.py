@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from device.model import ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
 from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, run_out, warm_start_lineage
 from training.metrics import report
-from training.run import STATE, clear_run, commit_files, finish_pending
+from training.run import STATE, clear_run, commit_files, finish_pending, read_state
 
 DEFAULTS = {
     "epochs": 20,
@@ -279,8 +280,11 @@ def fmt_time(s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir
-    state_path = run / STATE
-    old = json.loads(state_path.read_text()) if state_path.exists() else None
+    try:
+        old = read_state(run, "config", "epochs_done") if (run / STATE).exists() else None
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     # --- configuration: fresh from the command line, or as saved by the run we resume
     discard = False
@@ -328,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         discard = bool(old or args.restart)
         # The lineage is read now: the export overwrites the --init file when it lands in --out.
-        lineage = warm_start_lineage(str(args.init)) if args.init else None
+        try:
+            lineage = warm_start_lineage(str(args.init)) if args.init else None
+        except ModelError as e:
+            print(f"error: --init {args.init}: {e}", file=sys.stderr)
+            return 2
         cfg = {k: getattr(args, k) for k in DEFAULTS}
         cfg.update(precision=args.precision or "auto", limit=args.limit,
                    init=str(args.init) if args.init else None, epoch_offset=epoch_offset(lineage))
