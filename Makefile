@@ -29,14 +29,14 @@ ifneq ($(shell cat $(STAMP) 2>/dev/null),$(WANT))
 .PHONY: $(STAMP)
 endif
 
-# A venv of another Python, or without a working pip (an interrupted build, or python3-venv
-# missing at the time), is made again rather than trusted.
+# A venv of another Python, or without a pip of its own (an interrupted build, or python3-venv
+# missing at the time; on a Pi apt's pip answers through the system site-packages), is made again
+# rather than trusted: install.sh's venv_ok decides, for its venv and this one alike.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "feedbackd needs \
 	Python >= 3.11; PYTHON=$(PYTHON) is $(or $(PY_VERSION),not found): install one and name it, e.g. \
 	make run PYTHON=python3.11"; exit 1; }
-	@[ "$$($(BIN)/python -c 'import sys; print("python%d.%d" % sys.version_info[:2])' 2>/dev/null)" = \
-	    "$(PY_VERSION)" ] && $(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && \
+	@PYTHON=$(PYTHON) bash -c 'source systemd/install.sh && venv_ok "$$1"' venv_ok $(VENV) || { rm -rf $(VENV) && \
 	    $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV); } || \
 	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip

@@ -232,7 +232,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
 
     def storage() -> str:
         path = Path(cfg["storage"]["path"])
-        if not path.exists():  # a fresh install: the service makes the log at its first start
+        if not log_exists(path, "check"):  # a fresh install: the service makes the log at its first start
             return f"{path}: no log yet (the service creates it at its first start), {log_room(path)}"
         store = FeedbackLog(path, create=False)
         try:
@@ -320,20 +320,33 @@ def cmd_analyze(cfg, args) -> int:
 def open_log(cfg, command: str) -> FeedbackLog:
     """The existing log, for reading: a missing or unreadable one is named, never created."""
     path = Path(cfg["storage"]["path"])
+    if not log_exists(path, command):
+        raise StorageError(f"{path}: no feedback log here")
+    if not os.access(path, os.R_OK):
+        raise denied(path, command)
+    return FeedbackLog(path, create=False)
+
+
+def log_exists(path: Path, command: str) -> bool:
+    """Whether there is a log at `path`. A user outside the service's group cannot even look into
+    /var/lib/feedbackd (0750): that is a StorageError saying how to run `command` instead."""
     try:
         path.stat()
-        if os.access(path, os.R_OK):
-            return FeedbackLog(path, create=False)
-    except FileNotFoundError:
-        raise StorageError(f"{path}: no feedback log here") from None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except PermissionError:
-        pass
+        raise denied(path, command) from None
+    return True
+
+
+def denied(path: Path, command: str) -> StorageError:
+    """The log at `path` is out of this user's reach: how to run `command` so that it is not."""
     if os.environ.get("SUDO_USER"):  # sudo already: the command dropped to the service user, who cannot read it
         user = pwd.getpwuid(os.geteuid()).pw_name
-        raise StorageError(f"{path}: permission denied for the {user} user, which sudo feedbackd runs as: "
-                           f"copy the log into a folder it can read (not /root), or chown {user} the copy")
-    raise StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
-                       "which reads the log as the feedbackd user")
+        return StorageError(f"{path}: permission denied for the {user} user, which sudo feedbackd runs as: "
+                            f"copy the log into a folder it can read (not /root), or chown {user} the copy")
+    return StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "
+                        "which reads the log as the feedbackd user")
 
 
 def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None) -> str | None:

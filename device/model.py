@@ -60,7 +60,8 @@ class Manifest:
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ModelError(f"{path}: model manifest not found (run 'make convert')") from None
+            raise ModelError(f"{path}: model manifest not found (copy the model's .json beside it, as "
+                             "'sudo make install' does on a kiosk; 'make convert' writes both on a desk)") from None
         except (OSError, ValueError) as e:  # ValueError: not JSON, or not even UTF-8
             raise ModelError(f"{path}: cannot read model manifest: {e}") from None
         try:
@@ -153,28 +154,34 @@ def quantize(x: np.ndarray, scale: float, zero: int, dtype: np.dtype) -> np.ndar
     return np.clip(np.floor(x / scale + zero + (0.5 + TIE)), info.min, info.max).astype(dtype)
 
 
+def verified_manifest(path: Path) -> tuple[Manifest, str]:
+    """The model file's manifest and sha256, checked against each other without loading LiteRT:
+    the pre-upgrade check runs this too, before the running kiosk is stopped."""
+    if not path.is_file():
+        raise ModelError(f"{path}: emotion model not found: check model.path, or restore the model "
+                         "('sudo make install' from the checkout on a kiosk, 'make convert' on a desk)")
+    if path.suffix != ".tflite":
+        raise ModelError(f"{path}: expected a converted .tflite model (run 'make convert' on a .keras one)")
+    manifest = Manifest.load(manifest_path(path))
+    try:
+        actual = sha256_file(path)
+    except OSError as e:  # a root-only file copied in, a failing SD card
+        raise ModelError(f"{path}: cannot read the emotion model: {e}") from None
+    if actual != manifest.sha256:
+        raise ModelError(
+            f"{path}: sha256 {actual[:16]}… does not match its manifest "
+            f"{manifest_path(path)} ({manifest.sha256[:16]}…); refusing to use it (copy the model "
+            "and its manifest together, as 'sudo make install' does; 'make convert' writes both)"
+        )
+    return manifest, actual
+
+
 class EmotionClassifier:
     """Classify uint8 face crops with a verified `.tflite` model and its manifest."""
 
     def __init__(self, model: str | Path, num_threads: int = 1):
         self.path = Path(model)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: emotion model not found: check model.path, or restore the model "
-                             "('sudo make install' from the checkout on a kiosk, 'make convert' on a desk)")
-        if self.path.suffix != ".tflite":
-            raise ModelError(f"{self.path}: expected a converted .tflite model (run 'make convert' on a .keras one)")
-        self.manifest = Manifest.load(manifest_path(self.path))
-        try:
-            actual = sha256_file(self.path)
-        except OSError as e:  # a root-only file copied in, a failing SD card
-            raise ModelError(f"{self.path}: cannot read the emotion model: {e}") from None
-        if actual != self.manifest.sha256:
-            raise ModelError(
-                f"{self.path}: sha256 {actual[:16]}… does not match its manifest "
-                f"{manifest_path(self.path)} ({self.manifest.sha256[:16]}…); refusing to use it (copy the model "
-                "and its manifest together, as 'sudo make install' does; 'make convert' writes both)"
-            )
-        self.sha256 = actual
+        self.manifest, self.sha256 = verified_manifest(self.path)
         self.interpreter = load_interpreter(self.path, num_threads)
         self._allocate()
         self._input = self.interpreter.get_input_details()[0]

@@ -88,7 +88,7 @@ service_user() {
 # A venv to reuse (an upgrade installs over it): made by the install's Python, whose version its
 # pyvenv.cfg records (after bookworm's 3.11 became trixie's 3.13 its python link runs 3.13, beside
 # packages built for 3.11), and with a pip of its own (the system's, seen through the system
-# site-packages, answers for a venv whose creation was cut short). As the Makefile's .venv rule.
+# site-packages, answers for a venv whose creation was cut short). The Makefile's .venv rule asks it too.
 venv_ok() {
     local venv=$1 want
     want=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || return 1
@@ -176,8 +176,9 @@ install_config() {
 
 # The config as the service will read it, with the code about to run it (its Python, and PYTHONPATH
 # for the code not yet installed) and the unit's STATE_DIRECTORY, which has the daemon refuse paths
-# the sandbox hides or keeps read-only (device/config.py); the model and detector files it names
-# must also exist, or be the ones this install lays down.
+# the sandbox hides or keeps read-only (device/config.py). A model or detector folder of the owner's
+# (not one this install lays down) must also pass the service's checksums: its manifest, and the
+# pinned face-detector files. Only what numpy needs is loaded: an upgrade runs this in the old venv.
 check_config() {
     (cd / && PYTHONDONTWRITEBYTECODE=1 FEEDBACKD_HOME=$ROOT_DIR STATE_DIRECTORY=$STATE \
         PYTHONPATH=${2:-} "$1" - "$CONF_DIR/config.toml" "$ROOT_DIR/$MODEL" "$ROOT_DIR/models/face" <<'PY'
@@ -185,15 +186,24 @@ import sys
 from pathlib import Path
 
 from device.config import ConfigError, load_config
+from device.detector import DetectorError, check_face_files
+from device.model import ModelError, verified_manifest
 
 config, installed = sys.argv[1], {Path(p) for p in sys.argv[2:]}
 try:
     cfg = load_config(config)
 except ConfigError as e:
     sys.exit(f"install: error: {e}\ninstall: fix it, then run make install again")
-for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
-    if Path(path) not in installed and not Path(path).exists():
+for key, path, check in (("model.path", Path(cfg["model"]["path"]), verified_manifest),
+                         ("detector.dir", Path(cfg["detector"]["dir"]), check_face_files)):
+    if path in installed:
+        continue
+    if not path.exists():
         sys.exit(f"install: error: {config}: {key}: {path} does not exist")
+    try:
+        check(path)
+    except (ModelError, DetectorError, OSError) as e:
+        sys.exit(f"install: error: {config}: {key}: {e}")
 PY
     ) || exit 1
 }

@@ -4,6 +4,7 @@ upgrade / uninstall / purge cycle keeping what a store cannot lose."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -407,3 +408,80 @@ def test_lgpio_gets_a_folder_of_the_users_own(tmp_path):
         assert r.returncode == 0, r.stderr
         ran = f"LG_WD={lg_wd} FEEDBACKD_HOME={prefix} check"
         assert r.stdout.splitlines() == (["as feedbackd", ran] if uid == "0" else [ran]), (uid, env, r.stdout)
+
+
+def test_the_kept_config_is_checked_against_the_owners_model_and_detector_files(tmp_path):
+    """An upgrade refuses, before it stops the kiosk, a config naming a model of the owner's whose manifest is
+    missing or another model's, or a detector folder with a wrong file: the service would restart forever."""
+    root = tmp_path / "root"
+    opt, config = root / PREFIX.lstrip("/"), root / "etc/feedbackd/config.toml"
+    (opt / "models").mkdir(parents=True)
+    shutil.copytree(ROOT / "models/face", opt / "models/detector")
+    own = opt / "models/fer_own_int8.tflite"
+    shutil.copy(ROOT / "models/fer_vgg16_int8.tflite", own)
+    config.parent.mkdir(parents=True)
+
+    def check(model: str, detector: str = "models/face") -> subprocess.CompletedProcess:
+        config.write_text(f'[model]\npath = "{model}"\n[detector]\ndir = "{detector}"\n')
+        return subprocess.run(["bash", "-c", 'source "$0" && check_config "$1" "$2"', ROOT / "systemd/install.sh",
+                               sys.executable, ROOT], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "DESTDIR": str(root)})
+
+    r = check("models/fer_own_int8.tflite")
+    assert r.returncode != 0
+    assert (f"{config}: model.path: {own.with_suffix('.json')}: model manifest not found (copy the model's .json "
+            "beside it") in r.stderr
+    manifest = json.loads((ROOT / "models/fer_vgg16_int8.json").read_text())
+    own.with_suffix(".json").write_text(json.dumps({**manifest, "tflite_sha256": "0" * 64}))  # another model's
+    r = check("models/fer_own_int8.tflite")
+    assert r.returncode != 0 and f"{config}: model.path: {own}: sha256 " in r.stderr
+    assert "does not match its manifest" in r.stderr
+    shutil.copy(ROOT / "models/fer_vgg16_int8.json", own.with_suffix(".json"))
+    assert check("models/fer_own_int8.tflite").returncode == 0
+    assert check("models/fer_vgg16_int8.tflite").returncode == 0, "the install lays this one down"
+
+    (opt / "models/detector/deploy.prototxt").write_text("damaged")
+    r = check("models/fer_own_int8.tflite", "models/detector")
+    assert r.returncode != 0
+    assert f"{config}: detector.dir: {opt / 'models/detector/deploy.prototxt'}: sha256 " in r.stderr
+    shutil.copy(ROOT / "models/face/deploy.prototxt", opt / "models/detector")
+    assert check("models/fer_own_int8.tflite", "models/detector").returncode == 0
+
+
+def test_make_remakes_a_venv_whose_pip_is_the_systems(tmp_path):
+    """A Pi's .venv sees apt's packages: after its creation was cut short, apt's pip answered for it and every
+    later `make run` failed at its missing bin/pip. The rule asks install.sh's venv_ok, as the install does."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    made = tmp_path / "made"
+    python = stub(tmp_path / "python3", f'[ "$1 $2" = "-m venv" ] || exec {sys.executable} "$@"\n'
+                                        f'echo "$*" >{made}; mkdir -p {venv}/bin\n'  # pip stands in for installs
+                                        f'printf "#!/bin/sh\\n" >{venv}/bin/pip; chmod +x {venv}/bin/pip\n')
+    r = subprocess.run(["make", "-C", str(ROOT), "venv", f"VENV={venv}", f"PYTHON={python}", "ON_PI=yes"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert made.read_text() == f"-m venv --system-site-packages {venv}\n"
+
+
+def test_check_says_to_use_sudo_for_a_log_this_user_cannot_reach(tmp_path, capsys, monkeypatch):
+    """/var/lib/feedbackd is 0750: `feedbackd check` as pi met a bare PermissionError there, where export and
+    summary say how to run them."""
+    import pathlib
+
+    from device import cli
+
+    FeedbackLog(tmp_path / "feedback.db").close()
+    real_stat = pathlib.Path.stat
+
+    def stat(self, **kw):  # what a user outside the feedbackd group meets (root here reads all)
+        if self.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    check = ["check", *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    for db in (tmp_path / "feedback.db", tmp_path / "none.db"):  # a log, or none yet: neither can be looked for
+        assert cli.main([*check, "--db", str(db)]) == 1
+        assert capsys.readouterr().out == (f"FAIL storage        {db}: permission denied: run it as root "
+                                           "(sudo feedbackd check), which reads the log as the feedbackd user\n")
