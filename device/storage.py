@@ -231,18 +231,25 @@ class FeedbackLog:
 
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
                    salvage: bool = False) -> int:
+        """Every entry read before the first line is written: a log damaged halfway stops an export
+        to stdout (`> feedback.csv`) with nothing in the file, not with a CSV that looks complete."""
+        rows = list((self.salvage if salvage else self.rows)(since, until))
         w = csv.writer(out)
         w.writerow(EXPORT_FIELDS)
-        n = 0
-        for r in (self.salvage if salvage else self.rows)(since, until):
-            w.writerow([r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
-                        r["probabilities"], r["model_sha256"], r["device_id"], r["id"], CLOCK[r["clock_synced"]],
-                        "" if r["rating_max"] is None else r["rating_max"]])
-            n += 1
-        return n
+        for r in rows:
+            w.writerow([r["local_date"], r["local_time"], r["rating"], cell(r["emotion"]), r["confidence"], r["utc"],
+                        r["probabilities"], cell(r["model_sha256"]), cell(r["device_id"]), r["id"],
+                        CLOCK[r["clock_synced"]], "" if r["rating_max"] is None else r["rating_max"]])
+        return len(rows)
 
     def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        """True for a sound log; a damage that stops the check itself (a page past the header) is a
+        StorageError naming the file, as `check` is where the README sends the owner to confirm it."""
+        try:
+            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{self.path}: integrity_check failed: {e} ('feedbackd export --salvage' "
+                               "rescues the entries still readable)") from None
 
     def close(self) -> None:
         self.db.close()
@@ -282,6 +289,13 @@ class ReopeningLog:
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
+
+
+def cell(text) -> object:
+    """A text field as a spreadsheet shows it and never runs it: one starting like a formula (a
+    device id set to "=HYPERLINK(...)", a salvaged row's stray bytes) gets the apostrophe that makes
+    Excel and LibreOffice read it as text."""
+    return f"'{text}" if isinstance(text, str) and text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def utc_text(at: datetime) -> str:

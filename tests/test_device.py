@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -1480,6 +1481,24 @@ def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, ca
     assert f"{db}: cannot read the log" in capsys.readouterr().err
     assert out.read_text() == "yesterday's export\n"
     assert sorted(os.listdir(tmp_path)) == ["f.db", "feedback.csv"]
+    assert cli.main(["export", "--db", str(db)]) == 2  # `> feedback.csv`: the shell's file stays empty too
+    assert capsys.readouterr().out == ""
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    assert cli.main(check) == 1  # the owner confirms the damage as the README says: the file is named
+    assert f"FAIL storage        {db}: integrity_check failed: " in capsys.readouterr().out
+
+
+def test_export_writes_a_field_that_looks_like_a_formula_as_text(tmp_path, capsys):
+    """A device id that starts like a spreadsheet formula is never run by Excel or LibreOffice."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", '=HYPERLINK("http://x","till")'))
+    log.add(Entry("Sad", -1, 0.8, {"Sad": 0.8}, "ab", "till-2"))  # a negative rating stays a number
+    log.close()
+    assert cli.main(["export", "--db", str(db)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["device_id"], r["rating"]) for r in rows] == [("'=HYPERLINK(\"http://x\",\"till\")", "5.0"),
+                                                             ("till-2", "-1.0")]
 
 
 def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
@@ -1493,7 +1512,9 @@ def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
     data[page : page + 8] = b"\xff" * 8  # its header: a failing SD card's garbage
     db.write_bytes(bytes(data))
     assert cli.main(["export", "--db", str(db)]) == 2
-    assert "'feedbackd export --salvage' rescues the entries still readable" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "'feedbackd export --salvage' rescues the entries still readable" in said.err
+    assert said.out == ""  # not the 149 entries before the bad page, as if they were all
     out = tmp_path / "rescued.csv"
     assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1  # not the whole log
     lost = int(capsys.readouterr().err.split("feedbackd: ")[1].split()[0])
