@@ -415,10 +415,11 @@ def cmd_summary(cfg, args) -> int:
     try:
         note = waiting_note(store, "summary", args.since, args.until)
         oldest, newest = store.rating_scales()
-        tallies = summarize(store.rows(args.since, args.until), unlogged=oldest)
+        sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
+        tallies = summarize(store.rows(args.since, args.until), oldest, sure_from)
     finally:
         store.close()
-    table = format_table(tallies, newest, oldest) if tallies else "no entries in that period"
+    table = format_table(tallies, newest, oldest, sure_from) if tallies else "no entries in that period"
     to_stdout(lambda out: print(table, file=out), "summary")
     if note:
         print(f"feedbackd: {note}", file=sys.stderr)

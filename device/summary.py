@@ -19,14 +19,16 @@ class Tally:
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
+    unsure: int = 0  # thanked as "Not sure": counted under the emotion the model found most likely
 
-    def add(self, row: dict, top: float | None) -> None:
+    def add(self, row: dict, top: float | None, sure_from: float = 0.0) -> None:
         self.entries += 1
         self.scales[top] += 1
         self.rating_sums[top] += row["rating"]
         self.emotions[row["emotion"]] += 1
         self.unsynced += row["clock_synced"] == 0
         self.unlogged += row["rating_max"] is None
+        self.unsure += row["confidence"] < sure_from
 
     def mean_rating(self, scale: float | None) -> float:
         """The mean on `scale`: a rating given out of another top is converted in proportion (4 of 5
@@ -34,19 +36,21 @@ class Tally:
         return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
 
 
-def summarize(rows: Iterable[dict], unlogged: float | None = None) -> list[Tally]:
+def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0) -> list[Tally]:
     """One tally per local date, oldest first, then one for all of them; [] for no rows. An entry
-    without a logged scale (stored before v3) is taken as rated out of `unlogged`."""
+    without a logged scale (stored before v3) is taken as rated out of `unlogged`; one under the
+    kiosk's `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too."""
     days: dict[str, Tally] = {}
     total = Tally("all")
     for row in rows:
         top = row["rating_max"] or unlogged
-        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top)
-        total.add(row, top)
+        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top, sure_from)
+        total.add(row, top, sure_from)
     return [*(days[d] for d in sorted(days)), total] if total.entries else []
 
 
-def format_table(tallies: list[Tally], scale: float | None = None, unlogged: float | None = None) -> str:
+def format_table(tallies: list[Tally], scale: float | None = None, unlogged: float | None = None,
+                 sure_from: float = 0.0) -> str:
     """A plain-text table: date, entries, mean rating (out of `scale`, where the log says), then
     each emotion's share of the day. Entries without a logged scale, taken as out of `unlogged`,
     are counted in a note: a scale changed at the upgrade that began logging it halves or doubles
@@ -66,6 +70,9 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
     if scale and unlogged and total.unlogged:
         lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
                      f"they are taken as out of {unlogged:g}, the first scale logged")
+    if total.unsure:
+        lines.append(f"{total.unsure} of these entries were thanked as \"Not sure\" (confidence under "
+                     f"{sure_from:.0%}): each is counted under the emotion the model found most likely")
     if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time, with no RTC "
                      "to set it: their dates may be wrong (clock_synced = no in the export)")

@@ -1353,6 +1353,13 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         "1 of these entries were stored before the clock had network time, with no RTC to set it: their dates may "
         "be wrong (clock_synced = no in the export)")
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Angry", 1, 0.3, {"Angry": 0.3}, "ab", "till-1"), noon)  # the screen said "Not sure"
+    log.add(Entry("Happy", 5, 0.4, {"Happy": 0.4}, "ab", "till-1"), noon)  # at the threshold: sure
+    log.close()
+    assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
+    assert ('1 of these entries were thanked as "Not sure" (confidence under 40%): each is counted under the '
+            "emotion the model found most likely") in capsys.readouterr().out.splitlines()
 
 
 def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
