@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,6 +199,24 @@ def test_presses_within_the_cooldown_are_ignored_until_it_ends(model, face_folde
     assert rig.daemon.screen(101.45).kind == "thanks" and rig.daemon.screen(101.55).kind == "live"
     press_at(101.6)
     assert rig.store.count() == 2
+    monkeypatch.undo()
+    rig.close()
+
+
+def test_the_face_dot_goes_out_when_the_face_leaves_while_the_reading_stays(model, face_folder, tmp_path,
+                                                                            monkeypatch):
+    """The dot says a face is in view now (seen within 0.5 s); the reading stays up for
+    smoothing.reset_after_s after it, for a customer who glanced down at the button."""
+    from device import daemon as D
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.reset_after_s": 2.0})
+    t = moved_clock(monkeypatch, D)[0]
+    rig.steps(1)  # a face, seen at t
+    seen = rig.daemon.screen(t + 0.2)
+    assert seen.kind == "live" and seen.face is True
+    gone = rig.daemon.screen(t + 1.0)
+    assert gone.kind == "live" and gone.face is False and (gone.emotion, gone.rating) == (seen.emotion, seen.rating)
+    assert rig.daemon.screen(t + 2.1).kind == "idle"
     monkeypatch.undo()
     rig.close()
 
@@ -473,6 +493,43 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     rig.close()
 
 
+def test_without_a_spare_file_an_entry_the_log_refuses_is_kept_in_memory_and_thanked(
+        model, face_folder, tmp_path, monkeypatch, caplog):
+    """A card remounted read-only at start-up: no spare file can be made. The kiosk runs on, an
+    entry the log cannot take is kept in memory and the journal, and the customer is thanked."""
+    import errno
+
+    from device import daemon as D
+    from device.spare import beside
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(D, "SpareFile", read_only)
+    caplog.set_level("INFO", logger="feedbackd")
+    db = tmp_path / "feedback.db"
+    rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1})
+    assert rig.daemon.spare is None
+    [warning] = [r for r in caplog.records if "no spare file" in r.getMessage()]
+    assert warning.levelname == "WARNING" and os.strerror(errno.EROFS) in warning.getMessage()
+    rig.steps(2)
+    _break_storage(rig, db, True)
+    rig.press()
+    rig.steps(1)
+    [kept] = [r for r in caplog.records if r.getMessage().startswith("entry kept in memory")]
+    assert kept.levelname == "CRITICAL" and rig.store.count() == 0
+    assert rig.daemon.screen(time.monotonic()).kind == "thanks"
+    assert rig.screen.image.tobytes() == render(rig.daemon.screen(time.monotonic()), (128, 64), "1").tobytes()
+    assert not beside(db).exists()
+    _break_storage(rig, db, False)
+    time.sleep(0.2)  # the retry is due
+    rig.steps(1)
+    [row] = rig.store.rows()
+    assert row["utc"] == datetime.fromisoformat(json.loads(kept.getMessage().split(": ", 1)[1])["utc"]).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ") and rig.daemon.storage_error is None
+    rig.close()
+
+
 class PressOnly:
     """A button pressed when told, for a daemon run without camera, detector or model."""
 
@@ -621,10 +678,12 @@ while True:
 """
 
 
-def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
+def test_killed_writer_loses_no_acknowledged_entry(tmp_path, monkeypatch):
     """200 times: a writer is SIGKILLed at a random moment; every id it printed (after the
     commit returned) must be in the log, and the file must pass integrity_check. The log's
     own settings (WAL, synchronous=FULL) are what carry this over to a power cut."""
+    import sqlite3
+
     db = tmp_path / "feedback.db"
     rng = np.random.default_rng(0)
     acknowledged: set[int] = set()
@@ -634,7 +693,16 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path):
         child.kill()
         out, _ = child.communicate()
         acknowledged.update(int(x) for x in out.split())
+    connect = sqlite3.connect
+
+    def lax(*args, **kwargs) -> sqlite3.Connection:  # an SQLite built to start at synchronous=OFF (or NORMAL,
+        con = connect(*args, **kwargs)  # as some distributions build it): the log must set FULL itself
+        con.execute("PRAGMA synchronous=OFF")
+        return con
+
+    monkeypatch.setattr(sqlite3, "connect", lax)
     log = FeedbackLog(db)
+    monkeypatch.undo()
     assert log.integrity_ok()
     stored = {r["id"] for r in log.rows()}
     assert acknowledged and acknowledged <= stored
@@ -1282,16 +1350,21 @@ def test_failing_source_recovers():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_exits_zero_within_two_seconds(model, face_folder, tmp_path, sig):
+    config = tmp_path / "config.toml"
+    config.write_text("[daemon]\nstats_interval_s = 1\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "device.cli", "run", "--source", "images", "--camera-path", str(face_folder),
-         "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db"), "--model", str(model)],
+        [sys.executable, "-m", "device.cli", "run", "--config", str(config), "--source", "images", "--camera-path",
+         str(face_folder), "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db"), "--model",
+         str(model)],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     lines = []
-    for line in proc.stderr:  # wait until the loop runs
+    for line in proc.stderr:  # wait until the loop has run a stats interval
         lines.append(line)
-        if "running" in line:
+        if "stats: " in line:
             break
     assert proc.poll() is None, "".join(lines)
+    seen = re.search(r"stats: ([\d.]+) frames/s, (\d+) with a face, 0 entries;", lines[-1])
+    assert seen and float(seen[1]) > 0 and int(seen[2]) >= 1, lines[-1]  # it read the photo and found its face
     t = time.monotonic()
     proc.send_signal(sig)
     assert proc.wait(timeout=5) == 0
@@ -1647,6 +1720,83 @@ def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("2026-11-01,10:00:00,5.0,Happy,")
 
 
+def test_a_log_from_a_newer_feedbackd_is_left_as_it_is(tmp_path, capsys):
+    """A card moved back to a kiosk running an older release: neither the daemon nor a report
+    reads or changes a schema it does not know."""
+    import sqlite3
+
+    from device.storage import MIGRATIONS
+
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.9, {"Happy": 0.9}, "ab", "till-1"))
+    log.db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    log.close()
+    before = db.read_bytes()
+    newer = f"schema version {len(MIGRATIONS) + 1} is newer than this feedbackd ({len(MIGRATIONS)}); upgrade feedbackd"
+    with pytest.raises(StorageError, match=r"^" + re.escape(f"{db}: {newer}")):
+        FeedbackLog(db)
+    for command in ("export", "summary"):
+        assert cli.main([command, "--db", str(db)]) == 2
+        assert newer in capsys.readouterr().err
+    assert db.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+
+
+def test_a_migration_that_fails_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    """Each step moves the schema and its version number together: one that fails halfway (a full
+    card) leaves the old schema with its old number, for the next start to migrate again."""
+    import sqlite3
+
+    from device import storage
+
+    db = tmp_path / "f.db"
+    con = sqlite3.connect(db)  # a log of the second release
+    con.executescript(f"{storage.MIGRATIONS[0]}; {storage.MIGRATIONS[1]}; PRAGMA user_version = 2;")
+    con.execute("INSERT INTO entries (utc, local_date, local_time, emotion, rating, confidence, probabilities,"
+                " model_sha256, device_id, clock_synced) VALUES ('2026-11-01T09:00:00.000000Z', '2026-11-01',"
+                " '10:00:00', 'Happy', 5, 0.9, '{}', 'ab', 'pi', 1)")
+    con.commit()
+    con.close()
+
+    def columns() -> list[str]:
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            return [row[1] for row in c.execute("PRAGMA table_info(entries)")]
+
+    before = columns()
+    # the step's first statement takes, its second fails
+    failing = f"{storage.MIGRATIONS[2]}; INSERT INTO no_such_table VALUES (1)"
+    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:2], failing))
+    with pytest.raises(StorageError, match="cannot open the feedback log: no such table: no_such_table"):
+        FeedbackLog(db)
+    assert columns() == before and "rating_max" not in before
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    monkeypatch.undo()  # the next start migrates it
+    log = FeedbackLog(db)
+    assert log.schema_version == len(storage.MIGRATIONS) and [r["emotion"] for r in log.rows()] == ["Happy"]
+    log.close()
+
+
+def test_a_model_label_without_a_rating_is_refused_naming_the_config(tmp_path):
+    """A model trained on more classes than rating.map rates: the daemon does not start, and says
+    which label and which file to edit."""
+    import types
+
+    path = tmp_path / "config.toml"
+    path.write_text("[display]\nthank_you_s = 2\n")
+    cfg = load_config(path)
+    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=(*DISPLAY_NAMES, "Contempt")),
+                                       path=tmp_path / "fer_plus.tflite", sha256="ab")
+    store = FeedbackLog(tmp_path / "f.db")
+    with pytest.raises(ConfigError) as err:
+        Daemon(cfg, None, None, classifier, None, PressOnly(), store)
+    assert str(err.value) == (f"{path}: rating.map has no rating for Contempt "
+                              f"(labels of {tmp_path / 'fer_plus.tflite'})")
+    store.close()
+
+
 def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):
     import sqlite3
 
@@ -1835,28 +1985,43 @@ def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp
     from device.notify import Notifier
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"daemon.stats_interval_s": 1})
+    pressed = []
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))
     sock.settimeout(0.2)
     rig.daemon.notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
     stop = threading.Event()
-    t = threading.Thread(target=rig.daemon.run, args=(stop,))
     messages = []
 
-    def stats() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
+    def stats() -> list[tuple[float, int, int, float, float]]:  # frames/s, faces, entries, detect and classify ms
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
+        return [(float(m[1]), int(m[2]), int(m[3]), float(m[4]), float(m[5])) for m in (
+            re.fullmatch(r"stats: ([\d.]+) frames/s, (\d+) with a face, (\d+) entries; per frame: capture [\d.]+ms "
+                         r"detect ([\d.]+)ms classify ([\d.]+)ms render [\d.]+ms", line) for line in lines)]
 
+    def watch() -> None:  # systemd's side, and a customer
+        try:
+            deadline = time.monotonic() + 60  # steps are slow on a loaded machine: wait for what is due, not a time
+            # a customer presses once the loop has run a stats interval, and the interval after the
+            # entry is stored ends with its count
+            while time.monotonic() < deadline and (messages.count("WATCHDOG=1") < 3 or not stats()
+                                                   or not any(s[2] for s in stats())):
+                if stats() and not pressed:
+                    rig.press()
+                    pressed.append(time.monotonic())
+                try:
+                    messages.append(sock.recv(256).decode())
+                except TimeoutError:
+                    pass
+        finally:
+            stop.set()
+
+    watcher = threading.Thread(target=watch)
     with caplog.at_level("INFO", logger="feedbackd"):
-        t.start()
-        deadline = time.monotonic() + 30  # steps are slow on a loaded machine: wait for what is due, not a time
-        while time.monotonic() < deadline and (messages.count("WATCHDOG=1") < 3 or not stats()):
-            try:
-                messages.append(sock.recv(256).decode())
-            except TimeoutError:
-                pass
-        stop.set()
-        t.join(timeout=10)
-    assert not t.is_alive()
+        watcher.start()
+        rig.daemon.run(stop)  # in the thread that opened the log, as `feedbackd run` does
+    watcher.join(timeout=10)
+    assert not watcher.is_alive()
     try:
         while True:
             messages.append(sock.recv(256).decode())
@@ -1864,7 +2029,10 @@ def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp
         sock.close()
     assert messages[:2] == ["READY=1", "STATUS=running"] and messages[-1] == "STOPPING=1"
     assert messages.count("WATCHDOG=1") >= 3  # every WATCHDOG_USEC / 2
-    assert stats() and "frames/s" in stats()[0] and "detect" in stats()[0]
+    (fps, faces, entries, detect, classify), *_ = stats()
+    assert fps > 0 and faces >= 1 and entries == 0 and detect > 0 and classify > 0  # the loop saw the face
+    assert pressed and stats()[-1][2] == 1 and rig.store.count() == 1
+    assert rig.daemon.stats.entries == 1  # the count of the run, kept across each interval's reset
     rig.close()
 
 
