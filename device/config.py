@@ -225,6 +225,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
                           "formula; start it with a letter or digit")
     _check_display(cfg)
+    _check_lcd_pins(cfg)
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
     cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
@@ -272,14 +273,38 @@ def _display_pins(display: dict) -> dict[int, str]:
         return {pin: f"{driver}'s I2C {name} pin" for pin, name in I2C_PINS.get(display["i2c_port"], {}).items()}
     if driver not in LCDS:
         return {}
-    port = display["spi_port"]
+    pins = _spi_pins(display)
+    for key in LCD_PINS:
+        pins[display[key]] = f"display.{key}"
+    return pins
+
+
+LCD_PINS = ("gpio_dc", "gpio_rst", "gpio_backlight")
+
+
+def _spi_pins(display: dict) -> dict[int, str]:
+    """The BCM pins of an LCD's SPI bus and chip select."""
+    driver, port = display["driver"], display["spi_port"]
     pins = {pin: f"{driver}'s SPI {name} pin" for pin, name in SPI_PINS.get(port, {}).items()}
     ce = SPI_CE.get(port, ())
     if display["spi_device"] < len(ce):
         pins[ce[display["spi_device"]]] = f"{driver}'s SPI chip-select pin"
-    for key in ("gpio_dc", "gpio_rst", "gpio_backlight"):
-        pins[display[key]] = f"display.{key}"
     return pins
+
+
+def _check_lcd_pins(cfg: Config) -> None:
+    """An LCD's own pins clear of its SPI bus, of spi0's chip selects and of each other: RPi.GPIO
+    takes a pin from the SPI controller without a word (a blank panel), lgpio fails "GPIO busy"."""
+    display = cfg["display"]
+    if display["driver"] not in LCDS:
+        return
+    taken = {**SPI0_HELD, **_spi_pins(display)}
+    for i, key in enumerate(LCD_PINS):
+        pin = display[key]
+        if pin in taken:
+            raise ConfigError(f"{cfg.source}: display.{key}: BCM {pin} is {taken[pin]}; choose another pin")
+        if twin := next((k for k in LCD_PINS[:i] if display[k] == pin), None):
+            raise ConfigError(f"{cfg.source}: display.{key}: BCM {pin} is display.{twin} too")
 
 
 def _check_display(cfg: Config) -> None:

@@ -277,12 +277,13 @@ class Display:
         self._set_up()
 
     def halt(self, screen: Screen) -> None:
-        """Show `screen` as the process's last: luma switches its panel off and clears it at exit
-        unless told to persist, which would blank the error a technician must read while systemd
-        waits to restart the service."""
+        """Show `screen` as the process's last. luma's exit hook would switch the panel off and clear
+        it, and even told to persist, an LCD's would release its backlight, DC and reset pins (left
+        floating, the light goes out): the error a technician must read while systemd waits to
+        restart the service. The process ends soon, and its end frees the bus and pins."""
         self.show(screen)
-        if hasattr(self.device, "persist"):
-            self.device.persist = True
+        if hasattr(self.device, "cleanup"):
+            self.device.cleanup = lambda: None
 
 
 class _Recording:

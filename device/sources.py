@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,11 @@ from device.imports import not_installed
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 log = logging.getLogger("feedbackd")
+JOIN_S = 2.0  # how long close() waits for the grab thread's read to return
+# OpenCV's V4L2 backend waits 10 s (its default) in select() for each frame of a webcam that stalls,
+# and reads this setting at its first wait: a read must return within JOIN_S, or every stall that a
+# reconnect would mend restarts the service instead (SourceStuck). A webcam sends a frame in 0.1 s.
+os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "1")
 
 
 class SourceError(RuntimeError):
@@ -190,9 +196,9 @@ class LatestFrame:
     def close(self) -> None:
         """Ask the grab thread to finish; it releases the camera once its read returns."""
         self._stop.set()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=JOIN_S)
         if self._thread.is_alive():
-            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + 2:.0f} s "
+            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + JOIN_S:.0f} s "
                               "and holds the camera; restarting to free it")
 
 
@@ -231,7 +237,12 @@ class Picamera2Source(LatestFrame):
             raise SourceError(f"picamera2 {why}") from None
         cam = None
         try:
-            cam = Picamera2()
+            # libcamera lists USB webcams too (last): those are V4L2's. Asked first, since a Picamera2()
+            # that finds no camera leaks the pipe it opened, once a reconnect on a webcam-only kiosk.
+            pi_cameras = [i for i, c in enumerate(Picamera2.global_camera_info()) if "/usb" not in str(c.get("Id"))]
+            if not pi_cameras:
+                raise RuntimeError("no Pi camera connected")
+            cam = Picamera2(pi_cameras[0])
             config = cam.create_video_configuration(
                 main={"size": (width, height), "format": "RGB888"},  # RGB888 is BGR byte order
                 controls={"FrameRate": fps}, buffer_count=2)

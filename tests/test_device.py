@@ -1147,13 +1147,16 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
             self.sent.append(bytes(data))
 
     class Pins:  # RPi.GPIO, as luma's backlight drives it
-        OUT, HIGH, LOW, lit = "out", 1, 0, None
+        OUT, HIGH, LOW, lit, freed = "out", 1, 0, None, []
 
         def setup(self, pin, mode):
             pass
 
         def output(self, pin, level):
             self.lit = (pin, level)
+
+        def cleanup(self, pin):
+            self.freed.append(pin)
 
     bus, pins, opened, first = Bus(), Pins(), {}, []
     monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: opened.update(kw) or bus)
@@ -1184,6 +1187,9 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     bus.sent = []
     assert display.show(Screen("idle")) is False and bus.sent == []  # not again for a minute
     assert atexit._ncallbacks() == hooks + 1  # luma's exit hook, once: its __init__ is not re-run
+    display.halt(Screen("error", title="Button error", detail="GPIO busy"))  # the process's last screen
+    display.device.cleanup()  # what luma's exit hook runs
+    assert pins.lit == (18, 1) and pins.freed == []  # lit, its pin still driven: the error stays readable
 
 
 @pytest.mark.parametrize("where, gap", [("beside", 0.0), ("in the same spot", 0.6)])

@@ -351,6 +351,64 @@ def test_the_camera_source_passes_over_the_pis_codec_and_isp_nodes(monkeypatch, 
     assert tried == ["/dev/video0"]  # the codec and ISP were never opened
 
 
+PI_CAMERA = {"Model": "imx708", "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a"}  # a Pi 5 camera
+USB_CAMERA = {"Model": "HD Webcam", "Id": "/base/axi/pcie@120000/rp1/usb@200000-1:1.0-046d:0825"}
+
+
+def test_the_pi_camera_is_the_first_libcamera_lists_that_is_not_a_webcam(monkeypatch):
+    """libcamera lists USB webcams too, last: those are V4L2's to open. With none but a webcam,
+    Picamera2() is never made: a failed one leaks a pipe, once a reconnect on a webcam-only kiosk."""
+    import types
+
+    from device.sources import Picamera2Source
+
+    made = []
+
+    class FakePicamera2:
+        cameras: list = []
+        global_camera_info = staticmethod(lambda: FakePicamera2.cameras)
+
+        def __init__(self, num):
+            made.append(num)
+            raise RuntimeError("stop here")  # what follows is the other tests'
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    FakePicamera2.cameras = [USB_CAMERA]
+    with pytest.raises(SourceError, match="Pi camera: no Pi camera connected"):
+        Picamera2Source(640, 480, 15)
+    FakePicamera2.cameras = [USB_CAMERA, PI_CAMERA]  # an order no libcamera gives, so the index is checked
+    with pytest.raises(SourceError, match="stop here"):
+        Picamera2Source(640, 480, 15)
+    assert made == [1]
+
+
+def test_a_stalled_webcam_read_returns_before_close_gives_up_on_it():
+    """OpenCV waits 10 s in select() for a stalled V4L2 frame unless told: longer than close() waits
+    for the grab thread, so a webcam hiccup would restart the service instead of reconnecting. The
+    setting is made before OpenCV's first wait reads it, and a technician's own is kept."""
+    code = "import os, device.sources as s; print(os.environ['OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT'], s.JOIN_S)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"}
+    said = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    timeout, join = map(float, said.stdout.split())
+    assert timeout < join
+    env["OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"] = "3"
+    said = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert said.stdout.split()[0] == "3"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"display.spi_port": 1}, "display.gpio_backlight: BCM 18 is st7735's SPI chip-select pin"),  # spi1's CE0
+    ({"display.gpio_rst": 10}, "display.gpio_rst: BCM 10 is st7735's SPI MOSI pin"),
+    ({"display.gpio_backlight": 7}, "display.gpio_backlight: BCM 7 is SPI0's CE1 pin"),
+    ({"display.gpio_rst": 24}, "display.gpio_rst: BCM 24 is display.gpio_dc too"),
+])
+def test_an_lcd_pin_on_its_own_bus_or_on_another_of_its_pins_is_refused(overrides, message):
+    """RPi.GPIO would take the pin from the SPI controller without a word (a blank panel)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"display.driver": "st7735", **overrides, "button.pin": 5, "button.led_pin": 6})
+    load_config(None, {**overrides, "display.driver": "ssd1306"})  # an OLED drives none of those pins
+
+
 def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     """picamera2's capture_array can block for good; the loop must still get an error."""
     import types
@@ -360,6 +418,11 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     hang, calls = threading.Event(), []
 
     class FakePicamera2:  # the picamera2 calls the adapter makes, nothing more
+        global_camera_info = staticmethod(lambda: [PI_CAMERA])
+
+        def __init__(self, num):
+            assert num == 0
+
         def create_video_configuration(self, main, controls, buffer_count):
             return main
 
@@ -401,6 +464,11 @@ def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch, caplog):
     calls = []
 
     class FakePicamera2:
+        global_camera_info = staticmethod(lambda: [PI_CAMERA])
+
+        def __init__(self, num):
+            pass
+
         def create_video_configuration(self, main, controls, buffer_count):
             return main
 
