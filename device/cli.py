@@ -24,7 +24,7 @@ from device.button import ButtonError, open_button
 from device.config import DEFAULT_PATH, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
-from device.memlock import lock_memory, swap_in_use
+from device.memlock import lock_memory, no_core_dumps, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
 from device.storage import FeedbackLog, ReopeningLog, StorageError
@@ -119,6 +119,8 @@ def cmd_run(cfg, pin_factory=None) -> int:
     from device.sources import ReconnectingSource, open_source
 
     log = logging.getLogger("feedbackd")
+    if why := no_core_dumps():
+        log.warning("a crash may leave a core dump holding camera frames (%s)", why)
     notifier = Notifier()  # the unit's: only there is RLIMIT_MEMLOCK set for the lock to be safe
     why = lock_memory() if notifier.enabled else "not started by systemd"
     if why is not None and swap_in_use():  # before the first frame exists
@@ -208,6 +210,8 @@ def log_room(path: Path) -> str:
 def cmd_check(cfg, skip: list[str]) -> int:
     from device.sources import open_source
 
+    if "camera" not in skip and (why := no_core_dumps()):  # it reads a frame too
+        logging.getLogger("feedbackd").warning("a crash may leave a core dump holding a camera frame (%s)", why)
     results = []
 
     def part(name: str, fn) -> None:

@@ -1,5 +1,5 @@
-"""Keep the daemon's memory out of swap: frames and face crops must never reach the disk, and on a
-Pi the swap file (dphys-swapfile) lives on the SD card. Pages are locked as they are first touched
+"""Keep the daemon's memory off the disk: frames and face crops must never reach it, and on a Pi
+the swap file (dphys-swapfile) and any core dump would land on the SD card. Pages are locked as they are first touched
 (MCL_ONFAULT), so nothing is faulted in ahead and the memory use stays what it was."""
 
 from __future__ import annotations
@@ -11,6 +11,21 @@ import resource
 from pathlib import Path
 
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # <sys/mman.h>, the same on arm64 and x86-64
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def no_core_dumps() -> str | None:
+    """Mark the process undumpable before it sees a frame; None when done, else why not. A crash then
+    leaves no core file holding camera frames whatever `ulimit -c` or systemd-coredump say (the
+    unit's LimitCORE=0 covers only the service, not `make run` or `sudo feedbackd check`), and no
+    other process of the same user may read its memory."""
+    if _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        return f"prctl: {os.strerror(ctypes.get_errno())}"
+    return None
 
 
 def swap_in_use() -> bool:
@@ -27,7 +42,7 @@ def lock_memory() -> str | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft != resource.RLIM_INFINITY:
         return f"RLIMIT_MEMLOCK is {soft} bytes, not unlimited (LimitMEMLOCK=infinity in the unit)"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
         return f"mlockall: {os.strerror(ctypes.get_errno())}"
     return None

@@ -1097,6 +1097,25 @@ print(why, before, locked_kb())
 """
 
 
+def test_run_and_check_make_themselves_undumpable_before_a_frame(tmp_path, monkeypatch):
+    """A crash of `make run` or `sudo feedbackd check` (outside the unit's LimitCORE=0) must leave
+    no core file holding camera frames, whatever `ulimit -c` says: the kernel's own flag is read back."""
+    from device import cli
+
+    code = ("import ctypes, sys, device.memlock as m; get = lambda: ctypes.CDLL(None).prctl(3, 0, 0, 0, 0); "
+            "before = get(); why = m.no_core_dumps(); print(before, get(), why)")  # 3: PR_GET_DUMPABLE
+    said = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert said.stdout.split() == ["1", "0", "None"]
+    called = []
+    monkeypatch.setattr(cli, "no_core_dumps", lambda: called.append(1))
+    png = ["--display", "png", "--png-path", str(tmp_path / "s.png")]
+    assert cli.main(["run", "--source", "demo", *png, "--button", "none", "--model", str(tmp_path / "none.tflite"),
+                     "--db", str(tmp_path / "f.db")]) == 2  # it stops at the missing model: the call came first
+    skip = [f"--skip={p}" for p in cli.CHECK_PARTS if p != "camera"]
+    assert cli.main(["check", "--source", "demo", *png, *skip]) == 0
+    assert len(called) == 2
+
+
 @pytest.mark.parametrize("limit", ["unlimited", "finite"])
 def test_the_daemon_memory_is_kept_out_of_swap(limit):
     """Pages are locked as they are touched: a frame allocated later is locked too."""
