@@ -126,6 +126,9 @@ def _check(where: str, key: Key, value: Any) -> Any:
     if isinstance(key.check, tuple) and len(key.check) == 2 and all(isinstance(c, int | float) for c in key.check):
         lo, hi = key.check
         if not lo <= value <= hi:
+            if where.endswith(".i2c_address"):  # boards print it in hex, some in its 8-bit form
+                raise ConfigError(f"{where}: 0x{value:02X} is out of range [0x{lo:02X}, 0x{hi:02X}]"
+                                  + (f" (0x{value:02X} is the 8-bit form of 0x{value >> 1:02X})" if value > hi else ""))
             raise ConfigError(f"{where}: {value!r} is out of range [{lo}, {hi}]")
     elif isinstance(key.check, tuple) and value not in key.check:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.check)}")
@@ -154,6 +157,12 @@ class Config(dict):
     """Validated settings as config["section"]["key"]; `source` names the file they came from."""
 
     source: str = "(defaults)"
+    flags: frozenset = frozenset()  # the 'section.key's given on the command line
+
+    def where(self, *keys: str) -> str:
+        """Where a setting made of `keys` came from: a check across keys names the file only for
+        values the file gave (`feedbackd run --source images` with no --camera-path is the flags')."""
+        return "command line" if self.flags & set(keys) else self.source
 
     @property
     def device_id(self) -> str:
@@ -172,6 +181,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"{path}: config file not found") from None
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from None
+    cfg.flags = frozenset(overrides or {})
     merged: dict[str, dict] = {}
     for section, values in data.items():
         if section not in SCHEMA:
@@ -184,8 +194,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         merged.setdefault(section, {})[key] = value
     for section, values in merged.items():
         for key, value in values.items():
-            given = f"{section}.{key}" in (overrides or {})  # a flag wins over the file: name where it came from
-            where = f"{'command line' if given else cfg.source}: {section}.{key}"
+            where = f"{cfg.where(f'{section}.{key}')}: {section}.{key}"  # a flag wins over the file
             if key not in SCHEMA[section]:
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")
@@ -201,25 +210,34 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     # opened. A URL stays one.
     state = os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
     base = state.split(":")[0] if state else os.getcwd()
+    png = cfg["display"]["png_path"]
+    if cfg["display"]["driver"] == "png" and (not Path(png).name or png.endswith(("/", "/.", "/.."))):
+        raise ConfigError(f"{cfg.where('display.png_path', 'display.driver')}: display.png_path: {png!r} is not "
+                          "a file name; name the PNG to write, such as screen.png")
     for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):
         if cfg[section][key] and "://" not in cfg[section][key]:
             cfg[section][key] = os.path.normpath(os.path.join(base, cfg[section][key]))
-    if cfg["camera"]["source"] in ("video", "images") and not cfg["camera"]["path"]:
-        raise ConfigError(f"{cfg.source}: camera.path: required when camera.source is "
-                          f"{cfg['camera']['source']!r} (a video file, image folder or glob)")
     source = cfg["camera"]["source"]
+    if source in ("video", "images") and not cfg["camera"]["path"]:
+        raise ConfigError(f"{cfg.where('camera.path', 'camera.source')}: camera.path: required when camera.source "
+                          f"is {source!r} (a video file, image folder or glob)")
+    if source not in ("video", "images") and cfg["camera"]["path"]:  # the kiosk would use a camera instead
+        raise ConfigError(f"{cfg.where('camera.path', 'camera.source')}: camera.path is used only with camera.source "
+                          f"\"video\" or \"images\", not {source!r}; set the source, or remove the path")
     # another camera than the default, with a source that picks its own: the kiosk would use the wrong one
     if source in ("camera", "auto", "picamera2") and cfg["camera"]["device"] not in ("0", "/dev/video0"):
-        where = "command line" if {"camera.device", "camera.source"} & set(overrides or {}) else cfg.source
-        raise ConfigError(f"{where}: camera.device: {cfg['camera']['device']!r} is used only with camera.source "
+        raise ConfigError(f"{cfg.where('camera.device', 'camera.source')}: camera.device: "
+                          f"{cfg['camera']['device']!r} is used only with camera.source "
                           f"\"v4l2\", not {source!r} (which finds a camera itself); set source = \"v4l2\"")
     window, reset = cfg["button"]["face_window_s"], cfg["smoothing"]["reset_after_s"]
     if window > reset:  # the reading is forgotten after reset_after_s, so a longer window cannot count
-        raise ConfigError(f"{cfg.source}: button.face_window_s: {window} is longer than "
+        raise ConfigError(f"{cfg.where('button.face_window_s', 'smoothing.reset_after_s')}: button.face_window_s: "
+                          f"{window} is longer than "
                           f"smoothing.reset_after_s ({reset}); raise that too or shorten the window")
     fps = cfg["camera"]["fps"]
     if 1 / fps >= window:  # a press between two frames would find no face seen recently enough
-        raise ConfigError(f"{cfg.source}: camera.fps: {fps} gives a frame every {1 / fps:g} s, not within "
+        raise ConfigError(f"{cfg.where('camera.fps', 'button.face_window_s')}: camera.fps: {fps} gives a frame "
+                          f"every {1 / fps:g} s, not within "
                           f"button.face_window_s ({window}); raise the frame rate or lengthen the window")
     if cfg["device"]["id"][:1] in ("=", "+", "-", "@", "\t", "\r"):  # the export's CSV field would be a formula
         raise ConfigError(f"{cfg.source}: device.id: {cfg['device']['id']!r}: a spreadsheet would read it as a "
@@ -239,7 +257,10 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
     ProtectSystem=strict leaves only the StateDirectory (also the WorkingDirectory: a relative path lands
     there) and a private /tmp writable. Checked at every start, make install's check included, since a
     config edited later would otherwise fail with a misleading "Read-only file system" or "not found"."""
-    for key, path in (("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])):
+    read = [("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])]
+    if cfg["camera"]["source"] in ("video", "images") and "://" not in cfg["camera"]["path"]:
+        read.append(("camera.path", cfg["camera"]["path"]))  # a folder there would look empty to the service
+    for key, path in read:
         real = Path(os.path.realpath(path))  # a link into /home is as hidden as the file
         if any(real.is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
             raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service (ProtectHome=yes): "
@@ -302,9 +323,11 @@ def _check_lcd_pins(cfg: Config) -> None:
     for i, key in enumerate(LCD_PINS):
         pin = display[key]
         if pin in taken:
-            raise ConfigError(f"{cfg.source}: display.{key}: BCM {pin} is {taken[pin]}; choose another pin")
+            raise ConfigError(f"{cfg.where(f'display.{key}', 'display.driver', 'display.spi_port')}: display.{key}: "
+                              f"BCM {pin} is {taken[pin]}; choose another pin")
         if twin := next((k for k in LCD_PINS[:i] if display[k] == pin), None):
-            raise ConfigError(f"{cfg.source}: display.{key}: BCM {pin} is display.{twin} too")
+            raise ConfigError(f"{cfg.where(f'display.{key}', f'display.{twin}')}: display.{key}: BCM {pin} is "
+                              f"display.{twin} too")
 
 
 def _check_display(cfg: Config) -> None:
@@ -313,10 +336,12 @@ def _check_display(cfg: Config) -> None:
     if display["size"] == SCHEMA["display"]["size"].default:
         return
     if display["driver"] in LCDS:
-        raise ConfigError(f"{cfg.source}: display.size: {display['size']!r} is for an OLED or the png driver; "
+        raise ConfigError(f"{cfg.where('display.size', 'display.driver')}: display.size: {display['size']!r} is "
+                          "for an OLED or the png driver; "
                           f"a {display['driver']} LCD's size is its driver's: remove the key")
     if display["rotate"] % 2:  # a 32-pixel-wide screen: no word of the layout fits across it
-        raise ConfigError(f"{cfg.source}: display.rotate: {display['rotate']} turns a {display['size']} panel "
+        raise ConfigError(f"{cfg.where('display.rotate', 'display.size')}: display.rotate: {display['rotate']} "
+                          f"turns a {display['size']} panel "
                           "on its side, too narrow for the words; use 0 or 2")
 
 
@@ -332,13 +357,16 @@ def _check_pins(cfg: Config) -> None:
         if key == "led_pin" and pin == 0:
             continue
         if pin in taken:
-            raise ConfigError(f"{cfg.source}: button.{key}: BCM {pin} is {taken[pin]} "
+            raise ConfigError(f"{cfg.where(f'button.{key}', 'button.kind', 'display.driver')}: button.{key}: "
+                              f"BCM {pin} is {taken[pin]} "
                               f"(display.driver = {cfg['display']['driver']!r}); choose another pin")
         if pin in SPI0_HELD:
-            raise ConfigError(f"{cfg.source}: button.{key}: BCM {pin} is {SPI0_HELD[pin]}, which the kernel "
+            raise ConfigError(f"{cfg.where(f'button.{key}')}: button.{key}: BCM {pin} is {SPI0_HELD[pin]}, "
+                              "which the kernel "
                               "holds while SPI is on (sudo make install turns it on); choose another pin")
     if button["led_pin"] and button["pin"] == button["led_pin"]:
-        raise ConfigError(f"{cfg.source}: button.led_pin: BCM {button['pin']} is button.pin too")
+        raise ConfigError(f"{cfg.where('button.led_pin', 'button.pin')}: button.led_pin: BCM {button['pin']} is "
+                          "button.pin too")
 
 
 def example_toml() -> str:

@@ -66,6 +66,7 @@ class Stop:
 
 
 STAGES = ("capture", "detect", "classify", "render")
+HOLD_MAX_S = 3.0  # a customer out of sight this long has gone: a longer face_window_s holds no one up
 IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
 
 
@@ -100,8 +101,8 @@ class Daemon:
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])
-        self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"],
-                                 hold_s=cfg["button"]["face_window_s"])  # a press in that window is theirs
+        self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"],  # a press in that window is theirs
+                                 hold_s=min(cfg["button"]["face_window_s"], HOLD_MAX_S))
         self._box: Box | None = None  # the last face classified
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self._missed_at: float | None = None  # the first frame since the last face that showed none

@@ -1226,7 +1226,7 @@ def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_pat
     rig.daemon.step()
     monkeypatch.undo()
     assert [(r["emotion"], r["confidence"]) for r in rig.store.rows()] == [("Happy", 1.0)], where
-    assert released == [second]  # the face logged has no lead over the next customer's
+    assert released == [None, second]  # a new customer: no one keeps a release; then the face logged has no lead
     rig.close()
 
 
@@ -1800,6 +1800,21 @@ def test_a_model_label_without_a_rating_is_refused_naming_the_config(tmp_path):
         Daemon(cfg, None, None, classifier, None, PressOnly(), store)
     assert str(err.value) == (f"{path}: rating.map has no rating for Contempt "
                               f"(labels of {tmp_path / 'fer_plus.tflite'})")
+    store.close()
+
+
+def test_a_long_face_window_holds_a_customer_who_looked_away_for_no_more_than_3_s(tmp_path):
+    """The followed face is held through missed detections as long as a press counts as theirs, but a
+    10 s window must not keep the next customer, standing elsewhere, unread for 10 s."""
+    import types
+
+    cfg = load_config(None, {"button.face_window_s": 10.0, "smoothing.reset_after_s": 12.0})
+    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES),
+                                       path=tmp_path / "m.tflite", sha256="ab")
+    store = FeedbackLog(tmp_path / "f.db")
+    daemon = Daemon(cfg, None, None, classifier, None, PressOnly(), store)
+    assert daemon.finder.hold_s == 3.0
+    daemon.close()
     store.close()
 
 

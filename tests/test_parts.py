@@ -142,6 +142,25 @@ def test_the_readme_rating_scale_edits_the_installed_config(tmp_path):
     assert cfg["rating"]["max"] == 10 and cfg["rating"]["map"]["Happy"] == 10 and cfg["rating"]["map"]["Angry"] == 0
 
 
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    ('[display]\ndriver = "png"\npng_path = ""\n', {}, "CONFIG: display.png_path: '' is not a file name"),
+    ('[display]\ndriver = "png"\npng_path = "shots/"\n', {}, "CONFIG: display.png_path: 'shots/' is not a file name"),
+    ('[camera]\npath = "/srv/clip.mp4"\n', {}, 'CONFIG: camera.path is used only with camera.source "video" or '
+     "\"images\", not 'camera'"),  # else the kiosk silently uses the camera
+    ("", {"camera.source": "images"}, "command line: camera.path: required when camera.source is 'images'"),
+    ('[display]\ni2c_address = 0x78\n', {}, "CONFIG: display.i2c_address: 0x78 is out of range [0x03, 0x77] "
+     "(0x78 is the 8-bit form of 0x3C)"),
+    ('[display]\ndriver = "st7735"\n', {"display.spi_port": 1}, "command line: display.gpio_backlight: BCM 18"),
+])
+def test_a_setting_that_would_fail_later_is_refused_where_it_was_given(tmp_path, text, overrides, message):
+    """Each of these loaded before and failed on the kiosk: a traceback at the first frame, a video
+    never played, a board's 8-bit address in decimal, a flag's value blamed on the file."""
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="^" + re.escape(message.replace("CONFIG", str(config)))):
+        load_config(config, overrides)
+
+
 def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
     """Under the unit (systemd sets STATE_DIRECTORY) a config edited since make install is held to what
     ProtectHome and ProtectSystem=strict leave it: else a "Read-only file system" error would point at
@@ -167,6 +186,8 @@ def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
          "(ProtectHome=yes)"),  # a link to /root/face
         ('[display]\ndriver = "png"\npng_path = "/srv/screen.png"\n', "display.png_path: /srv/screen.png: the "
          "service can write only under /var/lib/feedbackd"),
+        ('[camera]\nsource = "images"\npath = "/home/pi/photos"\n', "camera.path: /home/pi/photos is hidden from "
+         "the service (ProtectHome=yes)"),  # the folder would look empty: no camera, restarts every 10 s
     ]
     for text, message in cases:
         config.write_text(text)
