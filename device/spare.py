@@ -7,6 +7,7 @@ over them needs no free space (a copy-on-write file system such as btrfs gives n
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -33,8 +34,11 @@ def _lines(data: bytes) -> list[str]:
 
 def _parse(lines: list[str]) -> tuple[list[dict], list[str]]:
     """The entries among `lines`, and the lines cut short (a power cut mid-write)."""
-    found, cut = [], []
+    found, cut, seen = [], [], set()
     for line in lines:
+        if line in seen:  # a line found twice (copied back by hand) is one entry, not two
+            continue
+        seen.add(line)
         try:
             entry = json.loads(line)
         except ValueError:
@@ -43,6 +47,14 @@ def _parse(lines: list[str]) -> tuple[list[dict], list[str]]:
         if isinstance(entry, dict):
             found.append(entry)
     return found, cut
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def waiting(path: Path) -> list[dict]:
@@ -65,12 +77,19 @@ class SpareFile:
         self.unwritten: list[str] = []  # lines whose write failed: written again before the next one
         self.unsure = False  # bytes past `end` may not be zeros on the disk (a write or clearing failed)
         self.refused = ""  # why nothing is written to it: the file is still read and restored
+        created = not self.path.exists()
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as e:  # a card remounted read-only: what it holds can still be restored
             if e.errno not in (errno.EROFS, errno.EACCES) or not self.path.exists():
                 raise
             self.fd, self.refused = os.open(self.path, os.O_RDONLY), "read-only"
+        try:
+            # One daemon a log: a second one's start would clear lines the first has just kept
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise OSError(errno.EBUSY, "another feedbackd is using this log and its spare file") from None
         try:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             self.lines, self.end = _lines(data), len(data.split(b"\0", 1)[0])
@@ -80,6 +99,8 @@ class SpareFile:
         if not self.refused:
             try:
                 self._take_room(data)
+                if created:  # its name too must outlive a power cut, not only its bytes
+                    _fsync_folder(self.path.parent)
             except OSError as e:  # a failing card: the lines read are still restored
                 self.refused = f"its room could not be taken ({e})"
                 log.error("%s: %s; nothing more is written to it", self.path, self.refused)

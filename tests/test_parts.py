@@ -919,6 +919,28 @@ def test_classifier_lets_go_of_the_mapped_model_file():
     assert resident_kb(path) * 1024 < 0.05 * path.stat().st_size  # and let go of: XNNPACK's copy is what runs
 
 
+def test_one_daemon_a_spare_file_its_name_made_durable_and_a_line_found_twice_read_once(tmp_path, monkeypatch):
+    """A second daemon on the same log would clear, at its start, lines the first has just kept;
+    a new spare file's name must outlive a power cut as its bytes do."""
+    from device import spare as sp
+
+    synced = []
+    monkeypatch.setattr(sp, "_fsync_folder", synced.append)
+    path = tmp_path / "feedback.db.spare"
+    first = sp.SpareFile(path, size=256)
+    assert synced == [tmp_path]  # made: its folder synced
+    assert first.append('{"utc": "a"}')
+    with pytest.raises(OSError, match="another feedbackd is using this log and its spare file"):
+        sp.SpareFile(path, size=256)
+    assert sp.waiting(path) == [{"utc": "a"}]  # untouched
+    first.close()
+    again = sp.SpareFile(path, size=256)
+    assert synced == [tmp_path] and again.entries() == [{"utc": "a"}]  # there already: nothing to sync
+    again.close()
+    path.write_bytes(b'{"utc": "a"}\n{"utc": "b"}\n{"utc": "a"}\n'.ljust(256, b"\0"))  # a line pasted back twice
+    assert [e["utc"] for e in sp.waiting(path)] == ["a", "b"]
+
+
 def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, monkeypatch):
     import errno
 
@@ -942,7 +964,8 @@ def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, 
     assert after.entries() == [{"utc": "a"}, {"utc": "b"}, {"utc": "d"}] and b"junk" not in path.read_bytes()
     after.clear()
     after.close()
-    assert path.read_bytes() == bytes(256) and SpareFile(path, size=256).entries() == []
+    assert path.read_bytes() == bytes(256) and (cleared := SpareFile(path, size=256)).entries() == []
+    cleared.close()
     path.write_bytes(b'{"utc": "c"}\n')  # cut short on the disk (made by hand, or an older size)
     kept = SpareFile(path, size=256)
     assert kept.entries() == [{"utc": "c"}] and len(path.read_bytes()) == 256  # read, and the room taken again
@@ -963,7 +986,8 @@ def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, 
     ro.clear()
     ro.close()
     monkeypatch.undo()
-    assert SpareFile(path, size=256).entries() == [{"utc": "c"}]
+    assert (writable := SpareFile(path, size=256)).entries() == [{"utc": "c"}]
+    writable.close()
     path.write_bytes(b'{"utc": "c"}\n')
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # a failing card: no room can be taken
     failing = SpareFile(path, size=256)
@@ -979,7 +1003,7 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     the zeros already on the disk cannot hide it."""
     import errno
 
-    from device.spare import SpareFile
+    from device.spare import SpareFile, waiting
 
     def fails(times: int, real):
         errors = iter([OSError(errno.EIO, "Input/output error")] * times)
@@ -995,16 +1019,12 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     monkeypatch.setattr(os, "fdatasync", fails(1, os.fdatasync))
     assert not spare.append('{"utc": "a"}') and spare.append('{"utc": "b"}')
     monkeypatch.undo()
-    reread = SpareFile(path, size=256)
-    assert reread.entries() == [{"utc": "a"}, {"utc": "b"}]
-    reread.close()
+    assert waiting(path) == [{"utc": "a"}, {"utc": "b"}]  # on the disk
     monkeypatch.setattr(os, "fsync", fails(1, os.fsync))
     spare.clear()  # the log took them; the zeros are written but not synced
     monkeypatch.undo()
     assert spare.append('{"utc": "c"}')
-    reread = SpareFile(path, size=256)
-    assert reread.entries() == [{"utc": "c"}]
-    reread.close()
+    assert waiting(path) == [{"utc": "c"}]
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
     spare.clear()  # not a byte cleared
     monkeypatch.undo()
@@ -1015,7 +1035,8 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     monkeypatch.undo()
     assert not spare.append('{"utc": "%s"}' % ("e" * 140))  # too long to go with it: refused, and d written again
     spare.close()
-    assert SpareFile(path, size=256).entries() == [{"utc": "d" * 100}]
+    assert (last := SpareFile(path, size=256)).entries() == [{"utc": "d" * 100}]
+    last.close()
 
 
 def test_image_source_takes_a_glob_of_images(tmp_path):
