@@ -121,12 +121,16 @@ def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, filled: boo
     draw.polygon(pts, fill=fill if filled else None, outline=fill)
 
 
+MIN_STAR_R = 5.0  # smaller stars run into one line, a full one hardly told from an empty one
+
+
 def _rating(d: ImageDraw.ImageDraw, screen: Screen, w: int, bottom: float, r: float, size: int, fill) -> None:
-    """The rating above `bottom`: a star each, of radius `r` at most, up to 10; "73/100" beyond."""
-    if screen.rating_max > 10:
-        _centered(d, int(bottom) - int(1.1 * size), stars_text(screen.rating, screen.rating_max), size, w, fill)
-        return
+    """The rating above `bottom`: a star each, of radius `r` at most, up to 10; "73/100" beyond, and
+    "7/10" where the stars would be too small to read (a 128x64 OLED turned upright, 64 wide)."""
     n = screen.rating_max
+    if n > 10 or w / (2.3 * n) < MIN_STAR_R:
+        _centered(d, int(bottom) - int(1.1 * size), f"{screen.rating:g}/{n}", size, w, fill)
+        return
     r = min(w / (2.3 * n), r)
     for i in range(n):
         _star(d, w / 2 + (i - (n - 1) / 2) * 2.2 * r, bottom - r, r, i < full_stars(screen.rating), fill)

@@ -600,6 +600,29 @@ def test_the_face_dot_never_touches_the_emotion(size):
         assert with_dot.crop((int(w - 8 * u), 0, w, int(8 * u) + 1)).getbbox() is not None  # the dot is there
 
 
+def test_stars_too_small_to_tell_apart_are_written_as_a_number(monkeypatch):
+    """A 128x64 OLED turned upright is 64 pixels wide: ten stars there would be 2.8 pixels across and
+    run into one line. Where a star would be under MIN_STAR_R, the rating is written out instead."""
+    from device import display
+
+    drawn, said = [], []
+    monkeypatch.setattr(display, "_star", lambda d, x, y, r, full, fill: drawn.append((r, full)))
+    real = display._centered
+
+    def centered(d, y, text, *args, **kwargs):
+        said.append(text)
+        real(d, y, text, *args, **kwargs)
+
+    monkeypatch.setattr(display, "_centered", centered)
+    for size, top, stars in [((128, 64), 10, 10), ((64, 128), 5, 5), ((64, 128), 6, 0), ((64, 128), 10, 0),
+                             ((240, 240), 10, 10), ((128, 64), 100, 0)]:
+        drawn.clear(), said.clear()
+        display.render(Screen("live", "Happy", 3, top), size, "1")
+        assert len(drawn) == stars and all(r >= display.MIN_STAR_R for r, _ in drawn), (size, top, drawn)
+        assert [full for _, full in drawn] == ([True] * 3 + [False] * (stars - 3) if stars else [])
+        assert (f"3/{top}" in said) is (stars == 0), (size, top, said)
+
+
 def _ink_rows(image: Image.Image) -> list[tuple[int, int]]:
     """The bands of rows with ink in them, as (first, last): one per line of text or stars."""
     rows = [image.crop((0, y, image.width, y + 1)).getbbox() is not None for y in range(image.height)]
