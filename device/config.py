@@ -127,8 +127,9 @@ def _check(where: str, key: Key, value: Any) -> Any:
         lo, hi = key.check
         if not lo <= value <= hi:
             if where.endswith(".i2c_address"):  # boards print it in hex, some in its 8-bit form
+                eight_bit = value <= 0xFF and lo <= value >> 1 <= hi
                 raise ConfigError(f"{where}: 0x{value:02X} is out of range [0x{lo:02X}, 0x{hi:02X}]"
-                                  + (f" (0x{value:02X} is the 8-bit form of 0x{value >> 1:02X})" if value > hi else ""))
+                                  + (f" (0x{value:02X} is the 8-bit form of 0x{value >> 1:02X})" if eight_bit else ""))
             raise ConfigError(f"{where}: {value!r} is out of range [{lo}, {hi}]")
     elif isinstance(key.check, tuple) and value not in key.check:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.check)}")
@@ -261,14 +262,15 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
     if cfg["camera"]["source"] in ("video", "images") and "://" not in cfg["camera"]["path"]:
         read.append(("camera.path", cfg["camera"]["path"]))  # a folder there would look empty to the service
     for key, path in read:
+        home = state if key == "camera.path" else ROOT / "models"  # a clip or photos: the service's folder
         real = Path(os.path.realpath(path))  # a link into /home is as hidden as the file
         if any(real.is_relative_to(hidden) for hidden in ("/home", "/root", "/run/user")):
             raise ConfigError(f"{cfg.source}: {key}: {path} is hidden from the service (ProtectHome=yes): "
-                              f"put it under {ROOT / 'models'}")
+                              f"put it under {home}")
         # the code's own folder aside: a checkout under /tmp (a test, CI) is not where the unit runs from
         if any(real.is_relative_to(t) for t in ("/tmp", "/var/tmp")) and not real.is_relative_to(ROOT.resolve()):
             raise ConfigError(f"{cfg.source}: {key}: {path} is in a /tmp the service sees empty (PrivateTmp=yes): "
-                              f"put it under {ROOT / 'models'}")
+                              f"put it under {home}")
     written = [("storage.path", cfg["storage"]["path"])]
     if cfg["display"]["driver"] == "png":
         written.append(("display.png_path", cfg["display"]["png_path"]))
@@ -319,7 +321,8 @@ def _check_lcd_pins(cfg: Config) -> None:
     display = cfg["display"]
     if display["driver"] not in LCDS:
         return
-    taken = {**SPI0_HELD, **_spi_pins(display)}
+    # MISO aside: no LCD reads, and HATs such as Pimoroni's wire DC to it (RPi.GPIO takes it back)
+    taken = {pin: what for pin, what in {**SPI0_HELD, **_spi_pins(display)}.items() if "MISO" not in what}
     for i, key in enumerate(LCD_PINS):
         pin = display[key]
         if pin in taken:

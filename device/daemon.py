@@ -201,8 +201,10 @@ class Daemon:
         new_face = last_box is not None and (
             not same_face(last_box, box)
             or (self._missed > 1 and captured_at - self._missed_at > self._face_gap_s))
-        self._missed_at, self._missed = None, 0
-        if new_face:  # the next customer, in the last one's spot too, is followed with the usual lead
+        gap_began, self._missed_at, self._missed = self._missed_at, None, 0
+        # The next customer, in the last one's spot too, is followed with the usual lead; not the
+        # logged one looking up again from the button they pressed while out of sight.
+        if new_face and (not same_face(last_box, box) or gap_began > self._last_accepted):
             self.finder.release(None)
         self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 

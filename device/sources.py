@@ -205,7 +205,7 @@ class LatestFrame:
 class V4L2Source(LatestFrame):
     """A USB webcam through OpenCV's V4L2 backend, by index or /dev/video path."""
 
-    def __init__(self, device: str, width: int, height: int, fps: float):
+    def __init__(self, device: str, width: int, height: int, fps: float, timeout_s: float = 5.0):
         import cv2
 
         dev = int(device) if str(device).isdigit() else device
@@ -217,10 +217,20 @@ class V4L2Source(LatestFrame):
             self.cap.set(prop, value)
 
         def grab():
-            ok, frame = self.cap.read()
-            return frame if ok else None
+            # A read that waited out OpenCV's select() (1 s) is a slow frame, not a lost camera: a
+            # first frame after a second, a dark room's long exposure. Those are waited for up to
+            # timeout_s; a read that fails at once (unplugged) ends the source.
+            deadline = time.monotonic() + timeout_s
+            while True:
+                began = time.monotonic()
+                ok, frame = self.cap.read()
+                if ok:
+                    return frame
+                now = time.monotonic()
+                if now - began < 0.5 or now >= deadline or self._stop.is_set():
+                    return None
 
-        super().__init__(grab, f"camera {device}", release=self.cap.release)
+        super().__init__(grab, f"camera {device}", release=self.cap.release, timeout_s=timeout_s)
 
 
 class Picamera2Source(LatestFrame):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import sqlite3
 import time
@@ -232,15 +233,19 @@ class FeedbackLog:
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
                    salvage: bool = False) -> int:
         """Every entry read before the first line is written: a log damaged halfway stops an export
-        to stdout (`> feedback.csv`) with nothing in the file, not with a CSV that looks complete."""
-        rows = list((self.salvage if salvage else self.rows)(since, until))
-        w = csv.writer(out)
+        to stdout (`> feedback.csv`) with nothing in the file, not with a CSV that looks complete.
+        Held as CSV text meanwhile, a quarter of the rows' size: years of entries on a 512 MB Pi."""
+        text = io.StringIO()
+        w = csv.writer(text)
         w.writerow(EXPORT_FIELDS)
-        for r in rows:
+        n = 0
+        for r in (self.salvage if salvage else self.rows)(since, until):
             w.writerow([r["local_date"], r["local_time"], r["rating"], cell(r["emotion"]), r["confidence"], r["utc"],
                         r["probabilities"], cell(r["model_sha256"]), cell(r["device_id"]), r["id"],
                         CLOCK[r["clock_synced"]], "" if r["rating_max"] is None else r["rating_max"]])
-        return len(rows)
+            n += 1
+        out.write(text.getvalue())
+        return n
 
     def integrity_ok(self) -> bool:
         """True for a sound log; a damage that stops the check itself (a page past the header) is a

@@ -1301,6 +1301,40 @@ def test_on_a_slow_pi_a_face_missed_in_one_frame_is_the_same_customer(model, fac
     rig.close()
 
 
+def test_the_customer_who_pressed_while_looking_down_keeps_no_lead_when_looking_up(model, face_folder, tmp_path,
+                                                                                    monkeypatch):
+    """Looking down at the button, the customer is out of sight for two frames and presses; looking up
+    in the same spot is no new customer to follow afresh: their release stands, so the next customer
+    need not outscore them by far."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = moved_clock(monkeypatch, D)
+    box, frames = Box(100, 100, 200, 200, 0.9), iter(["Angry", None, None, "Angry"])
+
+    class Finder:
+        released = []
+
+        def find(self, frame):
+            self.emotion = next(frames)
+            return box if self.emotion else None
+
+        def release(self, face):
+            self.released.append(face)
+
+    finder = rig.daemon.finder = Finder()
+    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    for i in range(4):
+        if i == 2:
+            rig.press()  # between the two frames without a face
+        rig.daemon.step()
+        clock[0] += 1 / 3
+    monkeypatch.undo()
+    assert rig.store.count() == 1 and finder.released == [box]  # the press's own, not undone
+    rig.close()
+
+
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
     from luma.core.error import DeviceNotFoundError
 

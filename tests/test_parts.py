@@ -403,6 +403,49 @@ def test_the_pi_camera_is_the_first_libcamera_lists_that_is_not_a_webcam(monkeyp
     assert made == [1]
 
 
+def test_a_webcam_slow_to_send_a_frame_is_waited_for_and_an_unplugged_one_is_not(monkeypatch):
+    """OpenCV gives up a read after its 1 s select(): a webcam's slow first frame, or a dark room's
+    long exposure, is read again; a read that fails at once (the cable pulled) ends the source."""
+    import cv2
+
+    from device.sources import V4L2Source
+
+    class Capture:  # what the adapter asks of cv2.VideoCapture
+        def __init__(self, reads):
+            self.reads = iter(reads)
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            pass
+
+        def read(self):
+            wait, ok = next(self.reads, (0.0, False))
+            time.sleep(wait)
+            return ok, np.zeros((480, 640, 3), np.uint8) if ok else None
+
+        def release(self):
+            pass
+
+    slow = Capture([(0.6, False), (0.6, False), (0.0, True)])  # two select() timeouts, then a frame
+    monkeypatch.setattr(cv2, "VideoCapture", lambda dev, api: slow)
+    src = V4L2Source("0", 640, 480, 15, timeout_s=3.0)
+    src.probe()
+    assert src.read().shape == (480, 640, 3)
+    src.close()
+    gone = Capture([(0.0, True), (0.0, False)])  # a frame, then unplugged: no second wait
+    monkeypatch.setattr(cv2, "VideoCapture", lambda dev, api: gone)
+    began = time.monotonic()
+    src = V4L2Source("0", 640, 480, 15, timeout_s=3.0)
+    with pytest.raises(SourceError, match="camera 0: camera returned no frame"):
+        while time.monotonic() - began < 2:
+            src.read()
+            time.sleep(0.01)
+    assert time.monotonic() - began < 1  # told at once, not after timeout_s of retries
+    src.close()
+
+
 def test_a_stalled_webcam_read_returns_before_close_gives_up_on_it():
     """OpenCV waits 10 s in select() for a stalled V4L2 frame unless told: longer than close() waits
     for the grab thread, so a webcam hiccup would restart the service instead of reconnecting. The
@@ -428,6 +471,12 @@ def test_an_lcd_pin_on_its_own_bus_or_on_another_of_its_pins_is_refused(override
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, {"display.driver": "st7735", **overrides, "button.pin": 5, "button.led_pin": 6})
     load_config(None, {**overrides, "display.driver": "ssd1306"})  # an OLED drives none of those pins
+    load_config(None, {"display.driver": "st7789", "display.gpio_dc": 9, "display.gpio_backlight": 13})  # Pirate Audio
+
+
+def test_an_i2c_address_out_of_range_is_said_in_hex():
+    with pytest.raises(ConfigError, match=re.escape("0xFF is out of range [0x03, 0x77]") + "$"):
+        load_config(None, {"display.i2c_address": 0xFF})  # not an 8-bit form of a 7-bit address
 
 
 def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
