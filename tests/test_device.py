@@ -90,6 +90,27 @@ class Rig:
         self.store.close()
 
 
+class ScriptedFinder:
+    """A face finder showing `box` in each frame whose scripted emotion is not None (the classifier
+    then says that emotion for sure); the releases the daemon asks for are noted."""
+
+    def __init__(self, box, emotions):
+        self.box, self.emotions, self.released, self.emotion = box, iter(emotions), [], None
+
+    def find(self, frame):
+        self.emotion = next(self.emotions)
+        return self.box if self.emotion else None
+
+    def release(self, face):
+        self.released.append(face)
+
+
+def script_faces(rig: Rig, monkeypatch, box, emotions) -> ScriptedFinder:
+    finder = rig.daemon.finder = ScriptedFinder(box, emotions)
+    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    return finder
+
+
 def test_end_to_end_press_stores_one_entry_and_thanks(model, face_folder, tmp_path):
     rig = Rig(model, face_folder, tmp_path / "feedback.db")
     assert rig.daemon.finder.hold_s == rig.cfg["button"]["face_window_s"]  # a press in it is this customer's
@@ -1276,20 +1297,8 @@ def test_on_a_slow_pi_a_face_missed_in_one_frame_is_the_same_customer(model, fac
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.window_s": 2.0})  # 3 frames at 0.8 s
     clock = moved_clock(monkeypatch, D)
-    box, frames = Box(100, 100, 200, 200, 0.9), iter([*seen, None])  # None: the frame after the press
-
-    class Finder:
-        released = []
-
-        def find(self, frame):
-            self.emotion = next(frames)
-            return box if self.emotion else None
-
-        def release(self, face):
-            self.released.append(face)
-
-    finder = rig.daemon.finder = Finder()
-    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    box = Box(100, 100, 200, 200, 0.9)
+    finder = script_faces(rig, monkeypatch, box, [*seen, None])  # None: the frame after the press
     for _ in seen:
         rig.daemon.step()
         clock[0] += step_s
@@ -1311,20 +1320,8 @@ def test_the_customer_who_pressed_while_looking_down_keeps_no_lead_when_looking_
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db")
     clock = moved_clock(monkeypatch, D)
-    box, frames = Box(100, 100, 200, 200, 0.9), iter(["Angry", None, None, "Angry"])
-
-    class Finder:
-        released = []
-
-        def find(self, frame):
-            self.emotion = next(frames)
-            return box if self.emotion else None
-
-        def release(self, face):
-            self.released.append(face)
-
-    finder = rig.daemon.finder = Finder()
-    monkeypatch.setattr(rig.daemon.classifier, "predict", lambda face: np.eye(7)[[DISPLAY_NAMES.index(finder.emotion)]])
+    box = Box(100, 100, 200, 200, 0.9)
+    finder = script_faces(rig, monkeypatch, box, ["Angry", None, None, "Angry"])
     for i in range(4):
         if i == 2:
             rig.press()  # between the two frames without a face
