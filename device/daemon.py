@@ -234,9 +234,8 @@ class Daemon:
             # This customer's thanks, stored or kept: a storage error shown instead would invite a
             # second press, and a second entry once the log is back. It lasts the cooldown too, so
             # that no press meets a screen that ignores it; a reading the screen called "Not sure"
-            # is thanked without the emotion the entry keeps. The LED means stored.
-            # From when the entry is stored: a backlog the log took first (a card with room again)
-            # may have taken seconds, and a thank-you already over would invite a second press.
+            # is thanked without the emotion the entry keeps. The LED means stored. Timed from the
+            # store: a backlog the log took first (a card with room again) may have taken seconds.
             until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
             self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]))
