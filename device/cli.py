@@ -181,7 +181,8 @@ def open_store(path: Path) -> FeedbackLog | ReopeningLog:
                                                  "the spare file until it opens", room, e)
             return ReopeningLog(path, str(room))
         except StorageError as why:  # not writable for this user: the install's to mend
-            raise StorageError(f"{e} ({str(why).removeprefix(f'{path}: ')})") from None
+            reason = str(why).removeprefix(f"{path}: ")
+            raise (e if reason in str(e) else StorageError(f"{e} ({reason})")) from None
         raise
 
 
@@ -403,6 +404,7 @@ def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, out)
+            spare.fsync_folder(out.parent)  # the new name too: a power cut now must not bring back the old CSV
         except BaseException:
             with contextlib.suppress(OSError):  # a folder we may not even look into
                 tmp.unlink()

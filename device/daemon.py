@@ -109,7 +109,7 @@ class Daemon:
         self._missed = 0  # and how many frames since have shown none
         self.stats = Stats()
         self._last_accepted = -1e9
-        self._thanks: tuple[float, Screen] | None = None
+        self._thanks: tuple[float, Screen] | None = None  # the last press's answer: thanks, or "Not saved"
         self._no_face_until = 0.0
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
@@ -226,21 +226,25 @@ class Daemon:
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)
-            if not stored:  # and to the spare file and the journal now: a power cut may come first
-                line = entry_json(entry, at)
-                log.critical("entry kept in memory until the log can be written: %s", line)
-                if self.spare:
-                    self.spare.append(line)
-            # This customer's thanks, stored or kept: a storage error shown instead would invite a
-            # second press, and a second entry once the log is back. It lasts the cooldown too, so
-            # that no press meets a screen that ignores it; a reading the screen called "Not sure"
-            # is thanked without the emotion the entry keeps. The LED means stored. Timed from the
-            # store: a backlog the log took first (a card with room again) may have taken seconds.
+            kept = stored or self._keep(entry_json(entry, at))
+            # This customer's thanks, stored or kept on the disk: a storage error shown instead would
+            # invite a second press, and a second entry once the log is back. An entry in memory only
+            # is lost at a power cut: that customer and staff see it was not saved. Either screen lasts
+            # the cooldown too, so that no press meets a screen that ignores it; a reading the screen
+            # called "Not sure" is thanked without the emotion the entry keeps. The LED means stored.
+            # Timed from the store: a backlog the log took first (a card with room again) may take seconds.
             until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
-            self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]))
+            self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]) if kept
+                            else Screen("error", title="Not saved", detail="storage error: please tell staff"))
             if stored:
                 self.button.acknowledge()
+
+    def _keep(self, line: str) -> bool:
+        """An entry the log did not take, to the journal and the spare file now (a power cut may
+        come first); True once it is on the disk."""
+        log.critical("entry kept in memory until the log can be written: %s", line)
+        return self.spare is not None and self.spare.append(line)
 
     def _entry(self, r: Reading) -> Entry:
         return Entry(r.emotion, r.rating, r.confidence, r.probabilities, self.classifier.sha256, self.device_id,
@@ -273,12 +277,18 @@ class Daemon:
             self.spare.clear()
         return True
 
+    def _store_pending_or_spare(self, now: float) -> None:
+        """Store the waiting entries; while the log cannot, write the spare's lines whose write failed
+        again, rather than only before the next entry the log refuses (maybe never, before a power cut)."""
+        if not self._store_pending(now) and self.spare:
+            self.spare.write_unwritten()
+
     def _retry_pending(self) -> None:
         now = time.monotonic()
         if now < self._retry_at:
             return
         if self._pending or self._unrestored:
-            self._store_pending(now)
+            self._store_pending_or_spare(now)
         elif self.storage_error and hasattr(self.store, "reopen"):  # no entry waiting: the error screen clears
             self.storage_error = self.store.reopen()  # once the log opens, not at the next press
             self._retry_at = now + self.cfg["storage"]["retry_s"]
@@ -291,7 +301,7 @@ class Daemon:
         """At shutdown: one last try for entries still in memory; any the log cannot take go
         to the journal in full, so a technician can restore them by hand."""
         self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
-        self._store_pending(time.monotonic())
+        self._store_pending_or_spare(time.monotonic())
         for entry, at in self._pending:
             log.critical("entry not stored (the log cannot be written): %s", entry_json(entry, at))
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 log = logging.getLogger("feedbackd")
 
-SIZE = 64 * 1024  # about 150 entries: a full card is an error screen staff see within minutes
+# About 5000 entries (a line is some 400 bytes): days of a busy kiosk on a card that filled up, or
+# was remounted read-only, before staff free room. An entry past it is kept in memory only, lost
+# at a power cut; zeroing 2 MiB at a start or after the log took the entries back is a moment.
+SIZE = 2 * 2**20
 
 
 def beside(log_path: Path | str) -> Path:
@@ -49,7 +52,8 @@ def _parse(lines: list[str]) -> tuple[list[dict], list[str]]:
     return found, cut
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Put a name made or replaced in `folder` on the disk: fsync of the file keeps only its bytes."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -100,7 +104,7 @@ class SpareFile:
             try:
                 self._take_room(data)
                 if created:  # its name too must outlive a power cut, not only its bytes
-                    _fsync_folder(self.path.parent)
+                    fsync_folder(self.path.parent)
             except OSError as e:  # a failing card: the lines read are still restored
                 self.refused = f"its room could not be taken ({e})"
                 log.error("%s: %s; nothing more is written to it", self.path, self.refused)
@@ -132,7 +136,14 @@ class SpareFile:
             log.error("%s: %s; the entry is in the journal only", self.path, self.refused or "full")
             if self.refused or not self.unwritten:
                 return False
-        data = _joined(self.unwritten)  # the lines before it fitted, and still do
+        return self.write_unwritten() and fits
+
+    def write_unwritten(self) -> bool:
+        """Write the lines whose write failed (the lines before them fitted, and still do); True once
+        none is left. The daemon tries again while the log is down, not only at the next entry."""
+        if not self.unwritten:
+            return True
+        data = _joined(self.unwritten)
         try:
             self._write(data, self.end)
             os.fdatasync(self.fd)
@@ -142,7 +153,7 @@ class SpareFile:
             return False
         self.end += len(data)
         self.unwritten = []
-        return fits
+        return True
 
     def clear(self) -> None:
         """Every entry in it is in the log now; a failed clearing is tried again next time."""

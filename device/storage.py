@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -80,6 +81,10 @@ class FeedbackLog:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            # SQLite opens a file it cannot write (restored by `sudo cp`, owned by root) read-only, without
+            # an error: the daemon would then run as on a full card, refusing every entry
+            if denied := next((p for p in (self.path, self.path.parent) if not os.access(p, os.W_OK)), None):
+                raise StorageError(f"{self.path}: cannot open the feedback log: {denied} is not writable for this user")
         else:
             self.db = self._reader()
         version = self._check_is_log(create)
@@ -95,18 +100,23 @@ class FeedbackLog:
         """A connection that reads the log as it is. A reader of a WAL log makes its 32 KiB -shm
         file, which a full or read-only card has no room for once the daemon stopped cleanly (and
         SQLite removed it): then, with no -wal file holding newer entries, the main file holds them
-        all and is read as an immutable file, so the owner can still export before replacing the card."""
+        all and is read as an immutable file, so the owner can still export before replacing the card.
+        A -wal with entries (a running daemon's, or one stopped by a power cut) is read read-only: the
+        last read-write connection to close copies it into the main file and deletes it, a write that
+        a failing card (`check`, `export --salvage`) may not survive. Without one, read-write: a
+        read-only reader would leave an empty -wal and -shm of its own behind."""
         uri = self.path.resolve().as_uri()
+        wal = Path(f"{self.path}-wal")
+        held = wal.exists() and wal.stat().st_size > 0
         db = None
         try:
-            db = sqlite3.connect(f"{uri}?mode=rw", timeout=5, isolation_level=None, uri=True)
+            db = sqlite3.connect(f"{uri}?mode={'ro' if held else 'rw'}", timeout=5, isolation_level=None, uri=True)
             db.execute("PRAGMA user_version")
             return db
         except sqlite3.OperationalError:
             if db is not None:
                 db.close()
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size:
+            if held:
                 raise
         return sqlite3.connect(f"{uri}?mode=ro&immutable=1", isolation_level=None, uri=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,6 +34,7 @@ from device.display import Display, Screen, render
 from device.model import EmotionClassifier, ModelError
 from device.preprocess import DISPLAY_NAMES
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
+from device.spare import SIZE, beside, waiting
 from device.storage import Entry, FeedbackLog, StorageError
 
 
@@ -331,10 +334,6 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
                                                                                    monkeypatch, caplog):
     """systemd restarts the daemon (a camera given up on, a reboot) on a card that filled up: it must
     start and keep entries in its spare file, as it did while running, not fail every 10 s."""
-    from types import SimpleNamespace
-
-    from device.spare import beside, waiting
-
     db = tmp_path / "feedback.db"
     log = FeedbackLog(db)
     log.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"))  # yesterday's customer
@@ -383,8 +382,6 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
 def test_reports_read_a_stopped_log_on_a_full_card(tmp_path, capsys, monkeypatch):
     """The owner exports before the card is replaced: every entry is in the main file once the daemon
     stopped, and check names the card, not a disk I/O error."""
-    from types import SimpleNamespace
-
     db = tmp_path / "f.db"
     log = FeedbackLog(db)
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, 30, 11, tzinfo=UTC))
@@ -462,12 +459,17 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     assert first["utc"] < second["utc"]  # ids follow press order
     rig.close()
 
+def no_spare_file(path: Path, *args, **kwargs):
+    """A card remounted read-only before the spare file was first made: none can be."""
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
 def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(model, face_folder, tmp_path, caplog):
     """A full SD card fails the log's write, and Raspberry Pi OS keeps the journal in memory: the
     kept entry is on the disk, in room taken at start-up, before the customer is thanked."""
     db, spare = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
     rig = Rig(model, face_folder, db)
-    assert spare.read_bytes() == bytes(64 * 1024)  # the room, taken while there is some
+    assert spare.read_bytes() == bytes(SIZE)  # the room, taken while there is some
     rig.steps(2)
     _break_storage(rig, db, True)
     rig.press()
@@ -476,6 +478,7 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
               if r.getMessage().startswith("entry kept in memory")]
     assert json.loads(spare.read_bytes().split(b"\0", 1)[0]) == kept and rig.store.count() == 0
     rig.close()  # the power is cut: no last try, nothing to the journal
+    os.chmod(db, 0o644)  # (a file this user cannot write stops the start; a full card does not)
     rig = Rig(model, face_folder, db)  # back on, the card still full: the kept entry stays in the spare,
     _break_storage(rig, db, True)  # and the next customer's joins it
     rig.steps(2)
@@ -490,15 +493,15 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     assert (row["emotion"], json.loads(row["probabilities"]), row["utc"]) == (
         kept["emotion"], {k: round(v, 4) for k, v in kept["probabilities"].items()},  # as the log rounds them
         pressed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))  # stamped when pressed, before the power cut
-    assert spare.read_bytes() == bytes(64 * 1024)  # in the log now: the room is free again
+    assert spare.read_bytes() == bytes(SIZE)  # in the log now: the room is free again
     rig.close()
     # a power cut after the log took it but before the spare was cleared: stored once, not twice,
     # whatever offset the line writes the time with (edited by hand, another version's)
     elsewhere = dict(kept, utc=pressed.astimezone(timezone(timedelta(hours=1))).isoformat())
-    spare.write_bytes("".join(json.dumps(e) + "\n" for e in (kept, elsewhere)).encode().ljust(64 * 1024, b"\0"))
+    spare.write_bytes("".join(json.dumps(e) + "\n" for e in (kept, elsewhere)).encode().ljust(SIZE, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
-    assert rig.store.count() == 2 and spare.read_bytes() == bytes(64 * 1024)
+    assert rig.store.count() == 2 and spare.read_bytes() == bytes(SIZE)
     rig.close()
     # lines the log would fail on (edited by hand, another version's) neither stop the daemon nor
     # hold up the entry behind them
@@ -506,27 +509,22 @@ def test_an_entry_the_log_cannot_take_survives_a_power_cut_in_the_spare_file(mod
     bad = [dict(later, rating="5"), dict(later, emotion=None), dict(later, probabilities=None),
            dict(later, utc=later["utc"][:-6]), dict(later, utc="0001-01-01T00:00:00+14:00"),  # no zone; year 0 in UTC
            dict(later, rating=10**400)]
-    spare.write_bytes("".join(json.dumps(e) + "\n" for e in [*bad, later]).encode().ljust(64 * 1024, b"\0"))
+    spare.write_bytes("".join(json.dumps(e) + "\n" for e in [*bad, later]).encode().ljust(SIZE, b"\0"))
     rig = Rig(model, face_folder, db)
     rig.steps(1)
-    assert rig.store.count() == 3 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(64 * 1024)
+    assert rig.store.count() == 3 and rig.daemon.storage_error is None and spare.read_bytes() == bytes(SIZE)
     assert caplog.text.count("an entry that cannot be read") == 6
     rig.close()
 
 
-def test_without_a_spare_file_an_entry_the_log_refuses_is_kept_in_memory_and_thanked(
+def test_without_a_spare_file_an_entry_the_log_refuses_is_kept_in_memory_and_shown_not_saved(
         model, face_folder, tmp_path, monkeypatch, caplog):
     """A card remounted read-only at start-up: no spare file can be made. The kiosk runs on, an
-    entry the log cannot take is kept in memory and the journal, and the customer is thanked."""
-    import errno
-
+    entry the log cannot take is kept in memory and the journal, and, since a power cut would lose
+    it, the screen says it was not saved rather than thanking the customer."""
     from device import daemon as D
-    from device.spare import beside
 
-    def read_only(path, *args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-
-    monkeypatch.setattr(D, "SpareFile", read_only)
+    monkeypatch.setattr(D, "SpareFile", no_spare_file)
     caplog.set_level("INFO", logger="feedbackd")
     db = tmp_path / "feedback.db"
     rig = Rig(model, face_folder, db, **{"storage.retry_s": 0.1})
@@ -539,7 +537,7 @@ def test_without_a_spare_file_an_entry_the_log_refuses_is_kept_in_memory_and_tha
     rig.steps(1)
     [kept] = [r for r in caplog.records if r.getMessage().startswith("entry kept in memory")]
     assert kept.levelname == "CRITICAL" and rig.store.count() == 0
-    assert rig.daemon.screen(time.monotonic()).kind == "thanks"
+    assert rig.daemon.screen(time.monotonic()).title == "Not saved"
     assert rig.screen.image.tobytes() == render(rig.daemon.screen(time.monotonic()), (128, 64), "1").tobytes()
     assert not beside(db).exists()
     _break_storage(rig, db, False)
@@ -565,22 +563,91 @@ class PressOnly:
         pass
 
 
+def bare_daemon(store) -> tuple[Daemon, PressOnly]:
+    """The daemon's presses, log and spare file alone: no camera, detector, model or display."""
+    classifier = SimpleNamespace(manifest=SimpleNamespace(display_names=DISPLAY_NAMES), path=Path("m"), sha256="ab")
+    button = PressOnly()
+    return Daemon(load_config(None), None, None, classifier, None, button, store, device_id="till-3"), button
+
+
+def press(daemon: Daemon, button: PressOnly, at: float, emotion: str = "Happy") -> None:
+    """A customer showing `emotion` presses at `at` (monotonic seconds), and the daemon handles it."""
+    daemon.smoother.add(at, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index(emotion)])
+    button.pressed.append(at)
+    daemon._handle_presses()
+
+
+class FullLog:
+    """A log on a full card: it refuses every entry, and holds none."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, entry: Entry, now: datetime | None = None) -> int:
+        raise StorageError(f"{self.path}: cannot store the entry: database or disk is full")
+
+    def contains(self, at: datetime, device_id: str) -> bool:
+        return False
+
+
+def test_days_of_entries_a_full_card_refuses_wait_in_the_spare_file_and_are_all_stored_later(tmp_path):
+    """Each entry is on the disk before its customer is thanked, hundreds past the 150 a 64 KiB
+    spare file held: none is in memory only, and the next start, with room, stores them all."""
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    start = time.monotonic()
+    for i in range(400):  # each after the last one's cooldown
+        press(daemon, button, start + 10 * i)
+        assert daemon.screen(start + 10 * i).kind == "thanks"
+    daemon.close()  # the power is cut
+    store = FeedbackLog(db)
+    daemon, _ = bare_daemon(store)
+    daemon._store_pending(time.monotonic())
+    assert store.count() == 400 and beside(db).read_bytes() == bytes(SIZE)
+    daemon.close()
+    store.close()
+
+
+def test_an_entry_in_memory_only_is_not_thanked_and_its_failed_spare_write_is_tried_again(tmp_path, monkeypatch):
+    """An entry neither the log nor the spare file took is lost at a power cut: the customer and
+    staff see "Not saved", not the thanks. A spare write that failed is tried again with the log's
+    retries and at the stop, not only before the next entry the log refuses."""
+    from device import daemon as D
+
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # the card fails the spare's write
+    press(daemon, button, now := time.monotonic())
+    monkeypatch.undo()
+    assert daemon.screen(now).title == "Not saved" and waiting(beside(db)) == []
+    daemon._retry_at = 0.0
+    daemon._retry_pending()
+    assert [e["emotion"] for e in waiting(beside(db))] == ["Happy"]  # on the disk now
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
+    press(daemon, button, now + 10, "Sad")
+    monkeypatch.undo()
+    daemon.flush_pending()  # the service stops
+    assert [e["emotion"] for e in waiting(beside(db))] == ["Happy", "Sad"]
+    daemon.close()
+    monkeypatch.setattr(D, "SpareFile", no_spare_file)
+    daemon, button = bare_daemon(FullLog(db))
+    press(daemon, button, now)
+    assert daemon.spare is None and daemon.screen(now).title == "Not saved"
+
+
 def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tmp_path, monkeypatch, caplog):
     """A damaged index fails the start-up check of which kept entries the log has: those stay in
     the spare, tried again with the pending entries, and an entry the log refuses meanwhile still
     goes to the disk after them, not to memory only. Each reaches the log once."""
-    import types
-
     db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
     earlier = datetime(2026, 11, 30, 12, tzinfo=UTC)
     kept = entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"), earlier)
-    path.write_bytes(f"{kept}\n".encode().ljust(64 * 1024, b"\0"))
-    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES), path=tmp_path,
-                                       sha256="ab")
+    path.write_bytes(f"{kept}\n".encode().ljust(SIZE, b"\0"))
 
     def start() -> tuple[Daemon, FeedbackLog, PressOnly]:
-        store, button = FeedbackLog(db), PressOnly()
-        return Daemon(load_config(None), None, None, classifier, None, button, store, device_id="till-3"), store, button
+        store = FeedbackLog(db)
+        daemon, button = bare_daemon(store)
+        return daemon, store, button
 
     def unreadable(*_):
         raise StorageError(f"{db}: cannot read the log: database disk image is malformed")
@@ -589,10 +656,7 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     daemon, store, button = start()
     assert "not restored yet, the log cannot tell which entries it holds" in caplog.text and daemon.spare
     store.db.execute("PRAGMA query_only = ON")  # and the card is full: the next customer's entry is refused
-    now = time.monotonic()
-    daemon.smoother.add(now, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index("Happy")])
-    button.pressed.append(now)
-    daemon._handle_presses()
+    press(daemon, button, time.monotonic())
     assert store.count() == 0
     assert [json.loads(line)["emotion"] for line in path.read_bytes().split(b"\0", 1)[0].splitlines()] == [
         "Sad", "Happy"]  # on the disk: a power cut now loses neither
@@ -603,12 +667,12 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     monkeypatch.undo()  # the index repaired: the next retry, not the next start, restores the kept entry
     daemon._retry_at = 0.0
     daemon._retry_pending()
-    assert sorted(r["emotion"] for r in store.rows()) == ["Happy", "Sad"] and path.read_bytes() == bytes(64 * 1024)
+    assert sorted(r["emotion"] for r in store.rows()) == ["Happy", "Sad"] and path.read_bytes() == bytes(SIZE)
     daemon.close()
     store.close()
-    path.write_bytes(f"{kept}\n".encode().ljust(64 * 1024, b"\0"))  # cleared just before a power cut: once still
+    path.write_bytes(f"{kept}\n".encode().ljust(SIZE, b"\0"))  # cleared just before a power cut: once still
     daemon, store, _ = start()
-    assert store.count() == 2 and not daemon._pending and path.read_bytes() == bytes(64 * 1024)
+    assert store.count() == 2 and not daemon._pending and path.read_bytes() == bytes(SIZE)
     daemon.close()
     store.close()
 
@@ -1542,7 +1606,7 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     log.close()
     lines = [entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"), at + timedelta(hours=h)) for h in (1, 2)]
     lines.append(entry_json(stored, at))  # the log took it before the daemon cleared the spare: not waiting
-    kept.write_bytes(("\n".join(lines) + f"\n{lines[0][:20]}").encode().ljust(64 * 1024, b"\0"))  # one cut short
+    kept.write_bytes(("\n".join(lines) + f"\n{lines[0][:20]}").encode().ljust(SIZE, b"\0"))  # one cut short
     before = kept.read_bytes()
     note = f"feedbackd: 2 entries are waiting in {kept}, not in this {{}} yet\n"
     assert cli.main(["export", "--db", str(db)]) == 0
@@ -1562,7 +1626,7 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     assert cli.main(check) == 0
     assert f" MiB free; cannot read {kept} (Is a directory)" in capsys.readouterr().out
     kept.rmdir()
-    kept.write_bytes(bytes(64 * 1024))  # restored and cleared by the daemon: nothing to say
+    kept.write_bytes(bytes(SIZE))  # restored and cleared by the daemon: nothing to say
     assert cli.main(["summary", "--db", str(db)]) == 0
     assert capsys.readouterr().err == ""
 
@@ -1932,8 +1996,6 @@ def test_two_exports_to_one_file_each_write_their_own_temporary_file(tmp_path, c
 
 def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, capsys, monkeypatch):
     """integrity_check passes on a card the daemon cannot write: check names the log all the same."""
-    from types import SimpleNamespace
-
     db = tmp_path / "f.db"
     FeedbackLog(db).close()
     check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
@@ -1963,6 +2025,66 @@ def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, ca
     db.unlink()
     rc, out = checked()
     assert rc == 1 and f"{tmp_path} is on a read-only file system" in out
+
+
+@pytest.mark.parametrize("denied", ["log", "folder"])
+def test_a_log_the_service_user_cannot_write_stops_the_start(tmp_path, capsys, monkeypatch, denied):
+    """A backup restored with `sudo cp` is root's, mode 0644: SQLite opens it read-only without a
+    word, and the daemon would refuse every entry as on a full card. The start stops (exit 2),
+    naming the file; on a card remounted read-only the daemon still starts, as on a full one."""
+    db = tmp_path / "feedback.db"
+    FeedbackLog(db).close()
+    path = db if denied == "log" else tmp_path
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path and writable(p, mode))  # root may write all
+    monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: None)  # the parts before the log
+    monkeypatch.setattr(cli.FaceDetector, "from_config", lambda cfg: None)
+    run = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(db)]
+    assert cli.main(run) == 2
+    assert capsys.readouterr().err == (f"feedbackd: error: {db}: cannot open the feedback log: {path} is not "
+                                       "writable for this user\n")
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=0, f_frsize=4096))
+    store = cli.open_store(db)
+    assert store.error == f"{db}: {tmp_path} is on a read-only file system; the log can take no entries"
+    store.close()
+
+
+def test_reports_leave_a_stopped_logs_wal_file_as_it_is(tmp_path, capsys):
+    """A daemon stopped by a power cut leaves its newest entries in the -wal file. Reading them must
+    not copy them into the main file and delete the -wal, as the last read-write connection to close
+    does: on a failing card that write may damage both, and the owner is told to copy them off."""
+    db = tmp_path / "feedback.db"
+    child = ("import os, sys\nfrom datetime import UTC, datetime\nfrom device.storage import Entry, FeedbackLog\n"
+             "FeedbackLog(sys.argv[1]).add(Entry('Happy', 5, 0.8, {'Happy': 0.8}, 'ab', 'pi'), "
+             "datetime(2026, 11, 30, 11, tzinfo=UTC))\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", child, str(db)], cwd=ROOT, check=True)
+    wal = Path(f"{db}-wal")
+    files = (db.read_bytes(), wal.read_bytes())
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    for command in (["export", "--db", str(db)], ["export", "--salvage", "--db", str(db)],
+                    ["summary", "--db", str(db)], check):
+        assert cli.main(command) == 0
+        assert (db.read_bytes(), wal.read_bytes()) == files, command
+    out = capsys.readouterr().out
+    assert "\n2026-11-30," in out and "1 entries, schema v3, integrity ok" in out  # read from the -wal
+
+
+def test_an_export_to_a_file_syncs_its_new_name(tmp_path, capsys, monkeypatch):
+    """fsync of the CSV keeps its bytes; the rename over the old CSV is in the folder, synced too."""
+    import stat
+
+    db, out = tmp_path / "f.db", tmp_path / "feedback.csv"
+    FeedbackLog(db).close()
+    synced, fsync = [], os.fsync
+
+    def noted(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((stat.S_ISDIR(st.st_mode) and st.st_ino == tmp_path.stat().st_ino, out.exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noted)
+    assert cli.main(["export", "--db", str(db), "--output", str(out)]) == 0
+    assert synced[-1] == (True, True)  # the folder, after the rename
 
 
 def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, capsys, monkeypatch):
@@ -2028,7 +2150,7 @@ def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeyp
     assert not writes
     new = {p.name for p in tmp_path.rglob("*")} - {p.name for p in before}
     assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm", "feedback.db.spare"}
-    assert (tmp_path / "feedback.db.spare").read_bytes() == bytes(64 * 1024)  # room for entries, nothing in it
+    assert (tmp_path / "feedback.db.spare").read_bytes() == bytes(SIZE)  # room for entries, nothing in it
 
 
 def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp_path, caplog):

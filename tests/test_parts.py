@@ -997,7 +997,7 @@ def test_one_daemon_a_spare_file_its_name_made_durable_and_a_line_found_twice_re
     from device import spare as sp
 
     synced = []
-    monkeypatch.setattr(sp, "_fsync_folder", synced.append)
+    monkeypatch.setattr(sp, "fsync_folder", synced.append)
     path = tmp_path / "feedback.db.spare"
     first = sp.SpareFile(path, size=256)
     assert synced == [tmp_path]  # made: its folder synced
