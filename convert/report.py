@@ -38,8 +38,7 @@ def target_lines(int8: dict, ref: dict, drop_points: float) -> list[str]:
     return lines
 
 
-def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int,
-                 calibration_faces: int, spec: InputSpec) -> Path:
+def write_report(path: Path, args, source: dict, float_report: dict, rows: list[dict], n: int, spec: InputSpec) -> Path:
     ref = next(r for r in rows if r["variant"] == "float32")
     lines = [
         "# Conversion report",
@@ -68,9 +67,11 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
     int8 = next((r for r in rows if r["variant"] == "int8" and not r.get("earlier")), None)
     if int8:  # graded only on an int8 built and timed beside this float32
         lines += ["", *target_lines(int8, ref, 100 * (int8["accuracy"] - float_report["accuracy"]))]
+    # The int8 row's own: one kept from an earlier conversion may have been calibrated otherwise than this run
+    if calibration := next((r["calibration"] for r in rows if r["variant"] == "int8"), None):
+        lines += ["", f"int8 calibration: {calibration['faces']} class-stratified FER-2013 Training faces, "
+                  f"seed {calibration['seed']}."]
     lines += [
-        "",
-        f"int8 calibration: {calibration_faces} class-stratified FER-2013 Training faces, seed {args.seed}.",
         "",
         "The device runs the int8 file (`model.path`'s default); only it and its manifest are committed. The "
         "other variants are written here for comparison and rebuilt by the command below.",

@@ -183,11 +183,11 @@ class EmotionClassifier:
         self.path = Path(model)
         self.manifest, self.sha256 = verified_manifest(self.path)
         self.interpreter = load_interpreter(self.path, num_threads)
-        self._allocate()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._check_manifest()
         self._batch = int(self._input["shape"][0])
+        self._allocate(len(self.spec.views))  # one face's batch: a model that cannot take it is refused now
 
     def _check_manifest(self) -> None:
         """The manifest's input and quantization must be the model's own: a mismatch would
@@ -209,11 +209,20 @@ class EmotionClassifier:
                 raise ModelError(f"{manifest_path(self.path)}: {name} {manifest_value} does not match "
                                  f"the model's {model_value} ({self.path})")
 
-    def _allocate(self) -> None:
-        """Allocate tensors, then unmap the model file's pages: XNNPACK has packed its own copy
-        of the weights by now, so the mapped file only doubled the resident memory (~16 MB)."""
-        self.interpreter.allocate_tensors()
+    def _allocate(self, batch: int) -> None:
+        """Size the input for `batch` images and allocate tensors, then unmap the model file's pages:
+        XNNPACK has packed its own copy of the weights by now, so the mapped file only doubled the
+        resident memory (~16 MB)."""
+        try:
+            if batch != self._batch:
+                self.interpreter.resize_tensor_input(self._input["index"], [batch, *self._input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(f"{self.path}: cannot prepare the TFLite model for a batch of {batch}: {e}") from None
         release_mapped_pages(self.path)
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._batch = batch
 
     @classmethod
     def from_config(cls, cfg: dict) -> EmotionClassifier:
@@ -231,11 +240,7 @@ class EmotionClassifier:
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float input (N, S, S, 1) -> probabilities, resizing the batch as needed."""
         if len(x) != self._batch:
-            self.interpreter.resize_tensor_input(self._input["index"], [len(x), *x.shape[1:]])
-            self._allocate()
-            self._input = self.interpreter.get_input_details()[0]
-            self._output = self.interpreter.get_output_details()[0]
-            self._batch = len(x)
+            self._allocate(len(x))
         if self.manifest.input_quant:
             x = quantize(x, *self.manifest.input_quant, self._input["dtype"])
         self.interpreter.set_tensor(self._input["index"], x.astype(self._input["dtype"]))

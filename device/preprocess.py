@@ -121,7 +121,8 @@ class InputSpec:
         if spec.color_mode != "grayscale":
             raise ValueError(f"unsupported color_mode {spec.color_mode!r} (only 'grayscale')")
         finite = all(abs(v) < float("inf") for v in (spec.scale, spec.mean, spec.std))  # NaN fails too
-        if spec.size < 8 or not finite or not spec.std > 0 or not spec.views:
+        # a scale of 0 makes every face one gray, a negative one its negative: both score, wrongly
+        if spec.size < 8 or not finite or not spec.scale > 0 or not spec.std > 0 or not spec.views:
             raise ValueError(f"invalid input spec {d!r}")
         return spec
 

@@ -140,8 +140,7 @@ EOF
 
 install_models() {
     local dest=$ROOT_DIR/models
-    [ -f "$SRC/$MODEL" ] || die "$SRC/$MODEL is missing: train a model and run 'make convert' first"
-    [ -f "$SRC/${MODEL%.tflite}.json" ] || die "$SRC/${MODEL%.tflite}.json (the model's manifest) is missing"
+    check_model "$ROOT_DIR/venv/bin/python"  # again: a first install had no venv to check it with before
     install -d -m 0755 "$dest" "$dest/face"
     install -m 0644 "$SRC/$MODEL" "$SRC/${MODEL%.tflite}.json" "$dest/"
     for doc in models/MODEL_CARD.md models/CONVERT_REPORT.md README.md; do
@@ -208,6 +207,27 @@ PY
     ) || exit 1
 }
 
+# The model and manifest the install lays down, checked against each other as the service checks them:
+# a pair from two conversions would be copied over a working one and stop the kiosk for good. Run with
+# the Python and PYTHONPATH check_config gets.
+check_model() {
+    [ -f "$SRC/$MODEL" ] || die "$SRC/$MODEL is missing: train a model and run 'make convert' first"
+    [ -f "$SRC/${MODEL%.tflite}.json" ] || die "$SRC/${MODEL%.tflite}.json (the model's manifest) is missing"
+    (cd / && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=${2:-} "$1" - "$SRC/$MODEL" <<'PY'
+import sys
+from pathlib import Path
+
+from device.model import ModelError, verified_manifest
+
+try:
+    verified_manifest(Path(sys.argv[1]))
+except ModelError as e:
+    sys.exit(f"install: error: {e}\ninstall: run 'make convert' (it writes both) or restore the committed pair "
+             "(git checkout models/), then make install again")
+PY
+    ) || exit 1
+}
+
 install_unit() {
     install -d -m 0755 "$(dirname "$UNIT")" "$(dirname "$WRAPPER")"
     sed "s|/opt/feedbackd|$PREFIX|g" "$SRC/systemd/feedbackd.service" >"$UNIT"
@@ -216,6 +236,9 @@ install_unit() {
     chmod 0755 "$WRAPPER"
     install -d -m 0750 "$STATE_DIR"
     live && chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
+    # A log restored by `sudo cp` is root's: SQLite would open it read-only, so the daemon refuses to start.
+    # StateDirectory= does not mend it: systemd re-owns the contents only when the folder's owner is wrong.
+    live && find "$STATE_DIR" -maxdepth 1 -name 'feedback.db*' -exec chown "$SERVICE_USER:$SERVICE_USER" {} +
     return 0
 }
 
@@ -255,10 +278,14 @@ restart_if_failed() {
 
 if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
 check_os
-# An upgrade checks the kept config with the new code (and the installed venv: the system Python
-# may lack numpy until apt_packages) before it stops or changes anything. With no usable venv
-# nothing runs to protect: install_config checks the config once the venv is built.
-[ -e "$CONF_DIR/config.toml" ] && venv_ok "$ROOT_DIR/venv" && check_config "$ROOT_DIR/venv/bin/python" "$SRC"
+# An upgrade checks the model it will lay down and the kept config with the new code (and the
+# installed venv: the system Python may lack numpy until apt_packages) before it stops or changes
+# anything. With no usable venv nothing runs to protect: install_models and install_config check
+# them once the venv is built.
+if venv_ok "$ROOT_DIR/venv"; then
+    check_model "$ROOT_DIR/venv/bin/python" "$SRC"
+    [ ! -e "$CONF_DIR/config.toml" ] || check_config "$ROOT_DIR/venv/bin/python" "$SRC"
+fi
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages

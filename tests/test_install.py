@@ -485,3 +485,42 @@ def test_check_says_to_use_sudo_for_a_log_this_user_cannot_reach(tmp_path, capsy
         assert cli.main([*check, "--db", str(db)]) == 1
         assert capsys.readouterr().out == (f"FAIL storage        {db}: permission denied: run it as root "
                                            "(sudo feedbackd check), which reads the log as the feedbackd user\n")
+
+
+def test_a_model_that_does_not_match_its_manifest_is_refused_before_anything_changes(tmp_path, debian12):
+    """A checkout whose model and manifest are two conversions' (one copied in without the other): an upgrade
+    stopped the kiosk and copied them over the working pair, and the service never started again."""
+    src = tmp_path / "src"
+    for folder in ("device", "training", "convert"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    (src / "systemd").mkdir()
+    shutil.copy(ROOT / "systemd/install.sh", src / "systemd")
+    (src / "models").mkdir()
+    shutil.copy(ROOT / "models/fer_vgg16_int8.tflite", src / "models")
+    manifest = json.loads((ROOT / "models/fer_vgg16_int8.json").read_text())
+    (src / "models/fer_vgg16_int8.json").write_text(json.dumps({**manifest, "tflite_sha256": "0" * 64}))
+    root = tmp_path / "root"
+    models = root / PREFIX.lstrip("/") / "models"
+    models.mkdir(parents=True)
+    for name in ("fer_vgg16_int8.tflite", "fer_vgg16_int8.json"):  # the working pair an earlier install laid down
+        (models / name).write_text(f"the installed {name}")
+    venv = models.parent / "venv"  # a venv venv_ok trusts; it never installs into this suite's own
+    (venv / "pyvenv.cfg").parent.mkdir()
+    (venv / "pyvenv.cfg").write_text(f"version = {sys.version_info[0]}.{sys.version_info[1]}.0\n")
+    stub(venv / "bin/python", f'case "$*" in *"pip install"*) echo "pip install: not in a test" >&2; exit 1 ;; esac\n'
+                              f'exec {sys.executable} "$@"\n')
+    env = {**os.environ, **debian12, "DESTDIR": str(root)}
+
+    for run in (["bash", src / "systemd/install.sh"],  # an upgrade: before the kiosk is stopped
+                ["bash", "-c", 'source "$0" && install_models', src / "systemd/install.sh"]):  # a first install's
+        r = subprocess.run(run, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode != 0
+        assert f"install: error: {src / 'models/fer_vgg16_int8.tflite'}: sha256 " in r.stderr
+        assert "does not match its manifest" in r.stderr and "installing feedbackd[device]" not in r.stdout
+        assert sorted(p.read_text() for p in models.iterdir()) == [
+            "the installed fer_vgg16_int8.json", "the installed fer_vgg16_int8.tflite"]
+    shutil.copy(ROOT / "models/fer_vgg16_int8.json", src / "models")  # the pair as converted: on to the venv
+    r = subprocess.run(["bash", src / "systemd/install.sh"], capture_output=True, text=True, timeout=300, env=env)
+    assert "installing feedbackd[device]" in r.stdout and "pip install: not in a test" in r.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.imports import not_installed
-from device.model import EmotionClassifier, ModelError
+from device.model import EmotionClassifier, ModelError, verified_manifest
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
 from training.export import load_float_model, read_record, record_spec
@@ -60,7 +60,8 @@ def keras_spec(path: Path) -> InputSpec:
 
 
 def check_model_path(model: Path) -> None:
-    """Fail before minutes of data loading: the model must be a .tflite, a .keras or a run folder."""
+    """Fail before minutes of data loading: the model must be a .tflite beside its manifest, a .keras
+    or a run folder."""
     if model.is_dir():
         missing = [n for n in ("config.json", STATE) if not (model / n).is_file()]
         if missing:
@@ -72,6 +73,8 @@ def check_model_path(model: Path) -> None:
         raise ModelError(f"{model}: no such model file or run folder")
     elif model.suffix not in (".tflite", ".keras"):
         raise ModelError(f"{model}: expected a .tflite or .keras model or a training run folder")
+    elif model.suffix == ".tflite":
+        verified_manifest(model)  # a missing manifest or another model's
 
 
 def predict_probs(model: Path, faces: np.ndarray, spec: InputSpec | None, threads: int = 2) -> np.ndarray:
