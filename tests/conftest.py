@@ -72,6 +72,12 @@ def png_bytes(face: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(face: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, format="JPEG", quality=95)  # lossy, as the image-folder FER-2013 ships
+    return buf.getvalue()
+
+
 # The challenge CSV's emotion codes, as Kaggle's page gives them: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
 # 5 Surprise, 6 Neutral (stated here, not taken from the loader under test).
 FER_CSV_CODES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

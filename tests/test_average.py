@@ -204,7 +204,7 @@ def test_a_cycle_no_epoch_of_which_beat_its_start_is_measured_against_the_start(
     init.write_bytes(start)
     _scores(monkeypatch, 0.8, 0.7)
 
-    def stopped(*a):
+    def stopped(*a, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(A, "export_model", stopped)
@@ -248,3 +248,41 @@ def test_a_keras_model_averaged_in_must_be_the_cycles_start(kept_run, fer_csv, t
     shutil.copy(start, out / "fer_vgg16.keras")  # as if the export had not landed: the start is still there
     _scores(monkeypatch, 0.5, 0.6)
     assert A.main([*average, str(start)]) == 0  # the copy made before the export: averaged
+
+
+def test_an_average_never_replaces_a_model_that_scored_higher_unless_forced(kept_run, fer_csv, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The average's export shares the run's guard: a better model in --out stays, the run keeps the average."""
+    out, state_path = tmp_path / "models", kept_run / "state.json"
+    state = state_path.read_text()
+    out.mkdir()
+    for name in ("fer_vgg16.keras", "fer_vgg16.train.json"):
+        shutil.copy(kept_run.parent / "first" / name, out / name)
+    record = json.loads((out / "fer_vgg16.train.json").read_text())
+    record["publictest"]["accuracy"] = 0.99  # as a better model's record
+    (out / "fer_vgg16.train.json").write_text(json.dumps(record))
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    args = ["--run-dir", str(kept_run), "--data", str(fer_csv), "--out", str(out),
+            "--models", str(kept_run / "epoch1.weights.h5"), str(kept_run / "epoch2.weights.h5")]
+    _scores(monkeypatch, 0.5, 0.4)  # the average beats the run's best epoch
+    capsys.readouterr()
+    assert A.main(args) == 2
+    assert f"refused: {out / 'fer_vgg16.keras'} scored 99.00% on PublicTest" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert "average" in json.loads(state_path.read_text())  # kept, for `training.export --force`
+    _scores(monkeypatch, 0.5, 0.4)
+    assert A.main([*args, "--force"]) == 0
+    assert json.loads((out / "fer_vgg16.train.json").read_text())["average"]["models"][0]["file"] == "epoch1.weights.h5"
+    state_path.write_text(state)  # the run as the other tests know it
+
+
+def test_evaluate_scores_a_run_folder_as_its_export_does(kept_run, fer_csv, tmp_path, capsys):
+    """`training.evaluate --model RUN`: the run's chosen weights, read with its class scale, and its curves drawn."""
+    assert export_main(["--run-dir", str(kept_run), "--data", str(fer_csv), "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(kept_run), "--data", str(fer_csv), "--json",
+                          "--out-dir", str(tmp_path / "eval")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == record["publictest"]["accuracy"]
+    for png in ("run_curves.png", "run_confusion.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 0, png

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FER_CSV_CODES, png_bytes, synthetic_faces, write_csv, write_folder, write_zip
+from conftest import FER_CSV_CODES, jpeg_bytes, png_bytes, synthetic_faces, write_csv, write_folder, write_zip
 
 from device.preprocess import CLASSES
 from training import data as fer
@@ -56,6 +56,21 @@ def test_a_csv_saved_again_by_a_spreadsheet_reads_the_same(fer_csv, tmp_path):
     resaved = tmp_path / "fer2013.csv"
     resaved.write_bytes(b"\xef\xbb\xbf" + fer_csv.read_bytes().replace(b"\n", b"\r\n"))
     np.testing.assert_array_equal(load_split(resaved, "train").x, load_split(fer_csv, "train").x)
+
+
+def test_a_jpeg_layout_zip_as_the_real_one_is_read(tmp_path, faces):
+    """The development zip holds JPEGs, stored: train/<class>/Training_*.jpg, test/<class>/PublicTest_*.jpg."""
+    x, y = faces
+    members = {f"{split}/{CLASSES[label]}/{prefix}_{i:05d}.jpg": jpeg_bytes(face)
+               for split, prefix in (("train", "Training"), ("test", "PublicTest"))
+               for i, (face, label) in enumerate(zip(x, y, strict=True))}
+    zipped = write_zip(tmp_path / "fer2013.zip", members)
+    for split in ("train", "test"):
+        read = load_split(zipped, split)
+        assert read.x.shape == (len(y), 48, 48) and read.x.dtype == np.uint8
+        np.testing.assert_array_equal(read.y, y)  # read in name order: class folders, then files
+        assert np.abs(read.x.astype(int) - x).mean() < 4  # each face its own, up to JPEG's loss
+    assert fer.detect_form(zipped) == "layout" and fer.eval_split_name(zipped) == "test"
 
 
 def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):

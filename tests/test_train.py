@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import synthetic_faces, write_csv
+from conftest import ROOT, synthetic_faces, write_csv
 
 from device.model import sha256_file
 from device.preprocess import DEFAULT_SPEC, ONE_VIEW, InputSpec, predict_faces, preprocess
@@ -20,7 +20,7 @@ from training import train as T
 from training.export import main as export_main
 from training.export import warm_start_lineage
 
-TINY = ["--width", "0.0625", "--batch-size", "16", "--seed", "3", "--deterministic"]
+TINY = ["--width", "0.0625", "--batch-size", "16", "--seed", "3", "--warmup-epochs", "0.5", "--deterministic"]
 
 
 def test_vgg16_topology():
@@ -43,7 +43,7 @@ def test_one_epoch_on_synthetic_faces_lowers_the_loss():
     import tensorflow as tf
 
     x, y = synthetic_faces(24)
-    cfg = dict(T.DEFAULTS, width=0.0625, batch_size=16, epochs=1, lr=0.02, dropout=0.0)
+    cfg = dict(T.DEFAULTS, width=0.0625, batch_size=16, epochs=1, lr=0.02, warmup_epochs=0.5, dropout=0.0, erase=0.0)
     keras.utils.set_random_seed(0)
     model = T.build_and_compile(cfg, steps_per_epoch=len(y) // 16)
     xp = preprocess(x)
@@ -110,7 +110,7 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     state.pop("policy"), state.pop("cpus")  # as runs from before they were kept: still resumable
     (stopped / "state.json").write_text(json.dumps(state))
     assert T.main([*common, "--run-dir", str(stopped), "--resume", "--epochs", "3", "--lr", "0.01"]) == 2
-    assert "drop --epochs (the run has 2), --lr (the run has 0.05)" in capsys.readouterr().err  # not ignored
+    assert "drop --epochs (the run has 2), --lr (the run has 0.02)" in capsys.readouterr().err  # not ignored
     assert T.main([*common, "--run-dir", str(stopped), "--resume", "--stop-after", "1"]) == 2  # not one more epoch
     assert "--stop-after 1: " in capsys.readouterr().err and len(_history(stopped)) == 1
     assert T.main([*common, "--run-dir", str(stopped), "--resume"]) == 0  # the run's own command, resumed
@@ -144,7 +144,8 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
-    assert "--erase 0.5" in card  # the command that repeats the run
+    # the command that repeats the run: the flags that left the defaults (--erase 0.5 is one now)
+    assert 'make train ARGS="--epochs 2 --batch-size 16 --warmup-epochs 0.5 --width 0.0625 --seed 3"' in card
     # the record scores the model the device's way (its views averaged, the class weights undone)
     # and the way epochs were chosen
     spec = InputSpec.from_dict(record["input"])
@@ -156,6 +157,42 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     capsys.readouterr()
     assert evaluate_main(["--model", str(out / "fer_vgg16.keras"), "--data", str(fer_csv), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == record["publictest"]["accuracy"]
+
+
+def test_the_defaults_are_the_recipe_from_scratch_that_learns():
+    """`make train` with no flags: at the old peak of 0.05 a run stayed at chance for its first
+    epochs (training/CYCLES.md). Runs whose config predates erasing are repeated without it."""
+    args = T.parse_args(["--data", "fer2013.csv"])
+    assert (args.epochs, args.lr, args.warmup_epochs, args.erase) == (40, 0.02, 1.0, 0.5)
+    from training.card import train_command
+
+    older = {k: v for k, v in T.DEFAULTS.items() if k not in ("erase", "distill")}  # a cycle-1 config
+    assert train_command(dict(older, lr=0.05)) == 'make train ARGS="--lr 0.05 --erase 0.0"'
+
+
+def test_an_export_never_replaces_a_model_that_scored_higher_unless_forced(tmp_path, fer_csv, capsys):
+    out, run = tmp_path / "out", tmp_path / "second"
+    command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--out", str(out)]
+    assert T.main([*command, "--run-dir", str(tmp_path / "first")]) == 0
+    record_path = out / "fer_vgg16.train.json"
+    better = json.loads(record_path.read_text())
+    better["publictest"]["accuracy"] = 0.99  # as a better model's record
+    record_path.write_text(json.dumps(better))
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    capsys.readouterr()
+    assert T.main([*command, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"refused: {re.escape(str(out / 'fer_vgg16.keras'))} scored 99\.00% on PublicTest "
+                     r"\(its training record\), this export \d+\.\d\d%", err), err
+    assert f"--run-dir {run} --data DATA --out {out} --force replaces it anyway" in err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the card, PNGs and no staged file too
+    # the run keeps its weights, and its folder is kept for the export
+    assert (run / "best.weights.h5").exists() and json.loads((run / "state.json").read_text())["export_due"]
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 2
+    assert T.main([*command, "--run-dir", str(run), "--resume", "--force"]) == 0
+    exported = json.loads(record_path.read_text())
+    assert exported["sha256"] == sha256_file(out / "fer_vgg16.keras") != better["sha256"]
+    assert exported["size_bytes"] == (out / "fer_vgg16.keras").stat().st_size
 
 
 def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, fer_csv, monkeypatch, capsys):
@@ -197,6 +234,9 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
                    "--run-dir", str(tmp_path / "b"), "--out", str(out)]) == 0
     record = json.loads((out / "fer_vgg16.train.json").read_text())
     assert record["warm_start_from"]["sha256"] == parent and record["sha256"] != parent
+    assert record["warm_start_from"]["wall_seconds"] == first["wall_seconds"]  # the card adds up the lineage's
+    hours = (first["wall_seconds"] + record["wall_seconds"]) / 3600
+    assert f"- Wall time of all 2 epochs: {hours:.2f} h (" in (out / "MODEL_CARD.md").read_text()
     assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(fer_csv), "--out", str(out)]) == 0
     again = json.loads((out / "fer_vgg16.train.json").read_text())
     assert again["warm_start_from"] == record["warm_start_from"] and again["epochs"] == record["epochs"]
@@ -278,6 +318,7 @@ def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--epochs", "20", "--warmup-epochs", "25"], "--warmup-epochs 25.0: must be at least 0 and below --epochs"),
+    (["--epochs", "1"], "--warmup-epochs 1.0: must be at least 0 and below --epochs (its default)"),
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
     (["--erase", "1.5"], "--erase 1.5: must be between 0 and 1"),
@@ -298,6 +339,21 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
     assert "bad.csv:2" in capsys.readouterr().err
 
 
+def test_the_record_counts_the_faces_skip_bad_left_out(tmp_path, capsys):
+    data = write_csv(tmp_path / "fer2013.csv", {"Training": synthetic_faces(8, seed=1),
+                                                 "PublicTest": synthetic_faces(2, seed=2)})
+    with open(data, "a") as f:
+        f.write("3,1 2,Training\n")  # too few pixels
+    out = tmp_path / "out"
+    assert T.main(["--data", str(data), "--epochs", "1", *TINY, "--skip-bad", "--run-dir", str(tmp_path / "run"),
+                   "--out", str(out)]) == 0
+    assert "skipped 1 bad files in train" in capsys.readouterr().out
+    record = json.loads((out / "fer_vgg16.train.json").read_text())
+    assert (record["data"]["train_skipped"], record["data"]["publictest_skipped"]) == (1, 0)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "; 1 Training and 0 PublicTest faces skipped as bad input (`--skip-bad`)" in card
+
+
 def test_warm_start_copies_weights(tmp_path, tiny_model):
     import keras
 
@@ -315,6 +371,49 @@ def test_warm_start_copies_weights(tmp_path, tiny_model):
     (tmp_path / "vgg16.h5").write_bytes(b"not hdf5")
     with pytest.raises(SystemExit, match="vgg16.h5: not ImageNet VGG16 weights"):
         T.warm_start(model, tmp_path / "vgg16.h5")
+
+
+def _applications_h5(path, model, seed: int, top: bool) -> dict[str, np.ndarray]:
+    """Weights in the layout of keras.applications' VGG16 files, for `model`'s conv shapes: a group
+    per layer whose weight_names attribute names its datasets, kernel then bias; the file with the
+    top adds the classifier's layers. Returns the conv kernels written."""
+    import h5py
+    import keras
+
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for conv in (layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)):
+        shape = tuple(conv.kernel.shape)
+        if conv.name == "block1_conv1":
+            shape = (3, 3, 3, shape[3])  # RGB
+        layers[conv.name] = [rng.normal(size=shape), rng.normal(size=shape[3])]
+    if top:
+        layers.update(flatten=[], fc1=[rng.normal(size=(32, 16)), np.zeros(16)],
+                      fc2=[rng.normal(size=(16, 16)), np.zeros(16)],
+                      predictions=[rng.normal(size=(16, 10)), np.zeros(10)])
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode() for name in ["input_1", *layers]], dtype="S")
+        f.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S")
+        for name, weights in layers.items():
+            names = [f"{name}/{w}:0" for w in ("kernel", "bias")][: len(weights)]
+            f.create_group(name).attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
+            for n, w in zip(names, weights, strict=True):
+                f[name].create_dataset(n, data=w.astype(np.float32))
+    return {name: w[0].astype(np.float32) for name, w in layers.items() if name.startswith("block")}
+
+
+@pytest.mark.parametrize("top", [False, True], ids=["notop", "with-top"])
+def test_warm_start_reads_imagenet_weights_with_or_without_the_top(tmp_path, top):
+    from training.model import build_vgg16
+
+    model = build_vgg16(width=1 / 16)
+    kernels = _applications_h5(tmp_path / "vgg16.h5", model, seed=int(top), top=top)
+    T.warm_start(model, tmp_path / "vgg16.h5")
+    np.testing.assert_array_equal(model.get_layer("block3_conv2").kernel.numpy(), kernels["block3_conv2"])
+    np.testing.assert_allclose(model.get_layer("block1_conv1").kernel.numpy(),  # RGB summed to gray
+                               kernels["block1_conv1"].sum(axis=2, keepdims=True), rtol=1e-6)
+    with pytest.raises(SystemExit, match=r"block1_conv1 has shape \(3, 3, 1, 4\), this model needs \(3, 3, 1, 8\)"):
+        T.warm_start(build_vgg16(width=1 / 8), tmp_path / "vgg16.h5")
 
 
 def test_a_missing_init_is_named_before_the_data_is_read(tmp_path, capsys):
@@ -418,7 +517,7 @@ def test_a_run_whose_export_was_stopped_is_kept_until_it_is_exported(tmp_path, f
     command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(run),
                "--out", str(out)]
 
-    def stopped(*a):
+    def stopped(*a, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "export_model", stopped)
@@ -536,6 +635,37 @@ def test_card_reproduces_every_cycle_oldest_first():
     assert "--batch-norm-faces" not in lines[6] and lines[7].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
+
+
+def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
+    """The shipped card counted 75 epochs but gave only its last cycle's wall time; a record names
+    its model's size, or the card measures the model file beside it when that is the record's model."""
+    from training.card import write_card
+
+    record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
+    record.pop("size_bytes", None)
+    node = {"file": "fer_vgg16.keras", "config": record["config"], "publictest_accuracy": 0.6, "wall_seconds": None}
+    chain = record["warm_start_from"] = dict(node, sha256="ab" * 32, epochs=5, warm_start_from=dict(
+        node, sha256="cd" * 32, epochs=3, warm_start_from=None))
+    this = f"{record['wall_seconds'] / 3600:.2f} h for this cycle's {record['epochs']} epochs"
+
+    def card() -> str:
+        return write_card(record, tmp_path / "MODEL_CARD.md").read_text()
+
+    assert f"- Wall time: {this}; the times of the 2 earlier cycles were not recorded." in card()
+    chain["wall_seconds"] = 7200.0
+    assert (f"- Wall time: {this}, {(record['wall_seconds'] + 7200) / 3600:.2f} h with the 1 earlier cycle that "
+            "recorded theirs; the times of the other 1 earlier cycle were not recorded.") in card()
+    chain["warm_start_from"]["wall_seconds"] = 3600.0
+    total = (record["wall_seconds"] + 10800) / 3600
+    assert f"- Wall time of all {record['epochs'] + 8} epochs: {total:.2f} h ({this})." in card()
+    assert f"- Model file: sha256 `{record['sha256']}`." in card()  # no model beside it to measure
+    (tmp_path / "fer_vgg16.keras").write_bytes(b"another model")
+    assert f"- Model file: sha256 `{record['sha256']}`." in card()
+    record["sha256"] = sha256_file(tmp_path / "fer_vgg16.keras")
+    assert f"- Model file: 13 bytes (0.0 MiB, 0.0 MB), sha256 `{record['sha256']}`." in card()
+    record["size_bytes"] = 64_373_079  # the shipped model's
+    assert "- Model file: 64,373,079 bytes (61.4 MiB, 64.4 MB), sha256" in card()
 
 
 def test_random_erasing_hides_one_rectangle_per_chosen_face():

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
     p.add_argument("--batch-norm-faces", type=int, default=0, metavar="N",
                    help="re-estimate batch norm on N Training faces drawn at random (default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="export even over a model in --out whose training record scored higher on PublicTest")
     args = p.parse_args(argv)
     if args.batch_norm_faces < 0:  # a slice by a negative N would keep all but N, and the card say N
         p.error(f"--batch-norm-faces {args.batch_norm_faces}: must be at least 0 (0: all)")
@@ -183,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     # Staged and committed by the state like an epoch: a stop in between never leaves the state
     # describing one average and the file holding another.
     commit_files(run, state, lambda folder: model.save_weights(folder / "average.weights.h5"))
-    print(f"exported the average to {export_model(run, out, train, test)}")
+    try:
+        path = export_model(run, out, train, test, force=args.force)
+    except ModelError as e:  # a better model in --out: the run keeps the average for a later export
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported the average to {path}")
     return 0
 
 

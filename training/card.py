@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device.model import sha256_file
 from device.preprocess import CLASSES, DISPLAY_NAMES, InputSpec
 
 TARGET = 0.70
@@ -22,11 +23,13 @@ def total_epochs(record: dict) -> int:
 
 
 def train_command(cfg: dict, keep_epochs: bool = False) -> str:
-    """The `make train` line that repeats a run: the flags where its config left the defaults, and
-    --keep-epochs where a weight average of its epochs followed."""
-    from training.train import DEFAULTS
+    """The `make train` line that repeats a run: the flags where its config left the defaults (a
+    setting its config predates at the value the run had), and --keep-epochs where a weight
+    average of its epochs followed."""
+    from training.train import DEFAULTS, PREDATED
 
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in DEFAULTS and v != DEFAULTS[k]]
+    flags = [f"--{k.replace('_', '-')} {v}" for k, default in DEFAULTS.items()
+             if (v := cfg.get(k, PREDATED.get(k))) is not None and v != default]
     if keep_epochs:
         flags.append("--keep-epochs")
     if cfg.get("precision", "auto") != "auto":
@@ -108,6 +111,46 @@ def _average_note(record: dict) -> str:
             f"\n  statistics re-estimated on {avg['batch_norm_faces']} Training faces (`training.average`).")
 
 
+def _cycles(n: int) -> str:
+    return f"{n} earlier cycle{'s' if n != 1 else ''}"
+
+
+def _lineage_wall_time(record: dict) -> str:
+    """The lineage's wall time as far as its records kept it (those before the lineage carried it did not)."""
+    earlier, node = [], record.get("warm_start_from")
+    while node and ("epochs" in node or node["file"].endswith(".keras")):  # ImageNet weights (.h5): none here
+        earlier.append(node.get("wall_seconds"))
+        node = node.get("warm_start_from")
+    if not earlier:
+        return ""
+    kept = [s for s in earlier if s is not None]
+    total = (record["wall_seconds"] + sum(kept)) / 3600
+    this = f"{record['wall_seconds'] / 3600:.2f} h for this cycle's {record['epochs']} epochs"
+    if len(kept) == len(earlier):
+        return f"\n- Wall time of all {total_epochs(record)} epochs: {total:.2f} h ({this})."
+    with_kept = f", {total:.2f} h with the {_cycles(len(kept))} that recorded theirs" if kept else ""
+    return (f"\n- Wall time: {this}{with_kept}; the times of the {'other ' if kept else ''}"
+            f"{_cycles(len(earlier) - len(kept))} were not recorded.")
+
+
+def _model_file(record: dict, folder: Path) -> str:
+    """The model file's size and sha256; the size from the record, else from the file beside the card
+    when it is that model (records before the size was kept)."""
+    size = record.get("size_bytes")
+    model = folder / record["model"]
+    if size is None and model.is_file() and sha256_file(model) == record["sha256"]:
+        size = model.stat().st_size
+    where = f"{size:,} bytes ({size / 2**20:.1f} MiB, {size / 1e6:.1f} MB), " if size is not None else ""
+    return f"- Model file: {where}sha256 `{record['sha256']}`."
+
+
+def _skipped(data: dict) -> str:
+    train, test = data.get("train_skipped", 0), data.get("publictest_skipped", 0)  # none kept before they were counted
+    if not train and not test:
+        return ""
+    return f"; {train} Training and {test} PublicTest faces skipped as bad input (`--skip-bad`)"
+
+
 def _verdict(acc: float) -> str:
     if acc >= GOAL:
         return f"This meets the {GOAL:.0%} goal."
@@ -180,11 +223,12 @@ gives the unbiased one.
 - {lineage}
 - This run: {record['epochs']} epochs, {f"best epoch {record['best_epoch']}" if record['best_epoch']
                                         else "no epoch alone beat its start"}, wall time {hours:.2f} h on
-  {record['cpu']} ({record['precision']}, XLA, oneDNN).{_average_note(record)}
+  {record['cpu']} ({record['precision']}, XLA, oneDNN).{_lineage_wall_time(record)}{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
-  {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces.
+  {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces{
+      _skipped(record['data'])}.
 - Code: commit `{record['code_commit']}`{exported_by}; {', '.join(f"{k} {v}" for k, v in record['versions'].items())}.
-- Model file sha256: `{record['sha256']}`.
+{_model_file(record, path.parent)}
 - Input: {record['input']['size']}x{record['input']['size']} {record['input']['color_mode']},
   `(pixel * {record['input']['scale']:.6g} - {record['input']['mean']}) / {record['input']['std']}`,
   {views}.

@@ -68,6 +68,7 @@ def warm_start_lineage(init: str | None) -> dict | None:
         try:
             return {**entry, "epochs": prev["epochs"], "config": prev["config"],
                     "publictest_accuracy": prev.get("publictest_single_view", prev["publictest"])["accuracy"],
+                    "wall_seconds": prev.get("wall_seconds"),  # the card adds up the lineage's
                     "warm_start_from": prev.get("warm_start_from"), "average": prev.get("average")}
         except (KeyError, TypeError) as e:
             raise ModelError(f"{record_path}: unreadable training record ({type(e).__name__}: {e})") from None
@@ -83,7 +84,21 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
-def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Path:
+def exported_accuracy(model: Path) -> float | None:
+    """PublicTest accuracy of the model at `model` as its own training record gives it; None where
+    there is no model, or no record of it (a file without its record has no score to keep)."""
+    record_path = model.with_suffix(".train.json")
+    if not model.is_file() or not record_path.is_file():
+        return None
+    record = read_json(record_path, "training record")
+    if record.get("sha256") != sha256_file(model):
+        return None
+    return (record.get("publictest") or {}).get("accuracy")
+
+
+def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force: bool = False) -> Path:
+    """Export the run's chosen weights to `out`; refused (ModelError) where the model already there
+    scored higher on PublicTest by its record, unless `force`: the run keeps what it would export."""
     import keras
     import tensorflow as tf
 
@@ -114,12 +129,18 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
     counts = state.get("train_class_counts") or train.class_counts().tolist()
     spec = model_spec(cfg, counts)
     val, single = score(model, spec, test)
+    if not force and (kept := exported_accuracy(path)) is not None and kept > val["accuracy"]:
+        staged.unlink()
+        raise ModelError(f"refused: {path} scored {kept:.2%} on PublicTest (its training record), this export "
+                         f"{val['accuracy']:.2%}; {out} is unchanged and {run} keeps the weights: python -m "
+                         f"training.export --run-dir {run} --data DATA --out {out} --force replaces it anyway")
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     commit_file = run / "code_commit"
     record = {
         "model": path.name,
         "sha256": sha256_file(staged),
+        "size_bytes": staged.stat().st_size,
         "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
         "parameters": int(model.count_params()),
         "input": spec.to_dict(),
@@ -138,6 +159,8 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split) -> Pat
             "train_faces": int(sum(counts)),
             "train_class_counts": counts,
             "publictest_faces": len(test),
+            "train_skipped": len(train.skipped),  # bad files --skip-bad left out
+            "publictest_skipped": len(test.skipped),
         },
         "code_commit": ", resumed on ".join(commit_file.read_text().split()) if commit_file.exists() else "unknown",
         "export_commit": export_commit,
@@ -267,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--model", type=Path, help="re-score this exported model (its .train.json beside it)")
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
+    p.add_argument("--force", action="store_true",
+                   help="with --run-dir: export even over a model in --out whose training record scored "
+                        "higher on PublicTest")
     args = p.parse_args(argv)
     if args.model and args.out:
         p.error("--out: a re-scored model's files stay beside it")
@@ -296,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     try:
-        print(export_model(args.run_dir, run_out(state, args.out), train, test))
+        print(export_model(args.run_dir, run_out(state, args.out), train, test, force=args.force))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

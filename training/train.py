@@ -28,21 +28,26 @@ from training.export import cpu_name, export_model, run_out, warm_start_lineage
 from training.metrics import report
 from training.run import STATE, clear_run, commit_files, finish_pending, read_state
 
+# The recipe from scratch that learns (training/CYCLES.md): at a peak of 0.05 without a full epoch of
+# warm-up a run stayed at chance for its first epochs. A resume runs with its own saved config.
 DEFAULTS = {
-    "epochs": 20,
+    "epochs": 40,
     "batch_size": 128,
-    "lr": 0.05,
-    "warmup_epochs": 0.5,
+    "lr": 0.02,
+    "warmup_epochs": 1.0,
     "weight_decay": 5e-3,
     "momentum": 0.9,
     "label_smoothing": 0.1,
     "dropout": 0.4,
     "width": 1.0,
     "class_weight_power": 0.3,
-    "erase": 0.0,
+    "erase": 0.5,
     "distill": 0.0,
     "seed": 1234,
 }
+# What a run whose saved config predates a setting ran with (not today's default): its resume and
+# the card's Reproduce read a missing key as this
+PREDATED = {"erase": 0.0, "distill": 0.0}
 RANGES = [
     ("epochs", lambda v, a: v >= 1, "at least 1"),
     ("batch_size", lambda v, a: v >= 1, "at least 1"),
@@ -86,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep every epoch's weights (epochN.weights.h5) for training.average; a resume keeps it")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop cleanly after epoch N of the run (continue later with --resume)")
+    p.add_argument("--force", action="store_true",
+                   help="export even over a model in --out whose training record scored higher on PublicTest")
     for key, value in DEFAULTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), help=f"default {value}")
     args = p.parse_args(argv)
@@ -97,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     for key, ok, want in RANGES:  # named here, not as a Keras error (or a silent empty run) later
         if not ok(getattr(args, key), args):
-            p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be {want}")
+            default = " (its default)" if key in DEFAULTS and key not in args.given else ""  # --epochs 1 alone
+            p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be {want}{default}")
     return args
 
 
@@ -146,10 +154,11 @@ def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
     order = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
     seed = cfg["seed"] * 100_003 + epoch
     eye = tf.eye(len(CLASSES))
-    mix = cfg.get("distill", 0.0) if teacher is not None else 0.0
+    mix = cfg.get("distill", PREDATED["distill"]) if teacher is not None else 0.0
 
     def make_batch(i, idx):
-        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]), erase=cfg.get("erase", 0.0))
+        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]),
+                     erase=cfg.get("erase", PREDATED["erase"]))
         target = tf.gather(eye, tf.gather(y, idx))
         if mix:
             target = (1 - mix) * target + mix * tf.gather(teacher, idx)
@@ -190,6 +199,20 @@ def epoch_offset(lineage: dict | None) -> int:
     return total_epochs(lineage) if lineage and "epochs" in lineage else 0
 
 
+def imagenet_kernels(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The kernels of the conv layers `names` in a keras.applications VGG16 .h5, read by layer name:
+    the file with the classifier on top holds more layers than the one without, so loading by
+    layer order fits only one of them."""
+    import h5py
+
+    kernels = {}
+    with h5py.File(path, "r") as f:
+        for name in names:
+            first = f[name].attrs["weight_names"][0]  # the kernel; the bias follows it
+            kernels[name] = np.asarray(f[name][first.decode() if isinstance(first, bytes) else first])
+    return kernels
+
+
 def warm_start(model, path: Path) -> None:
     """Copy weights from our own .keras model, or conv kernels from ImageNet VGG16 weights."""
     import keras
@@ -201,20 +224,19 @@ def warm_start(model, path: Path) -> None:
             raise SystemExit(f"error: --init {path}: cannot load it into this model "
                              f"({type(e).__name__}: {e})") from None
         return
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     try:
-        ref = keras.applications.VGG16(weights=str(path), include_top=False, input_shape=(48, 48, 3))
-    except Exception as e:  # h5py and Keras raise many kinds for a file that is not VGG16's weights
+        kernels = imagenet_kernels(path, [conv.name for conv in convs])
+    except (OSError, KeyError, IndexError) as e:  # not HDF5, or no such layer or weights in it
         raise SystemExit(f"error: --init {path}: not ImageNet VGG16 weights ({type(e).__name__}: {e})") from None
-    for layer in ref.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            kernel = layer.get_weights()[0]
-            if layer.name == "block1_conv1":
-                kernel = kernel.sum(axis=2, keepdims=True)  # RGB -> gray
-            target = model.get_layer(layer.name)
-            if target.kernel.shape != kernel.shape:
-                raise SystemExit(f"error: --init {path}: {layer.name} has shape {kernel.shape}, "
-                                 f"this model needs {tuple(target.kernel.shape)}")
-            target.kernel.assign(kernel)
+    for target in convs:
+        kernel = kernels[target.name]
+        if target.name == "block1_conv1":
+            kernel = kernel.sum(axis=2, keepdims=True)  # RGB -> gray
+        if target.kernel.shape != kernel.shape:
+            raise SystemExit(f"error: --init {path}: {target.name} has shape {kernel.shape}, "
+                             f"this model needs {tuple(target.kernel.shape)}")
+        target.kernel.assign(kernel)
 
 
 def resume_model(cfg: dict, steps: int, path: Path):
@@ -470,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     if state["best_epoch"] == 0 and "average" not in state:
         print(f"no epoch beat the --init model ({state['best_accuracy']:.4f}); {out} left as it was")
         return 0
-    path = export_model(run, out, train, test)
+    try:
+        path = export_model(run, out, train, test, force=args.force)
+    except ModelError as e:  # a better model in --out: the run keeps its weights for a later export
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     chosen = "average" if "average" in state else f"best epoch ({state['best_epoch']})"
     print(f"exported the {chosen}, PublicTest accuracy {state['best_accuracy']:.4f}, to {path}")
     return 0
