@@ -238,7 +238,8 @@ install_unit() {
     live && chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
     # A log restored by `sudo cp` is root's: SQLite would open it read-only, so the daemon refuses to start.
     # StateDirectory= does not mend it: systemd re-owns the contents only when the folder's owner is wrong.
-    live && find "$STATE_DIR" -maxdepth 1 -name 'feedback.db*' -exec chown "$SERVICE_USER:$SERVICE_USER" {} +
+    # Files only, and -h: the service user owns the folder, so a link there must not hand its target over.
+    live && find "$STATE_DIR" -maxdepth 1 -type f -name 'feedback.db*' -exec chown -h "$SERVICE_USER:$SERVICE_USER" {} +
     return 0
 }
 

@@ -410,6 +410,23 @@ def test_lgpio_gets_a_folder_of_the_users_own(tmp_path):
         assert r.stdout.splitlines() == (["as feedbackd", ran] if uid == "0" else [ran]), (uid, env, r.stdout)
 
 
+def test_a_restored_log_is_given_back_to_the_service_user_but_no_link_target(tmp_path):
+    """A log restored by `sudo cp` is root's and SQLite would open it read-only; the service user
+    owns the folder, so a link it planted there must not hand its target (say /etc/shadow) over."""
+    root = tmp_path / "root"
+    state = root / "var/lib/feedbackd"
+    state.mkdir(parents=True)
+    (state / "feedback.db").write_bytes(b"")
+    (state / "feedback.db-x").symlink_to(tmp_path / "shadow")
+    calls = tmp_path / "chown.log"
+    stub(tmp_path / "bin/chown", f'echo "$*" >> {calls}\n')
+    sourced("live() { true; }; install_unit", DESTDIR=str(root), PREFIX=str(tmp_path / "opt"),
+            PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    chowned = calls.read_text().splitlines()
+    assert f"-h feedbackd:feedbackd {state / 'feedback.db'}" in chowned
+    assert not any("feedback.db-x" in c for c in chowned), chowned
+
+
 def test_the_kept_config_is_checked_against_the_owners_model_and_detector_files(tmp_path):
     """An upgrade refuses, before it stops the kiosk, a config naming a model of the owner's whose manifest is
     missing or another model's, or a detector folder with a wrong file: the service would restart forever."""
