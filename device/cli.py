@@ -27,7 +27,7 @@ from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
-from device.storage import FeedbackLog, ReopeningLog, StorageError
+from device.storage import FeedbackLog, ReopeningLog, StorageError, unwritable
 
 FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
@@ -198,9 +198,10 @@ def log_room(path: Path) -> str:
     fs = os.statvfs(folder)
     if fs.f_flag & os.ST_RDONLY:
         raise NoRoom(f"{path}: {folder} is on a read-only file system; the log can take no entries")
-    writable = (folder,) if fresh else (path, folder)  # the folder too: SQLite makes its -wal and -shm there
-    if denied := next((p for p in writable if not os.access(p, os.W_OK)), None):
-        raise StorageError(f"{path}: {'no log yet, and ' if fresh else ''}{denied} is not writable for this user")
+    if fresh and not os.access(folder, os.W_OK):
+        raise StorageError(f"{path}: no log yet, and {folder} is not writable for this user")
+    if not fresh and (denied := unwritable(path)):
+        raise StorageError(f"{path}: {denied}")
     free = fs.f_bavail * fs.f_frsize
     if free < MIN_FREE_MIB * 2**20:
         raise NoRoom(f"{path}: only {free / 2**20:.1f} MiB free on its file system (under {MIN_FREE_MIB} "

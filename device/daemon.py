@@ -110,6 +110,7 @@ class Daemon:
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None  # the last press's answer: thanks, or "Not saved"
+        self._unsaved: tuple[str, Screen] | None = None  # an entry shown "Not saved": its line, and its thanks
         self._no_face_until = 0.0
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
@@ -226,7 +227,8 @@ class Daemon:
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             stored = self._store_pending(now)
-            kept = stored or self._keep(entry_json(entry, at))
+            line = entry_json(entry, at)
+            kept = stored or self._keep(line)
             # This customer's thanks, stored or kept on the disk: a storage error shown instead would
             # invite a second press, and a second entry once the log is back. An entry in memory only
             # is lost at a power cut: that customer and staff see it was not saved. Either screen lasts
@@ -235,8 +237,10 @@ class Daemon:
             # Timed from the store: a backlog the log took first (a card with room again) may take seconds.
             until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
-            self._thanks = (until, Screen("thanks", *shown, self.cfg["rating"]["max"]) if kept
+            thanks = Screen("thanks", *shown, self.cfg["rating"]["max"])
+            self._thanks = (until, thanks if kept
                             else Screen("error", title="Not saved", detail="storage error: please tell staff"))
+            self._unsaved = None if kept else (line, thanks)
             if stored:
                 self.button.acknowledge()
 
@@ -280,8 +284,23 @@ class Daemon:
     def _store_pending_or_spare(self, now: float) -> None:
         """Store the waiting entries; while the log cannot, write the spare's lines whose write failed
         again, rather than only before the next entry the log refuses (maybe never, before a power cut)."""
-        if not self._store_pending(now) and self.spare:
-            self.spare.write_unwritten()
+        if self._store_pending(now):
+            self._saved_late(stored=True)
+        elif self.spare:
+            # that entry's line among those written: one a full spare refused is still in memory only
+            retried = self._unsaved is not None and self._unsaved[0] in self.spare.unwritten
+            if self.spare.write_unwritten() and retried:
+                self._saved_late(stored=False)
+
+    def _saved_late(self, stored: bool) -> None:
+        """The entry shown "Not saved" is on the disk now. While that screen still shows, the thanks
+        its press would have had replace it, until the same time: "Not saved" would invite a second
+        press, and a second entry. The LED, as at the press, means stored in the log."""
+        if self._unsaved and self._thanks and time.monotonic() < self._thanks[0]:
+            self._thanks = (self._thanks[0], self._unsaved[1])
+            if stored:
+                self.button.acknowledge()
+        self._unsaved = None
 
     def _retry_pending(self) -> None:
         now = time.monotonic()

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from device import spare
+
 MIGRATIONS = (
     # 1: the first schema
     """
@@ -61,6 +63,17 @@ class Entry:
     rating_max: float | None = None
 
 
+def unwritable(path: Path) -> str:
+    """What of the log this user cannot write, as an error's end ("" if nothing): the log, its folder
+    (SQLite makes the -wal and -shm there), and the -wal, -shm and spare file where they exist. SQLite
+    opens a log or -wal it cannot write (restored by `sudo cp`, owned by root) read-only, without an
+    error: the daemon would then run as on a full card, refusing every entry. An admin who chowns only
+    the log leaves the others root's, so every one is named."""
+    beside = [Path(f"{path}{end}") for end in ("-wal", "-shm")] + [spare.beside(path)]
+    denied = [str(p) for p in (path, path.parent, *(p for p in beside if p.exists())) if not os.access(p, os.W_OK)]
+    return f"{', '.join(denied)} {'is' if len(denied) == 1 else 'are'} not writable for this user" if denied else ""
+
+
 class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
         """create=False opens only an existing log and migrates nothing: reading commands never make
@@ -81,10 +94,8 @@ class FeedbackLog:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            # SQLite opens a file it cannot write (restored by `sudo cp`, owned by root) read-only, without
-            # an error: the daemon would then run as on a full card, refusing every entry
-            if denied := next((p for p in (self.path, self.path.parent) if not os.access(p, os.W_OK)), None):
-                raise StorageError(f"{self.path}: cannot open the feedback log: {denied} is not writable for this user")
+            if denied := unwritable(self.path):
+                raise StorageError(f"{self.path}: cannot open the feedback log: {denied}")
         else:
             self.db = self._reader()
         version = self._check_is_log(create)

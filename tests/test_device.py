@@ -554,13 +554,14 @@ class PressOnly:
 
     def __init__(self) -> None:
         self.pressed: list[float] = []
+        self.acknowledged = 0  # the LED's blinks: an entry stored
 
     def presses(self) -> list[float]:
         pressed, self.pressed = self.pressed, []
         return pressed
 
     def acknowledge(self) -> None:
-        pass
+        self.acknowledged += 1
 
 
 def bare_daemon(store) -> tuple[Daemon, PressOnly]:
@@ -633,6 +634,32 @@ def test_an_entry_in_memory_only_is_not_thanked_and_its_failed_spare_write_is_tr
     daemon, button = bare_daemon(FullLog(db))
     press(daemon, button, now)
     assert daemon.spare is None and daemon.screen(now).title == "Not saved"
+
+
+def test_not_saved_turns_to_the_thanks_once_a_retry_keeps_the_entry_while_it_shows(tmp_path, monkeypatch):
+    """"Not saved" still up once a retry got the entry to the disk would invite a second press, and
+    a second entry: the thanks that press would have had replaces it, until the same time. The LED
+    blinks only for an entry the log took, as at a press."""
+    db = tmp_path / "feedback.db"
+    store = FeedbackLog(db)
+    store.db.execute("PRAGMA query_only = ON")  # a full card: the log refuses the entry
+    daemon, button = bare_daemon(store)
+    start = time.monotonic()
+    for emotion, room in (("Happy", False), ("Sad", True)):  # the spare's write works again, then the log's
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # and the card fails the spare's write
+        press(daemon, button, now := start + 10 * room, emotion)
+        monkeypatch.undo()
+        until = daemon._thanks[0]
+        assert daemon.screen(now).title == "Not saved" and button.acknowledged == 0
+        store.db.execute(f"PRAGMA query_only = {'OFF' if room else 'ON'}")
+        daemon._retry_at = 0.0
+        daemon._retry_pending()
+        rating = load_config(None)["rating"]
+        assert daemon.screen(now) == Screen("thanks", emotion, rating["map"][emotion], rating["max"])
+        assert daemon._thanks[0] == until and button.acknowledged == room
+    assert [r["emotion"] for r in store.rows()] == ["Happy", "Sad"] and waiting(beside(db)) == []
+    daemon.close()
+    store.close()
 
 
 def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tmp_path, monkeypatch, caplog):
@@ -2018,7 +2045,8 @@ def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, ca
     assert checked() == (1, f"FAIL storage        {db}: only 3.9 MiB free on its file system (under 8 MiB): free "
                             f"space, or the log soon takes no entries {held}\n")
     disk["f_bavail"] = 1 << 20
-    for path in (db, tmp_path):  # the log, or the folder SQLite makes its -wal file in
+    for path in (db, tmp_path, Path(f"{db}-wal")):  # the log, the folder SQLite makes its -wal in, or a -wal
+        path.touch()  # (left root's by `sudo cp`; the read's last close removes it)
         denied = {path}
         assert checked() == (1, f"FAIL storage        {db}: {path} is not writable for this user {held}\n")
     denied, disk["f_flag"] = set(), os.ST_RDONLY  # nor does a fresh install pass on a read-only card
@@ -2027,21 +2055,26 @@ def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, ca
     assert rc == 1 and f"{tmp_path} is on a read-only file system" in out
 
 
-@pytest.mark.parametrize("denied", ["log", "folder"])
+@pytest.mark.parametrize("denied", [["feedback.db"], ["."], ["feedback.db-wal"], ["feedback.db-shm"],
+                                    ["feedback.db.spare"], ["feedback.db-wal", "feedback.db-shm", "feedback.db.spare"]])
 def test_a_log_the_service_user_cannot_write_stops_the_start(tmp_path, capsys, monkeypatch, denied):
-    """A backup restored with `sudo cp` is root's, mode 0644: SQLite opens it read-only without a
-    word, and the daemon would refuse every entry as on a full card. The start stops (exit 2),
-    naming the file; on a card remounted read-only the daemon still starts, as on a full one."""
+    """A backup restored with `sudo cp` is root's, mode 0644, its -wal, -shm and spare file too:
+    SQLite opens it read-only without a word, and the daemon would refuse every entry as on a full
+    card. The start stops (exit 2), naming each file an admin left root's (chowning only the log);
+    on a card remounted read-only the daemon still starts, as on a full one."""
     db = tmp_path / "feedback.db"
     FeedbackLog(db).close()
-    path = db if denied == "log" else tmp_path
+    paths = [tmp_path / name for name in denied]
+    for path in paths:
+        path.touch()  # as restored: an empty -wal and -shm are a log's with nothing in them yet
     writable = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path and writable(p, mode))  # root may write all
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) not in paths and writable(p, mode))  # root may write all
     monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: None)  # the parts before the log
     monkeypatch.setattr(cli.FaceDetector, "from_config", lambda cfg: None)
     run = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(db)]
     assert cli.main(run) == 2
-    assert capsys.readouterr().err == (f"feedbackd: error: {db}: cannot open the feedback log: {path} is not "
+    named = f"{paths[0]} is" if len(paths) == 1 else f"{', '.join(map(str, paths))} are"
+    assert capsys.readouterr().err == (f"feedbackd: error: {db}: cannot open the feedback log: {named} not "
                                        "writable for this user\n")
     monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=0, f_frsize=4096))
     store = cli.open_store(db)

@@ -187,12 +187,48 @@ def test_an_export_never_replaces_a_model_that_scored_higher_unless_forced(tmp_p
     assert f"--run-dir {run} --data DATA --out {out} --force replaces it anyway" in err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the card, PNGs and no staged file too
     # the run keeps its weights, and its folder is kept for the export
-    assert (run / "best.weights.h5").exists() and json.loads((run / "state.json").read_text())["export_due"]
+    state = json.loads((run / "state.json").read_text())
+    assert (run / "best.weights.h5").exists() and state["export_due"]
+    assert state["export_refused"]["model_accuracy"] == 0.99
     assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 2
+    # the same command again: named as refused, with what gets past it, not as an export to retry
+    assert T.main([*command, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds a finished run whose export was refused: {out / 'fer_vgg16.keras'} scored 99.00%" in err
+    assert "--resume --force (or python -m training.export" in err and "--restart to discard the run" in err
     assert T.main([*command, "--run-dir", str(run), "--resume", "--force"]) == 0
     exported = json.loads(record_path.read_text())
     assert exported["sha256"] == sha256_file(out / "fer_vgg16.keras") != better["sha256"]
     assert exported["size_bytes"] == (out / "fer_vgg16.keras").stat().st_size
+    state = json.loads((run / "state.json").read_text())
+    assert state["export_due"] is False and "export_refused" not in state
+
+
+def test_an_export_replaces_a_model_scored_on_other_faces_and_never_stages_over_an_unreadable_record(
+        tmp_path, fer_csv, capsys):
+    """A folder data set's test/ (7178 faces) or other data: its figure is no bar, and the replacement is said.
+    An unreadable record refuses the export before anything is staged: --out stays as it was."""
+    out, run = tmp_path / "out", tmp_path / "run"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--run-dir", str(run),
+                   "--out", str(out)]) == 0
+    record_path = out / "fer_vgg16.train.json"
+    ours = json.loads(record_path.read_text())
+    faces, sha = ours["data"]["publictest_faces"], ours["data"]["sha256"]
+    for data, seen in [(dict(ours["data"], sha256="ff" * 32), f"on {faces} test faces of data sha256 ffffffffffff"),
+                       (dict(ours["data"], publictest_faces=7178), f"on 7178 test faces of data sha256 {sha[:12]}")]:
+        kept = json.loads(record_path.read_text())  # the model there, each export's own
+        record_path.write_text(json.dumps(dict(kept, publictest=dict(kept["publictest"], accuracy=0.99), data=data)))
+        capsys.readouterr()
+        assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {out / 'fer_vgg16.keras'} scored 99.00% {seen}, this export " in err
+        assert f" on {faces} of {sha[:12]}: not comparable figures, so it is replaced" in err
+        assert json.loads(record_path.read_text())["data"] == ours["data"]  # replaced
+    record_path.write_text(record_path.read_text()[:100])  # truncated
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv)]) == 2
+    assert "unreadable training record" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # no staged model left there
 
 
 def test_warm_start_draws_new_epochs_and_never_exports_a_worse_model(tmp_path, fer_csv, monkeypatch, capsys):
@@ -236,7 +272,7 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     assert record["warm_start_from"]["sha256"] == parent and record["sha256"] != parent
     assert record["warm_start_from"]["wall_seconds"] == first["wall_seconds"]  # the card adds up the lineage's
     hours = (first["wall_seconds"] + record["wall_seconds"]) / 3600
-    assert f"- Wall time of all 2 epochs: {hours:.2f} h (" in (out / "MODEL_CARD.md").read_text()
+    assert f"XLA, oneDNN); {hours:.2f} h for all 2 epochs." in (out / "MODEL_CARD.md").read_text()
     assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(fer_csv), "--out", str(out)]) == 0
     again = json.loads((out / "fer_vgg16.train.json").read_text())
     assert again["warm_start_from"] == record["warm_start_from"] and again["epochs"] == record["epochs"]
@@ -639,7 +675,8 @@ def test_card_reproduces_every_cycle_oldest_first():
 
 def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
     """The shipped card counted 75 epochs but gave only its last cycle's wall time; a record names
-    its model's size, or the card measures the model file beside it when that is the record's model."""
+    its model's size, or the card measures the model file beside it when that is the record's model.
+    Each cycle's own record had its time: only the lineage's copy lacked it, and the time is stated once."""
     from training.card import write_card
 
     record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
@@ -647,18 +684,22 @@ def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
     node = {"file": "fer_vgg16.keras", "config": record["config"], "publictest_accuracy": 0.6, "wall_seconds": None}
     chain = record["warm_start_from"] = dict(node, sha256="ab" * 32, epochs=5, warm_start_from=dict(
         node, sha256="cd" * 32, epochs=3, warm_start_from=None))
-    this = f"{record['wall_seconds'] / 3600:.2f} h for this cycle's {record['epochs']} epochs"
+    this = f"wall time {record['wall_seconds'] / 3600:.2f} h on\n  {record['cpu']} ({record['precision']}, XLA, oneDNN)"
 
     def card() -> str:
         return write_card(record, tmp_path / "MODEL_CARD.md").read_text()
 
-    assert f"- Wall time: {this}; the times of the 2 earlier cycles were not recorded." in card()
+    assert (f"{this};\n  this model's lineage does not carry the wall time of the 2 earlier cycles "
+            "(training/CYCLES.md gives it).\n") in card()
+    assert card().count("wall time") == 2 and "recorded" not in card()  # this run's, and what the lineage lacks
     chain["wall_seconds"] = 7200.0
-    assert (f"- Wall time: {this}, {(record['wall_seconds'] + 7200) / 3600:.2f} h with the 1 earlier cycle that "
-            "recorded theirs; the times of the other 1 earlier cycle were not recorded.") in card()
+    assert (f"{this}; {(record['wall_seconds'] + 7200) / 3600:.2f} h with the 1 earlier cycle whose wall time its "
+            "lineage carries;\n  this model's lineage does not carry the wall time of the other 1 earlier cycle "
+            "(training/CYCLES.md gives it).\n") in card()
     chain["warm_start_from"]["wall_seconds"] = 3600.0
     total = (record["wall_seconds"] + 10800) / 3600
-    assert f"- Wall time of all {record['epochs'] + 8} epochs: {total:.2f} h ({this})." in card()
+    assert f"{this}; {total:.2f} h for all {record['epochs'] + 8} epochs.\n" in card()
+    assert card().count("wall time") == 1
     assert f"- Model file: sha256 `{record['sha256']}`." in card()  # no model beside it to measure
     (tmp_path / "fer_vgg16.keras").write_bytes(b"another model")
     assert f"- Model file: sha256 `{record['sha256']}`." in card()

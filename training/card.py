@@ -116,7 +116,9 @@ def _cycles(n: int) -> str:
 
 
 def _lineage_wall_time(record: dict) -> str:
-    """The lineage's wall time as far as its records kept it (those before the lineage carried it did not)."""
+    """What the card adds to this run's wall time: the lineage's total where its records carry every earlier
+    cycle's time, else which are missing (each cycle's own record had its time; lineages before commit
+    0a2977c did not copy it)."""
     earlier, node = [], record.get("warm_start_from")
     while node and ("epochs" in node or node["file"].endswith(".keras")):  # ImageNet weights (.h5): none here
         earlier.append(node.get("wall_seconds"))
@@ -125,12 +127,11 @@ def _lineage_wall_time(record: dict) -> str:
         return ""
     kept = [s for s in earlier if s is not None]
     total = (record["wall_seconds"] + sum(kept)) / 3600
-    this = f"{record['wall_seconds'] / 3600:.2f} h for this cycle's {record['epochs']} epochs"
     if len(kept) == len(earlier):
-        return f"\n- Wall time of all {total_epochs(record)} epochs: {total:.2f} h ({this})."
-    with_kept = f", {total:.2f} h with the {_cycles(len(kept))} that recorded theirs" if kept else ""
-    return (f"\n- Wall time: {this}{with_kept}; the times of the {'other ' if kept else ''}"
-            f"{_cycles(len(earlier) - len(kept))} were not recorded.")
+        return f"; {total:.2f} h for all {total_epochs(record)} epochs"
+    with_kept = f"; {total:.2f} h with the {_cycles(len(kept))} whose wall time its lineage carries" if kept else ""
+    return (f"{with_kept};\n  this model's lineage does not carry the wall time of the {'other ' if kept else ''}"
+            f"{_cycles(len(earlier) - len(kept))} (training/CYCLES.md gives it)")
 
 
 def _model_file(record: dict, folder: Path) -> str:
@@ -223,7 +224,7 @@ gives the unbiased one.
 - {lineage}
 - This run: {record['epochs']} epochs, {f"best epoch {record['best_epoch']}" if record['best_epoch']
                                         else "no epoch alone beat its start"}, wall time {hours:.2f} h on
-  {record['cpu']} ({record['precision']}, XLA, oneDNN).{_lineage_wall_time(record)}{_average_note(record)}
+  {record['cpu']} ({record['precision']}, XLA, oneDNN){_lineage_wall_time(record)}.{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces{
       _skipped(record['data'])}.

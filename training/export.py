@@ -84,21 +84,27 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
-def exported_accuracy(model: Path) -> float | None:
-    """PublicTest accuracy of the model at `model` as its own training record gives it; None where
-    there is no model, or no record of it (a file without its record has no score to keep)."""
+def exported_record(model: Path) -> dict | None:
+    """The training record of the model at `model`; None where there is no model, or no record of it
+    (a file without its record has no score to keep)."""
     record_path = model.with_suffix(".train.json")
     if not model.is_file() or not record_path.is_file():
         return None
     record = read_json(record_path, "training record")
-    if record.get("sha256") != sha256_file(model):
-        return None
-    return (record.get("publictest") or {}).get("accuracy")
+    return record if record.get("sha256") == sha256_file(model) else None
+
+
+def comparable(record: dict, test: fer.Split) -> bool:
+    """Whether a record's PublicTest figure was measured on `test`'s faces: the same data and face count
+    (a folder data set's test/ has 7178 faces, PublicTest 3589)."""
+    data = record.get("data") or {}
+    return data.get("sha256") == test.checksum and data.get("publictest_faces") == len(test)
 
 
 def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force: bool = False) -> Path:
     """Export the run's chosen weights to `out`; refused (ModelError) where the model already there
-    scored higher on PublicTest by its record, unless `force`: the run keeps what it would export."""
+    scored higher on the same PublicTest faces by its record, unless `force`: the run keeps what it
+    would export (its state says so, for a new run in its folder)."""
     import keras
     import tensorflow as tf
 
@@ -119,21 +125,31 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
     lineage = state["warm_start_from"] if "warm_start_from" in state else warm_start_lineage(cfg.get("init"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{MODEL_NAME}.keras"
-    # staged until its record is written, then moved over the model: an export stopped while it
-    # scores (a minute) leaves the model before it beside its own record, not the new one beside it
-    staged = path.with_name(f"{MODEL_NAME}.staged.keras")
-    save_atomic(model, staged)
+    kept = None if force else exported_record(path)  # an unreadable record refuses before anything is staged
 
     # The faces the run's class weights came from (its --limit subset, if any), kept in its state:
     # re-exporting with the whole split must not give another class_scale.
     counts = state.get("train_class_counts") or train.class_counts().tolist()
     spec = model_spec(cfg, counts)
     val, single = score(model, spec, test)
-    if not force and (kept := exported_accuracy(path)) is not None and kept > val["accuracy"]:
-        staged.unlink()
-        raise ModelError(f"refused: {path} scored {kept:.2%} on PublicTest (its training record), this export "
-                         f"{val['accuracy']:.2%}; {out} is unchanged and {run} keeps the weights: python -m "
-                         f"training.export --run-dir {run} --data DATA --out {out} --force replaces it anyway")
+    if kept and (kept_accuracy := (kept.get("publictest") or {}).get("accuracy")) is not None:
+        if not comparable(kept, test):  # no bar: said, so that the replacement is seen
+            data = kept.get("data") or {}
+            print(f"warning: {path} scored {kept_accuracy:.2%} on {data.get('publictest_faces', '?')} test faces of "
+                  f"data sha256 {(data.get('sha256') or '?')[:12]}, this export {val['accuracy']:.2%} on {len(test)} "
+                  f"of {test.checksum[:12]}: not comparable figures, so it is replaced", file=sys.stderr)
+        elif kept_accuracy > val["accuracy"]:
+            if state.get("export_due"):  # a new run in the folder names --force, not a retry refused again
+                save_state({**state, "export_refused": {"model": str(path), "model_accuracy": kept_accuracy,
+                                                        "export_accuracy": val["accuracy"]}}, run / STATE)
+            raise ModelError(f"refused: {path} scored {kept_accuracy:.2%} on PublicTest (its training record), "
+                             f"this export {val['accuracy']:.2%}; {out} is unchanged and {run} keeps the weights: "
+                             f"python -m training.export --run-dir {run} --data DATA --out {out} --force replaces "
+                             "it anyway")
+    # staged until its record is written, then moved over the model: an export stopped while it
+    # writes the record leaves the model before it beside its own record, not the new one beside it
+    staged = path.with_name(f"{MODEL_NAME}.staged.keras")
+    save_atomic(model, staged)
     with open(run / "history.csv", newline="") as f:
         history = list(csv.DictReader(f))
     commit_file = run / "code_commit"
@@ -179,6 +195,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
     write_record(record, out)
     replace_durably(staged, path)
     if state.get("export_due"):  # the run's result is out of its folder: a new run there may remove it
+        state.pop("export_refused", None)
         save_state({**state, "export_due": False}, run / STATE)
     return path
 

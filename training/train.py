@@ -337,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                   "or another --run-dir", file=sys.stderr)
             return 2
         if old and old.get("export_due") and not args.restart:  # its best epoch or average is only here
+            if refused := old.get("export_refused"):  # retrying without --force would be refused again
+                print(f"error: {run} holds a finished run whose export was refused: {refused['model']} scored "
+                      f"{refused['model_accuracy']:.2%} on PublicTest, the run {refused['export_accuracy']:.2%}: "
+                      f"--resume --force (or python -m training.export --run-dir {run} --force) to replace it "
+                      "anyway, --restart to discard the run, or another --run-dir", file=sys.stderr)
+                return 2
             print(f"error: {run} holds a finished run whose export to {old.get('out', 'models')} did not complete: "
                   f"--resume (or python -m training.export --run-dir {run}) to export it, --restart to discard it, "
                   "or another --run-dir", file=sys.stderr)
