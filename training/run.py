@@ -66,12 +66,6 @@ def save_state(state: dict, path: Path) -> None:
     replace_durably(tmp, path)
 
 
-def save_atomic(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + "".join(path.suffixes))
-    model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
-    replace_durably(tmp, path)
-
-
 def commit_files(run: Path, state: dict, write: Callable[[Path], None]) -> None:
     """`write(folder)` puts an epoch's files (checkpoint, best, kept weights, history) or an average
     in a staging folder; saving `state` commits them, then they move in. Each commit has its own
