@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import sys
@@ -16,6 +17,7 @@ from conftest import ROOT, synthetic_faces, write_csv
 from device.model import sha256_file
 from device.preprocess import DEFAULT_SPEC, ONE_VIEW, InputSpec, predict_faces, preprocess
 from training import data as fer
+from training import export
 from training import train as T
 from training.export import main as export_main
 from training.export import stored_plain, warm_start_lineage
@@ -347,7 +349,8 @@ def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_pat
     assert "is for another model" in capsys.readouterr().err
 
 
-def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_one(tmp_path, fer_csv, capsys):
+def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_one(tmp_path, fer_csv, capsys,
+                                                                                   monkeypatch):
     """Keras stores a .keras archive's members uncompressed: the shipped VGG16 was 64.4 MB that way,
     over the 64 MB a model in models/ may take, and 59.3 MB deflated."""
     import keras
@@ -363,7 +366,24 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
     plain_size = model.stat().st_size
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps(dict(record, sha256=sha256_file(model), size_bytes=plain_size)))
+
+    def cut(tmp, path):  # the power goes after the record is written, before the model moves in
+        if tmp.name == "fer_vgg16.staged.keras":
+            raise OSError("power cut")
+        os.replace(tmp, path)
+
+    monkeypatch.setattr(export, "replace_durably", cut)
+    with pytest.raises(OSError, match="power cut"):
+        export_main(["--model", str(model), "--data", str(fer_csv)])
+    monkeypatch.undo()
+    assert stored_plain(model) and (out / "fer_vgg16.staged.keras").exists()
+    assert export.read_record(model)["sha256"] == sha256_file(model)  # the next reader lands it
+    assert not stored_plain(model) and not (out / "fer_vgg16.staged.keras").exists()
+    keras.saving.load_model(model, compile=False).save(model)
+    record_path.write_text(json.dumps(dict(record, sha256=sha256_file(model), size_bytes=plain_size)))
+    capsys.readouterr()
     assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0
+    assert "stored deflated" in capsys.readouterr().out
     assert not stored_plain(model) and model.stat().st_size < plain_size
     rescored = json.loads(record_path.read_text())
     assert rescored["sha256"] == sha256_file(model) and rescored["size_bytes"] == model.stat().st_size

@@ -49,11 +49,15 @@ def deflate(src: Path, dst: Path) -> None:
     Keras stores them as they are; deflating VGG16's float32 weights takes the shipped model from
     64.4 MB to 59.3 MB, under the 64 MB a model in `models/` may take. The weights keep their bytes."""
     tmp = dst.with_name(dst.stem + ".deflating" + dst.suffix)
-    with zipfile.ZipFile(src) as plain, zipfile.ZipFile(tmp, "w") as packed:
-        for member in plain.infolist():
-            info = zipfile.ZipInfo(member.filename, member.date_time)  # the same date: the same bytes again
-            info.compress_type = zipfile.ZIP_DEFLATED
-            packed.writestr(info, plain.read(member))
+    try:
+        with zipfile.ZipFile(src) as plain, zipfile.ZipFile(tmp, "w") as packed:
+            for member in plain.infolist():
+                info = zipfile.ZipInfo(member.filename, member.date_time)  # the same date: the same bytes again
+                info.compress_type = zipfile.ZIP_DEFLATED
+                packed.writestr(info, plain.read(member))
+    except BaseException:  # a full disk or a Ctrl-C leaves no part-written archive in models/
+        tmp.unlink(missing_ok=True)
+        raise
     replace_durably(tmp, dst)
 
 
@@ -105,9 +109,24 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
+def land_staged(model: Path) -> None:
+    """Finish an export or re-score stopped after its record was written but before the staged model
+    moved in (the record names the staged file), or drop a staged model whose record never was: the
+    model and its record agree again."""
+    staged, record_path = model.with_name(f"{MODEL_NAME}.staged.keras"), model.with_suffix(".train.json")
+    if model.name != f"{MODEL_NAME}.keras" or not staged.is_file():
+        return
+    named = read_json(record_path, "training record").get("sha256") if record_path.is_file() else None
+    if named == sha256_file(staged):
+        replace_durably(staged, model)
+    else:
+        staged.unlink()
+
+
 def exported_record(model: Path) -> dict | None:
     """The training record of the model at `model`; None where there is no model, or no record of it
     (a file without its record has no score to keep)."""
+    land_staged(model)
     record_path = model.with_suffix(".train.json")
     if not model.is_file() or not record_path.is_file():
         return None
@@ -238,7 +257,9 @@ def write_record(record: dict, out: Path) -> None:
     from training.card import write_card
     from training.plots import confusion_png
 
-    (out / f"{MODEL_NAME}.train.json").write_text(json.dumps(record, indent=2) + "\n")
+    tmp = out / f"{MODEL_NAME}.train.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    replace_durably(tmp, out / f"{MODEL_NAME}.train.json")
     val = record["publictest"]
     confusion_png(np.array(val["confusion_matrix"]), out / f"{MODEL_NAME}_confusion.png",
                   f"VGG16 on FER-2013 PublicTest: accuracy {val['accuracy']:.1%}")
@@ -248,6 +269,7 @@ def write_record(record: dict, out: Path) -> None:
 def read_record(model: Path) -> dict | None:
     """The training record beside an exported model, None where there is none; refuses one that
     cannot be read or is another model's."""
+    land_staged(model)
     path = model.with_suffix(".train.json")
     if not path.is_file():
         return None
@@ -324,9 +346,12 @@ def rescore(path: Path, test: fer.Split) -> dict:
         return record
     staged = path.with_name(f"{MODEL_NAME}.staged.keras")  # as an export: the record first, then the model
     deflate(path, staged)
+    size = path.stat().st_size
     record.update(sha256=sha256_file(staged), size_bytes=staged.stat().st_size)
     write_record(record, path.parent)
     replace_durably(staged, path)
+    print(f"{path}: stored deflated, {size:,} bytes to {record['size_bytes']:,}, the same weights; its sha256 is "
+          "new, so convert it again with every variant it had (make convert)")
     return record
 
 
