@@ -115,9 +115,17 @@ class SpareFile:
         if self.end and not data[:self.end].endswith(b"\n"):
             self._write(b"\n", self.end)
             self.end += 1
-        allocated = os.fstat(self.fd).st_blocks * 512 >= self.size
-        if len(data) != self.size or not allocated or any(data[self.end:]):
-            self._zero(self.end)
+        blocks = os.fstat(self.fd).st_blocks * 512
+        if len(data) != self.size or blocks < self.size or any(data[self.end:]):
+            try:
+                self._zero(self.end)
+            except OSError as e:  # a smaller spare file of an older version, on a card already full
+                if e.errno != errno.ENOSPC or not self.end < len(data) < self.size or blocks < len(data):
+                    raise
+                os.ftruncate(self.fd, len(data))
+                self.size = len(data)
+                self._zero(self.end)  # over blocks the file holds: no free space needed
+                log.warning("%s: no room to grow it to %d bytes; it keeps its %d", self.path, SIZE, self.size)
 
     def entries(self) -> list[dict]:
         """The entries written before this start, in order; a line that is not whole is left out."""

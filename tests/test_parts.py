@@ -1111,6 +1111,27 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     last.close()
 
 
+def test_a_smaller_spare_file_on_a_full_card_keeps_its_room(tmp_path, monkeypatch, caplog):
+    """An upgrade to a larger spare file on a card already full: the file cannot grow, so it keeps the
+    room it has rather than taking no entry at all."""
+    from device.spare import SpareFile, waiting
+
+    path = tmp_path / "feedback.db.spare"
+    old = SpareFile(path, size=128)
+    assert old.append('{"utc": "a"}')
+    old.close()
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0 if at + len(data) > 128 else real(fd, data, at))
+    grown = SpareFile(path, size=256)
+    assert grown.entries() == [{"utc": "a"}] and not grown.refused and "keeps its 128" in caplog.text
+    assert grown.append('{"utc": "b"}') and not grown.append('{"utc": "%s"}' % ("c" * 100))  # past its 128
+    grown.close()
+    monkeypatch.undo()
+    assert waiting(path) == [{"utc": "a"}, {"utc": "b"}] and path.stat().st_size == 128
+    SpareFile(path, size=256).close()  # room again: it grows
+    assert path.stat().st_size == 256 and waiting(path) == [{"utc": "a"}, {"utc": "b"}]
+
+
 def test_image_source_takes_a_glob_of_images(tmp_path):
     import cv2
 
