@@ -393,6 +393,13 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
     assert rescored["publictest"] == record["publictest"]
 
 
+def test_the_shipped_model_is_deflated_at_most_64_mb_and_its_record_is_its_own():
+    model = ROOT / "models" / "fer_vgg16.keras"
+    record = json.loads(model.with_suffix(".train.json").read_text())
+    assert not stored_plain(model) and model.stat().st_size == record["size_bytes"] <= 64_000_000
+    assert record["sha256"] == sha256_file(model)
+
+
 def test_resume_without_a_run_is_an_error(tmp_path, fer_csv, capsys):
     assert T.main(["--data", str(fer_csv), "--run-dir", str(tmp_path / "none"), "--resume"]) == 2
     assert "no run to resume" in capsys.readouterr().err
@@ -751,7 +758,7 @@ def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
     assert f"- Model file: sha256 `{record['sha256']}`." in card()
     record["sha256"] = sha256_file(tmp_path / "fer_vgg16.keras")
     assert f"- Model file: 13 bytes (0.0 MiB, 0.0 MB), sha256 `{record['sha256']}`." in card()
-    record["size_bytes"] = 64_373_079  # the shipped model's
+    record["size_bytes"] = 64_373_079  # the shipped model's, as Keras stored it uncompressed
     assert "- Model file: 64,373,079 bytes (61.4 MiB, 64.4 MB), sha256" in card()
 
 
