@@ -123,9 +123,9 @@ class SpareFile:
                 if e.errno != errno.ENOSPC or not self.end < len(data) < self.size or blocks < len(data):
                     raise
                 os.ftruncate(self.fd, len(data))
-                self.size = len(data)
+                wanted, self.size = self.size, len(data)
                 self._zero(self.end)  # over blocks the file holds: no free space needed
-                log.warning("%s: no room to grow it to %d bytes; it keeps its %d", self.path, SIZE, self.size)
+                log.warning("%s: no room to grow it to %d bytes; it keeps its %d", self.path, wanted, self.size)
 
     def entries(self) -> list[dict]:
         """The entries written before this start, in order; a line that is not whole is left out."""

@@ -1123,7 +1123,8 @@ def test_a_smaller_spare_file_on_a_full_card_keeps_its_room(tmp_path, monkeypatc
     real = os.pwrite
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0 if at + len(data) > 128 else real(fd, data, at))
     grown = SpareFile(path, size=256)
-    assert grown.entries() == [{"utc": "a"}] and not grown.refused and "keeps its 128" in caplog.text
+    assert grown.entries() == [{"utc": "a"}] and not grown.refused
+    assert "grow it to 256 bytes; it keeps its 128" in caplog.text
     assert grown.append('{"utc": "b"}') and not grown.append('{"utc": "%s"}' % ("c" * 100))  # past its 128
     grown.close()
     monkeypatch.undo()

@@ -377,8 +377,10 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
         export_main(["--model", str(model), "--data", str(fer_csv)])
     monkeypatch.undo()
     assert stored_plain(model) and (out / "fer_vgg16.staged.keras").exists()
+    (out / "MODEL_CARD.md").write_text("the card of the model before\n")  # the cut came before the card
     assert export.read_record(model)["sha256"] == sha256_file(model)  # the next reader lands it
     assert not stored_plain(model) and not (out / "fer_vgg16.staged.keras").exists()
+    assert f"- Model file: {model.stat().st_size:,} bytes" in (out / "MODEL_CARD.md").read_text()
     keras.saving.load_model(model, compile=False).save(model)
     record_path.write_text(json.dumps(dict(record, sha256=sha256_file(model), size_bytes=plain_size)))
     capsys.readouterr()

@@ -111,16 +111,15 @@ def run_out(state: dict, out: Path | None) -> Path:
 
 def land_staged(model: Path) -> None:
     """Finish an export or re-score stopped after its record was written but before the staged model
-    moved in (the record names the staged file), or drop a staged model whose record never was: the
-    model and its record agree again."""
+    moved in (the record names the staged file): the model, its record and card agree again. A staged
+    model no record names is left to the next export, which writes over it: it may be one under way."""
     staged, record_path = model.with_name(f"{MODEL_NAME}.staged.keras"), model.with_suffix(".train.json")
-    if model.name != f"{MODEL_NAME}.keras" or not staged.is_file():
+    if model.name != f"{MODEL_NAME}.keras" or not staged.is_file() or not record_path.is_file():
         return
-    named = read_json(record_path, "training record").get("sha256") if record_path.is_file() else None
-    if named == sha256_file(staged):
+    record = read_json(record_path, "training record")
+    if record.get("sha256") == sha256_file(staged):
         replace_durably(staged, model)
-    else:
-        staged.unlink()
+        write_record(record, model.parent)  # the card and confusion matrix may be the old model's
 
 
 def exported_record(model: Path) -> dict | None:
