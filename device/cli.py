@@ -245,12 +245,14 @@ def cmd_check(cfg, skip: list[str]) -> int:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed")
             held = f"{store.count()} entries, schema v{store.schema_version}, integrity ok"
+            # not in the count, nor yet in an export; said on a full card too, where they wait
+            note = waiting(store, then=", for the log to take them")
+            tail = f"; {note}" if note else ""
             try:  # a card remounted read-only is when the log may be damaged: what it holds is said too
                 room = log_room(path)
             except StorageError as e:
-                raise StorageError(f"{e} ({held})") from None
-            note = waiting(store)  # not in the count, nor yet in an export
-            return f"{store.path}: {held}, {room}" + (f"; {note}, for the log to take them" if note else "")
+                raise StorageError(f"{e} ({held}{tail})") from None
+            return f"{store.path}: {held}, {room}{tail}"
         finally:
             store.close()
 
@@ -355,11 +357,12 @@ def denied(path: Path, command: str) -> StorageError:
                         "which reads the log as the feedbackd user")
 
 
-def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None) -> str | None:
+def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None, then: str = "") -> str | None:
     """How many entries the daemon kept in the spare file while the log could not take them (a
     full or read-only card), and the log does not hold yet: they are in no report until it
     restores them. Said, so a report is not read as whole; None for none. Only those pressed on a
-    local date from `since` to `until` count: the others would not be in the report anyway."""
+    local date from `since` to `until` count: the others would not be in the report anyway. `then`
+    ends a count: what becomes of those entries."""
     path = spare.beside(store.path)
     try:
         kept = spare.waiting(path)
@@ -371,15 +374,14 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
         n = sum(not store.contains(at, device) for at, device in pressed
                 if (since or "") <= at.astimezone().date().isoformat() <= (until or "9999-12-31"))
     except (StorageError, ValueError, OverflowError):  # a damaged index, or a time the daemon would leave out too
-        return f"up to {len(kept)} entries are waiting in {path}" if kept else None
-    return f"{n} entries are waiting in {path}" if n else None
+        return f"up to {len(kept)} entries are waiting in {path}{then}" if kept else None
+    return f"{n} entries are waiting in {path}{then}" if n else None
 
 
 def waiting_note(store: FeedbackLog, report: str, since: str | None, until: str | None) -> str | None:
     """The spare file's entries not in this report. Read before the log's rows, so an entry the
     daemon moves meanwhile is named twice rather than not at all."""
-    note = waiting(store, since, until)
-    return f"{note}, not in this {report} yet" if note else None
+    return waiting(store, since, until, then=f", not in this {report} yet")
 
 
 def to_stdout(write: Callable[[IO[str]], object], report: str) -> None:

@@ -248,7 +248,8 @@ class FeedbackLog:
             if values is None:  # never stored (a rolled-back insert), not lost
                 continue
             row = _entry_row(cur, values)
-            if (not since or row["local_date"] >= since) and (not until or row["local_date"] <= until):
+            day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
+            if (not since or day >= since) and (not until or day <= until):
                 yield row
 
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
@@ -263,7 +264,8 @@ class FeedbackLog:
         for r in (self.salvage if salvage else self.rows)(since, until):
             w.writerow([r["local_date"], r["local_time"], r["rating"], cell(r["emotion"]), r["confidence"], r["utc"],
                         r["probabilities"], cell(r["model_sha256"]), cell(r["device_id"]), r["id"],
-                        CLOCK[r["clock_synced"]], "" if r["rating_max"] is None else r["rating_max"]])
+                        CLOCK[r["clock_synced"]] if r["clock_synced"] in CLOCK else cell(str(r["clock_synced"])),
+                        "" if r["rating_max"] is None else r["rating_max"]])
             n += 1
         out.write(text.getvalue())
         return n

@@ -1648,10 +1648,22 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     assert cli.main(check) == 0
     assert f" MiB free; 2 entries are waiting in {kept}, for the log to take them" in capsys.readouterr().out
     assert kept.read_bytes() == before  # only read
+
+    def full(path):
+        raise cli.NoRoom(f"{path}: only 1.0 MiB free")
+
+    real_room, cli.log_room = cli.log_room, full  # the card that filled: when entries wait there at all
+    try:
+        assert cli.main(check) == 1
+    finally:
+        cli.log_room = real_room
+    assert "only 1.0 MiB free (1 entries, schema v" in (out := capsys.readouterr().out)
+    assert f"integrity ok; 2 entries are waiting in {kept}, for the log to take them)" in out
     kept.rename(tmp_path / "moved")
     kept.mkdir()  # a spare that cannot be read: said, and the log's own check still passes
     assert cli.main(check) == 0
-    assert f" MiB free; cannot read {kept} (Is a directory)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f" MiB free; cannot read {kept} (Is a directory): entries waiting there, if any, are not counted\n" in out
     kept.rmdir()
     kept.write_bytes(bytes(SIZE))  # restored and cleared by the daemon: nothing to say
     assert cli.main(["summary", "--db", str(db)]) == 0
@@ -1732,6 +1744,25 @@ def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
     assert all(r["device_id"] == f"till-{int(r['id']):03d}" for r in rows)  # each row whole, none mixed up
     assert cli.main(["export", "--db", str(db), "--salvage", "--since", "2000-01-01"]) == 1
     assert capsys.readouterr().out.count("\n") == len(rows) + 1
+
+
+def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
+    """A failing card's stray bytes in a row (or a hand edit) are exported as they are, escaped,
+    not a traceback with no CSV."""
+    import sqlite3
+
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for till in ("pi-1", "pi-2"):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", till))
+    log.close()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE entries SET clock_synced = 2, local_date = X'ff00' WHERE id = 1")
+    con.close()
+    for command in (["export"], ["export", "--salvage", "--since", "2000-01-01"]):
+        assert cli.main([*command, "--db", str(db)]) == 0, command
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert [r["clock_synced"] for r in rows] == ["2", ""] and rows[1]["device_id"] == "pi-2", command
 
 
 def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys, monkeypatch):
