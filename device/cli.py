@@ -27,7 +27,7 @@ from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
-from device.storage import FeedbackLog, ReopeningLog, StorageError, unwritable
+from device.storage import SALVAGE_HINT, FeedbackLog, ReopeningLog, StorageError, unwritable
 
 FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
@@ -243,7 +243,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
         store = FeedbackLog(path, create=False)
         try:
             if not store.integrity_ok():
-                raise StorageError(f"{store.path}: integrity_check failed")
+                raise StorageError(f"{store.path}: integrity_check failed ({SALVAGE_HINT})")
             held = f"{store.count()} entries, schema v{store.schema_version}, integrity ok"
             # not in the count, nor yet in an export; said on a full card too, where they wait
             note = waiting(store, then=", for the log to take them")

@@ -42,6 +42,7 @@ MIGRATIONS = (
     # does not mix 5-star and 10-point ratings in one mean
     "ALTER TABLE entries ADD COLUMN rating_max REAL",
 )
+SALVAGE_HINT = "'feedbackd export --salvage' rescues the entries still readable"
 EXPORT_FIELDS = ("date", "time", "rating", "emotion", "confidence", "utc", "probabilities",
                  "model_sha256", "device_id", "id", "clock_synced", "rating_max")
 CLOCK = {1: "yes", 0: "no", None: ""}
@@ -276,8 +277,7 @@ class FeedbackLog:
         try:
             return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         except sqlite3.DatabaseError as e:
-            raise StorageError(f"{self.path}: integrity_check failed: {e} ('feedbackd export --salvage' "
-                               "rescues the entries still readable)") from None
+            raise StorageError(f"{self.path}: integrity_check failed: {e} ({SALVAGE_HINT})") from None
 
     def close(self) -> None:
         self.db.close()

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -794,8 +795,6 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path, monkeypatch):
     """200 times: a writer is SIGKILLed at a random moment; every id it printed (after the
     commit returned) must be in the log, and the file must pass integrity_check. The log's
     own settings (WAL, synchronous=FULL) are what carry this over to a power cut."""
-    import sqlite3
-
     db = tmp_path / "feedback.db"
     rng = np.random.default_rng(0)
     acknowledged: set[int] = set()
@@ -1708,6 +1707,28 @@ def test_export_of_a_damaged_log_names_it_and_leaves_no_partial_csv(tmp_path, ca
     assert f"FAIL storage        {db}: integrity_check failed: " in capsys.readouterr().out
 
 
+def test_check_sends_the_owner_of_a_log_with_a_damaged_index_to_salvage(tmp_path, capsys):
+    """A damage integrity_check reports without stopping (rows missing from an index) fails check
+    with the command that rescues the entries, and that command gets every one of them."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for _ in range(20):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, "pi"))
+    log.close()
+    raw = sqlite3.connect(db)  # the index now claims another column: its rows no longer match
+    raw.execute("PRAGMA writable_schema=ON")
+    raw.execute("UPDATE sqlite_master SET sql='CREATE INDEX entries_utc ON entries (rating)' WHERE name='entries_utc'")
+    raw.commit()
+    raw.close()
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    assert cli.main(check) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL storage        {db}: integrity_check failed ('feedbackd export --salvage' rescues" in out
+    saved = tmp_path / "saved.csv"
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(saved)]) == 0
+    assert len(saved.read_text().splitlines()) == 21  # the header and all 20 entries
+
+
 def test_export_writes_a_field_that_looks_like_a_formula_as_text(tmp_path, capsys):
     """A device id that starts like a spreadsheet formula is never run by Excel or LibreOffice."""
     db = tmp_path / "f.db"
@@ -1749,8 +1770,6 @@ def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
 def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
     """A failing card's stray bytes in a row (or a hand edit) are exported as they are, escaped,
     not a traceback with no CSV."""
-    import sqlite3
-
     db = tmp_path / "f.db"
     log = FeedbackLog(db)
     for till in ("pi-1", "pi-2"):
@@ -1852,8 +1871,6 @@ def test_entries_record_whether_the_clock_was_synchronized(model, face_folder, t
 
 
 def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
-    import sqlite3
-
     from device.storage import MIGRATIONS
 
     db = sqlite3.connect(tmp_path / "f.db")  # a log written by the first release
@@ -1882,8 +1899,6 @@ def test_a_version_1_log_is_migrated_and_keeps_its_entries(tmp_path, capsys):
 def test_a_log_from_a_newer_feedbackd_is_left_as_it_is(tmp_path, capsys):
     """A card moved back to a kiosk running an older release: neither the daemon nor a report
     reads or changes a schema it does not know."""
-    import sqlite3
-
     from device.storage import MIGRATIONS
 
     db = tmp_path / "f.db"
@@ -1906,8 +1921,6 @@ def test_a_log_from_a_newer_feedbackd_is_left_as_it_is(tmp_path, capsys):
 def test_a_migration_that_fails_leaves_the_log_as_it_was(tmp_path, monkeypatch):
     """Each step moves the schema and its version number together: one that fails halfway (a full
     card) leaves the old schema with its old number, for the next start to migrate again."""
-    import sqlite3
-
     from device import storage
 
     db = tmp_path / "f.db"
@@ -1972,8 +1985,6 @@ def test_a_long_face_window_holds_a_customer_who_looked_away_for_no_more_than_3_
 
 
 def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):
-    import sqlite3
-
     other = tmp_path / "inventory.db"  # another program's database, named by a slip of --db
     numbered = tmp_path / "tills.db"  # one that numbers its schema as the log does (user_version)
     for path, version in ((other, 0), (numbered, 3)):
