@@ -172,6 +172,7 @@ def open_store(path: Path) -> FeedbackLog | ReopeningLog:
     try:
         return FeedbackLog(path)
     except StorageError as e:
+        log_exists(path, "run")  # a user outside the service's group, not let into its folder: how to run it
         try:
             log_room(path)
         except NoRoom as room:

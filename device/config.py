@@ -259,7 +259,12 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
     there) and a private /tmp writable. Checked at every start, make install's check included, since a
     config edited later would otherwise fail with a misleading "Read-only file system" or "not found"."""
     read = [("model.path", cfg["model"]["path"]), ("detector.dir", cfg["detector"]["dir"])]
-    if cfg["camera"]["source"] in ("video", "images") and "://" not in cfg["camera"]["path"]:
+    url = cfg["camera"]["path"]
+    if cfg["camera"]["source"] == "video" and "://" in url and not url.lower().startswith("file://"):
+        # the unit has no network and only AF_UNIX sockets: the stream would fail, blamed on the camera
+        raise ConfigError(f"{cfg.source}: camera.path: {url}: the service cannot reach a network stream "
+                          f"(PrivateNetwork=yes): use a camera on the Pi, or a video file under {state}")
+    if cfg["camera"]["source"] in ("video", "images") and "://" not in url:
         read.append(("camera.path", cfg["camera"]["path"]))  # a folder there would look empty to the service
     for key, path in read:
         home = state if key == "camera.path" else ROOT / "models"  # a clip or photos: the service's folder

@@ -36,7 +36,16 @@ def _well_typed(e: Entry) -> bool:
     def number(v) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
-    return (all(isinstance(v, str) for v in (e.emotion, e.model_sha256, e.device_id))
+    def text(v) -> bool:
+        if not isinstance(v, str):
+            return False
+        try:
+            v.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): SQLite cannot store it
+            return False
+        return True
+
+    return (all(text(v) for v in (e.emotion, e.model_sha256, e.device_id))
             and number(e.rating) and number(e.confidence) and e.clock_synced in (None, True, False)
             and (e.rating_max is None or number(e.rating_max))
             and isinstance(e.probabilities, dict) and all(number(v) for v in e.probabilities.values()))

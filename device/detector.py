@@ -59,7 +59,10 @@ def check_face_files(model_dir: Path) -> dict[str, Path]:
             fix = "run 'sudo make install' from the checkout" if kiosk else "run 'make models'"
             raise DetectorError(f"{path}: face-detector file missing from detector.dir: {fix}, "
                                 "or set detector.dir to the folder that holds it")
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as e:  # a root-only file copied in, a failing SD card: named, not a traceback
+            raise DetectorError(f"{path}: cannot read the face-detector file: {e}") from None
         if actual != digest:
             fix = ("run 'sudo make install' from the checkout, which fetches it again" if kiosk
                    else "delete it and run 'make models'")

@@ -39,8 +39,11 @@ class ImageSource:
 
     def __init__(self, pattern: str, fps: float = 15.0):
         p = Path(pattern)
-        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
-            else sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXT))
+        try:
+            files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
+                else sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXT))
+        except OSError as e:  # a folder the service user may not list: a camera error, retried, not a crash
+            raise SourceError(f"{pattern}: cannot list the images: {e}") from None
         if not files:
             raise SourceError(f"{pattern}: no images found")
         self.name = pattern

@@ -15,9 +15,10 @@ from pathlib import Path
 
 log = logging.getLogger("feedbackd")
 
-# About 5000 entries (a line is some 400 bytes): days of a busy kiosk on a card that filled up, or
-# was remounted read-only, before staff free room. An entry past it is kept in memory only, lost
-# at a power cut; zeroing 2 MiB at a start or after the log took the entries back is a moment.
+# About 4000 entries (a line is some 500 bytes: its 7 probabilities are unrounded): days of a busy
+# kiosk on a card that filled up, or was remounted read-only, before staff free room. An entry past
+# it is kept in memory only, lost at a power cut; zeroing 2 MiB at a start or after the log took the
+# entries back is a moment.
 SIZE = 2 * 2**20
 
 

@@ -263,10 +263,12 @@ class FeedbackLog:
         w.writerow(EXPORT_FIELDS)
         n = 0
         for r in (self.salvage if salvage else self.rows)(since, until):
-            w.writerow([r["local_date"], r["local_time"], r["rating"], cell(r["emotion"]), r["confidence"], r["utc"],
-                        r["probabilities"], cell(r["model_sha256"]), cell(r["device_id"]), r["id"],
-                        CLOCK[r["clock_synced"]] if r["clock_synced"] in CLOCK else cell(str(r["clock_synced"])),
-                        "" if r["rating_max"] is None else r["rating_max"]])
+            # each text value, whatever its column: a damaged or hand-edited row may hold text in any
+            w.writerow([cell(v) for v in (
+                r["local_date"], r["local_time"], r["rating"], r["emotion"], r["confidence"], r["utc"],
+                r["probabilities"], r["model_sha256"], r["device_id"], r["id"],
+                CLOCK[r["clock_synced"]] if r["clock_synced"] in CLOCK else str(r["clock_synced"]),
+                "" if r["rating_max"] is None else r["rating_max"])])
             n += 1
         out.write(text.getvalue())
         return n

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -705,6 +706,25 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     store.close()
 
 
+def test_a_spare_line_with_text_sqlite_cannot_encode_is_left_out_and_the_lines_after_it_are_stored(
+        tmp_path, caplog):
+    """A lone surrogate escape ("\\ud800") in a hand-edited line is valid JSON but no UTF-8: SQLite
+    would fail on it with an error the daemon does not expect, and systemd restart it forever."""
+    db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    good = Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3")
+    bad = [replace(good, **{key: "Sad\ud800"}) for key in ("emotion", "device_id", "model_sha256")]
+    lines = [entry_json(e, at + timedelta(minutes=i)) for i, e in enumerate([*bad, good])]
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode().ljust(SIZE, b"\0"))
+    store = FeedbackLog(db)
+    daemon, _ = bare_daemon(store)
+    daemon._store_pending(time.monotonic())
+    assert [(r["emotion"], r["device_id"]) for r in store.rows()] == [("Sad", "till-3")]
+    assert caplog.text.count("an entry that cannot be read") == 3 and path.read_bytes() == bytes(SIZE)
+    daemon.close()
+    store.close()
+
+
 @pytest.mark.parametrize("ending", ["stop", "crash"])
 def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_folder, tmp_path, caplog, ending):
     db = tmp_path / "feedback.db"
@@ -1126,6 +1146,39 @@ def test_a_webcam_that_hangs_on_its_first_frame_stops_the_default_camera_source(
     with pytest.raises(SourceStuck, match="/dev/video0: a capture has not returned"):  # as the daemon opens it
         ReconnectingSource(lambda: sources.open_source(camera)).read()
     hang.set()
+
+
+def test_an_image_folder_the_service_cannot_list_is_a_camera_error_naming_it(tmp_path, monkeypatch):
+    """source = "images" on a folder the service user may not list: the kiosk shows "Camera error"
+    and retries, naming the folder, not a PermissionError that systemd restarts it on forever."""
+    import pathlib
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+
+    def iterdir(self):  # what a user without read permission on it meets (root here lists all)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", iterdir)
+    camera = load_config(None, {"camera.source": "images", "camera.path": str(folder)})["camera"]
+    src = ReconnectingSource(lambda: sources.open_source(camera))  # as the daemon opens it
+    assert src.read() is None
+    assert src.error == f"{folder}: cannot list the images: [Errno 13] Permission denied: '{folder}'"
+
+
+def test_a_face_detector_file_that_cannot_be_read_is_named_at_the_start(tmp_path, capsys, monkeypatch):
+    """A face-detector file copied in as root, mode 0600, or a failing card: the start stops naming
+    the file, as for the emotion model, not with a traceback."""
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("device.detector.sha256_file", unreadable)
+    monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: None)  # the part before it
+    assert cli.main(["run", "--source", "demo", "--display", "none", "--button", "none", "--db",
+                     str(tmp_path / "f.db"), "--detector-dir", str(FACE_DIR)]) == 2
+    file = FACE_DIR / "deploy.prototxt"
+    assert capsys.readouterr().err == (f"feedbackd: error: {file}: cannot read the face-detector file: [Errno 13] "
+                                       f"Permission denied: '{file}'\n")
 
 
 def test_a_display_write_error_is_logged_and_retried(caplog):
@@ -1784,6 +1837,28 @@ def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
         assert [r["clock_synced"] for r in rows] == ["2", ""] and rows[1]["device_id"] == "pi-2", command
 
 
+def test_export_writes_a_damaged_rows_formula_in_any_column_as_text(tmp_path, capsys):
+    """A hand edit or a failing card may leave text starting like a formula in any column, dates and
+    numbers' included: each is written as text a spreadsheet never runs, while a number stays one."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for till in ("pi-1", "pi-2"):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", till))
+    log.close()
+    edited = {"local_date": "=1+1", "local_time": "+cmd|' /c calc'!A0", "utc": "@SUM(A1)", "probabilities": "-2+3",
+              "rating": "=5", "confidence": "-cmd", "rating_max": "+5x"}  # not numbers: the REAL columns keep text
+    with sqlite3.connect(db) as con:
+        con.execute(f"UPDATE entries SET {', '.join(f'{k} = ?' for k in edited)} WHERE id = 1", list(edited.values()))
+        con.execute("UPDATE entries SET rating = -1, confidence = -0.5, rating_max = -7 WHERE id = 2")
+    con.close()
+    assert cli.main(["export", "--db", str(db)]) == 0
+    first, second = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert {k: first[k] for k in ("date", "time", "utc", "probabilities", "rating", "confidence", "rating_max")} == {
+        "date": "'=1+1", "time": "'+cmd|' /c calc'!A0", "utc": "'@SUM(A1)", "probabilities": "'-2+3",
+        "rating": "'=5", "confidence": "'-cmd", "rating_max": "'+5x"}
+    assert (second["rating"], second["confidence"], second["rating_max"]) == ("-1.0", "-0.5", "-7.0")
+
+
 def test_export_since_and_until_are_inclusive_local_dates(tmp_path, capsys, monkeypatch):
     """Tokyo evenings in UTC are the next morning there: the store's date is the one asked for."""
     db = tmp_path / "f.db"
@@ -2122,6 +2197,36 @@ def test_a_log_the_service_user_cannot_write_stops_the_start(tmp_path, capsys, m
     store = cli.open_store(db)
     assert store.error == f"{db}: {tmp_path} is on a read-only file system; the log can take no entries"
     store.close()
+
+
+def test_run_by_a_user_kept_out_of_the_logs_folder_says_to_run_it_as_root(tmp_path, capsys, monkeypatch):
+    """/var/lib/feedbackd is root's, mode 0750: a user outside its group can neither open the log nor
+    see whether it is there. `run` says how to run it, as check, export and summary do, not a traceback."""
+    import pathlib
+
+    folder = tmp_path / "feedbackd"
+    folder.mkdir()
+    db = folder / "feedback.db"
+    real_stat, real_connect = pathlib.Path.stat, sqlite3.connect
+
+    def stat(self, **kw):  # what that user meets (root here reads all)
+        if folder in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kw)
+
+    def connect(path, *args, **kw):
+        if folder in Path(path).parents:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(path, *args, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: None)  # the parts before the log
+    monkeypatch.setattr(cli.FaceDetector, "from_config", lambda cfg: None)
+    assert cli.main(["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == (f"feedbackd: error: {db}: permission denied: run it as root (sudo feedbackd "
+                                       "run), which reads the log as the feedbackd user\n")
 
 
 def test_reports_leave_a_stopped_logs_wal_file_as_it_is(tmp_path, capsys):

@@ -204,6 +204,24 @@ def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
     assert load_config(config)["storage"]["path"] == "/var/lib/feedbackd/feedback.db"
 
 
+def test_the_unit_refuses_a_network_stream_it_has_no_network_for(tmp_path, monkeypatch):
+    """The unit runs with PrivateNetwork=yes and only AF_UNIX sockets: an RTSP camera would never
+    open there, and "Camera error" would send the technician to the camera's drivers instead."""
+    import device.config
+
+    monkeypatch.setattr(device.config, "ROOT", Path("/opt/feedbackd"))  # as installed: not a checkout under /home
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text('[camera]\nsource = "video"\npath = "rtsp://till-3.local/stream"\n')
+    assert load_config(config)["camera"]["path"] == "rtsp://till-3.local/stream"  # run by hand: the network is there
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/feedbackd")
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: camera.path: rtsp://till-3.local/stream: the service "
+                                                     "cannot reach a network stream (PrivateNetwork=yes)")):
+        load_config(config)
+    config.write_text('[camera]\nsource = "video"\npath = "file:///var/lib/feedbackd/clip.mp4"\n')  # no network
+    assert load_config(config)["camera"]["path"] == "file:///var/lib/feedbackd/clip.mp4"
+
+
 def test_relative_paths_mean_the_folder_they_were_given_in(tmp_path, monkeypatch):
     """lgpio changes the process's folder to $LG_WD (the user's runtime folder under make run) when the
     GPIO button opens, before the log is opened: var/feedback.db must not become /tmp/var/feedback.db."""
