@@ -395,6 +395,40 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
     assert rescored["publictest"] == record["publictest"]
 
 
+def test_an_export_or_rescore_over_a_converted_model_says_make_convert_must_follow(tmp_path, fer_csv, capsys):
+    """The device runs the int8 file: after an export of other weights, or a re-score that changes
+    the class scale, the one beside it describes the model before, and that is said."""
+    from convert.convert import main as convert_main
+
+    out, run = tmp_path / "out", tmp_path / "run"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run), "--out", str(out)]) == 0
+    model, record_path = out / "fer_vgg16.keras", out / "fer_vgg16.train.json"
+    assert convert_main(["--model", str(model), "--data", str(fer_csv), "--variants", "int8", "--calibration", "21",
+                         "--latency-runs", "1", "--allow-drop"]) == 0
+    capsys.readouterr()
+    assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0  # the same model, read the same way
+    assert "make convert" not in capsys.readouterr().err
+    record = json.loads(record_path.read_text())
+    counts = [24, 6, 12, 12, 12, 12, 6]  # as if trained on unbalanced faces: re-scoring gives a class scale
+    record_path.write_text(json.dumps({**record, "data": {**record["data"], "train_class_counts": counts}}))
+    assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0
+    stale = f"warning: fer_vgg16_int8.json in {out} describe another model than fer_vgg16.keras now holds"
+    assert stale in capsys.readouterr().err
+    record_path.write_text(json.dumps(record))  # the class scale as converted: the weights are what differ now
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv), "--force"]) == 0
+    assert stale in capsys.readouterr().err
+
+
+def test_the_shipped_int8_model_was_converted_from_the_shipped_float_model_as_its_record_reads_it():
+    """`make convert` after every export: else the device runs weights the card does not describe."""
+    from convert.convert import converted_from, same_model
+
+    model = ROOT / "models" / "fer_vgg16.keras"
+    record = json.loads(model.with_suffix(".train.json").read_text())
+    made = converted_from(ROOT / "models" / "fer_vgg16_int8.json")
+    assert made and same_model(made, sha256_file(model), export.record_spec(record, model))
+
+
 def test_the_shipped_model_is_deflated_at_most_64_mb_and_its_record_is_its_own():
     model = ROOT / "models" / "fer_vgg16.keras"
     record = json.loads(model.with_suffix(".train.json").read_text())

@@ -235,6 +235,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
     curves_png(run / "history.csv", out / f"{MODEL_NAME}_curves.png")
     write_record(record, out)
     replace_durably(staged, path)
+    warn_stale_conversions(path, record)
     if state.get("export_due"):  # the run's result is out of its folder: a new run there may remove it
         state.pop("export_refused", None)
         save_state({**state, "export_due": False}, run / STATE)
@@ -340,18 +341,32 @@ def rescore(path: Path, test: fer.Split) -> dict:
     val, single = score(load_float_model(path, spec), spec, test)
     record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),
                   exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rescored=True)
-    if not stored_plain(path):
+    if stored_plain(path):
+        staged = path.with_name(f"{MODEL_NAME}.staged.keras")  # as an export: the record first, then the model
+        deflate(path, staged)
+        size = path.stat().st_size
+        record.update(sha256=sha256_file(staged), size_bytes=staged.stat().st_size)
         write_record(record, path.parent)
-        return record
-    staged = path.with_name(f"{MODEL_NAME}.staged.keras")  # as an export: the record first, then the model
-    deflate(path, staged)
-    size = path.stat().st_size
-    record.update(sha256=sha256_file(staged), size_bytes=staged.stat().st_size)
-    write_record(record, path.parent)
-    replace_durably(staged, path)
-    print(f"{path}: stored deflated, {size:,} bytes to {record['size_bytes']:,}, the same weights; its sha256 is "
-          "new, so convert it again with every variant it had (make convert)")
+        replace_durably(staged, path)
+        print(f"{path}: stored deflated, {size:,} bytes to {record['size_bytes']:,}, the same weights")
+    else:
+        write_record(record, path.parent)
+    warn_stale_conversions(path, record)
     return record
+
+
+def warn_stale_conversions(model: Path, record: dict) -> None:
+    """The device runs the converted file, not this one: a variant beside it converted from other
+    weights or another input spec (class scale, views) is said, with what brings it up to date."""
+    from convert.convert import converted_from, same_model
+
+    spec = record_spec(record, model)
+    stale = sorted(m.name for m in model.parent.glob(f"{MODEL_NAME}_*.json")
+                   if (made := converted_from(m)) and not same_model(made, record["sha256"], spec))
+    if stale:
+        print(f"warning: {', '.join(stale)} in {model.parent} describe another model than {model.name} now holds "
+              "(its sha256 or input spec differs): run make convert, or the device keeps the old one",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
