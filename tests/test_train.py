@@ -197,13 +197,36 @@ def test_an_export_never_replaces_a_model_that_scored_higher_unless_forced(tmp_p
     assert T.main([*command, "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"{run} holds a finished run whose export was refused: {out / 'fer_vgg16.keras'} scored 99.00%" in err
-    assert "--resume --force (or python -m training.export" in err and "--restart to discard the run" in err
+    assert (f"--resume --force --out {out} (or python -m training.export --run-dir {run} --data DATA --out {out} "
+            "--force) to replace it anyway") in err and "--restart to discard the run" in err
     assert T.main([*command, "--run-dir", str(run), "--resume", "--force"]) == 0
     exported = json.loads(record_path.read_text())
     assert exported["sha256"] == sha256_file(out / "fer_vgg16.keras") != better["sha256"]
     assert exported["size_bytes"] == (out / "fer_vgg16.keras").stat().st_size
     state = json.loads((run / "state.json").read_text())
     assert state["export_due"] is False and "export_refused" not in state
+
+
+def test_an_out_that_cannot_take_the_export_is_refused_before_training_averaging_or_exporting(tmp_path, fer_csv,
+                                                                                               capsys):
+    """`--out models/fer_vgg16.keras` (the file, not its folder) would only fail at the export, after
+    hours of training, as a traceback; averaging and exporting a finished run say it before loading data."""
+    from training.average import main as average_main
+
+    run, file = tmp_path / "run", tmp_path / "fer_vgg16.keras"
+    file.write_bytes(b"a model")
+    command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--keep-epochs", "--run-dir", str(run)]
+    assert T.main([*command, "--out", str(file)]) == 2
+    assert f"error: --out {file}: a file, not a folder" in capsys.readouterr().err
+    assert not (run / "state.json").exists() and file.read_bytes() == b"a model"
+    assert T.main([*command, "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert export_main(["--run-dir", str(run), "--data", str(fer_csv), "--out", str(file)]) == 2
+    assert f"error: --out {file}: a file, not a folder" in capsys.readouterr().err
+    assert average_main(["--run-dir", str(run), "--data", str(fer_csv), "--models", str(run / "epoch1.weights.h5"),
+                         "--out", str(file)]) == 2
+    assert f"error: --out {file}: a file, not a folder" in capsys.readouterr().err
+    assert file.read_bytes() == b"a model"
 
 
 def test_an_export_replaces_a_model_scored_on_other_faces_and_never_stages_over_an_unreadable_record(
@@ -569,9 +592,9 @@ def test_a_warm_start_from_a_copy_of_the_shipped_model_keeps_its_lineage(tmp_pat
     assert f"warning: --init {copy}: no training record of this model" in capsys.readouterr().err
 
 
-def test_an_unreadable_record_or_state_is_named_before_the_data_is_read(tmp_path, capsys):
+def test_an_unreadable_record_or_state_is_named_before_the_data_is_read(tmp_path, fer_csv, capsys):
     """A truncated or hand-edited .train.json beside --init, or state.json in --run-dir: exit 2 naming
-    the file (and the missing key), not a bare JSONDecodeError or KeyError."""
+    the file (and the missing key), not a bare JSONDecodeError or KeyError; --restart discards such a run."""
     init = tmp_path / "start.keras"
     init.write_bytes(b"weights")
     record = init.with_suffix(".train.json")
@@ -589,6 +612,11 @@ def test_an_unreadable_record_or_state_is_named_before_the_data_is_read(tmp_path
         (run / "state.json").write_text(text)
         assert T.main(["--data", str(tmp_path / "not-read.csv"), "--run-dir", str(run), "--resume"]) == 2
         assert f"error: {run / 'state.json'}: {message}" in capsys.readouterr().err
+    command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run), "--out", str(tmp_path / "out")]
+    assert T.main(command) == 2
+    assert "; --restart discards the run there, or use another --run-dir" in capsys.readouterr().err
+    assert T.main([*command, "--restart"]) == 0
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
 
 
 def test_evaluate_without_matplotlib_prints_the_report_and_names_the_pngs_it_skips(tiny_model, fer_csv, tmp_path,

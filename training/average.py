@@ -20,7 +20,7 @@ import numpy as np
 from device.model import ModelError, sha256_file
 from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
-from training.export import MODEL_NAME, export_model, run_out
+from training.export import MODEL_NAME, export_model, out_error, run_out
 from training.metrics import report
 from training.run import chosen_weights, commit_files, finished_state, other_data, read_config
 
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     out = run_out(state, args.out)
+    if error := out_error(out):
+        print(error, file=sys.stderr)
+        return 2
     try:
         cfg = read_config(run, "width", "dropout", "seed", "init")
     except ModelError as e:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     commit_files(run, state, lambda folder: model.save_weights(folder / "average.weights.h5"))
     try:
         path = export_model(run, out, train, test, force=args.force)
-    except ModelError as e:  # a better model in --out: the run keeps the average for a later export
+    except (ModelError, OSError) as e:  # a better model in --out, a full card: the run keeps the average
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported the average to {path}")

@@ -109,6 +109,17 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
+def out_error(out: Path) -> str | None:
+    """Why an export could not be written to `out`, said before hours of training or minutes of
+    loading data: a file there, or a read-only folder, would only fail at the export."""
+    if out.exists() and not out.is_dir():
+        return f"error: --out {out}: a file, not a folder (the export writes {MODEL_NAME}.keras and its card into it)"
+    folder = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"error: --out {out}: {folder} is not writable for this user"
+    return None
+
+
 def land_staged(model: Path) -> None:
     """Finish an export or re-score stopped after its record was written but before the staged model
     moved in (the record names the staged file): the model, its record and card agree again. A staged
@@ -391,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if error:
             print(error, file=sys.stderr)
             return 2
+        if error := out_error(run_out(state, args.out)):
+            print(error, file=sys.stderr)
+            return 2
         if not (weights := chosen_weights(args.run_dir, state)).is_file():
             print(f"error: --run-dir {args.run_dir}: no {weights.name} to export (a run none of whose epochs "
                   "beat its --init model exports nothing)", file=sys.stderr)
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(export_model(args.run_dir, run_out(state, args.out), train, test, force=args.force))
-    except ModelError as e:
+    except (ModelError, OSError) as e:  # OSError: a card that filled up, say
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -24,7 +24,7 @@ from device.model import ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
 from training.distill import teacher_records, teacher_targets
-from training.export import cpu_name, export_model, run_out, warm_start_lineage
+from training.export import cpu_name, export_model, out_error, run_out, warm_start_lineage
 from training.metrics import report
 from training.run import STATE, clear_run, commit_files, finish_pending, read_state
 
@@ -305,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         old = read_state(run, "config", "epochs_done") if (run / STATE).exists() else None
     except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if not args.restart:  # a damaged or hand-edited state: --restart is the way out, so it may discard it
+            print(f"error: {e}; --restart discards the run there, or use another --run-dir", file=sys.stderr)
+            return 2
+        old = None
 
     # --- configuration: fresh from the command line, or as saved by the run we resume
     discard = False
@@ -338,14 +340,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if old and old.get("export_due") and not args.restart:  # its best epoch or average is only here
             if refused := old.get("export_refused"):  # retrying without --force would be refused again
+                folder = Path(refused["model"]).parent  # --out as that export had it, not as the run does
                 print(f"error: {run} holds a finished run whose export was refused: {refused['model']} scored "
                       f"{refused['model_accuracy']:.2%} on PublicTest, the run {refused['export_accuracy']:.2%}: "
-                      f"--resume --force (or python -m training.export --run-dir {run} --force) to replace it "
-                      "anyway, --restart to discard the run, or another --run-dir", file=sys.stderr)
+                      f"--resume --force --out {folder} (or python -m training.export --run-dir {run} --data DATA "
+                      f"--out {folder} --force) to replace it anyway, --restart to discard the run, or another "
+                      "--run-dir", file=sys.stderr)
                 return 2
             print(f"error: {run} holds a finished run whose export to {old.get('out', 'models')} did not complete: "
-                  f"--resume (or python -m training.export --run-dir {run}) to export it, --restart to discard it, "
-                  "or another --run-dir", file=sys.stderr)
+                  f"--resume (or python -m training.export --run-dir {run} --data DATA) to export it, --restart to "
+                  "discard it, or another --run-dir", file=sys.stderr)
             return 2
         if args.init and not args.init.is_file():
             print(f"error: --init {args.init}: no such file", file=sys.stderr)
@@ -376,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     # Run options a resume keeps, so that resuming with fewer flags cannot export over models/
     # or repeat the run differently
     out = run_out(state, args.out)  # as given, like --init
+    if error := out_error(out):
+        print(error, file=sys.stderr)
+        return 2
     keep_epochs = args.keep_epochs or state.get("keep_epochs", False)
     deterministic = args.deterministic or state.get("deterministic", False)
     skip_bad = args.skip_bad or state.get("skip_bad", False)
@@ -500,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         path = export_model(run, out, train, test, force=args.force)
-    except ModelError as e:  # a better model in --out: the run keeps its weights for a later export
+    except (ModelError, OSError) as e:  # a better model in --out, a full card: the run keeps its weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     chosen = "average" if "average" in state else f"best epoch ({state['best_epoch']})"
