@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-trip", type=int, default=700, help="PublicTest faces for the crop round trip")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = p.parse_args(argv)
+    for flag in ("frames", "round_trip"):  # 0 frames would print nan frames/s, 0 faces fail in concatenate
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     parts = set(args.parts.split(","))
     if not parts <= set(PARTS):
         p.error(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")

@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill", type=float, default=0.0,
                    help="weight of teacher targets (random ones here: their cost, not their values, counts)")
     args = p.parse_args(argv)
-    for flag in ("steps", "rounds"):
+    for flag in ("steps", "rounds", "batch_size"):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.width <= 0:  # the builder would quietly build its smallest layers and call them width 0
+        p.error(f"--width {args.width}: must be above 0")
 
     import keras
     import tensorflow as tf

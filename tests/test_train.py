@@ -967,10 +967,13 @@ def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys, fer_c
     n = len(fer.load_split(fer_csv, "train"))  # more steps than one epoch holds would time its short last batch
     assert train_pipeline.main(["--data", str(fer_csv), "--batch-size", "4", "--steps", str(n // 4 - 1)]) == 2
     assert f"--steps {n // 4 - 1}: at most {n // 4 - 2} with --batch-size 4 on {n} faces" in capsys.readouterr().err
-    for flag in ("--steps", "--rounds"):  # -3 steps would time an endless take(-1), 0 divide by zero
+    for bench, flag, message in [  # -3 steps would time an endless take(-1), 0 divide by zero
+            *((train_pipeline, f, f"{f} 0: must be at least 1") for f in ("--steps", "--rounds", "--batch-size")),
+            (train_pipeline, "--width", "--width 0.0: must be above 0"),
+            *((bench_device, f, f"{f} 0: must be at least 1") for f in ("--frames", "--round-trip"))]:
         with pytest.raises(SystemExit) as stop:
-            train_pipeline.main(["--data", str(missing), flag, "0"])
-        assert stop.value.code == 2 and f"{flag} 0: must be at least 1" in capsys.readouterr().err
+            bench.main(["--data", str(missing), flag, "0"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
     model = tmp_path / "fer_vgg16_int8.tflite"
     assert bench_device.main(["--data", str(missing), "--model", str(model)]) == 2
     assert f"bench: error: {model}" in capsys.readouterr().err  # named before the data is read
