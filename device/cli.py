@@ -213,12 +213,17 @@ def log_room(path: Path) -> str:
 def cmd_check(cfg, skip: list[str]) -> int:
     from device.sources import open_source
 
-    if "camera" not in skip and (why := no_core_dumps()):  # it reads a frame too
+    held = ("camera", "display", "button") if spare.in_use(spare.beside(cfg["storage"]["path"])) else ()
+    if "camera" not in [*skip, *held] and (why := no_core_dumps()):  # it reads a frame too
         logging.getLogger("feedbackd").warning("a crash may leave a core dump holding a camera frame (%s)", why)
     results = []
 
     def part(name: str, fn) -> None:
         if name in skip:
+            return
+        if name in held:  # said, so that a technician does not take the part for checked
+            results.append((name, None, "the running service holds it: stop it (sudo systemctl stop feedbackd) "
+                                        "to check it too"))
             return
         try:
             results.append((name, True, fn()))
@@ -278,8 +283,8 @@ def cmd_check(cfg, skip: list[str]) -> int:
     # informative: a kiosk still stores entries on a clock it cannot vouch for, each marked so
     part("clock", lambda: f"{clock.describe(clock.clock_source())}; {clock.local_zone()}")
     for name, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
+        print(f"{'skip' if ok is None else 'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
+    return 0 if all(ok is not False for _, ok, _ in results) else 1
 
 
 def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassifier, cfg) -> dict:
@@ -350,8 +355,8 @@ def log_exists(path: Path, command: str) -> bool:
 
 def denied(path: Path, command: str) -> StorageError:
     """The log at `path` is out of this user's reach: how to run `command` so that it is not."""
-    if os.environ.get("SUDO_USER"):  # sudo already: the command dropped to the service user, who cannot read it
-        user = pwd.getpwuid(os.geteuid()).pw_name
+    if os.environ.get("FEEDBACKD_DROPPED_ROOT"):  # root already (sudo, or a root shell): the wrapper dropped
+        user = pwd.getpwuid(os.geteuid()).pw_name  # to the service user, who cannot read it
         return StorageError(f"{path}: permission denied for the {user} user, which sudo feedbackd runs as: "
                             f"copy the log into a folder it can read (not /root), or chown {user} the copy")
     return StorageError(f"{path}: permission denied: run it as root (sudo feedbackd {command}), "

@@ -21,6 +21,7 @@ FACE_FILES = {
     CAFFEMODEL: "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
 }
 MEAN_BGR = (104.0, 177.0, 123.0)  # the res10 training mean
+CHECKOUT = Path(__file__).resolve().parents[1]  # where `make models` fetches the files, into models/face
 
 
 class DetectorError(RuntimeError):
@@ -49,27 +50,35 @@ class Box:
 
 def check_face_files(model_dir: Path) -> dict[str, Path]:
     """Paths of the detector files, each present and matching its pinned sha256."""
-    # An installed kiosk (FEEDBACKD_HOME: the unit and the feedbackd command set it) has no make
-    # targets in its folder: installing again from the checkout restores and re-checks the files.
-    kiosk = bool(os.environ.get("FEEDBACKD_HOME"))
     paths = {}
     for name, digest in FACE_FILES.items():
         path = Path(model_dir) / name
         if not path.is_file():
-            fix = "run 'sudo make install' from the checkout" if kiosk else "run 'make models'"
-            raise DetectorError(f"{path}: face-detector file missing from detector.dir: {fix}, "
-                                "or set detector.dir to the folder that holds it")
+            raise DetectorError(f"{path}: face-detector file missing from detector.dir: {_fix(model_dir, True)}")
         try:
             actual = sha256_file(path)
         except OSError as e:  # a root-only file copied in, a failing SD card: named, not a traceback
             raise DetectorError(f"{path}: cannot read the face-detector file: {e}") from None
         if actual != digest:
-            fix = ("run 'sudo make install' from the checkout, which fetches it again" if kiosk
-                   else "delete it and run 'make models'")
             raise DetectorError(f"{path}: sha256 {actual[:16]}… is not the pinned {digest[:16]}… "
-                                f"(corrupt or wrong file in detector.dir: {fix})")
+                                f"(corrupt or wrong file in detector.dir: {_fix(model_dir, False)})")
         paths[name] = path
     return paths
+
+
+def _fix(model_dir: Path, missing: bool) -> str:
+    """What restores the files: the make targets fetch them into the models/face they install from
+    (an installed kiosk, FEEDBACKD_HOME, has no make targets in its folder), never into a folder of
+    the owner's, where that advice would only repeat the same error."""
+    kiosk = os.environ.get("FEEDBACKD_HOME")
+    fetched = Path(kiosk or CHECKOUT) / "models" / "face"
+    if Path(model_dir).resolve() != fetched.resolve():
+        return f"copy the pinned files from {fetched} into it, or set detector.dir to {fetched}"
+    if kiosk:
+        fix = "run 'sudo make install' from the checkout" + ("" if missing else ", which fetches it again")
+    else:
+        fix = "run 'make models'" if missing else "delete it and run 'make models'"
+    return f"{fix}, or set detector.dir to the folder that holds it" if missing else fix
 
 
 class FaceDetector:

@@ -62,6 +62,22 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def in_use(path: Path) -> bool:
+    """Whether a running daemon holds this spare file's lock: `check` then leaves alone the camera,
+    display and button it holds, where opening them would fail or blank the screen staff read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no spare file (no daemon ever ran on this log), or not readable for this user
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once by the close below
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def waiting(path: Path) -> list[dict]:
     """The entries a spare file holds for the daemon to restore, read without changing the file
     (`feedbackd export`, `summary`, `check`); none where there is no file."""

@@ -7,7 +7,9 @@
 export FEEDBACKD_HOME=@PREFIX@
 if [ "$(id -u)" = 0 ]; then
     # The service's own folder (its WorkingDirectory, where lgpio puts the service's FIFO): the same user's.
-    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ LG_WD=@STATE@ @PREFIX@/venv/bin/feedbackd "$@"
+    # FEEDBACKD_DROPPED_ROOT: a log out of its reach is then not answered with "run it as root".
+    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ FEEDBACKD_DROPPED_ROOT=1 LG_WD=@STATE@ \
+        @PREFIX@/venv/bin/feedbackd "$@"
 fi
 export LG_WD="${LG_WD:-${XDG_RUNTIME_DIR:-/tmp}}"
 exec @PREFIX@/venv/bin/feedbackd "$@"

@@ -271,10 +271,20 @@ start_service() {
 
 restart_if_failed() {
     local rc=$?
-    if [ "$rc" != 0 ]; then
-        say "the service was running before this install failed: starting it again"
+    if [ "$rc" != 0 ]; then  # started first: a hung-up terminal may fail the line that says so
         systemctl start feedbackd.service || true
+        say "the service was running before this install failed: started it again" || true
     fi
+}
+
+stop_for_upgrade() {
+    # "activating" too: a service in its restart loop must not start on a half-written venv.
+    case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
+        trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
+        # Ctrl-C, a dropped SSH session or a kill: bash would run the EXIT trap with $? 0
+        trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+        systemctl stop feedbackd.service ;;
+    esac
 }
 
 if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
@@ -291,11 +301,7 @@ if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     apt_packages
     service_user
-    # "activating" too: a service in its restart loop must not start on a half-written venv.
-    case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
-        trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
-        systemctl stop feedbackd.service ;;
-    esac
+    stop_for_upgrade
 fi
 build_venv
 install_models

@@ -369,8 +369,10 @@ def test_cache_is_keyed_by_checksum(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_csv(path, {"Training": (x[:7], y[:7])})  # changed source: new checksum, re-read
     assert len(load_split(path, "train")) == 7
+    entries = list((fer.cache_dir() / "data").glob("*.npz"))
+    assert entries  # the cache is where it is damaged: else the loop below damages nothing
     for damage in (b"cut short by a power cut", b""):  # or renamed in before its bytes reached the disk
-        for entry in (fer.cache_dir() / "data").glob("*.npz"):
+        for entry in entries:
             entry.write_bytes(damage)
         assert len(load_split(path, "train")) == 7  # a damaged cache entry is read again, not an error
 

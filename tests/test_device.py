@@ -36,7 +36,7 @@ from device.display import Display, Screen, render
 from device.model import EmotionClassifier, ModelError
 from device.preprocess import DISPLAY_NAMES
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
-from device.spare import SIZE, beside, waiting
+from device.spare import SIZE, SpareFile, beside, waiting
 from device.storage import Entry, FeedbackLog, StorageError
 
 
@@ -424,18 +424,19 @@ def test_the_journal_is_told_apart_from_a_terminal_that_inherited_its_variable(t
         assert not to_journal()
 
 
-def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
-    def blinks(due: int) -> int:
-        """The LED's blinks so far, once `due` of them ended (none due: after as long as two take)."""
-        deadline = time.monotonic() + (5 if due else 0.7)
-        while time.monotonic() < deadline:
-            states = [state for _, state in rig.led.states]
-            if due and states.count(1) >= due and states[-1] == 0:
-                time.sleep(0.3)  # and no more
-                break
-            time.sleep(0.01)
-        return [state for _, state in rig.led.states].count(1)
+def blinks(led, due: int) -> int:
+    """The mock LED pin's blinks so far, once `due` of them ended (none due: after as long as two take)."""
+    deadline = time.monotonic() + (5 if due else 0.7)
+    while time.monotonic() < deadline:
+        states = [state for _, state in led.states]
+        if due and states.count(1) >= due and states[-1] == 0:
+            time.sleep(0.3)  # and no more
+            break
+        time.sleep(0.01)
+    return [state for _, state in led.states].count(1)
 
+
+def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_folder, tmp_path):
     db = tmp_path / "feedback.db"
     rig = Rig(model, empty_folder, db,
               **{"storage.retry_s": 60.0, "button.cooldown_s": 0.5, "display.thank_you_s": 0.5})
@@ -449,14 +450,14 @@ def test_the_led_blinks_only_when_an_entry_is_stored(model, face_folder, empty_f
     before = time.monotonic()
     rig.steps(1)
     after = time.monotonic()
-    assert rig.store.count() == 0 and blinks(0) == 0
+    assert rig.store.count() == 0 and blinks(rig.led, 0) == 0
     assert rig.daemon.screen(before + 0.4).kind == "thanks"  # kept: the customer need not press again
     assert rig.daemon.screen(after + 0.6).title == "Storage error"  # then, for staff
     _break_storage(rig, db, False)
     rig.steps(1)  # the next customer, seen
     rig.press()  # long before the retry is due: the kept entry goes first, then this one
     rig.steps(1)
-    assert rig.store.count() == 2 and blinks(2) == 2  # one acknowledgement, this customer's
+    assert rig.store.count() == 2 and blinks(rig.led, 2) == 2  # one acknowledgement, this customer's
     first, second = rig.store.rows()
     assert first["utc"] < second["utc"]  # ids follow press order
     rig.close()
@@ -551,32 +552,28 @@ def test_without_a_spare_file_an_entry_the_log_refuses_is_kept_in_memory_and_sho
     rig.close()
 
 
-class PressOnly:
-    """A button pressed when told, for a daemon run without camera, detector or model."""
+def mock_button() -> GpioButton:
+    """The real button on gpiozero's mock pins (as the Rig's), for a daemon run without camera,
+    detector or model: the press on BCM 17, the LED on 27."""
+    from gpiozero.pins.mock import MockFactory
 
-    def __init__(self) -> None:
-        self.pressed: list[float] = []
-        self.acknowledged = 0  # the LED's blinks: an entry stored
-
-    def presses(self) -> list[float]:
-        pressed, self.pressed = self.pressed, []
-        return pressed
-
-    def acknowledge(self) -> None:
-        self.acknowledged += 1
+    return GpioButton(17, pull_up=True, bounce_s=0, led_pin=27, pin_factory=MockFactory())
 
 
-def bare_daemon(store) -> tuple[Daemon, PressOnly]:
+def bare_daemon(store) -> tuple[Daemon, GpioButton]:
     """The daemon's presses, log and spare file alone: no camera, detector, model or display."""
     classifier = SimpleNamespace(manifest=SimpleNamespace(display_names=DISPLAY_NAMES), path=Path("m"), sha256="ab")
-    button = PressOnly()
+    button = mock_button()
     return Daemon(load_config(None), None, None, classifier, None, button, store, device_id="till-3"), button
 
 
-def press(daemon: Daemon, button: PressOnly, at: float, emotion: str = "Happy") -> None:
+def press(daemon: Daemon, button: GpioButton, at: float, emotion: str = "Happy") -> None:
     """A customer showing `emotion` presses at `at` (monotonic seconds), and the daemon handles it."""
     daemon.smoother.add(at, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index(emotion)])
-    button.pressed.append(at)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(time, "monotonic", lambda: at)  # the button notes the pin's edge at `at`
+        button.button.pin.drive_low()
+        button.button.pin.drive_high()
     daemon._handle_presses()
 
 
@@ -646,19 +643,20 @@ def test_not_saved_turns_to_the_thanks_once_a_retry_keeps_the_entry_while_it_sho
     store = FeedbackLog(db)
     store.db.execute("PRAGMA query_only = ON")  # a full card: the log refuses the entry
     daemon, button = bare_daemon(store)
+    led = button.led.pin
     start = time.monotonic()
     for emotion, room in (("Happy", False), ("Sad", True)):  # the spare's write works again, then the log's
         monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)  # and the card fails the spare's write
         press(daemon, button, now := start + 10 * room, emotion)
         monkeypatch.undo()
         until = daemon._thanks[0]
-        assert daemon.screen(now).title == "Not saved" and button.acknowledged == 0
+        assert daemon.screen(now).title == "Not saved" and not led.states[1:]  # the LED not lit since set up
         store.db.execute(f"PRAGMA query_only = {'OFF' if room else 'ON'}")
         daemon._retry_at = 0.0
         daemon._retry_pending()
         rating = load_config(None)["rating"]
         assert daemon.screen(now) == Screen("thanks", emotion, rating["map"][emotion], rating["max"])
-        assert daemon._thanks[0] == until and button.acknowledged == room
+        assert daemon._thanks[0] == until and blinks(led, 2 * room) == 2 * room  # one blink (two flashes), once stored
     assert [r["emotion"] for r in store.rows()] == ["Happy", "Sad"] and waiting(beside(db)) == []
     daemon.close()
     store.close()
@@ -673,7 +671,7 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     kept = entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"), earlier)
     path.write_bytes(f"{kept}\n".encode().ljust(SIZE, b"\0"))
 
-    def start() -> tuple[Daemon, FeedbackLog, PressOnly]:
+    def start() -> tuple[Daemon, FeedbackLog, GpioButton]:
         store = FeedbackLog(db)
         daemon, button = bare_daemon(store)
         return daemon, store, button
@@ -923,6 +921,27 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys, monkeypat
     assert cli.main([*base, "--skip", "camera", "--png-path", str(tmp_path / "folder.png")]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if " display " in f" {x} ")
     assert line.startswith("FAIL display") and "display.driver = png: cannot draw" in line
+
+
+def test_check_beside_the_running_service_leaves_alone_the_parts_it_holds(model, face_folder, tmp_path, capsys):
+    """`sudo feedbackd check` on a live kiosk: opening the busy button would fail, and luma's exit
+    hook would blank the screen staff are reading; the parts are said to be skipped, not passed."""
+    db, screen = tmp_path / "f.db", tmp_path / "screen.png"
+    base = ["check", "--source", "images", "--camera-path", str(face_folder), "--display", "png",
+            "--png-path", str(screen), "--button", "none", "--db", str(db), "--model", str(model),
+            "--detector-dir", str(FACE_DIR)]
+    held = SpareFile(beside(db))  # as the daemon holds it while it runs
+    try:
+        assert cli.main(base) == 0
+    finally:
+        held.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["skip" if p in ("camera", "display", "button") else "ok", p]
+                                                    for p in cli.CHECK_PARTS]
+    assert "the running service holds it: stop it (sudo systemctl stop feedbackd)" in lines[0]
+    assert not screen.exists()
+    assert cli.main(base) == 0  # the service stopped: every part is checked
+    assert all(line.startswith("ok ") for line in capsys.readouterr().out.splitlines()) and screen.exists()
 
 
 def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys, monkeypatch):
@@ -1182,25 +1201,25 @@ def test_a_face_detector_file_that_cannot_be_read_is_named_at_the_start(tmp_path
 
 
 def test_a_display_write_error_is_logged_and_retried(caplog):
+    """luma's dummy panel behind a loose cable: its first write fails, the next draws the screen whole."""
+    from luma.core.device import dummy
     from luma.core.error import DeviceNotFoundError
 
-    class LooseCable:
-        size, mode = (128, 64), "1"
-
-        def __init__(self):
-            self.calls, self.drawn = 0, []
+    class LooseCable(dummy):
+        calls = 0
 
         def display(self, image):
             self.calls += 1
             if self.calls == 1:  # what luma's i2c interface raises for errno 121 (EREMOTEIO)
                 raise DeviceNotFoundError("I2C device not found on address: 0x3C")
-            self.drawn.append(image)
+            super().display(image)
 
     caplog.set_level("INFO", logger="feedbackd")
-    display = Display(LooseCable())
-    assert display.show(Screen("idle")) is False and "0x3C" in display.error
+    display = Display(LooseCable(width=128, height=64, mode="1"))
+    assert display.show(Screen("idle")) is False and "0x3C" in display.error and display.device.image is None
     assert display.show(Screen("idle")) is True and display.error is None  # the same screen is drawn again
-    assert len(display.device.drawn) == 1
+    assert display.device.calls == 2
+    assert display.device.image.tobytes() == render(Screen("idle"), (128, 64), "1").tobytes()
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
 
 
@@ -1476,17 +1495,18 @@ def test_the_customer_who_pressed_while_looking_down_keeps_no_lead_when_looking_
 
 
 def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, tmp_path, caplog):
+    from luma.core.device import dummy
     from luma.core.error import DeviceNotFoundError
 
-    class Unplugged:
-        size, mode, calls = (128, 64), "1", 0
+    class Unplugged(dummy):  # luma's dummy panel, its cable pulled: every write fails
+        calls = 0
 
         def display(self, image):
             self.calls += 1
             raise DeviceNotFoundError("I2C device not found on address: 0x3C")
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db")
-    rig.daemon.display = Display(Unplugged())
+    rig.daemon.display = Display(Unplugged(width=128, height=64, mode="1"))
     rig.steps(2)
     rig.press()
     rig.steps(2)
@@ -2038,7 +2058,7 @@ def test_a_model_label_without_a_rating_is_refused_naming_the_config(tmp_path):
                                        path=tmp_path / "fer_plus.tflite", sha256="ab")
     store = FeedbackLog(tmp_path / "f.db")
     with pytest.raises(ConfigError) as err:
-        Daemon(cfg, None, None, classifier, None, PressOnly(), store)
+        Daemon(cfg, None, None, classifier, None, mock_button(), store)
     assert str(err.value) == (f"{path}: rating.map has no rating for Contempt "
                               f"(labels of {tmp_path / 'fer_plus.tflite'})")
     store.close()
@@ -2053,7 +2073,7 @@ def test_a_long_face_window_holds_a_customer_who_looked_away_for_no_more_than_3_
     classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES),
                                        path=tmp_path / "m.tflite", sha256="ab")
     store = FeedbackLog(tmp_path / "f.db")
-    daemon = Daemon(cfg, None, None, classifier, None, PressOnly(), store)
+    daemon = Daemon(cfg, None, None, classifier, None, mock_button(), store)
     assert daemon.finder.hold_s == 3.0
     daemon.close()
     store.close()
@@ -2100,12 +2120,12 @@ def test_export_of_a_log_this_user_cannot_read_says_how(tmp_path, capsys, monkey
         return real_stat(self, **kw)
 
     monkeypatch.setattr(pathlib.Path, "stat", stat)
-    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.delenv("FEEDBACKD_DROPPED_ROOT", raising=False)
     assert cli.main(["export", "--db", str(tmp_path / "f.db")]) == 2
     assert "f.db: permission denied: run it as root (sudo feedbackd export)" in capsys.readouterr().err
     # under sudo the command runs as the service user: a copy in /root is out of its reach, and saying
     # "run it as root" again would send the technician round in a circle
-    monkeypatch.setenv("SUDO_USER", "pi")
+    monkeypatch.setenv("FEEDBACKD_DROPPED_ROOT", "1")
     user = pwd.getpwuid(os.geteuid()).pw_name
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 2
     assert f"f.db: permission denied for the {user} user, which sudo feedbackd runs as: copy the log into a folder " \
@@ -2221,7 +2241,7 @@ def test_run_by_a_user_kept_out_of_the_logs_folder_says_to_run_it_as_root(tmp_pa
 
     monkeypatch.setattr(pathlib.Path, "stat", stat)
     monkeypatch.setattr(sqlite3, "connect", connect)
-    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.delenv("FEEDBACKD_DROPPED_ROOT", raising=False)
     monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: None)  # the parts before the log
     monkeypatch.setattr(cli.FaceDetector, "from_config", lambda cfg: None)
     assert cli.main(["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(db)]) == 2
@@ -2264,7 +2284,7 @@ def test_an_export_to_a_file_syncs_its_new_name(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", noted)
     assert cli.main(["export", "--db", str(db), "--output", str(out)]) == 0
-    assert synced[-1] == (True, True)  # the folder, after the rename
+    assert synced == [(False, False), (True, True)]  # the CSV's bytes before the rename, then the folder after it
 
 
 def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, capsys, monkeypatch):

@@ -72,6 +72,21 @@ def sourced(function: str, **env: str) -> subprocess.CompletedProcess:
     return r
 
 
+@pytest.mark.parametrize(("then", "restarted"), [("true", False), ("false", True), ("kill -s HUP $$", True),
+                                                  ("kill -s INT $$", True), ("kill -s TERM $$", True)])
+def test_an_upgrade_that_fails_or_is_interrupted_starts_the_service_it_stopped(tmp_path, then, restarted):
+    """Ctrl-C or a dropped SSH session during the minutes of pip: bash runs the EXIT trap with $? 0,
+    which would have left the kiosk stopped until a reboot."""
+    calls = tmp_path / "calls"
+    script = (f'source "$0"; systemctl() {{ if [ "$1" = show ]; then echo active; else echo "$*" >> {calls}; fi; }}; '
+              f"stop_for_upgrade; {then}; sleep 0.1")
+    r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
+                       timeout=60)
+    assert (r.returncode == 0) == (not restarted), r.stdout + r.stderr
+    expected = ["stop feedbackd.service", *(["start feedbackd.service"] if restarted else [])]
+    assert calls.read_text().splitlines() == expected
+
+
 def test_install_lays_out_the_tree(dest):
     opt = dest / PREFIX.lstrip("/")
     for path in ["etc/systemd/system/feedbackd.service", "etc/feedbackd/config.toml",
@@ -82,7 +97,10 @@ def test_install_lays_out_the_tree(dest):
                  f"{PREFIX}/models/face/res10_300x300_ssd_iter_140000.caffemodel"]:
         assert (dest / path.lstrip("/")).exists(), path
     assert (opt / "models/fer_vgg16_int8.tflite").read_bytes() == (ROOT / "models/fer_vgg16_int8.tflite").read_bytes()
-    assert f"FEEDBACKD_HOME={PREFIX}" in (dest / "usr/local/bin/feedbackd").read_text()
+    wrapper = (dest / "usr/local/bin/feedbackd").read_text()
+    assert f"FEEDBACKD_HOME={PREFIX}" in wrapper
+    # root drops to the service user, and says so: a log that user cannot read is not "run it as root"
+    assert re.search(r"runuser -u feedbackd -- env FEEDBACKD_HOME=\S+ FEEDBACKD_DROPPED_ROOT=1 ", wrapper), wrapper
 
 
 def test_exec_start_is_what_the_install_created(dest, tmp_path):
@@ -496,7 +514,7 @@ def test_check_says_to_use_sudo_for_a_log_this_user_cannot_reach(tmp_path, capsy
         return real_stat(self, **kw)
 
     monkeypatch.setattr(pathlib.Path, "stat", stat)
-    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.delenv("FEEDBACKD_DROPPED_ROOT", raising=False)
     check = ["check", *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
     for db in (tmp_path / "feedback.db", tmp_path / "none.db"):  # a log, or none yet: neither can be looked for
         assert cli.main([*check, "--db", str(db)]) == 1

@@ -236,23 +236,31 @@ def test_relative_paths_mean_the_folder_they_were_given_in(tmp_path, monkeypatch
     assert stream["camera"]["path"] == "rtsp://till-3.local/stream"  # a URL OpenCV opens, not a file
 
 
-@pytest.mark.parametrize(("home", "fix"), [(None, "run 'make models'"),
-                                           ("/opt/feedbackd", "run 'sudo make install' from the checkout")])
-def test_missing_model_files_name_the_key_and_the_fix_that_fits(tmp_path, monkeypatch, home, fix):
-    """A kiosk (FEEDBACKD_HOME set by the unit and the feedbackd command) has no make targets in its folder."""
+@pytest.mark.parametrize(("kiosk", "fix"), [(False, "run 'make models'"),
+                                            (True, "run 'sudo make install' from the checkout")])
+def test_missing_model_files_name_the_key_and_the_fix_that_fits(tmp_path, monkeypatch, kiosk, fix):
+    """A kiosk (FEEDBACKD_HOME set by the unit and the feedbackd command) has no make targets in its
+    folder; and neither target writes into a detector.dir of the owner's, so that advice would loop."""
+    from device import detector
     from device.detector import PROTOTXT, DetectorError, check_face_files
     from device.model import EmotionClassifier, ModelError
 
-    if home:
-        monkeypatch.setenv("FEEDBACKD_HOME", home)
+    home = tmp_path / ("opt" if kiosk else "checkout")
+    if kiosk:
+        monkeypatch.setenv("FEEDBACKD_HOME", str(home))
     else:
         monkeypatch.delenv("FEEDBACKD_HOME", raising=False)
-    with pytest.raises(DetectorError, match=re.escape(f"{tmp_path / PROTOTXT}: face-detector file missing from "
-                                                      f"detector.dir: {fix}, or set detector.dir")):
-        check_face_files(tmp_path)
-    (tmp_path / PROTOTXT).write_text("not the res10 file")
-    with pytest.raises(DetectorError, match=r"\(corrupt or wrong file in detector\.dir: .*" + re.escape(fix)):
-        check_face_files(tmp_path)
+        monkeypatch.setattr(detector, "CHECKOUT", home)
+    fetched = home / "models/face"
+    copy = f"copy the pinned files from {fetched} into it, or set detector.dir to {fetched}"
+    for folder, advice in ((fetched, fix), (tmp_path / "mine", copy)):
+        folder.mkdir(parents=True)
+        with pytest.raises(DetectorError, match=re.escape(f"{folder / PROTOTXT}: face-detector file missing from "
+                                                          f"detector.dir: {advice}")):
+            check_face_files(folder)
+        (folder / PROTOTXT).write_text("not the res10 file")
+        with pytest.raises(DetectorError, match=r"\(corrupt or wrong file in detector\.dir: .*" + re.escape(advice)):
+            check_face_files(folder)
     with pytest.raises(ModelError, match=re.escape("emotion model not found: check model.path, or restore the model "
                                                    "('sudo make install' from the checkout on a kiosk")):
         EmotionClassifier(tmp_path / "none.tflite")
@@ -1087,10 +1095,10 @@ def test_the_spare_file_keeps_whole_lines_in_the_room_it_took(tmp_path, caplog, 
     monkeypatch.undo()
 
 
-def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, monkeypatch):
+def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, monkeypatch, caplog):
     """A sync that fails leaves the entry's bytes unsure: they are written again, with the next
     entry, over the same place; a clearing that fails leaves the next entry at the start, where
-    the zeros already on the disk cannot hide it."""
+    the zeros already on the disk cannot hide it. A clearing is synced, its zeros not left in the page cache."""
     import errno
 
     from device.spare import SpareFile, waiting
@@ -1113,13 +1121,17 @@ def test_the_spare_file_writes_again_what_a_failing_card_did_not_take(tmp_path, 
     monkeypatch.setattr(os, "fsync", fails(1, os.fsync))
     spare.clear()  # the log took them; the zeros are written but not synced
     monkeypatch.undo()
+    assert spare.unsure and "cannot clear it (" in caplog.text  # the failed sync was seen, not taken for done
     assert spare.append('{"utc": "c"}')
     assert waiting(path) == [{"utc": "c"}]
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
     spare.clear()  # not a byte cleared
     monkeypatch.undo()
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
     spare.clear()  # tried again, though nothing is written past the start any more
-    assert path.read_bytes() == bytes(256)
+    monkeypatch.undo()
+    assert path.read_bytes() == bytes(256) and synced == [spare.fd] and not spare.unsure  # its zeros on the disk
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: 0)
     assert not spare.append('{"utc": "%s"}' % ("d" * 100))
     monkeypatch.undo()
@@ -1254,20 +1266,22 @@ print(why, before, locked_kb())
 def test_run_and_check_make_themselves_undumpable_before_a_frame(tmp_path, monkeypatch):
     """A crash of `make run` or `sudo feedbackd check` (outside the unit's LimitCORE=0) must leave
     no core file holding camera frames, whatever `ulimit -c` says: the kernel's own flag is read back."""
-    from device import cli
+    from device import cli, sources
 
     code = ("import ctypes, sys, device.memlock as m; get = lambda: ctypes.CDLL(None).prctl(3, 0, 0, 0, 0); "
             "before = get(); why = m.no_core_dumps(); print(before, get(), why)")  # 3: PR_GET_DUMPABLE
     said = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert said.stdout.split() == ["1", "0", "None"]
-    called = []
-    monkeypatch.setattr(cli, "no_core_dumps", lambda: called.append(1))
+    events, open_source = [], sources.open_source
+    monkeypatch.setattr(cli, "no_core_dumps", lambda: events.append("undumpable"))
+    monkeypatch.setattr(sources, "open_source", lambda cfg: (events.append("camera"), open_source(cfg))[1])
     png = ["--display", "png", "--png-path", str(tmp_path / "s.png")]
     assert cli.main(["run", "--source", "demo", *png, "--button", "none", "--model", str(tmp_path / "none.tflite"),
                      "--db", str(tmp_path / "f.db")]) == 2  # it stops at the missing model: the call came first
+    assert events == ["undumpable"]
     skip = [f"--skip={p}" for p in cli.CHECK_PARTS if p != "camera"]
     assert cli.main(["check", "--source", "demo", *png, *skip]) == 0
-    assert len(called) == 2
+    assert events == ["undumpable", "undumpable", "camera"]  # before the camera is opened, not after the parts
 
 
 @pytest.mark.parametrize("limit", ["unlimited", "finite"])
