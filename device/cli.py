@@ -350,6 +350,8 @@ def log_exists(path: Path, command: str) -> bool:
         return False
     except PermissionError:
         raise denied(path, command) from None
+    except OSError as e:  # a symlink loop, a name too long, an I/O error on a failing card
+        raise StorageError(f"{path}: cannot look for the log: {e.strerror}") from None
     return True
 
 
@@ -431,7 +433,10 @@ def cmd_summary(cfg, args) -> int:
         note = waiting_note(store, "summary", args.since, args.until)
         oldest, newest = store.rating_scales()
         sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
-        tallies = summarize(store.rows(args.since, args.until), oldest, sure_from)
+        # the kiosk's map, where it rates on the newest scale: an older scale's entries are re-rated by emotion
+        rt = cfg["rating"]
+        rerate = (rt["max"], rt["map"]) if rt["max"] == newest else None
+        tallies = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
     finally:
         store.close()
     table = format_table(tallies, newest, oldest, sure_from) if tallies else "no entries in that period"
@@ -452,7 +457,7 @@ def cmd_export(cfg, args) -> int:
         if args.output:
             out = Path(args.output)
             own = ("", "-wal", "-shm", "-journal", ".spare")
-            if out.resolve() in {Path(f"{store.path}{s}").resolve() for s in own}:
+            if os.path.realpath(out) in {os.path.realpath(f"{store.path}{s}") for s in own}:  # a loop: no error
                 raise StorageError(f"--output {out}: that is the feedback log itself; name a new .csv file")
             print(f"wrote {to_file(out, write)} entries to {out}", file=sys.stderr)
         else:

@@ -20,11 +20,19 @@ class Tally:
     unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
     unsure: int = 0  # thanked as "Not sure": counted under the emotion the model found most likely
+    rerated: int = 0  # rated on another scale, counted at their emotion's rating on the current one
 
-    def add(self, row: dict, top: float | None, sure_from: float = 0.0) -> None:
+    def add(self, row: dict, top: float | None, sure_from: float = 0.0,
+            rerate: tuple[float, dict] | None = None) -> None:
+        """`rerate`: the kiosk's scale and rating.map, for an entry rated on another scale; ratings
+        follow from emotions, and the shipped maps are not in proportion (Neutral is 3 of 5, 5 of 10)."""
+        rating = row["rating"]
+        if rerate and top and top != rerate[0] and row["emotion"] in rerate[1]:
+            top, rating = rerate[0], rerate[1][row["emotion"]]
+            self.rerated += 1
         self.entries += 1
         self.scales[top] += 1
-        self.rating_sums[top] += row["rating"]
+        self.rating_sums[top] += rating
         self.emotions[row["emotion"]] += 1
         self.unsynced += row["clock_synced"] == 0
         self.unlogged += row["rating_max"] is None
@@ -36,16 +44,18 @@ class Tally:
         return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
 
 
-def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0) -> list[Tally]:
+def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0,
+              rerate: tuple[float, dict] | None = None) -> list[Tally]:
     """One tally per local date, oldest first, then one for all of them; [] for no rows. An entry
     without a logged scale (stored before v3) is taken as rated out of `unlogged`; one under the
-    kiosk's `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too."""
+    kiosk's `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too; one
+    rated on another scale than `rerate`'s is counted at its emotion's rating in `rerate`'s map."""
     days: dict[str, Tally] = {}
     total = Tally("all")
     for row in rows:
         top = row["rating_max"] or unlogged
-        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top, sure_from)
-        total.add(row, top, sure_from)
+        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top, sure_from, rerate)
+        total.add(row, top, sure_from, rerate)
     return [*(days[d] for d in sorted(days)), total] if total.entries else []
 
 
@@ -66,6 +76,8 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
     if scale:
         rescaled = sum(n for top, n in total.scales.items() if top and top != scale)
         lines.append(f"ratings are out of {scale:g}, the scale of the log's newest entry" + (
+            f"; {total.rerated} of these entries were rated on another and are counted at their emotion's rating "
+            "on this one (rating.map)" if total.rerated else "") + (
             f"; {rescaled} of these entries were rated on another and are converted in proportion" if rescaled else ""))
     if scale and unlogged and total.unlogged:
         lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
