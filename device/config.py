@@ -19,6 +19,7 @@ ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents
 DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
 LCDS = ("st7789", "st7735", "ili9341")  # luma.lcd's SPI colour panels: 240x240, 160x128, 320x240
 OLED_SIZES = ("128x64", "128x32")  # what luma's ssd1306 and sh1106 drive at 128 wide
+HOLD_MAX_S = 3.0  # a customer out of sight this long has gone: the longest button.face_window_s
 DEFAULT_RATINGS = {"Happy": 5, "Surprised": 4, "Neutral": 3, "Sad": 2, "Fearful": 2, "Disgusted": 1, "Angry": 1}
 
 
@@ -70,7 +71,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "smoothing": {
         "window_s": Key(1.0, (int, float), (0.0, 10.0), "probabilities are averaged over this long"),
-        "reset_after_s": Key(2.0, (int, float), (0.1, 60.0), "forget the reading when no face this long"),
+        "reset_after_s": Key(2.0, (int, float), (0.1, 10.0), "forget the reading when no face this long"),
         "min_confidence": Key(0.4, (int, float), (0.0, 1.0), "below this the screen says 'Not sure'"),
     },
     "rating": {
@@ -99,11 +100,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kind": Key("gpio", str, _choices("gpio", "keyboard", "none"), "submit button"),
         "pin": Key(17, int, (0, 27), "button pin (BCM), wired to GND"),
         "pull_up": Key(True, bool, None, "internal pull-up (button to GND)"),
-        "bounce_s": Key(0.05, (int, float), (0.0, 1.0), "debounce time"),
+        "bounce_s": Key(0.05, (int, float), (0.0, 0.1),
+                         "debounce time: a press shorter than this is not seen (lgpio reports a level only "
+                         "once it has held this long)"),
         "cooldown_s": Key(3.0, (int, float), (0.0, 60.0),
                           "one entry per press: presses this soon are ignored, and any while the thank-you shows"),
-        "face_window_s": Key(1.5, (int, float), (0.1, 30.0),
-                             "a press counts if a face was seen this recently (at most smoothing.reset_after_s)"),
+        "face_window_s": Key(1.5, (int, float), (0.1, HOLD_MAX_S),
+                             f"a press counts if a face was seen this recently (at most {HOLD_MAX_S:g} s and "
+                             "smoothing.reset_after_s)"),
         "led_pin": Key(0, int, (0, 27), "LED pin (BCM) that blinks on a stored entry; 0: none"),
     },
     "storage": {

@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,7 +75,6 @@ class Stop:
 
 
 STAGES = ("capture", "detect", "classify", "render")
-HOLD_MAX_S = 3.0  # a customer out of sight this long has gone: a longer face_window_s holds no one up
 IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
 
 
@@ -111,8 +110,12 @@ class Daemon:
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"],  # a press in that window is theirs
-                                 hold_s=min(cfg["button"]["face_window_s"], HOLD_MAX_S))
+                                 hold_s=cfg["button"]["face_window_s"])
         self._box: Box | None = None  # the last face classified
+        # The last two screens drawn: when each was up, and the reading it showed. A press stores the one
+        # up at it: on a Zero 2 W a frame reaches the screen most of a second after it is read, and a press
+        # meanwhile is handled only after that frame is added to the reading and the next screen drawn.
+        self._shown: deque[tuple[float, Reading | None]] = deque(maxlen=2)
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self._missed_at: float | None = None  # the first frame since the last face that showed none
         self._missed = 0  # and how many frames since have shown none
@@ -186,7 +189,9 @@ class Daemon:
         self._retry_pending()
         t2 = time.monotonic()
         self.display.show(self.screen(t2))
-        self.stats.seconds["render"] += time.monotonic() - t2
+        t3 = time.monotonic()
+        self.stats.seconds["render"] += t3 - t2
+        self._shown.append((t3, self.smoother.reading(t2)))  # as screen() had it
         self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
@@ -225,7 +230,7 @@ class Daemon:
             if pressed_at - self._last_accepted < bt["cooldown_s"] or (self._thanks and pressed_at < self._thanks[0]):
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
-            reading = self.smoother.reading(pressed_at)
+            reading = next((r for drawn, r in reversed(self._shown) if drawn <= pressed_at), None)  # as shown
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
                 if not getattr(self.source, "error", None):  # a camera error stays up: trying again cannot help
                     self._no_face_until = now + self.cfg["display"]["thank_you_s"]

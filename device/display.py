@@ -80,14 +80,35 @@ def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: in
     draw.text((x, y), text, font=f, fill=fill)
 
 
+MIN_DETAIL_SIZE = 7  # the smallest type whose letters stay apart on a 1-bit OLED
+
+
+def _detail_words(detail: str) -> list[str]:
+    """An error's detail in words, a path as its file name only (the journal has the rest)."""
+    return re.sub(r"(?<!\S)/(?:[^\s/]+/)+", "", detail).split()
+
+
+def _fits(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> bool:
+    return draw.textlength(text, font=font(size)) <= width - 2  # a pixel clear of each edge
+
+
+def detail_size(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int) -> int:
+    """The largest type up to `size` in which each word of an error's detail fits a line: "reconnecting..."
+    on an upright 64-pixel panel shrinks rather than breaking mid-word. A word too long even in
+    MIN_DETAIL_SIZE (a file name, a hash) is broken, in `size`."""
+    words = _detail_words(detail)
+    return next((s for s in range(size, MIN_DETAIL_SIZE - 1, -1) if all(_fits(draw, w, s, width) for w in words)),
+                size)
+
+
 def detail_lines(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int, most: int) -> list[str]:
     """An error's detail in lines that fit: a path shows only its file name (the journal has the
     rest), and a detail too long for `most` lines ends in '...' rather than being cut mid-screen."""
     def fits(text: str) -> bool:
-        return draw.textlength(text, font=font(size)) <= width - 4
+        return _fits(draw, text, size, width)
 
     words = []
-    for word in re.sub(r"(?<!\S)/(?:[^\s/]+/)+", "", detail).split():
+    for word in _detail_words(detail):
         while not fits(word):  # a file name wider than a portrait panel: broken, not clipped
             cut = next(n for n in range(len(word) - 1, 0, -1) if fits(word[:n]))
             words.append(word[:cut])
@@ -156,6 +177,7 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
     elif screen.kind == "error":
         _centered(d, int(6 * u), screen.title, int(16 * u), w, accent)
         size, top = max(8, int(9 * w / 128)), int(28 * u)  # sized by width: as many words a line on any panel
+        size = detail_size(d, screen.detail, size, w)
         pitch = int(1.25 * size)
         for i, text in enumerate(detail_lines(d, screen.detail, size, w, (h - 2 - top - size) // pitch + 1)):
             _centered(d, top + i * pitch, text, size, w, white)
@@ -167,8 +189,11 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         if screen.kind == "thanks":
             _centered(d, 0, "Thank you!", int(13 * u), w, accent)
             top = int(15 * u)
-        # clear of the face dot in the top right corner, on every panel ("Disgusted" on an LCD)
-        _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white, room=w - 16 * u)
+        elif h > w:  # upright (a 128x64 OLED is 64 wide): the face dot above the label, not beside it
+            top = int(7 * u)
+        # beside the face dot, clear of it ("Disgusted" on an LCD); elsewhere the panel's whole width
+        room = w - 16 * u if screen.kind == "live" and h <= w else w
+        _centered(d, top + int(2 * u), screen.emotion or "Not sure", int(18 * u), w, white, room=room)
         if screen.rating is not None and screen.emotion:
             _rating(d, screen, w, h - 3 * u, 9 * u, int(14 * u), white)
         if screen.face and screen.kind == "live":

@@ -29,7 +29,7 @@ from conftest import FACE_DIR, ROOT, moved_clock, photo
 
 from device import cli, sources
 from device.button import GpioButton
-from device.config import ConfigError, example_toml, load_config
+from device.config import DEFAULT_RATINGS, ConfigError, example_toml, load_config
 from device.daemon import Daemon, entry_json
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
@@ -570,6 +570,7 @@ def bare_daemon(store) -> tuple[Daemon, GpioButton]:
 def press(daemon: Daemon, button: GpioButton, at: float, emotion: str = "Happy") -> None:
     """A customer showing `emotion` presses at `at` (monotonic seconds), and the daemon handles it."""
     daemon.smoother.add(at, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index(emotion)])
+    daemon._shown.append((at, daemon.smoother.reading(at)))  # and the screen shows it
     with pytest.MonkeyPatch.context() as clock:
         clock.setattr(time, "monotonic", lambda: at)  # the button notes the pin's edge at `at`
         button.button.pin.drive_low()
@@ -784,6 +785,36 @@ def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder,
     rig.close()
 
 
+def test_a_press_stores_the_emotion_on_the_screen_not_that_of_a_frame_still_being_processed(
+        model, face_folder, tmp_path, monkeypatch):
+    """On a Zero 2 W a frame reaches the screen most of a second after it was read: a press in that
+    time stores, and thanks with, the emotion and rating the customer saw, not the unseen frame's."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.window_s": 0.5})  # a frame a reading
+    clock = moved_clock(monkeypatch, D)
+    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy", "Sad", "Sad"])
+    find, at_press = finder.find, []
+
+    def slow_find(frame):  # 0.8 s a detection; the press 0.2 s into the Sad frame's
+        box = find(frame)
+        clock[0] += 0.2
+        if finder.emotion == "Sad" and not at_press:
+            rig.press()
+            at_press.append(rig.daemon.display.current)
+        clock[0] += 0.6
+        return box
+
+    finder.find = slow_find
+    rig.steps(3)
+    monkeypatch.undo()
+    assert [(s.emotion, s.rating) for s in at_press] == [("Happy", 5)]
+    assert [(r["emotion"], r["rating"]) for r in rig.store.rows()] == [("Happy", 5)]
+    assert rig.daemon._thanks[1] == Screen("thanks", "Happy", 5, 5)
+    rig.close()
+
+
 def test_a_press_is_never_credited_to_a_face_that_appeared_after_it(model, face_folder, empty_folder, tmp_path):
     """The screen showed a camera error while the press waited; the first frame after it shows
     the next person, whose expression must not be stored as the earlier customer's feedback."""
@@ -855,7 +886,12 @@ def test_killed_writer_loses_no_acknowledged_entry(tmp_path, monkeypatch):
         ("[camera]\nsource = 'video'\n", "camera.path: required when camera.source is 'video'"),
         ("[camera\n", "cannot read config"),
         ("[storage]\npath = 'feedback.db'\n", "storage.path: must be an absolute path"),
-        ("[button]\nface_window_s = 5\n", "button.face_window_s: 5.0 is longer than smoothing.reset_after_s (2.0)"),
+        ("[button]\nface_window_s = 2.5\n", "button.face_window_s: 2.5 is longer than smoothing.reset_after_s (2.0)"),
+        # out of sight this long, the customer has gone: a press is not theirs, nor the screen their emotion
+        ("[button]\nface_window_s = 8\n[smoothing]\nreset_after_s = 9\n",
+         "button.face_window_s: 8.0 is out of range [0.1, 3.0]"),
+        ("[smoothing]\nreset_after_s = 12\n", "smoothing.reset_after_s: 12.0 is out of range [0.1, 10.0]"),
+        ("[button]\nbounce_s = 0.3\n", "button.bounce_s: 0.3 is out of range [0.0, 0.1]"),  # lgpio: a tap unseen
         ("[camera]\nfps = 0.5\n", "camera.fps: 0.5 gives a frame every 2 s, not within button.face_window_s (1.5)"),
         ("[device]\nid = '=HYPERLINK(1)'\n", "device.id: '=HYPERLINK(1)': a spreadsheet would read it as a formula"),
         ("[camera]\ndevice = '/dev/video2'\n",  # the kiosk with two cameras would silently use the other
@@ -1635,6 +1671,26 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
             "emotion the model found most likely") in capsys.readouterr().out.splitlines()
 
 
+def test_summary_rates_a_changed_scales_entries_by_their_emotion_on_the_kiosks_map(tmp_path, capsys):
+    """The README's 0-10 map is not the 5-star one doubled (Neutral 3 of 5, 5 of 10; Angry 1 of 5, 0
+    of 10): converted in proportion, the same customers would read as 0.85 points less satisfied."""
+    paper = {"Happy": 10, "Surprised": 8, "Neutral": 5, "Sad": 3, "Fearful": 3, "Disgusted": 1, "Angry": 0}
+    config = tmp_path / "config.toml"
+    config.write_text("[rating]\nmax = 10\n[rating.map]\n" + "".join(f"{k} = {v}\n" for k, v in paper.items()))
+    log = FeedbackLog(tmp_path / "f.db")
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for day, (top, ratings) in enumerate(((5, DEFAULT_RATINGS), (10, paper))):  # the same seven customers
+        for emotion in paper:
+            log.add(Entry(emotion, ratings[emotion], 0.8, {emotion: 0.8}, "ab", "till-1", rating_max=top),
+                    noon + timedelta(days=day))
+    log.close()
+    assert cli.main(["--config", str(config), "summary", "--db", str(tmp_path / "f.db")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[1:4]] == ["4.29", "4.29", "4.29"]  # (10+8+5+3+3+1+0) / 7
+    assert lines[4] == ("ratings are out of 10, the scale of the log's newest entry; 7 of these entries were rated on "
+                        "another and are counted at their emotion's rating on this one (rating.map)")
+
+
 def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
     """A shop that moved from 5 stars to the paper's 0-10 scale: a mean of both, unconverted, would
     read as a fall in satisfaction. Entries from before the scale was logged are on the first one
@@ -1678,6 +1734,13 @@ def test_export_csv(tmp_path, capsys):
     for target in ("f.db", "f.db-wal", "f.db-shm", "f.db-journal", "f.db.spare"):  # a slip of tab completion
         assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / target)]) == 2
         assert "that is the feedback log itself" in capsys.readouterr().err
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")  # a link to nowhere: not a traceback
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for command in ("export", "summary"):
+        assert cli.main([command, "--db", str(tmp_path / "loop1")]) == 2
+        assert "loop1: cannot look for the log: Too many levels of symbolic links" in capsys.readouterr().err
+    assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "loop2")]) == 0
+    assert ",5.0,Happy," in (tmp_path / "loop2").read_text()  # the new file takes the name, as over any file
     assert FeedbackLog(tmp_path / "f.db").count() == 1
 
 
@@ -2061,21 +2124,6 @@ def test_a_model_label_without_a_rating_is_refused_naming_the_config(tmp_path):
         Daemon(cfg, None, None, classifier, None, mock_button(), store)
     assert str(err.value) == (f"{path}: rating.map has no rating for Contempt "
                               f"(labels of {tmp_path / 'fer_plus.tflite'})")
-    store.close()
-
-
-def test_a_long_face_window_holds_a_customer_who_looked_away_for_no_more_than_3_s(tmp_path):
-    """The followed face is held through missed detections as long as a press counts as theirs, but a
-    10 s window must not keep the next customer, standing elsewhere, unread for 10 s."""
-    import types
-
-    cfg = load_config(None, {"button.face_window_s": 10.0, "smoothing.reset_after_s": 12.0})
-    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=DISPLAY_NAMES),
-                                       path=tmp_path / "m.tflite", sha256="ab")
-    store = FeedbackLog(tmp_path / "f.db")
-    daemon = Daemon(cfg, None, None, classifier, None, mock_button(), store)
-    assert daemon.finder.hold_s == 3.0
-    daemon.close()
     store.close()
 
 

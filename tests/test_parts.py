@@ -626,7 +626,7 @@ SCREENS = [Screen("idle"), Screen("live", "Surprised", 4, 5, True), Screen("live
            Screen("error", title="Camera error", detail="reconnecting...")]
 
 
-@pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((128, 32), "1"), ((240, 240), "RGB")])
+@pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((128, 32), "1"), ((64, 128), "1"), ((240, 240), "RGB")])
 def test_every_screen_draws_inside_the_panel(size, mode):
     images = [render(s, size, mode) for s in SCREENS]
     for screen, image in zip(SCREENS, images, strict=True):
@@ -723,6 +723,24 @@ def test_a_128x32_strip_shows_words_as_tall_as_a_128x64_panel():
     lines = _ink_rows(render(Screen("error", title="Storage error", detail="disk full; entries are kept in "
                                     "memory and retried every 5 s until the card has room"), (128, 32), "1"))
     assert len(lines) == 3, lines  # the title and two lines of what is wrong
+
+
+def test_the_longest_emotions_get_the_whole_width_where_no_face_dot_stands_beside_them():
+    """Kept 16 units clear of a face dot beside them on every screen, the thanks too (which has none),
+    "Disgusted" and "Surprised" shrank to the smallest type on a 128x64 OLED turned upright (64 wide),
+    whose dot now stands above the label; there the camera error broke "reconnectin" / "g..."."""
+    cases = [(size, Screen(kind, emotion, 1, 5, face=kind == "live")) for emotion in ("Disgusted", "Surprised")
+             for size, kind in (((64, 128), "live"), ((64, 128), "thanks"), ((240, 240), "thanks"))]
+    for (w, h), screen in cases:
+        image = render(screen, (w, h), "1")
+        x0, y0, x1, y1 = image.getbbox()
+        assert x0 > 0 and y0 > 0 and x1 < w and y1 < h, (screen, image.getbbox())
+        bands = _ink_rows(image)
+        assert len(bands) == 3, (screen, bands)  # the dot (or the thanks) above the label, the stars below
+        label = image.crop((0, bands[1][0], w, bands[1][1] + 1)).getbbox()
+        assert label[2] - label[0] > w - 16 * min(w, h) / 64, (screen, (w, h), label)
+    error = render(Screen("error", title="Camera error", detail="reconnecting..."), (64, 128), "1")
+    assert len(_ink_rows(error)) == 2, _ink_rows(error)  # the title, and the detail on one line
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
