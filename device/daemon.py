@@ -231,6 +231,8 @@ class Daemon:
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
             reading = next((r for drawn, r in reversed(self._shown) if drawn <= pressed_at), None)  # as shown
+            if reading and reading.face != self.smoother.face_at(pressed_at):  # the last customer's, still up
+                reading = None  # while the next one's face is classified: theirs is not on the screen yet
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
                 if not getattr(self.source, "error", None):  # a camera error stays up: trying again cannot help
                     self._no_face_until = now + self.cfg["display"]["thank_you_s"]

@@ -180,7 +180,7 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         size = detail_size(d, screen.detail, size, w)
         pitch = int(1.25 * size)
         for i, text in enumerate(detail_lines(d, screen.detail, size, w, (h - 2 - top - size) // pitch + 1)):
-            _centered(d, top + i * pitch, text, size, w, white)
+            _centered(d, top + i * pitch, text, size, w, white, room=w + 2)  # fitted already, to _fits' margin
     else:  # live or thanks
         top = 0
         if screen.kind == "thanks" and not screen.emotion:  # a reading not sure: the thanks alone, centred
@@ -213,7 +213,7 @@ def _strip(screen: Screen, d: ImageDraw.ImageDraw, w: int, h: int, accent) -> No
     elif screen.kind == "error":
         _centered(d, -2, screen.title, 11, w, accent)  # its descenders clear of the detail below
         for i, text in enumerate(detail_lines(d, screen.detail, 9, w, 2)):
-            _centered(d, 11 + 10 * i, text, 9, w, white)
+            _centered(d, 11 + 10 * i, text, 9, w, white, room=w + 2)
     elif screen.kind == "thanks" and not (screen.emotion and screen.rating is not None):
         _centered(d, h // 2 - 10, "Thank you!", 16, w, accent)
     else:  # live, or thanks with its rating: the emotion (the thanks) above, the rating below

@@ -16,6 +16,7 @@ class Reading:
     probabilities: dict[str, float]
     rating: float | None
     sure: bool  # confidence reached min_confidence; the screen says "Not sure" otherwise
+    face: int = 0  # the face it averages: a press stores a reading shown only while that face is the last seen
 
 
 class Smoother:
@@ -48,6 +49,11 @@ class Smoother:
         saw before it, never on the next customer who stepped in while it waited to be handled."""
         return [sample for sample in self._samples if sample[0] <= at]
 
+    def face_at(self, at: float) -> int | None:
+        """The number of the last face seen at or before `at` (None: none since the reading was reset)."""
+        seen = self._until(at)
+        return seen[-1][1] if seen else None
+
     def face_seen_within(self, at: float, seconds: float) -> bool:
         seen = self._until(at)
         return bool(seen) and at - seen[-1][0] <= seconds
@@ -63,4 +69,4 @@ class Smoother:
         conf = float(mean[best])
         probs = {name: float(p) for name, p in zip(self.labels, mean, strict=True)}
         emotion = self.labels[best]
-        return Reading(emotion, conf, probs, self.ratings.get(emotion), conf >= self.min_confidence)
+        return Reading(emotion, conf, probs, self.ratings.get(emotion), conf >= self.min_confidence, face)

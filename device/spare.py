@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger("feedbackd")
@@ -105,12 +106,18 @@ class SpareFile:
             if e.errno not in (errno.EROFS, errno.EACCES) or not self.path.exists():
                 raise
             self.fd, self.refused = os.open(self.path, os.O_RDONLY), "read-only"
-        try:
-            # One daemon a log: a second one's start would clear lines the first has just kept
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise OSError(errno.EBUSY, "another feedbackd is using this log and its spare file") from None
+        # One daemon a log: a second one's start would clear lines the first has just kept. Tried
+        # for half a second: `check` looks at the lock for a moment (in_use), and a start meeting
+        # that moment must not run without its spare file.
+        for wait in (*(0.05,) * 10, None):
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    os.close(self.fd)
+                    raise OSError(errno.EBUSY, "another feedbackd is using this log and its spare file") from None
+                time.sleep(wait)
         try:
             data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             self.lines, self.end = _lines(data), len(data.split(b"\0", 1)[0])

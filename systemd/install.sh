@@ -272,8 +272,12 @@ start_service() {
 restart_if_failed() {
     local rc=$?
     if [ "$rc" != 0 ]; then  # started first: a hung-up terminal may fail the line that says so
-        systemctl start feedbackd.service || true
-        say "the service was running before this install failed: started it again" || true
+        if systemctl start feedbackd.service; then
+            say "the service was running before this install failed: started it again" || true
+        else
+            say "the service was running before this install failed, and did not start again: see" \
+                "journalctl -u feedbackd -e and sudo make status" || true
+        fi
     fi
 }
 

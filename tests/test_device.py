@@ -815,6 +815,37 @@ def test_a_press_stores_the_emotion_on_the_screen_not_that_of_a_frame_still_bein
     rig.close()
 
 
+def test_a_press_while_the_last_customers_reading_is_still_up_stores_nothing(model, face_folder, tmp_path,
+                                                                            monkeypatch):
+    """The next customer steps in and presses while their first frame is classified: the screen
+    still shows the last customer's emotion, which is not theirs, and their own is not shown yet."""
+    from device import daemon as D
+    from device.detector import Box
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = moved_clock(monkeypatch, D)
+    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy", "Happy", "Angry", "Angry"])
+    find, at_press = finder.find, []
+
+    def slow_find(frame):  # 0.8 s a detection; the next customer, elsewhere in the frame, presses 0.2 s in
+        box = find(frame)
+        clock[0] += 0.2
+        if finder.emotion == "Angry" and not at_press:
+            finder.box = box = Box(10, 10, 60, 60, 0.9)
+            rig.press()
+            at_press.append(rig.daemon.display.current)
+        clock[0] += 0.6
+        return box
+
+    finder.find = slow_find
+    rig.steps(3)
+    rig.steps(1)  # the press is handled
+    monkeypatch.undo()
+    assert [(s.emotion, s.rating) for s in at_press] == [("Happy", 5)]
+    assert rig.store.count() == 0 and rig.daemon.display.current == Screen("no_face")
+    rig.close()
+
+
 def test_a_press_is_never_credited_to_a_face_that_appeared_after_it(model, face_folder, empty_folder, tmp_path):
     """The screen showed a camera error while the press waited; the first frame after it shows
     the next person, whose expression must not be stored as the earlier customer's feedback."""

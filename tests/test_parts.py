@@ -5,6 +5,7 @@ PNG and terminal drivers, the LED on a gpiozero mock pin and the keyboard button
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -1050,7 +1051,10 @@ def test_one_daemon_a_spare_file_its_name_made_durable_and_a_line_found_twice_re
         sp.SpareFile(path, size=256)
     assert sp.waiting(path) == [{"utc": "a"}]  # untouched
     first.close()
-    again = sp.SpareFile(path, size=256)
+    peek = os.open(path, os.O_RDONLY)  # `check` looking at the lock (in_use) as the daemon starts
+    fcntl.flock(peek, fcntl.LOCK_SH)
+    threading.Timer(0.2, os.close, [peek]).start()
+    again = sp.SpareFile(path, size=256)  # waits out the look, and starts with its spare file
     assert synced == [tmp_path] and again.entries() == [{"utc": "a"}]  # there already: nothing to sync
     again.close()
     path.write_bytes(b'{"utc": "a"}\n{"utc": "b"}\n{"utc": "a"}\n'.ljust(256, b"\0"))  # a line pasted back twice

@@ -428,6 +428,8 @@ def test_an_export_or_rescore_over_a_converted_model_says_make_convert_must_foll
     model, record_path = out / "fer_vgg16.keras", out / "fer_vgg16.train.json"
     assert convert_main(["--model", str(model), "--data", str(fer_csv), "--variants", "int8", "--calibration", "21",
                          "--latency-runs", "1", "--allow-drop"]) == 0
+    other = json.loads((out / "fer_vgg16_int8.json").read_text())  # another model's, which make convert leaves
+    (out / "fer_vgg16_small_int8.json").write_text(json.dumps({**other, "source_model": {"sha256": "0" * 64}}))
     capsys.readouterr()
     assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 0  # the same model, read the same way
     assert "make convert" not in capsys.readouterr().err

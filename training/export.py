@@ -370,9 +370,11 @@ def warn_stale_conversions(model: Path, record: dict) -> None:
     """The device runs the converted file, not this one: a variant beside it converted from other
     weights or another input spec (class scale, views) is said, with what brings it up to date."""
     from convert.convert import converted_from, same_model
+    from convert.tflite import VARIANTS
 
     spec = record_spec(record, model)
-    stale = sorted(m.name for m in model.parent.glob(f"{MODEL_NAME}_*.json")
+    manifests = (model.parent / f"{MODEL_NAME}_{v}.json" for v in VARIANTS)  # not fer_vgg16_small_int8.json
+    stale = sorted(m.name for m in manifests
                    if (made := converted_from(m)) and not same_model(made, record["sha256"], spec))
     if stale:
         print(f"warning: {', '.join(stale)} in {model.parent} describe another model than {model.name} now holds "
