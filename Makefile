@@ -55,10 +55,11 @@ models: venv
 # a --config in ARGS, that file's.
 RUN_MODEL ?= models/fer_vgg16_int8.tflite
 INSTALLED_CONFIG ?= /etc/feedbackd/config.toml
-RUN_PARTS := $(if $(ON_PI),--display $(if $(wildcard /dev/i2c-1),ssd1306,terminal) --button gpio,\
-             --display terminal --button keyboard)
+# A Pi's venv has no demo photos: its camera's own error is what a missing camera should show.
+RUN_PARTS := $(if $(ON_PI),--source camera --display $(if $(wildcard /dev/i2c-1),ssd1306,terminal) --button gpio,\
+             --source auto --display terminal --button keyboard)
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
-             $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),--source auto $(RUN_PARTS)))
+             $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),$(RUN_PARTS)))
 
 # lgpio makes its notification FIFO in LG_WD: the user's $XDG_RUNTIME_DIR (else /tmp) unless LG_WD is set.
 # The service's state, not is-active: one in its restart loop (activating) takes the hardware back

@@ -104,6 +104,7 @@ def open_button(cfg: dict, pin_factory=None) -> PressQueue:
     if kind == "keyboard":
         if _reads_nothing(sys.stdin):
             raise ButtonError('button.kind = "keyboard": standard input is /dev/null (as under systemd), so no '
-                              'press could ever arrive; use "gpio" there')
+                              'press could ever arrive; use "gpio" there, or on a desk run it from a terminal '
+                              '(or with --button none)')
         return KeyboardButton()
     return NoButton()

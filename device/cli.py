@@ -116,7 +116,7 @@ def config_from(args: argparse.Namespace):
 def cmd_run(cfg, pin_factory=None) -> int:
     from device.daemon import Daemon, Stop
     from device.notify import Notifier
-    from device.sources import ReconnectingSource, open_source
+    from device.sources import ReconnectingSource, opener
 
     log = logging.getLogger("feedbackd")
     if why := no_core_dumps():
@@ -141,7 +141,7 @@ def cmd_run(cfg, pin_factory=None) -> int:
     except StorageError as e:
         display.halt(Screen("error", title="Storage error", detail=str(e)))
         raise
-    source = ReconnectingSource(lambda: open_source(cfg["camera"]), cfg["camera"]["reconnect_max_s"],
+    source = ReconnectingSource(opener(cfg["camera"]), cfg["camera"]["reconnect_max_s"],
                                 first_open_s=FIRST_OPEN_S)
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
     stop = Stop()

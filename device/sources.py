@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -300,7 +301,26 @@ def open_source(cfg: dict):
             errors.append(str(e))
     if kind == "camera":
         raise SourceError("no camera: " + "; ".join(errors))
-    return DemoSource()
+    try:
+        demo = DemoSource()
+    except SourceError as e:  # a Pi's venv has no demo photos: why no camera opened is what counts
+        raise SourceError("no camera: " + "; ".join(errors) + f"; no demo either ({e})") from None
+    log.warning("no camera (%s): showing the demo photos instead", "; ".join(errors))
+    return demo
+
+
+def opener(cfg: dict) -> Callable[[], object]:
+    """open_source for ReconnectingSource: under 'auto' the demo stands in only until a camera has
+    opened; a reconnect after that waits for the camera rather than swapping its frames for photos."""
+    chosen = dict(cfg)
+
+    def open_once():
+        source = open_source(chosen)
+        if chosen["source"] == "auto" and not isinstance(source, DemoSource):
+            chosen["source"] = "camera"
+        return source
+
+    return open_once
 
 
 SYSFS_VIDEO = Path("/sys/class/video4linux")

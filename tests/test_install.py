@@ -367,7 +367,7 @@ def test_make_run_picks_parts_the_machine_has(tmp_path):
     assert "--source auto" in desk and "--display terminal" in desk and "--button keyboard" in desk
     if not Path("/dev/i2c-1").exists():  # a Pi with I2C still off: its OLED cannot answer
         pi = run_line("ON_PI=yes")
-        assert "--display terminal" in pi and "--button gpio" in pi
+        assert "--source camera" in pi and "--display terminal" in pi and "--button gpio" in pi
     own = run_line("ARGS=--config /home/pi/lcd.toml")  # a config to try before installing: its parts, not ours
     assert own.endswith("--config /home/pi/lcd.toml") and not {"--source", "--display", "--button"} & set(own.split())
     (tmp_path / "config.toml").write_text("[display]\ndriver = \"st7789\"\n")  # after sudo make install

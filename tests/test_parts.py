@@ -327,6 +327,36 @@ def test_camera_source_never_falls_back_to_the_demo(monkeypatch):
     with pytest.raises(SourceError, match=r"no camera: picamera2 is not installed.*; no /dev/video\* webcam"):
         sources.open_source(cfg)
     assert isinstance(sources.open_source({**cfg, "source": "auto"}), sources.DemoSource)  # the desk default
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a Pi's venv: no demo photos either
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    with pytest.raises(SourceError, match=r"no camera: picamera2 is not installed.*; no demo either \("):
+        sources.open_source({**cfg, "source": "auto"})
+
+
+def test_auto_shows_the_demo_only_until_a_camera_has_opened(monkeypatch, caplog):
+    """A webcam busy in a video call at the start: the demo stands in, and the log says why. A webcam
+    that later drops out is waited for: its customer's feedback must never turn into the photos'."""
+    from device import sources
+    from device.config import SCHEMA
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    webcam = []
+
+    def first_webcam(cfg):
+        if not webcam:
+            raise SourceError("webcam busy")
+        return webcam[0]
+
+    monkeypatch.setattr(sources, "_first_webcam", first_webcam)
+    cfg = {**{k: key.default for k, key in SCHEMA["camera"].items()}, "source": "auto"}
+    open_camera = sources.opener(cfg)
+    assert isinstance(open_camera(), sources.DemoSource)
+    assert "no camera (picamera2 is not installed" in caplog.text and "webcam busy): showing the demo" in caplog.text
+    webcam.append(object())  # the call ended: the next reconnect finds the webcam
+    assert open_camera() is webcam[0]
+    webcam.clear()  # unplugged
+    with pytest.raises(SourceError, match="no camera: .*webcam busy"):
+        open_camera()
 
 
 def test_a_broken_picamera2_is_named_as_broken_not_missing(monkeypatch):
