@@ -785,28 +785,36 @@ def test_a_press_is_judged_when_it_happened_not_when_handled(model, face_folder,
     rig.close()
 
 
-def test_a_press_stores_the_emotion_on_the_screen_not_that_of_a_frame_still_being_processed(
-        model, face_folder, tmp_path, monkeypatch):
-    """On a Zero 2 W a frame reaches the screen most of a second after it was read: a press in that
-    time stores, and thanks with, the emotion and rating the customer saw, not the unseen frame's."""
+def press_while_classifying(rig: Rig, monkeypatch, emotions, pressed_on: str, box_then=None) -> list:
+    """A slow Pi: each detection takes 0.8 s, and the button is pressed 0.2 s into that of the first
+    frame scripted `pressed_on` (its face at `box_then`, if given). Returns what the screen showed then."""
     from device import daemon as D
     from device.detector import Box
 
-    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.window_s": 0.5})  # a frame a reading
     clock = moved_clock(monkeypatch, D)
-    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy", "Sad", "Sad"])
+    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), emotions)
     find, at_press = finder.find, []
 
-    def slow_find(frame):  # 0.8 s a detection; the press 0.2 s into the Sad frame's
+    def slow_find(frame):
         box = find(frame)
         clock[0] += 0.2
-        if finder.emotion == "Sad" and not at_press:
+        if finder.emotion == pressed_on and not at_press:
+            finder.box = box = box_then or box
             rig.press()
             at_press.append(rig.daemon.display.current)
         clock[0] += 0.6
         return box
 
     finder.find = slow_find
+    return at_press
+
+
+def test_a_press_stores_the_emotion_on_the_screen_not_that_of_a_frame_still_being_processed(
+        model, face_folder, tmp_path, monkeypatch):
+    """On a Zero 2 W a frame reaches the screen most of a second after it was read: a press in that
+    time stores, and thanks with, the emotion and rating the customer saw, not the unseen frame's."""
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.window_s": 0.5})  # a frame a reading
+    at_press = press_while_classifying(rig, monkeypatch, ["Happy", "Sad", "Sad"], "Sad")
     rig.steps(3)
     monkeypatch.undo()
     assert [(s.emotion, s.rating) for s in at_press] == [("Happy", 5)]
@@ -819,25 +827,11 @@ def test_a_press_while_the_last_customers_reading_is_still_up_stores_nothing(mod
                                                                             monkeypatch):
     """The next customer steps in and presses while their first frame is classified: the screen
     still shows the last customer's emotion, which is not theirs, and their own is not shown yet."""
-    from device import daemon as D
     from device.detector import Box
 
-    rig = Rig(model, face_folder, tmp_path / "feedback.db")
-    clock = moved_clock(monkeypatch, D)
-    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy", "Happy", "Angry", "Angry"])
-    find, at_press = finder.find, []
-
-    def slow_find(frame):  # 0.8 s a detection; the next customer, elsewhere in the frame, presses 0.2 s in
-        box = find(frame)
-        clock[0] += 0.2
-        if finder.emotion == "Angry" and not at_press:
-            finder.box = box = Box(10, 10, 60, 60, 0.9)
-            rig.press()
-            at_press.append(rig.daemon.display.current)
-        clock[0] += 0.6
-        return box
-
-    finder.find = slow_find
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")  # the next customer elsewhere in the frame
+    at_press = press_while_classifying(rig, monkeypatch, ["Happy", "Happy", "Angry", "Angry"], "Angry",
+                                       Box(10, 10, 60, 60, 0.9))
     rig.steps(3)
     rig.steps(1)  # the press is handled
     monkeypatch.undo()
