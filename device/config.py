@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.detector import MAX_BOX_AGE_S
+from device.detector import MAX_BOX_AGE_S, install_root
 
-# Relative model and detector paths resolve against FEEDBACKD_HOME (set by `make install`),
-# else the source tree this module runs from.
-ROOT = Path(os.environ.get("FEEDBACKD_HOME") or Path(__file__).resolve().parents[1])
+ROOT = install_root()
 DEFAULT_PATH = Path("/etc/feedbackd/config.toml")
 LCDS = ("st7789", "st7735", "ili9341")  # luma.lcd's SPI colour panels: 240x240, 160x128, 320x240
 OLED_SIZES = ("128x64", "128x32")  # what luma's ssd1306 and sh1106 drive at 128 wide

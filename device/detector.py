@@ -24,6 +24,12 @@ MEAN_BGR = (104.0, 177.0, 123.0)  # the res10 training mean
 CHECKOUT = Path(__file__).resolve().parents[1]  # where `make models` fetches the files, into models/face
 
 
+def install_root() -> Path:
+    """Where relative model and detector paths resolve: the kiosk's folder (FEEDBACKD_HOME, set by
+    `make install`), else the checkout this code runs from."""
+    return Path(os.environ.get("FEEDBACKD_HOME") or CHECKOUT)
+
+
 class DetectorError(RuntimeError):
     """Face-detector files missing or corrupt; names the file."""
 
@@ -71,7 +77,7 @@ def _fix(model_dir: Path, missing: bool) -> str:
     (an installed kiosk, FEEDBACKD_HOME, has no make targets in its folder), never into a folder of
     the owner's, where that advice would only repeat the same error."""
     kiosk = os.environ.get("FEEDBACKD_HOME")
-    fetched = Path(kiosk or CHECKOUT) / "models" / "face"
+    fetched = install_root() / "models" / "face"
     if Path(model_dir).resolve() != fetched.resolve():
         return f"copy the pinned files from {fetched} into it, or set detector.dir to {fetched}"
     if kiosk:
