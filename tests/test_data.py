@@ -135,6 +135,17 @@ def test_a_folder_beside_train_and_test_is_refused_not_dropped(tmp_path, faces):
     assert len(load_split(readme, "train")) == len(load_split(readme, "test")) == 1
 
 
+def test_a_wrapped_layout_with_a_readme_beside_its_folder_is_unwrapped(tmp_path, faces):
+    """fer/train/, fer/test/ and a README.txt at the top: not taken for bare class folders."""
+    good = png_bytes(faces[0][0])
+    members = {"fer/train/happy/a.png": good, "fer/test/sad/b.png": good, "fer/test/sad/c.png": good}
+    zipped = write_zip(tmp_path / "fer.zip", {**members, "README.txt": b"notes"})
+    assert fer.detect_form(zipped) == "layout"
+    assert (len(load_split(zipped, "train")), len(load_split(zipped, "test"))) == (1, 2)
+    bare = write_zip(tmp_path / "bare.zip", {"fer/happy/a.png": good, "README.txt": b"notes"})
+    assert load_split(bare, "all").y.tolist() == [3]
+
+
 def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
     x, y = faces
@@ -153,6 +164,22 @@ def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
         load_split(mixed, "test")
     kept = load_split(mixed, "test", skip_bad=True)
     assert kept.y.tolist() == [3, 5] and "img_4.png" in kept.skipped[0]
+
+
+def test_a_test_folder_without_name_prefixes_is_read_whole_with_a_warning(tmp_path, faces, capsys):
+    """A re-packaging that names its files im0.png may hold PublicTest and PrivateTest together in
+    test/: epochs would be chosen on the figure reported, and that is said."""
+    good = png_bytes(faces[0][0])
+    plain = write_zip(tmp_path / "plain.zip", {"fer/train/happy/im0.png": good, "fer/test/sad/im0.png": good,
+                                               "fer/test/happy/im1.png": good})
+    assert len(load_split(plain, "test", use_cache=False)) == 2
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and f"{plain}:fer/test/ is read whole as the split 'test' (2 faces)" in err
+    assert "PublicTest and PrivateTest together" in err and "no PrivateTest is held back" in err
+    load_split(plain, "train", use_cache=False)
+    tagged = write_zip(tmp_path / "tagged.zip", {"train/happy/Training_1.png": good, "test/sad/PublicTest_1.png": good})
+    load_split(tagged, "test", use_cache=False)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_corrupt_zip_member_names_the_file_and_can_be_skipped(tmp_path, faces):
@@ -254,6 +281,20 @@ def test_malformed_csv_row_names_the_line(tmp_path, row, message):
     assert len(load_split(path, "train", skip_bad=True).skipped) == 1
 
 
+def test_a_csv_row_of_no_split_is_counted_once_not_in_every_split(tmp_path):
+    """A row whose Usage names no split (or that has none) is skipped by every load, but only the
+    'train' load counts it: a run's record says one bad row, not one Training and one PublicTest face."""
+    x, y = synthetic_faces(1)
+    path = write_csv(tmp_path / "fer.csv", {"Training": (x, y), "PublicTest": (x, y), "PrivateTest": (x, y)})
+    path.write_text(path.read_text() + "3," + " ".join(["1"] * 2304) + ",Validation\n3\n")
+    read = {split: load_split(path, split, skip_bad=True) for split in ("train", "test", "private")}
+    assert {split: (len(s), len(s.skipped)) for split, s in read.items()} == {
+        "train": (7, 2), "test": (7, 0), "private": (7, 0)}
+    assert "unknown Usage 'Validation'" in read["train"].skipped[0]
+    with pytest.raises(DataError, match="fer.csv:23: unknown Usage 'Validation'"):
+        load_split(path, "test")  # without --skip-bad every load stops on it
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     (b'3,"' + b"1 " * 70_000 + b"\n", "fer.csv:4: unreadable CSV"),  # an unclosed quote swallows the rest
     (b"3,1 2 \xff 3,Training\n", "fer.csv:4: unreadable CSV (a byte that is not UTF-8)"),
@@ -347,6 +388,25 @@ def test_a_class_folder_linked_in_from_elsewhere_is_read(tmp_path):
     split = load_split(linked, "train")
     assert np.bincount(split.y, minlength=7).tolist() == [2] * 7
     np.testing.assert_array_equal(np.sort(split.x, axis=0), np.sort(load_split(tmp_path / "full", "train").x, axis=0))
+
+
+@pytest.mark.parametrize("what", ["class folder", "face"])
+def test_a_broken_link_is_named_not_dropped(tmp_path, what):
+    """os.walk lists a link whose class folder or face has gone as a file: dropped, it would lose up
+    to a class unsaid. An editor's lock link (.#name, to nothing) is no data."""
+    x, y = synthetic_faces(1)
+    layout = write_folder(tmp_path / "fer", x, y, "train")
+    write_folder(layout, x, y, "test")
+    (layout / "train" / "happy" / ".#notes.txt").symlink_to("user@host.1234:1700000000")
+    assert len(load_split(layout, "train", use_cache=False)) == 7
+    if what == "class folder":
+        shutil.rmtree(layout / "train" / "angry")
+        (link := layout / "train" / "angry").symlink_to(tmp_path / "moved" / "angry")
+    else:
+        (link := layout / "train" / "happy" / "extra.png").symlink_to(tmp_path / "moved.png")
+    for skip_bad in (False, True):
+        with pytest.raises(DataError, match=re.escape(f"{link}: broken link (nothing at {tmp_path / 'moved'}")):
+            load_split(layout, "train", skip_bad=skip_bad)
 
 
 def test_a_hidden_file_beside_the_faces_leaves_a_folder_source_the_same(tmp_path, faces):
