@@ -146,8 +146,9 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{record['publictest']['accuracy']:.2%}" in card and "falls short" in card
-    # the command that repeats the run: the flags that left the defaults (--erase 0.5 is one now)
-    assert 'make train ARGS="--epochs 2 --batch-size 16 --warmup-epochs 0.5 --width 0.0625 --seed 3"' in card
+    # the command that repeats the run: its data and the flags that left the defaults (--erase 0.5 is one now)
+    assert 'make train DATA=fer2013.csv ARGS="--epochs 2 --batch-size 16 --warmup-epochs 0.5 --width 0.0625 --seed 3"' \
+        in card and "With `DATA` the path of `fer2013.csv`" in card
     # the record scores the model the device's way (its views averaged, the class weights undone)
     # and the way epochs were chosen
     spec = InputSpec.from_dict(record["input"])
@@ -370,6 +371,16 @@ def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_pat
     record_path.write_text(json.dumps(dict(old, sha256="0" * 64)))
     assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 2
     assert "is for another model" in capsys.readouterr().err
+    # re-scoring reads PublicTest only: a bad Training row of data trained with --skip-bad is no matter
+    bad = tmp_path / "bad.csv"
+    bad.write_text(fer_csv.read_text() + "0,1 2 3,Training\n")
+    record_path.write_text(json.dumps(dict(old, data=dict(old["data"], sha256=fer.source_checksum(bad)))))
+    assert export_main(["--model", str(model), "--data", str(bad)]) == 0
+    bad.write_text(fer_csv.read_text() + "0,1 2 3,PublicTest\n")  # one in PublicTest is skipped when asked
+    record_path.write_text(json.dumps(dict(old, data=dict(old["data"], sha256=fer.source_checksum(bad)))))
+    assert export_main(["--model", str(model), "--data", str(bad)]) == 2
+    assert f"{bad}:" in capsys.readouterr().err
+    assert export_main(["--model", str(model), "--data", str(bad), "--skip-bad"]) == 0
 
 
 def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_one(tmp_path, fer_csv, capsys,
@@ -684,7 +695,11 @@ def test_a_run_whose_export_was_stopped_is_kept_until_it_is_exported(tmp_path, f
     assert f"{run} holds a finished run whose export to {out} did not complete: --resume" in err
     assert f"python -m training.export --run-dir {run}" in err and (run / "best.weights.h5").exists()
     assert T.main([*command, "--resume"]) == 0  # trains nothing, exports
-    assert (out / "fer_vgg16.keras").exists() and "exported the best epoch (1)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert (out / "fer_vgg16.keras").exists() and "exported the best epoch (1)" in said
+    record = json.loads((out / "fer_vgg16.train.json").read_text())  # the card's figure, and the one epochs chose
+    assert (f"PublicTest accuracy {record['publictest']['accuracy']:.4f} scored the device's way "
+            f"({float(record['history'][0]['val_accuracy']):.4f} on one view in training)") in said
     assert json.loads((run / "state.json").read_text())["export_due"] is False
     state = json.loads((run / "state.json").read_text())
     (run / "state.json").write_text(json.dumps(dict(state, export_due=True)))  # stopped again, exported by hand
@@ -760,7 +775,7 @@ def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypat
 
 
 def test_card_reproduces_every_cycle_oldest_first():
-    from training.card import _reproduce
+    from training.card import _data_sentence, _reproduce
 
     first = dict(T.DEFAULTS, epochs=4, init=None, epoch_offset=0, precision="auto", limit=0)
     second = dict(T.DEFAULTS, epochs=5, lr=0.03, init="models/fer_vgg16.keras", epoch_offset=4, precision="float32",
@@ -790,6 +805,15 @@ def test_card_reproduces_every_cycle_oldest_first():
     assert "--batch-norm-faces" not in lines[6] and lines[7].startswith("    make evaluate")
     record["warm_start_from"].pop("config")  # an older record: the chain starts from its file
     assert _reproduce(record).splitlines()[2].startswith("    # start from `fer_vgg16.keras` (sha256 abab")
+    # a run on other data (--skip-bad leaving some out) is repeated on that data, with that flag
+    record["data"].update(source="fer2013.csv", sha256="cd" * 32, train_skipped=2)
+    lines = _reproduce(record).splitlines()
+    assert lines[3] == '    make train DATA=fer2013.csv ARGS="--init models/fer_vgg16.keras --epochs 5 --lr 0.03 ' \
+                       '--keep-epochs --precision float32 --skip-bad"'
+    assert "--data fer2013.csv --models" in lines[4]
+    assert lines[5] == '    make evaluate MODEL=models/fer_vgg16.keras DATA=fer2013.csv ARGS="--skip-bad"'
+    assert _data_sentence(record) == ("With `DATA` the path of `fer2013.csv` (sha256 cdcdcdcdcdcdcdcd…), "
+                                      "which this model learnt from")
 
 
 def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):

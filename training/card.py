@@ -22,10 +22,10 @@ def total_epochs(record: dict) -> int:
     return total
 
 
-def train_command(cfg: dict, keep_epochs: bool = False) -> str:
+def train_command(cfg: dict, keep_epochs: bool = False, data: str | None = None, skip_bad: bool = False) -> str:
     """The `make train` line that repeats a run: the flags where its config left the defaults (a
-    setting its config predates at the value the run had), and --keep-epochs where a weight
-    average of its epochs followed."""
+    setting its config predates at the value the run had), --keep-epochs where a weight average of
+    its epochs followed, and the data where it was not the Makefile's."""
     from training.train import DEFAULTS, PREDATED
 
     flags = [f"--{k.replace('_', '-')} {v}" for k, default in DEFAULTS.items()
@@ -36,10 +36,28 @@ def train_command(cfg: dict, keep_epochs: bool = False) -> str:
         flags.append(f"--precision {cfg['precision']}")
     if cfg.get("limit"):
         flags.append(f"--limit {cfg['limit']}")
+    if skip_bad:
+        flags.append("--skip-bad")
     flags += [f"--teacher {t['file']}" for t in cfg.get("teachers", [])]
     if cfg.get("init"):
         flags.insert(0, f"--init {cfg['init']}")
-    return "make train" + (f' ARGS="{" ".join(flags)}"' if flags else "")
+    return "make train" + (f" DATA={data}" if data else "") + (f' ARGS="{" ".join(flags)}"' if flags else "")
+
+
+def _data(record: dict) -> tuple[str | None, bool]:
+    """The DATA a record's run read where it was not the Makefile's (the record keeps its file name,
+    not its folder), and whether bad files were skipped in it (--skip-bad)."""
+    data = record.get("data") or {}
+    source = data.get("source")
+    skipped = bool(data.get("train_skipped") or data.get("publictest_skipped"))
+    return (None if source in (None, Path(DEFAULT_DATA).name) else source), skipped
+
+
+def _data_sentence(record: dict) -> str:
+    data, _ = _data(record)
+    if data is None:
+        return f"With `DATA` at its default (`{DEFAULT_DATA}`)"
+    return f"With `DATA` the path of `{data}` (sha256 {record['data']['sha256'][:16]}…), which this model learnt from"
 
 
 def _distilled(cfg: dict) -> str:
@@ -52,9 +70,9 @@ def _distilled(cfg: dict) -> str:
             f"and its mirror image: {names}.")
 
 
-def _average_command(avg: dict, train_faces: int) -> str:
+def _average_command(avg: dict, train_faces: int, data: str) -> str:
     faces = avg["batch_norm_faces"]
-    return (f"    .venv/bin/python -m training.average --run-dir RUN --data {DEFAULT_DATA} "
+    return (f"    .venv/bin/python -m training.average --run-dir RUN --data {data} "
             + (f"--batch-norm-faces {faces} " if faces < train_faces else "") + "--models "
             + " ".join(m["file"] if m["file"].endswith(".keras") else f"RUN/{m['file']}" for m in avg["models"]))
 
@@ -68,22 +86,26 @@ def _reproduce(record: dict) -> str:
         node = node.get("warm_start_from")
     if node:  # an older record without its config: the chain starts from that model
         chain.insert(0, (None, None))
+    data, skip_bad = _data(record)
+    where = data or DEFAULT_DATA
     lines = []
     for c, avg in chain:
         # a .keras file among the average's --models is the model that cycle started from, which its export replaces
         start = (c or {}).get("init") or "models/fer_vgg16.keras"
         lines += [f"    cp {start} {m['file']}" for m in (avg or {}).get("models", []) if m["file"].endswith(".keras")]
         lines.append(f"    # start from `{node['file']}` (sha256 {node['sha256'][:16]}…)" if c is None
-                     else f"    {train_command(c, keep_epochs=bool(avg))}"
+                     else f"    {train_command(c, keep_epochs=bool(avg), data=data, skip_bad=skip_bad)}"
                      + ("   # *" if "epoch_offset" not in c else ""))
         if avg:
-            lines.append(_average_command(avg, record["data"]["train_faces"]))
+            lines.append(_average_command(avg, record["data"]["train_faces"], where))
     if any(avg for _, avg in chain):
         lines[:0] = ["    # RUN: that cycle's run folder, where --keep-epochs kept epochN.weights.h5;",
                      "    # cp: the model a cycle starts from, kept for its average (its export replaces it)"]
     if record.get("rescored"):  # exported before the code wrote a class_scale
-        lines.append(f"    .venv/bin/python -m training.export --model models/fer_vgg16.keras --data {DEFAULT_DATA}")
-    lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={DEFAULT_DATA}")
+        lines.append(f"    .venv/bin/python -m training.export --model models/fer_vgg16.keras --data {where}"
+                     + (" --skip-bad" if skip_bad else ""))
+    lines.append(f"    make evaluate MODEL=models/fer_vgg16.keras DATA={where}"
+                 + (' ARGS="--skip-bad"' if skip_bad else ""))
     if any(c is not None and "epoch_offset" not in c for c, _ in chain):
         lines += ["", "\\* ran on code before commit bf6f45c, which moved the head's dropout after its batch norm",
                   "and made a warm start draw new epochs (before, each cycle replayed its predecessor's first",
@@ -246,7 +268,7 @@ brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']
 
 ## Reproduce
 
-With `DATA` at its default (`{DEFAULT_DATA}`), one
+{_data_sentence(record)}, one
 `make train` per cycle, each exporting to `models/` what the next one starts from:
 
 {_reproduce(record)}

@@ -2,7 +2,7 @@
 Keras model, its training record (JSON), the confusion matrix and curves, and the model card.
 
     python -m training.export --run-dir RUN --data FER2013 [--out models]
-    python -m training.export --model models/fer_vgg16.keras --data FER2013
+    python -m training.export --model models/fer_vgg16.keras --data FER2013 [--skip-bad]
 
 The second form re-scores an exported model whose run is gone with this code's reading of it
 (its class_scale), rewriting its record, confusion matrix and card; the weights are untouched (a
@@ -389,12 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--model", type=Path, help="re-score this exported model (its .train.json beside it)")
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, help="default: where the run exports (models/ unless it said otherwise)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="with --model: skip and count bad images in PublicTest, as the run that trained it did")
     p.add_argument("--force", action="store_true",
                    help="with --run-dir: export even over a model in --out whose training record scored "
                         "higher on PublicTest")
     args = p.parse_args(argv)
     if args.model and args.out:
         p.error("--out: a re-scored model's files stay beside it")
+    if args.run_dir and args.skip_bad:
+        p.error("--skip-bad: a run's export reads the data as the run did (its own --skip-bad)")
     if args.model and not args.model.is_file():  # before minutes of loading the data
         p.error(f"--model {args.model}: no such model file")
     state = {}
@@ -412,11 +416,11 @@ def main(argv: list[str] | None = None) -> int:
                   "beat its --init model exports nothing)", file=sys.stderr)
             return 2
     try:
-        train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
-        if args.model:
-            r = rescore(args.model, test)["publictest"]
+        if args.model:  # re-scoring reads PublicTest only
+            r = rescore(args.model, fer.load_split(args.data, "test", skip_bad=args.skip_bad))["publictest"]
             print(f"{args.model}: PublicTest accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
             return 0
+        train, test = fer.train_and_test(args.data, skip_bad=state.get("skip_bad", False))  # as the run read it
     except (fer.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
