@@ -63,9 +63,12 @@ def ms(samples: list[float]) -> str:
     return f"{1000 * float(np.mean(samples)):7.2f} ms"
 
 
-def pipeline_timing(frames, finder: FaceFinder, classify, geometry, warmup: int = 3) -> dict[str, list[float]]:
+def pipeline_timing(frames, finder: FaceFinder, classify, geometry, size: int,
+                    warmup: int = 3) -> dict[str, list[float]]:
     """Seconds per stage for each frame, after `warmup` untimed frames (first calls trace,
-    allocate and fill caches: Keras's first predict alone costs about a second)."""
+    allocate and fill caches: Keras's first predict alone costs about a second). Faces are cropped
+    to `size`, the classifier's input, as the daemon crops them: a model of another size is timed
+    on its own crops."""
     t: dict[str, list[float]] = {k: [] for k in ("capture", "detect", "classify", "render", "total", "faces")}
     for i, frame in enumerate([*frames[:warmup], *frames]):
         t0 = time.perf_counter()
@@ -73,7 +76,7 @@ def pipeline_timing(frames, finder: FaceFinder, classify, geometry, warmup: int 
         t1 = time.perf_counter()
         box = finder.find(f)
         t2 = time.perf_counter()
-        probs = classify(crop_face(f, box, geometry)) if box else None
+        probs = classify(crop_face(f, box, geometry, size)) if box else None
         t3 = time.perf_counter()
         render(Screen("live", "Happy" if probs is not None else None, 5, 5, True), (128, 64), "1")
         t4 = time.perf_counter()
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stages(args, frames, detector, every: int, clf, geometry) -> None:
     """ms per stage and frames/s, ours against the paper's Keras predict per face."""
-    ours = pipeline_timing(frames, FaceFinder(detector, every), clf.predict, geometry)
+    ours = pipeline_timing(frames, FaceFinder(detector, every), clf.predict, geometry, clf.spec.size)
     print(f"pipeline ({args.model.name}, 1 thread, {len(frames)} frames of 640x480, "
           f"the detector on 1 frame in {every}, Winograd {'on' if detector.winograd else 'off'}):")
     for k in ("capture", "detect", "classify", "render"):
@@ -192,12 +195,14 @@ def stages(args, frames, detector, every: int, clf, geometry) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         km = keras.saving.load_model(args.float_model, compile=False)
         paper = pipeline_timing(frames, FaceFinder(detector, 1),  # the paper detected on every frame
-                                lambda face: km.predict(preprocess(face, DEFAULT_SPEC), verbose=0), geometry)
+                                lambda face: km.predict(preprocess(face, DEFAULT_SPEC), verbose=0), geometry,
+                                DEFAULT_SPEC.size)
         paper_fps = 1 / np.mean(paper["total"])
         print(f"paper's approach (Keras predict per face, float32, {int(sum(paper['faces']))} of {len(frames)} "
               f"frames with a face): classify {ms(paper['classify'])}, "
               f"end-to-end {paper_fps:.1f} frames/s -> ours is {ours_fps / paper_fps:.1f}x (target >= 4x)")
-        both_fps = 1 / np.mean(pipeline_timing(frames, FaceFinder(detector, 1), clf.predict, geometry)["total"])
+        both_fps = 1 / np.mean(pipeline_timing(frames, FaceFinder(detector, 1), clf.predict, geometry,
+                                               clf.spec.size)["total"])
         print(f"ours with the detector on every frame: end-to-end {both_fps:.1f} frames/s, "
               f"{both_fps / paper_fps:.1f}x the paper's")
 
@@ -217,7 +222,7 @@ def crop_round_trip(faces: np.ndarray, labels: np.ndarray, detector, clf) -> Non
           f"on all, {found_acc:.2%} on the found ones")
     print("  scale shift_y  accuracy  gap (points, vs direct on the found faces)")
     for g in GEOMETRIES:
-        crops = np.stack([crop_face(frames[i], boxes[i], g) for i in found])
+        crops = np.stack([crop_face(frames[i], boxes[i], g, clf.spec.size) for i in found])
         acc = float((clf.predict_batched(crops).argmax(1) == labels[found]).mean())
         gap = 100 * (acc - found_acc)
         print(f"  {g.scale:5.2f} {g.shift_y:7.2f}  {acc:8.2%}  {gap:+6.1f}")

@@ -36,9 +36,13 @@ class SourceStuck(SourceError):
 
 
 class ImageSource:
-    """Images from a folder or a glob, looped, each shown for 1/fps seconds."""
+    """Images from a folder or a glob, looped, each shown for 1/fps seconds. Only the one shown is
+    decoded and kept: the daemon locks its memory under the unit's MemoryMax, and a folder of
+    12 MP photos decoded at once would get it killed at every start."""
 
     def __init__(self, pattern: str, fps: float = 15.0):
+        import cv2
+
         p = Path(pattern)
         try:
             files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
@@ -47,8 +51,14 @@ class ImageSource:
             raise SourceError(f"{pattern}: cannot list the images: {e}") from None
         if not files:
             raise SourceError(f"{pattern}: no images found")
+        # A file that is no image is named now, as when all were decoded here; its header says so
+        # without decoding it. The first is decoded now too: a folder that shows nothing fails to open.
+        unreadable = next((f for f in files if not cv2.haveImageReader(f)), None)
+        if unreadable is not None:
+            raise SourceError(f"{unreadable}: cannot decode image")
         self.name = pattern
-        self._frames = [self._load(f) for f in files]
+        self._files = files
+        self._index, self._frame = 0, self._load(files[0])
         self._period = 1.0 / fps
         self._start = time.monotonic()
 
@@ -61,9 +71,15 @@ class ImageSource:
             raise SourceError(f"{path}: cannot decode image")
         return img
 
+    def _shown(self, count: int) -> int:
+        return int((time.monotonic() - self._start) / self._period) % count
+
     def read(self) -> np.ndarray:
-        i = int((time.monotonic() - self._start) / self._period) % len(self._frames)
-        return self._frames[i]
+        i = self._shown(len(self._files))
+        if i != self._index or self._frame is None:
+            self._frame = None  # the old photo goes before the next is decoded: one in memory, never two
+            self._frame, self._index = self._load(self._files[i]), i
+        return self._frame
 
     def close(self) -> None:
         pass
@@ -79,11 +95,16 @@ class DemoSource(ImageSource):
     def __init__(self):
         import cv2
 
-        frames = []
+        frames, unreadable = [], ""
         try:
             import matplotlib.cbook
 
-            frames.append(cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))))
+            path = str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+            photo = cv2.imread(path)
+            if photo is None:  # else np.full_like(None) makes an object array the detector fails on later
+                unreadable = f"; {path}: cannot decode image"
+            else:
+                frames.append(photo)
         except ImportError:
             pass
         try:
@@ -93,7 +114,7 @@ class DemoSource(ImageSource):
         except ImportError:
             pass
         if not frames:
-            raise SourceError("demo source: needs matplotlib or scikit-image for its photos")
+            raise SourceError("demo source: needs matplotlib or scikit-image for its photos" + unreadable)
         self.name = "demo"
         self._frames = []
         for f in frames:
@@ -101,9 +122,17 @@ class DemoSource(ImageSource):
         self._period = self.SECONDS
         self._start = time.monotonic()
 
+    def read(self) -> np.ndarray:
+        """The demo's one or two small photos stay decoded, unlike a folder's."""
+        return self._frames[self._shown(len(self._frames))]
+
 
 class VideoSource:
-    """A video file, looped, paced at its own frame rate."""
+    """A video file, looped, paced at its own frame rate: one outside FPS_RANGE (a container's
+    1000 fps, or none) is taken as DEFAULT_FPS."""
+
+    FPS_RANGE = (1.0, 120.0)
+    DEFAULT_FPS = 15.0
 
     def __init__(self, path: str):
         import cv2
@@ -112,7 +141,8 @@ class VideoSource:
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
             raise SourceError(f"{path}: cannot open video")
-        self._period = 1.0 / (self.cap.get(cv2.CAP_PROP_FPS) or 15.0)
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self._period = 1.0 / (fps if self.FPS_RANGE[0] <= fps <= self.FPS_RANGE[1] else self.DEFAULT_FPS)
         self._next = time.monotonic()
         self._frame: np.ndarray | None = None
 
@@ -129,6 +159,9 @@ class VideoSource:
                     raise SourceError(f"{self.name}: no frames")
             self._frame = frame
             self._next += self._period
+        # The decoding took time too: counted into the next read's backlog, a decode slower than a frame
+        # period (1080p on a Pi) makes each read decode more frames than the last, until the watchdog ends it.
+        self._next = max(self._next, time.monotonic())
         return self._frame
 
     def close(self) -> None:
@@ -291,7 +324,7 @@ def open_source(cfg: dict):
     if kind == "demo":
         return DemoSource()
     errors = []
-    for attempt in (lambda: Picamera2Source(cfg["width"], cfg["height"], cfg["fps"]),
+    for attempt in (lambda: _first_frame(Picamera2Source(cfg["width"], cfg["height"], cfg["fps"])),
                     lambda: _first_webcam(cfg)):
         try:
             return attempt()
@@ -334,6 +367,17 @@ def _usb(device: str) -> bool:
         return "/usb" in str(node.resolve(strict=True))
     except OSError:
         return True
+
+
+def _first_frame(src: LatestFrame) -> LatestFrame:
+    """`src` once it has given a frame, else closed and a SourceError: a Pi camera that libcamera
+    lists but that never streams must not hide a working webcam, which is probed the same way."""
+    try:
+        src.probe()
+    except SourceError:
+        src.close()  # raises SourceStuck for a capture that hangs: it holds the camera
+        raise
+    return src
 
 
 def _first_webcam(cfg: dict) -> V4L2Source:

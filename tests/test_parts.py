@@ -623,6 +623,54 @@ def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch, caplog):
     assert "Pi camera: releasing the camera failed (RuntimeError: camera unplugged)" in caplog.text
 
 
+@pytest.mark.parametrize("kind", ["camera", "auto"])
+def test_a_pi_camera_that_lists_but_never_streams_does_not_hide_the_webcam(monkeypatch, kind):
+    """libcamera lists a Pi camera whose ribbon is loose and starts it, but no frame comes: it is
+    probed like a webcam, and closed, and the USB webcam is taken instead of a "Camera error"."""
+    from device import sources
+    from device.sources import Picamera2Source
+
+    calls, streams = [], [False]
+
+    class FakePicamera2:
+        global_camera_info = staticmethod(lambda: [PI_CAMERA, USB_CAMERA])
+
+        def __init__(self, num):
+            pass
+
+        def create_video_configuration(self, main, controls, buffer_count):
+            return main
+
+        def configure(self, config):
+            pass
+
+        def start(self):
+            calls.append("start")
+
+        def capture_array(self, stream):
+            if not streams[0]:
+                raise RuntimeError("Camera frontend has timed out!")
+            return np.zeros((480, 640, 3), np.uint8)
+
+        def stop(self):
+            calls.append("stop")
+
+        def close(self):
+            calls.append("close")
+
+    webcam = LatestFrame(lambda: np.ones((480, 640, 3), np.uint8), "camera /dev/video0")
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    monkeypatch.setattr(sources, "_first_webcam", lambda cfg: webcam)
+    cfg = {"source": kind, "width": 640, "height": 480, "fps": 15}
+    assert sources.open_source(cfg) is webcam
+    assert calls == ["start", "stop", "close"]  # released, else every reconnect finds it held
+    streams[0] = True  # the ribbon pushed back in: the Pi camera comes first again
+    src = sources.open_source(cfg)
+    assert isinstance(src, Picamera2Source) and src.read().shape == (480, 640, 3)  # the probed frame kept
+    src.close()
+    webcam.close()
+
+
 def test_latest_frame_hands_out_each_frame_once():
     """A camera that stalls: its last image is not a face still standing there."""
     stalled = threading.Event()
@@ -998,6 +1046,71 @@ def test_video_source_loops_and_skips_to_the_newest_frame(tmp_path, monkeypatch)
         VideoSource(str(tmp_path / "missing.avi"))
 
 
+class SlowClip:
+    """What VideoSource asks of cv2.VideoCapture: a clip reporting `fps` whose every decode takes
+    `decode_s` of the moved clock; `decoded` counts them."""
+
+    def __init__(self, clock: list[float], fps: float, decode_s: float):
+        self.clock, self.fps, self.decode_s, self.decoded = clock, fps, decode_s, 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return self.fps
+
+    def set(self, prop, value):
+        pass
+
+    def read(self):
+        self.clock[0] += self.decode_s
+        self.decoded += 1
+        return True, np.full((48, 64, 3), self.decoded % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_a_video_slower_to_decode_than_its_frame_rate_never_falls_further_behind(monkeypatch):
+    """A 1080p clip on a Pi takes longer to decode than a frame lasts: were the decoding time counted
+    into the next read's backlog, each read would decode more frames than the last, until the
+    watchdog restarts the service, over and over."""
+    import cv2
+
+    from device import sources
+
+    clock = moved_clock(monkeypatch, sources)
+    clip = SlowClip(clock, fps=20.0, decode_s=0.12)  # over twice the 50 ms frame period
+    monkeypatch.setattr(cv2, "VideoCapture", lambda path: clip)
+    src = sources.VideoSource("clip.mp4")
+    per_read = []
+    for _ in range(12):
+        before = clip.decoded
+        src.read()
+        clock[0] += 0.03  # the pipeline's own work between two reads
+        per_read.append(clip.decoded - before)
+    assert max(per_read) <= 2, per_read  # the newest frame, bounded by the pipeline, never a growing backlog
+    src.close()
+
+
+@pytest.mark.parametrize("fps", [1000.0, 0.0, 0.1, float("nan")])
+def test_a_video_reporting_a_silly_frame_rate_is_paced_at_the_default(monkeypatch, fps):
+    """A container that says 1000 fps (or none) would have every read decode dozens of frames."""
+    import cv2
+
+    from device import sources
+
+    clock = moved_clock(monkeypatch, sources)
+    clip = SlowClip(clock, fps=fps, decode_s=0.0)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda path: clip)
+    src = sources.VideoSource("clip.mp4")
+    src.read()
+    clock[0] += 0.5  # 7.5 frames at the default 15 fps
+    src.read()
+    assert clip.decoded == 1 + 7  # the first, then the 7 frames due in 0.5 s at 15 fps (at 1000 fps: 500)
+    src.close()
+
+
 def test_winograd_setting_finds_the_same_face(monkeypatch):
     import cv2
     from conftest import FACE_DIR, photo
@@ -1227,6 +1340,52 @@ def test_image_source_takes_a_glob_of_images(tmp_path):
     assert frame.shape == (24, 32, 3) and int(frame.mean()) == 10  # a.png only
     with pytest.raises(SourceError, match=r"\*\.gif: no images found"):
         ImageSource(str(tmp_path / "*.gif"))
+
+
+def test_an_image_folder_decodes_only_the_photo_shown(tmp_path, monkeypatch):
+    """The daemon locks its memory under MemoryMax=400M: a folder of 12 MP photos decoded at the
+    start got it killed at every start. A file that is no image is still named when it opens."""
+    import cv2
+
+    from device import sources
+    from device.sources import ImageSource
+
+    for name, value in (("a.png", 10), ("b.png", 100), ("c.png", 200)):
+        cv2.imwrite(str(tmp_path / name), np.full((24, 32, 3), value, np.uint8))
+    decoded = []
+    imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda path, flags=cv2.IMREAD_COLOR: decoded.append(Path(path).name)
+                        or imread(path, flags))
+    clock = moved_clock(monkeypatch, sources)
+    src = ImageSource(str(tmp_path), fps=1.0)
+    assert decoded == ["a.png"]  # the first only: a folder with nothing to show fails to open
+    means = []
+    for t in (100.2, 100.7, 101.2, 101.9, 102.5, 103.1):
+        clock[0] = t
+        means.append(int(src.read().mean()))
+    assert means == [10, 10, 100, 100, 200, 10]  # looped, each shown for a second
+    assert decoded == ["a.png", "b.png", "c.png", "a.png"]  # each when its turn comes, once
+    (tmp_path / "b.png").unlink()  # gone since the start: named when its turn comes, a camera error retried
+    clock[0] = 104.1
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'b.png'}: cannot decode image")):
+        src.read()
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    tried = len(decoded)
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'notes.jpg'}: cannot decode image")):
+        ImageSource(str(tmp_path))
+    assert len(decoded) == tried  # told from its header, without decoding a photo
+
+
+def test_the_demo_without_its_photo_is_a_source_error_not_a_crash_later(monkeypatch):
+    """np.full_like(None, 40) is an object array: the detector would fail on it, not the source."""
+    import cv2
+
+    from device.sources import DemoSource
+
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setattr(cv2, "imread", lambda path, flags=cv2.IMREAD_COLOR: None)  # a damaged matplotlib install
+    with pytest.raises(SourceError, match=r"demo source: .*grace_hopper\.jpg: cannot decode image"):
+        DemoSource()
 
 
 def test_the_face_crop_is_the_configured_square_clamped_to_the_frame():
