@@ -21,7 +21,7 @@ from typing import IO
 
 from device import clock, spare
 from device.button import ButtonError, open_button
-from device.config import DEFAULT_PATH, ConfigError, load_config
+from device.config import DEFAULT_PATH, SCHEMA, ConfigError, load_config
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
@@ -121,6 +121,10 @@ def cmd_run(cfg, pin_factory=None) -> int:
     log = logging.getLogger("feedbackd")
     if why := no_core_dumps():
         log.warning("a crash may leave a core dump holding camera frames (%s)", why)
+    held = spare.beside(cfg["storage"]["path"])
+    if spare.in_use(held):  # before the display: opening it would blank the screen customers read
+        raise StorageError(f"{cfg['storage']['path']}: another feedbackd is running on this log (it holds {held}): "
+                           "stop it first (sudo systemctl stop feedbackd)")
     notifier = Notifier()  # the unit's: only there is RLIMIT_MEMLOCK set for the lock to be safe
     why = lock_memory() if notifier.enabled else "not started by systemd"
     if why is not None and swap_in_use():  # before the first frame exists
@@ -214,8 +218,12 @@ def cmd_check(cfg, skip: list[str]) -> int:
     from device.sources import open_source
 
     held = ("camera", "display", "button") if spare.in_use(spare.beside(cfg["storage"]["path"])) else ()
-    if "camera" not in [*skip, *held] and (why := no_core_dumps()):  # it reads a frame too
-        logging.getLogger("feedbackd").warning("a crash may leave a core dump holding a camera frame (%s)", why)
+    if "camera" not in [*skip, *held]:  # it reads a frame too: kept out of a core dump and off the swap, as run does
+        log = logging.getLogger("feedbackd")
+        if why := no_core_dumps():
+            log.warning("a crash may leave a core dump holding a camera frame (%s)", why)
+        if swap_in_use() and (why := lock_memory()) is not None:  # no swap, nothing to lock it out of
+            log.warning("memory not locked (%s): the camera frame may be paged out to swap on disk", why)
     results = []
 
     def part(name: str, fn) -> None:
@@ -512,7 +520,11 @@ def main(argv: list[str] | None = None, pin_factory=None) -> int:
             return cmd_summary(cfg, args)
         return cmd_export(cfg, args)
     except FAILURES as e:
-        print(f"{'<3>' if journal else ''}feedbackd: error: {e}", file=sys.stderr)  # err in the journal
+        message = str(e)
+        if isinstance(e, ConfigError) and args.command in ("export", "summary"):  # a wrong pin must not lock out
+            message += (f"\n(to read the feedback meanwhile, without the config: feedbackd {args.command} "  # the owner
+                        f"--config /dev/null --db {SCHEMA['storage']['path'].default})")
+        print(f"{'<3>' if journal else ''}feedbackd: error: {message}", file=sys.stderr)  # err in the journal
         return 2
 
 

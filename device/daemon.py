@@ -76,6 +76,9 @@ class Stop:
 
 STAGES = ("capture", "detect", "classify", "render")
 IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
+# A backlog of thousands (a spare file that filled while the card was full) takes minutes of synced
+# commits on an SD card: a retry stores it this long a pass, the frames and the screen going on between.
+DRAIN_S = 1.0
 
 
 @dataclass
@@ -285,22 +288,28 @@ class Daemon:
                  entry.confidence, at.isoformat())  # matches a journal line of an entry kept in memory
         return True
 
-    def _store_pending(self, now: float) -> bool:
-        """Store the waiting entries oldest first; True once none is left."""
+    def _store_pending(self, now: float, budget_s: float = math.inf) -> bool:
+        """Store the waiting entries oldest first, for at most `budget_s`; True once none is left.
+        Each stored one feeds the watchdog: a long backlog is progress, not a hang to restart."""
         if self._unrestored and self.spare:
             self._restore_spare(self.spare)
+        deadline = time.monotonic() + budget_s
         while self._pending:
             if not self._store(*self._pending[0], now):
                 return False
             self._pending.pop(0)
+            if self.notifier.watchdog_s:
+                self.notifier.watchdog()
+            if self._pending and time.monotonic() >= deadline:
+                return False  # the rest at the next pass
         if self.spare and not self._unrestored:
             self.spare.clear()
         return True
 
-    def _store_pending_or_spare(self, now: float) -> None:
+    def _store_pending_or_spare(self, now: float, budget_s: float = math.inf) -> None:
         """Store the waiting entries; while the log cannot, write the spare's lines whose write failed
         again, rather than only before the next entry the log refuses (maybe never, before a power cut)."""
-        if self._store_pending(now):
+        if self._store_pending(now, budget_s):
             self._saved_late(stored=True)
         elif self.spare:
             # that entry's line among those written: one a full spare refused is still in memory only
@@ -323,7 +332,7 @@ class Daemon:
         if now < self._retry_at:
             return
         if self._pending or self._unrestored:
-            self._store_pending_or_spare(now)
+            self._store_pending_or_spare(now, DRAIN_S)
         elif self.storage_error and hasattr(self.store, "reopen"):  # no entry waiting: the error screen clears
             self.storage_error = self.store.reopen()  # once the log opens, not at the next press
             self._retry_at = now + self.cfg["storage"]["retry_s"]

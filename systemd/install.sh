@@ -26,7 +26,7 @@ STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
 STATE_DIR=$DESTDIR$STATE
 WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
-say() { printf 'install: %s\n' "$*"; }
+say() { printf 'install: %s\n' "$*" || true; }  # a terminal gone with its SSH session must not stop the install
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 live() { [ -z "$DESTDIR" ]; }  # installing onto this machine itself (not into a DESTDIR)
 
@@ -285,8 +285,10 @@ stop_for_upgrade() {
     # "activating" too: a service in its restart loop must not start on a half-written venv.
     case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
         trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
-        # Ctrl-C, a dropped SSH session or a kill: bash would run the EXIT trap with $? 0
-        trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+        # Ctrl-C or a kill: bash would run the EXIT trap with $? 0. A dropped SSH session is ignored,
+        # by pip too (an ignored signal stays ignored in children): killed mid-install, pip leaves
+        # an old package removed and its new one not yet in, a venv the restart would crash-loop on.
+        trap '' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
         systemctl stop feedbackd.service ;;
     esac
 }

@@ -381,6 +381,24 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
         cli.open_store(db)
 
 
+@pytest.mark.parametrize("command", ["export", "summary"])
+def test_a_wrong_setting_elsewhere_in_the_config_says_how_to_read_the_feedback_anyway(tmp_path, capsys, command):
+    """A mistyped display pin stops the service, as it should; the owner must still get the feedback out."""
+    db, config = tmp_path / "f.db", tmp_path / "config.toml"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"), datetime(2026, 11, 30, 11, tzinfo=UTC))
+    log.close()
+    config.write_text(f'[storage]\npath = "{db}"\n[display]\ngpio_dc = "eight"\n')
+    assert cli.main([command, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "display.gpio_dc" in err and err.rstrip().endswith(
+        f"(to read the feedback meanwhile, without the config: feedbackd {command} --config /dev/null "
+        "--db /var/lib/feedbackd/feedback.db)")
+    assert cli.main([command, "--config", "/dev/null", "--db", str(db)]) == 0  # as it says, with this log
+    assert "Happy" in capsys.readouterr().out
+    assert cli.main(["check", "--config", str(config)]) == 2 and "meanwhile" not in capsys.readouterr().err
+
+
 def test_reports_read_a_stopped_log_on_a_full_card(tmp_path, capsys, monkeypatch):
     """The owner exports before the card is replaced: every entry is in the main file once the daemon
     stopped, and check names the card, not a disk I/O error."""
@@ -605,6 +623,30 @@ def test_days_of_entries_a_full_card_refuses_wait_in_the_spare_file_and_are_all_
     daemon, _ = bare_daemon(store)
     daemon._store_pending(time.monotonic())
     assert store.count() == 400 and beside(db).read_bytes() == bytes(SIZE)
+    daemon.close()
+    store.close()
+
+
+def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path, monkeypatch):
+    """Thousands of spare entries take minutes of synced commits on an SD card: stored in one pass,
+    the screen froze and systemd's watchdog killed the daemon before the backlog was in."""
+    import device.daemon as D
+
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    start = time.monotonic()
+    for i in range(5):
+        press(daemon, button, start + 10 * i)
+    daemon.close()
+    store = FeedbackLog(db)
+    daemon, _ = bare_daemon(store)
+    pings = []
+    daemon.notifier = SimpleNamespace(watchdog_s=15.0, watchdog=lambda: pings.append(store.count()))
+    monkeypatch.setattr(D, "DRAIN_S", 0.0)  # each pass's time is spent once it has stored one
+    for n in range(1, 6):
+        daemon._retry_pending()
+        assert store.count() == n and pings == list(range(1, n + 1))
+    assert beside(db).read_bytes() == bytes(SIZE)  # all in the log: the spare file is cleared
     daemon.close()
     store.close()
 
@@ -984,6 +1026,20 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys, monkeypat
     assert line.startswith("FAIL display") and "display.driver = png: cannot draw" in line
 
 
+def test_check_keeps_the_camera_frame_it_reads_off_the_swap(face_folder, tmp_path, caplog, monkeypatch):
+    """`sudo make status` reads a real frame: on a Pi with swap on the SD card, its memory is locked as
+    the service's is, or the technician is told it was not."""
+    locked = []
+    monkeypatch.setattr(cli, "swap_in_use", lambda: True)
+    monkeypatch.setattr(cli, "lock_memory", lambda: locked.append(1) or "RLIMIT_MEMLOCK is 8388608 bytes")
+    others = [f"--skip={p}" for p in cli.CHECK_PARTS if p != "camera"]
+    base = ["check", "--source", "images", "--camera-path", str(face_folder), "--db", str(tmp_path / "f.db")]
+    assert cli.main([*base, *others]) == 0 and locked
+    assert "memory not locked (RLIMIT_MEMLOCK is 8388608 bytes): the camera frame may be paged out" in caplog.text
+    locked.clear()
+    assert cli.main([*base, *others, "--skip=camera"]) == 0 and not locked  # no frame, nothing to lock
+
+
 def test_check_beside_the_running_service_leaves_alone_the_parts_it_holds(model, face_folder, tmp_path, capsys):
     """`sudo feedbackd check` on a live kiosk: opening the busy button would fail, and luma's exit
     hook would blank the screen staff are reading; the parts are said to be skipped, not passed."""
@@ -1003,6 +1059,20 @@ def test_check_beside_the_running_service_leaves_alone_the_parts_it_holds(model,
     assert not screen.exists()
     assert cli.main(base) == 0  # the service stopped: every part is checked
     assert all(line.startswith("ok ") for line in capsys.readouterr().out.splitlines()) and screen.exists()
+
+
+def test_run_beside_the_running_service_refuses_before_it_touches_the_screen(tmp_path, capsys):
+    """`sudo feedbackd run` on a live kiosk: luma's set-up blanks the shared panel, and a second
+    daemon on the same log would run without its spare file."""
+    db, screen = tmp_path / "f.db", tmp_path / "screen.png"
+    held = SpareFile(beside(db))  # as the service holds it while it runs
+    try:
+        assert cli.main(["run", "--source", "demo", "--display", "png", "--png-path", str(screen), "--button", "none",
+                         "--db", str(db), "--model", str(tmp_path / "none.tflite")]) == 2
+    finally:
+        held.close()
+    assert f"{db}: another feedbackd is running on this log" in capsys.readouterr().err
+    assert not screen.exists()
 
 
 def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys, monkeypatch):
