@@ -433,11 +433,40 @@ PI_CAMERA = {"Model": "imx708", "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx70
 USB_CAMERA = {"Model": "HD Webcam", "Id": "/base/axi/pcie@120000/rp1/usb@200000-1:1.0-046d:0825"}
 
 
+def fake_picamera2(calls: list, capture, stop=None, cameras=(PI_CAMERA,)):
+    """A picamera2 module of the calls the adapter makes, nothing more; `capture(self, stream)` is
+    each test's camera, and its start, stop and close are noted in `calls`."""
+
+    class Picamera2:
+        global_camera_info = staticmethod(lambda: list(cameras))
+        capture_array = capture
+
+        def __init__(self, num):
+            assert num == 0
+
+        def create_video_configuration(self, main, controls, buffer_count):
+            return main
+
+        def configure(self, config):
+            self.size = config["size"]
+
+        def start(self):
+            calls.append("start")
+
+        def stop(self):
+            if stop:
+                stop()
+            calls.append("stop")
+
+        def close(self):
+            calls.append("close")
+
+    return types.SimpleNamespace(Picamera2=Picamera2)
+
+
 def test_the_pi_camera_is_the_first_libcamera_lists_that_is_not_a_webcam(monkeypatch):
     """libcamera lists USB webcams too, last: those are V4L2's to open. With none but a webcam,
     Picamera2() is never made: a failed one leaks a pipe, once a reconnect on a webcam-only kiosk."""
-    import types
-
     from device.sources import Picamera2Source
 
     made = []
@@ -538,40 +567,18 @@ def test_an_i2c_address_out_of_range_is_said_in_hex():
 
 def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     """picamera2's capture_array can block for good; the loop must still get an error."""
-    import types
 
     from device.sources import Picamera2Source
 
     hang, calls = threading.Event(), []
 
-    class FakePicamera2:  # the picamera2 calls the adapter makes, nothing more
-        global_camera_info = staticmethod(lambda: [PI_CAMERA])
+    def capture(self, stream):
+        if len(calls) > 3:
+            hang.wait()  # the camera stops answering
+        calls.append(stream)
+        return np.zeros((self.size[1], self.size[0], 3), np.uint8)
 
-        def __init__(self, num):
-            assert num == 0
-
-        def create_video_configuration(self, main, controls, buffer_count):
-            return main
-
-        def configure(self, config):
-            self.size = config["size"]
-
-        def start(self):
-            calls.append("start")
-
-        def capture_array(self, stream):
-            if len(calls) > 3:
-                hang.wait()  # the camera stops answering
-            calls.append(stream)
-            return np.zeros((self.size[1], self.size[0], 3), np.uint8)
-
-        def stop(self):
-            calls.append("stop")
-
-        def close(self):
-            calls.append("close")
-
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2(calls, capture))
     src = Picamera2Source(640, 480, 15, timeout_s=0.3)
     assert src.read().shape == (480, 640, 3)
     time.sleep(0.5)
@@ -584,42 +591,21 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
 
 def test_a_pi_camera_whose_stop_fails_is_still_closed(monkeypatch, caplog):
     """Else the camera stays held and every reconnect finds it busy."""
-    import types
 
     from device.sources import Picamera2Source
 
     calls = []
 
-    class FakePicamera2:
-        global_camera_info = staticmethod(lambda: [PI_CAMERA])
+    def unplugged():
+        raise RuntimeError("camera unplugged")
 
-        def __init__(self, num):
-            pass
-
-        def create_video_configuration(self, main, controls, buffer_count):
-            return main
-
-        def configure(self, config):
-            pass
-
-        def start(self):
-            pass
-
-        def capture_array(self, stream):
-            return None  # the camera is gone: the grab thread ends and releases it
-
-        def stop(self):
-            raise RuntimeError("camera unplugged")
-
-        def close(self):
-            calls.append("close")
-
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    # the camera is gone: the grab thread ends and releases it
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2(calls, lambda self, stream: None, stop=unplugged))
     src = Picamera2Source(640, 480, 15, timeout_s=0.3)
     with pytest.raises(SourceError, match="Pi camera: camera returned no frame"):
         src.read()
     src.close()
-    assert calls == ["close"]
+    assert calls == ["start", "close"]
     assert "Pi camera: releasing the camera failed (RuntimeError: camera unplugged)" in caplog.text
 
 
@@ -632,34 +618,13 @@ def test_a_pi_camera_that_lists_but_never_streams_does_not_hide_the_webcam(monke
 
     calls, streams = [], [False]
 
-    class FakePicamera2:
-        global_camera_info = staticmethod(lambda: [PI_CAMERA, USB_CAMERA])
-
-        def __init__(self, num):
-            pass
-
-        def create_video_configuration(self, main, controls, buffer_count):
-            return main
-
-        def configure(self, config):
-            pass
-
-        def start(self):
-            calls.append("start")
-
-        def capture_array(self, stream):
-            if not streams[0]:
-                raise RuntimeError("Camera frontend has timed out!")
-            return np.zeros((480, 640, 3), np.uint8)
-
-        def stop(self):
-            calls.append("stop")
-
-        def close(self):
-            calls.append("close")
+    def capture(self, stream):
+        if not streams[0]:
+            raise RuntimeError("Camera frontend has timed out!")
+        return np.zeros((480, 640, 3), np.uint8)
 
     webcam = LatestFrame(lambda: np.ones((480, 640, 3), np.uint8), "camera /dev/video0")
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2(calls, capture, cameras=(PI_CAMERA, USB_CAMERA)))
     monkeypatch.setattr(sources, "_first_webcam", lambda cfg: webcam)
     cfg = {"source": kind, "width": 640, "height": 480, "fps": 15}
     assert sources.open_source(cfg) is webcam
