@@ -142,6 +142,7 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     vals = [float(r["val_accuracy"]) for r in a]
     assert record["epochs"] == 2 and record["best_epoch"] == 1 + vals.index(max(vals))  # the first of the best
     assert record["data"]["sha256"] and len(record["history"]) == 2
+    assert record["architecture"] == "VGG16-BN (13 conv in 5 blocks 4-8-16-32-32, FC 32-32-7)"  # --width 0.0625's
     for name in ("fer_vgg16.keras", "fer_vgg16_confusion.png", "fer_vgg16_curves.png", "MODEL_CARD.md"):
         assert (out / name).stat().st_size > 0, name
     card = (out / "MODEL_CARD.md").read_text()
@@ -513,6 +514,7 @@ def test_the_record_counts_the_faces_skip_bad_left_out(tmp_path, capsys):
     assert (record["data"]["train_skipped"], record["data"]["publictest_skipped"]) == (1, 0)
     card = (out / "MODEL_CARD.md").read_text()
     assert "; 1 Training and 0 PublicTest faces skipped as bad input (`--skip-bad`)" in card
+    assert "(Disgusted has 8 of 56 faces)" in card  # this run's counts, not FER-2013's 436 of 28,709
 
 
 def test_warm_start_copies_weights(tmp_path, tiny_model):

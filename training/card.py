@@ -191,6 +191,8 @@ def write_card(record: dict, path: Path) -> Path:
     exported_by = f" (trained); exported and scored by `{export}`" if export != record["code_commit"] else ""
     cfg = record["config"]
     hours = record["wall_seconds"] / 3600
+    data = record["data"]  # this run's faces (its --limit subset), not FER-2013's whole Training split
+    rare = f"Disgusted has {data['train_class_counts'][CLASSES.index('disgust')]:,} of {data['train_faces']:,} faces"
     epoch_minutes = record["wall_seconds"] / 60 / record["epochs"]
     rows = "\n".join(
         f"| {DISPLAY_NAMES[i]} | {val['per_class'][c]['precision']:.3f} | {val['per_class'][c]['recall']:.3f} "
@@ -262,7 +264,7 @@ gives the unbiased one.
 
 SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight decay (not on
 batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
-(Disgusted has 436 of 28,709 faces), augmentation by random flip, rotation, scale, shift,
+({rare}), augmentation by random flip, rotation, scale, shift,
 brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']:.0%} of the faces"
                          if cfg.get("erase") else ""}.{_distilled(cfg)}{_class_scale(record)}
 
@@ -275,8 +277,8 @@ brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']
 
 ## Status
 
-The target is PublicTest accuracy >= {TARGET:.0%} ({GOAL:.0%} the goal). On this project's
-2-core CPU a VGG16 epoch (its PublicTest evaluation included) took {epoch_minutes:.0f} minutes in this run
+The target is PublicTest accuracy >= {TARGET:.0%} ({GOAL:.0%} the goal). On this run's
+CPU a VGG16 epoch (its PublicTest evaluation included) took {epoch_minutes:.0f} minutes in this run
 ({record['precision']}), so
 training proceeds in warm-restart cycles of a few epochs, each one a finished run whose model
 is committed; the next cycle warm-starts from it (`--init models/fer_vgg16.keras`).

@@ -77,6 +77,17 @@ def cpu_name() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
+def architecture(model) -> str:
+    """What the record calls the model, read off its layers: a --width run is narrower than VGG16."""
+    import keras
+
+    convs = [x for x in model.layers if isinstance(x, keras.layers.Conv2D)]
+    blocks = {x.name.split("_")[0]: x.filters for x in convs}  # a block's convs share its width
+    fc = [x.units for x in model.layers if isinstance(x, keras.layers.Dense)]
+    return (f"VGG16-BN ({len(convs)} conv in {len(blocks)} blocks {'-'.join(map(str, blocks.values()))}, "
+            f"FC {'-'.join(map(str, fc))})")
+
+
 def warm_start_lineage(init: str | None) -> dict | None:
     """What a warm start began from; read when the run starts, before its export may overwrite that file.
     Its record is the one beside it, else the one in models/ of the same model (a start from a copy of
@@ -209,7 +220,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
         "model": path.name,
         "sha256": sha256_file(staged),
         "size_bytes": staged.stat().st_size,
-        "architecture": "VGG16-BN (13 conv in 5 blocks 64-128-256-512-512, FC 512-512-7)",
+        "architecture": architecture(model),
         "parameters": int(model.count_params()),
         "input": spec.to_dict(),
         "labels": list(CLASSES),
