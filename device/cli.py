@@ -402,8 +402,11 @@ def waiting_note(store: FeedbackLog, report: str, since: str | None, until: str 
 
 def to_stdout(write: Callable[[IO[str]], object], report: str) -> None:
     """Write a report to stdout: a reader that had enough (`| head`) ends it quietly, a full disk
-    (`> /mnt/usb/f.csv` on a full stick) is an error naming stdout, neither a traceback."""
+    (`> /mnt/usb/f.csv` on a full stick) is an error naming stdout, neither a traceback. The export
+    is UTF-8 whatever the locale, as README says (a till named "Kasse-Süd ①" under a Latin-1 one)."""
     try:
+        if report == "export":
+            sys.stdout.reconfigure(encoding="utf-8")
         write(sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
@@ -418,7 +421,7 @@ def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         try:
-            with open(tmp, "w", newline="") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 n = write(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -441,7 +444,7 @@ def cmd_summary(cfg, args) -> int:
         note = waiting_note(store, "summary", args.since, args.until)
         oldest, newest = store.rating_scales()
         sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
-        # the kiosk's map, where it rates on the newest scale: an older scale's entries are re-rated by emotion
+        # the kiosk's map, where it rates on the newest scale: entries rated otherwise are re-rated by emotion
         rt = cfg["rating"]
         rerate = (rt["max"], rt["map"]) if rt["max"] == newest else None
         tallies = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
@@ -523,7 +526,9 @@ def main(argv: list[str] | None = None, pin_factory=None) -> int:
         message = str(e)
         if isinstance(e, ConfigError) and args.command in ("export", "summary"):  # a wrong pin must not lock out
             message += (f"\n(to read the feedback meanwhile, without the config: feedbackd {args.command} "  # the owner
-                        f"--config /dev/null --db {SCHEMA['storage']['path'].default})")
+                        f"--config /dev/null --db {SCHEMA['storage']['path'].default}"
+                        + (", its ratings and \"Not sure\" counts then by the default settings)"
+                           if args.command == "summary" else ")"))
         print(f"{'<3>' if journal else ''}feedbackd: error: {message}", file=sys.stderr)  # err in the journal
         return 2
 

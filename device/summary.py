@@ -20,15 +20,17 @@ class Tally:
     unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
     unsure: int = 0  # thanked as "Not sure": counted under the emotion the model found most likely
-    rerated: int = 0  # rated on another scale, counted at their emotion's rating on the current one
+    rerated: int = 0  # rated on another scale or by an earlier map, counted at their emotion's rating now
 
     def add(self, row: dict, top: float | None, sure_from: float = 0.0,
             rerate: tuple[float, dict] | None = None) -> None:
-        """`rerate`: the kiosk's scale and rating.map, for an entry rated on another scale; ratings
-        follow from emotions, and the shipped maps are not in proportion (Neutral is 3 of 5, 5 of 10)."""
+        """`rerate`: the kiosk's scale and rating.map, for an entry rated on another scale or by an
+        earlier map; ratings follow from emotions (the shipped maps are not in proportion: Neutral is
+        3 of 5, 5 of 10), and one emotion counting differently by the month would read as a trend."""
         rating = row["rating"]
-        if rerate and top and top != rerate[0] and row["emotion"] in rerate[1]:
-            top, rating = rerate[0], rerate[1][row["emotion"]]
+        if rerate and top and (now := rerate[1].get(row["emotion"])) is not None \
+                and (top, rating) != (rerate[0], now):
+            top, rating = rerate[0], now
             self.rerated += 1
         self.entries += 1
         self.scales[top] += 1
@@ -49,7 +51,7 @@ def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: fl
     """One tally per local date, oldest first, then one for all of them; [] for no rows. An entry
     without a logged scale (stored before v3) is taken as rated out of `unlogged`; one under the
     kiosk's `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too; one
-    rated on another scale than `rerate`'s is counted at its emotion's rating in `rerate`'s map."""
+    rated otherwise than by `rerate` is counted at its emotion's rating in `rerate`'s map."""
     days: dict[str, Tally] = {}
     total = Tally("all")
     for row in rows:
@@ -76,8 +78,8 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
     if scale:
         rescaled = sum(n for top, n in total.scales.items() if top and top != scale)
         lines.append(f"ratings are out of {scale:g}, the scale of the log's newest entry" + (
-            f"; {total.rerated} of these entries were rated on another and are counted at their emotion's rating "
-            "on this one (rating.map)" if total.rerated else "") + (
+            f"; {total.rerated} of these entries were rated on another or by an earlier rating.map and are counted "
+            "at their emotion's rating in today's" if total.rerated else "") + (
             f"; {rescaled} of these entries were rated on another and are converted in proportion" if rescaled else ""))
     if scale and unlogged and total.unlogged:
         lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
