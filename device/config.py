@@ -138,16 +138,26 @@ def _check(where: str, key: Key, value: Any) -> Any:
     return value
 
 
-def _check_ratings(where: str, ratings: dict, top: int) -> dict[str, float]:
+def _owners(key: str) -> list[str]:
+    """The sections that have `key`: where a key misplaced in the file belongs."""
+    from device.preprocess import DISPLAY_NAMES
+
+    return [s for s, keys in SCHEMA.items() if key in keys] + (["rating.map"] if key in DISPLAY_NAMES else [])
+
+
+def _check_ratings(source: str, ratings: dict, top: int) -> dict[str, float]:
     """The defaults are a 1-5 scale: any other rating.max needs a rating for every emotion."""
     from device.preprocess import DISPLAY_NAMES
 
+    where = f"{source}: rating.map"
     missing = [n for n in DISPLAY_NAMES if n not in ratings]
     if top != SCHEMA["rating"]["max"].default and missing:
         raise ConfigError(f"{where}: rating.max is {top}, so every emotion needs a rating; "
                           f"missing {', '.join(missing)}")
     out = dict(DEFAULT_RATINGS)
     for name, value in ratings.items():
+        if name not in DISPLAY_NAMES and len(owners := _owners(name)) == 1:  # appended below [rating.map]
+            raise ConfigError(f"{source}: {name} belongs under [{owners[0]}], not [rating.map]")
         if name not in DISPLAY_NAMES:
             raise ConfigError(f"{where}.{name}: unknown emotion (expected one of {', '.join(DISPLAY_NAMES)})")
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
@@ -178,15 +188,22 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     data: dict = {}
     if path is not None:
         cfg.source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text())
+        try:  # -sig: Windows Notepad starts a UTF-8 file with a byte-order mark, which TOML refuses
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:  # UTF-16 ("Unicode") or a code page ("ANSI"): TOML is UTF-8 only
+            raise ConfigError(f"{path}: cannot read config: not UTF-8 text (byte 0x{e.object[e.start]:02X} at "
+                              f"offset {e.start}); save it as UTF-8") from None
+        except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from None
     cfg.flags = frozenset(overrides or {})
     merged: dict[str, dict] = {}
     for section, values in data.items():
+        owners = _owners(section)
+        if not isinstance(values, dict) and (owners or section not in SCHEMA):  # above the first [header]
+            home = f"it belongs under [{'] or ['.join(owners)}]" if owners else f"sections: {', '.join(SCHEMA)}"
+            raise ConfigError(f"{cfg.source}: {section} is a key outside any [section]; {home}")
         if section not in SCHEMA:
             raise ConfigError(f"{cfg.source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
         if not isinstance(values, dict):
@@ -199,6 +216,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         for key, value in values.items():
             where = f"{cfg.where(f'{section}.{key}')}: {section}.{key}"  # a flag wins over the file
             if key not in SCHEMA[section]:
+                if len(owners := _owners(key)) == 1:  # a key appended at the end lands in the last section
+                    raise ConfigError(f"{cfg.source}: {key} belongs under [{owners[0]}], not [{section}]")
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _check(where, SCHEMA[section][key], value)
@@ -249,7 +268,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     _check_lcd_pins(cfg)
     _check_pins(cfg)
     given = merged.get("rating", {}).get("map", {})  # only what the file set: the defaults are not a choice
-    cfg["rating"]["map"] = _check_ratings(f"{cfg.source}: rating.map", given, cfg["rating"]["max"])
+    cfg["rating"]["map"] = _check_ratings(cfg.source, given, cfg["rating"]["max"])
     if state:
         _check_sandbox(cfg, Path(base))
     return cfg
@@ -289,7 +308,8 @@ def _check_sandbox(cfg: Config, state: Path) -> None:
 
 
 I2C_PINS = {0: {0: "SDA", 1: "SCL"}, 1: {2: "SDA", 3: "SCL"}}  # BCM numbers of each I2C bus
-SPI_PINS = {0: {10: "MOSI", 9: "MISO", 11: "SCLK"}, 1: {20: "MOSI", 19: "MISO", 21: "SCLK"}}
+# MISO left out: no LCD reads, and HATs such as Pimoroni's wire DC to it (RPi.GPIO takes it back)
+SPI_PINS = {0: {10: "MOSI", 11: "SCLK"}, 1: {20: "MOSI", 21: "SCLK"}}
 SPI_CE = {0: (8, 7), 1: (18, 17, 16)}
 # make install turns SPI on (for the LCDs) whatever the display, and the kernel's spi0 then holds both
 # chip selects: a button there would fail "GPIO busy" at start-up.
@@ -328,8 +348,12 @@ def _check_lcd_pins(cfg: Config) -> None:
     display = cfg["display"]
     if display["driver"] not in LCDS:
         return
-    # MISO aside: no LCD reads, and HATs such as Pimoroni's wire DC to it (RPi.GPIO takes it back)
-    taken = {pin: what for pin, what in {**SPI0_HELD, **_spi_pins(display)}.items() if "MISO" not in what}
+    ce = SPI_CE.get(display["spi_port"], ())  # spi2 and up (a CM4's): their chip selects vary by overlay
+    if ce and display["spi_device"] >= len(ce):  # else luma's "SPI device not found", blamed on the wiring
+        raise ConfigError(f"{cfg.where('display.spi_device', 'display.spi_port')}: display.spi_device: "
+                          f"{display['spi_device']} is not a chip select of SPI{display['spi_port']}, "
+                          f"which has {len(ce)} (0 to {len(ce) - 1})")
+    taken = {**SPI0_HELD, **_spi_pins(display)}
     for i, key in enumerate(LCD_PINS):
         pin = display[key]
         if pin in taken:
@@ -343,6 +367,9 @@ def _check_lcd_pins(cfg: Config) -> None:
 def _check_display(cfg: Config) -> None:
     """A size the panel cannot take is refused here, not as a garbled screen on the Pi."""
     display = cfg["display"]
+    if display["swap_red_blue"] and display["driver"] == "st7789":  # luma's st7789 has one colour order
+        raise ConfigError(f"{cfg.where('display.swap_red_blue', 'display.driver')}: display.swap_red_blue: the "
+                          "st7789 driver has a fixed colour order and would ignore it; remove the key")
     if display["size"] == SCHEMA["display"]["size"].default:
         return
     if display["driver"] in LCDS:

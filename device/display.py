@@ -375,6 +375,8 @@ def open_display(cfg: dict) -> Display:
     """The configured driver; a hardware driver that cannot start is a DisplayError."""
     try:
         return _open_display(cfg)
+    except DisplayError as e:  # it says what to do
+        raise DisplayError(f"display.driver = {cfg['driver']!r}: cannot open the display: {e}") from None
     except Exception as e:  # luma and smbus/spidev raise their own kinds; all mean the same here
         raise DisplayError(f"display.driver = {cfg['driver']!r}: cannot open the display "
                            f"({type(e).__name__}: {e}); check the wiring and [display]") from None
@@ -401,15 +403,22 @@ def _open_display(cfg: dict) -> Display:
         # panel's memory again)
         return Display(panel, set_up=serial.set_up())
     if driver in LCDS:  # SPI has no acknowledgement: a panel that lost power is found only by the refresh
+        from luma.core.error import DeviceNotFoundError
         from luma.core.framebuffer import full_frame
         from luma.core.interface.serial import spi
         from luma.lcd import device as lcd
 
+        port, chip = cfg["spi_port"], cfg["spi_device"]
         # the reset pin held and then waited on as the datasheets ask (ILI9341: 10 us, then 5 ms, or
         # 120 ms for a panel that was running): luma's default is no wait, and the first commands are lost
-        serial = _Recording(spi(port=cfg["spi_port"], device=cfg["spi_device"], gpio_DC=cfg["gpio_dc"],
-                                gpio_RST=cfg["gpio_rst"], reset_hold_time=0.01, reset_release_time=0.15),
-                            pauses=LCD_PAUSES)
+        try:
+            bus = spi(port=port, device=chip, gpio_DC=cfg["gpio_dc"], gpio_RST=cfg["gpio_rst"],
+                      reset_hold_time=0.01, reset_release_time=0.15)
+        except DeviceNotFoundError as e:  # luma's word for no /dev/spidevP.D: SPI is off, whatever the wiring
+            turn_on = ("sudo raspi-config nonint do_spi 0" if port == 0 else
+                       f"dtoverlay=spi{port}-{chip + 1}cs in /boot/firmware/config.txt, then reboot")
+            raise DisplayError(f"{e}: /dev/spidev{port}.{chip} is missing: enable SPI ({turn_on})") from None
+        serial = _Recording(bus, pauses=LCD_PAUSES)
         # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again;
         # luma's bgr flips its own default order, which differs between the two
         extra = {} if driver == "st7789" else {"bgr": cfg["swap_red_blue"], "framebuffer": full_frame()}

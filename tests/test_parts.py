@@ -116,6 +116,9 @@ def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
         load_config(None, overrides)
     load_config(None, {**overrides, "button.kind": "keyboard"})  # no GPIO claimed: nothing to clash
     load_config(None, {"display.driver": "st7789", "button.pin": 3, "button.led_pin": 27})  # I2C is free then
+    load_config(None, {"display.driver": "st7789", "button.pin": 9})  # MISO: no LCD reads it
+    load_config(None, {"display.driver": "ili9341", "display.spi_port": 1, "display.gpio_backlight": 13,
+                       "button.pin": 19, "button.led_pin": 5})  # spi1's MISO
 
 
 def test_custom_rating_scale(tmp_path):
@@ -152,6 +155,14 @@ def test_the_readme_rating_scale_edits_the_installed_config(tmp_path):
     ('[display]\ni2c_address = 0x78\n', {}, "CONFIG: display.i2c_address: 0x78 is out of range [0x03, 0x77] "
      "(0x78 is the 8-bit form of 0x3C)"),
     ('[display]\ndriver = "st7735"\n', {"display.spi_port": 1}, "command line: display.gpio_backlight: BCM 18"),
+    # luma's st7789 has one colour order: the key would be silently ignored
+    ('[display]\ndriver = "st7789"\nswap_red_blue = true\n', {}, "CONFIG: display.swap_red_blue: the st7789 "
+     "driver has a fixed colour order"),
+    # no /dev/spidev0.2: luma's "SPI device not found" at start, blamed on the wiring
+    ('[display]\ndriver = "st7735"\nspi_device = 2\n', {}, "CONFIG: display.spi_device: 2 is not a chip select "
+     "of SPI0, which has 2 (0 to 1)"),
+    ('[display]\ndriver = "ili9341"\n', {"display.spi_port": 1, "display.spi_device": 3},
+     "command line: display.spi_device: 3 is not a chip select of SPI1, which has 3 (0 to 2)"),
 ])
 def test_a_setting_that_would_fail_later_is_refused_where_it_was_given(tmp_path, text, overrides, message):
     """Each of these loaded before and failed on the kiosk: a traceback at the first frame, a video
@@ -160,6 +171,84 @@ def test_a_setting_that_would_fail_later_is_refused_where_it_was_given(tmp_path,
     config.write_text(text)
     with pytest.raises(ConfigError, match="^" + re.escape(message.replace("CONFIG", str(config)))):
         load_config(config, overrides)
+
+
+def test_a_setting_refused_above_goes_where_it_fits():
+    load_config(None, {"display.driver": "st7735", "display.swap_red_blue": True})
+    load_config(None, {"display.driver": "st7735", "display.spi_port": 1, "display.spi_device": 2})  # CE2: GPIO16
+    load_config(None, {"display.spi_device": 5})  # an OLED does not use it
+
+
+def test_a_config_saved_on_windows_loads_or_says_to_save_it_as_utf8(tmp_path):
+    """Notepad's UTF-8 starts with a byte-order mark TOML refuses ("Invalid statement"); its
+    "Unicode" is UTF-16 and its "ANSI" a code page, which TOML does not read at all."""
+    config = tmp_path / "config.toml"
+    text = '[device]\nid = "café"\r\n[button]\nled_pin = 27\r\n'
+    config.write_bytes(text.encode("utf-8-sig"))
+    cfg = load_config(config)
+    assert cfg["device"]["id"] == "café" and cfg["button"]["led_pin"] == 27
+    for encoding in ("utf-16", "cp1252"):
+        config.write_bytes(text.encode(encoding))
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(config))}: cannot read config: not UTF-8 text "
+                           r"\(byte 0x.. at offset \d+\); save it as UTF-8$"):
+            load_config(config)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # above the first header: TOML puts it in no section
+    ('driver = "st7789"\n', "driver is a key outside any [section]; it belongs under [display]"),
+    ('path = "/srv/clip.mp4"\n', "path is a key outside any [section]; it belongs under [camera] or [model] or "
+     "[storage]"),
+    ('device = "/dev/video2"\n', "device is a key outside any [section]; it belongs under [camera]"),
+    ("speed = 3\n", "speed is a key outside any [section]; sections: device, camera,"),
+    ("[camera]\nled_pin = 27\n", "led_pin belongs under [button], not [camera]"),
+    ("[rating]\nmax = 5\nHappy = 5\n", "Happy belongs under [rating.map], not [rating]"),
+    # what was before, where no other section has the key
+    ("[gpio]\npin = 4\n", "unknown section [gpio] (known: device, camera,"),
+    ("display = 3\n", "display must be a [section] table"),
+    ("[camera]\nsorce = 'demo'\n", "unknown key camera.sorce (known: source,"),
+    ("[camera]\npath = 'x'\n[display]\npath = 'y'\n", "unknown key display.path (known: driver,"),
+    ("[rating.map]\nJoyful = 5\n", "rating.map.Joyful: unknown emotion (expected one of Angry,"),
+])
+def test_a_key_in_the_wrong_place_is_said_to_be_there(tmp_path, text, message):
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: {message}")):
+        load_config(config)
+
+
+def test_a_key_appended_to_the_shipped_config_is_said_to_be_in_its_last_section(tmp_path):
+    """The shipped file ends in [rating.map]: a key added at its end lands there, not an emotion."""
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "systemd/config.example.toml").read_text() + "led_pin = 27\n")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: led_pin belongs under [button], not "
+                                                          "[rating.map]") + "$"):
+        load_config(config)
+    config.write_text('driver = "st7789"\n' + (ROOT / "systemd/config.example.toml").read_text())
+    with pytest.raises(ConfigError, match=re.escape("driver is a key outside any [section]; it belongs under "
+                                                    "[display]")):
+        load_config(config)
+
+
+def test_an_lcd_with_spi_off_says_so_not_the_wiring(monkeypatch):
+    """luma's "SPI device not found" is a missing /dev/spidevP.D: SPI is off, however the panel is wired."""
+    import luma.core.interface.serial
+    from luma.core.error import DeviceNotFoundError
+
+    from device.display import DisplayError
+
+    def spi(**kw):
+        raise DeviceNotFoundError("SPI device not found")
+
+    monkeypatch.setattr(luma.core.interface.serial, "spi", spi)
+    for overrides, fix in [({"display.spi_device": 1}, "/dev/spidev0.1 is missing: enable SPI "
+                            "(sudo raspi-config nonint do_spi 0)"),
+                           ({"display.spi_port": 1, "display.gpio_backlight": 13},
+                            "/dev/spidev1.0 is missing: enable SPI (dtoverlay=spi1-1cs in /boot/firmware/config.txt")]:
+        with pytest.raises(DisplayError, match=re.escape("display.driver = 'st7789': cannot open the display: "
+                                                         "SPI device not found: " + fix)) as err:
+            open_display(load_config(None, {"display.driver": "st7789", **overrides})["display"])
+        assert "wiring" not in str(err.value)
 
 
 def test_the_unit_refuses_paths_its_sandbox_cannot_reach(tmp_path, monkeypatch):
