@@ -979,7 +979,9 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
     assert "erase 0.5, distill 0.7" in out
     rates = {k: float(v) for k, v in re.findall(r"^(in-memory batch|input pipeline)\s*:\s*([\d.]+) img/s", out, re.M)}
     cost = float(re.search(r"^pipeline cost\s*:\s*(-?[\d.]+) %", out, re.M).group(1))
-    assert cost == pytest.approx(100 * (1 - rates["input pipeline"] / rates["in-memory batch"]), abs=0.5)
+    real, mem = rates["input pipeline"], rates["in-memory batch"]  # each printed to 0.1 img/s: the cost from
+    lowest, highest = 100 * (1 - (real + 0.05) / (mem - 0.05)), 100 * (1 - (real - 0.05) / (mem + 0.05))  # them
+    assert lowest - 0.05 <= cost <= highest + 0.05  # is known only that far (a loaded machine's few img/s: far)
     if abs(cost - 10) >= 0.1:  # printed to 0.1 %: at the line itself the verdict may go either way
         assert rc == (0 if cost <= 10 else 1)  # at most 10 % (this tiny model may miss it)
 
