@@ -358,7 +358,7 @@ class Daemon:
         if self.storage_error:
             return Screen("error", title="Storage error", detail="feedback not saved yet, retrying")
         if getattr(self.source, "error", None):
-            return Screen("error", title="Camera error", detail="reconnecting...")
+            return Screen("error", title="Camera error", detail="retrying...")
         r = self.smoother.reading(now)
         if r is None:
             return Screen("idle")

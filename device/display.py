@@ -80,7 +80,7 @@ def _centered(draw: ImageDraw.ImageDraw, y: int, text: str, size: int, width: in
     draw.text((x, y), text, font=f, fill=fill)
 
 
-MIN_DETAIL_SIZE = 7  # the smallest type whose letters stay apart on a 1-bit OLED
+MIN_DETAIL_SIZE = 9  # the smallest type whose letters stay whole on a 1-bit OLED (at 8, t and f lose their bars)
 
 
 def _detail_words(detail: str) -> list[str]:
@@ -93,7 +93,7 @@ def _fits(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> bool:
 
 
 def detail_size(draw: ImageDraw.ImageDraw, detail: str, size: int, width: int) -> int:
-    """The largest type up to `size` in which each word of an error's detail fits a line: "reconnecting..."
+    """The largest type up to `size` in which each word of an error's detail fits a line: "feedback"
     on an upright 64-pixel panel shrinks rather than breaking mid-word. A word too long even in
     MIN_DETAIL_SIZE (a file name, a hash) is broken, in `size`."""
     words = _detail_words(detail)
@@ -175,8 +175,14 @@ def render(screen: Screen, size: tuple[int, int], mode: str) -> Image.Image:
         _centered(d, int(10 * u), "No face", int(18 * u), w, white)
         _centered(d, int(36 * u), "try again", int(14 * u), w, white)
     elif screen.kind == "error":
-        _centered(d, int(6 * u), screen.title, int(16 * u), w, accent)
-        size, top = max(8, int(9 * w / 128)), int(28 * u)  # sized by width: as many words a line on any panel
+        # the title a word a line where the panel is too narrow for it (an upright OLED): shrunk to fit
+        # on one, "Storage error" fell to 8 pixels, which a 1-bit panel draws as "Slorage"
+        size = detail_size(d, screen.title, int(16 * u), w)
+        title = detail_lines(d, screen.title, size, w, 2)
+        for i, text in enumerate(title):
+            _centered(d, int(6 * u) + i * int(1.1 * size), text, size, w, accent, room=w + 2)
+        top = max(int(28 * u), int(6 * u) + len(title) * int(1.1 * size) + int(4 * u))
+        size = max(MIN_DETAIL_SIZE, int(9 * w / 128))  # sized by width: as many words a line on any panel
         size = detail_size(d, screen.detail, size, w)
         pitch = int(1.25 * size)
         for i, text in enumerate(detail_lines(d, screen.detail, size, w, (h - 2 - top - size) // pitch + 1)):

@@ -1210,7 +1210,7 @@ def test_a_camera_that_fails_shows_camera_error_and_the_loop_goes_on(model, face
     rig.daemon.source = ReconnectingSource(no_camera, max_backoff_s=0.02)
     rig.steps(3)
     assert rig.daemon.screen(time.monotonic()).title == "Camera error"
-    expected = render(Screen("error", title="Camera error", detail="reconnecting..."), (128, 64), "1")
+    expected = render(Screen("error", title="Camera error", detail="retrying..."), (128, 64), "1")
     assert rig.screen.image.tobytes() == expected.tobytes()
     rig.press()  # a customer who cannot be seen: "No face - try again" would only ask for more presses
     rig.steps(1)
@@ -1407,7 +1407,7 @@ def test_an_oled_that_answers_again_after_a_failure_is_set_up_afresh(monkeypatch
     display.current = None
     monkeypatch.setattr(device.display.time, "monotonic", lambda: start + 200)
     assert display.show(Screen("live", "Happy", 5, 5)) is True and charge_pump not in bus.commands  # a customer
-    assert display.show(Screen("error", title="Camera error", detail="reconnecting...")) is True
+    assert display.show(Screen("error", title="Camera error", detail="retrying...")) is True
     assert charge_pump in bus.commands  # an error screen may stay up for hours: staff must be able to read it
 
 

@@ -758,7 +758,7 @@ def test_latest_frame_reports_a_dead_camera():
 
 SCREENS = [Screen("idle"), Screen("live", "Surprised", 4, 5, True), Screen("live", None, None, 5, True),
            Screen("thanks", "Happy", 5, 5), Screen("no_face"),
-           Screen("error", title="Camera error", detail="reconnecting...")]
+           Screen("error", title="Camera error", detail="retrying...")]
 
 
 @pytest.mark.parametrize("size,mode", [((128, 64), "1"), ((128, 32), "1"), ((64, 128), "1"), ((240, 240), "RGB")])
@@ -874,8 +874,12 @@ def test_the_longest_emotions_get_the_whole_width_where_no_face_dot_stands_besid
         assert len(bands) == 3, (screen, bands)  # the dot (or the thanks) above the label, the stars below
         label = image.crop((0, bands[1][0], w, bands[1][1] + 1)).getbbox()
         assert label[2] - label[0] > w - 16 * min(w, h) / 64, (screen, (w, h), label)
-    error = render(Screen("error", title="Camera error", detail="reconnecting..."), (64, 128), "1")
-    assert len(_ink_rows(error)) == 2, _ink_rows(error)  # the title, and the detail on one line
+    error = render(Screen("error", title="Camera error", detail="retrying..."), (64, 128), "1")
+    assert len(_ink_rows(error)) == 3, _ink_rows(error)  # the title a word a line, and the detail on one
+    # no type under 9 pixels, whose t and f a 1-bit panel draws without their bars ("Slorage", "nol saved")
+    error = render(Screen("error", title="Storage error", detail="feedback not saved yet, retrying"), (64, 128), "1")
+    bands = _ink_rows(error)  # "Storage", "error", then three lines of detail, "not saved" the second
+    assert len(bands) == 5 and bands[3][1] - bands[3][0] >= 6, bands  # 7 rows of ink at 9 pixels, 5 at 8
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
