@@ -245,15 +245,17 @@ class Daemon:
             self.finder.release(self._box)  # logged: the next customer's face need not outscore this one's by far
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
-            stored = self._store_pending(now)
+            # Behind a backlog the log is taking (a card with room again), this one waits its turn in the
+            # spare file, thanked at once: storing thousands first froze the screen for minutes.
+            stored = self._store_pending(now, DRAIN_S if self.spare else math.inf)
             line = entry_json(entry, at)
-            kept = stored or self._keep(line)
+            kept = stored or self._keep(line, behind=self.storage_error is None)
             # This customer's thanks, stored or kept on the disk: a storage error shown instead would
             # invite a second press, and a second entry once the log is back. An entry in memory only
             # is lost at a power cut: that customer and staff see it was not saved. Either screen lasts
             # the cooldown too, so that no press meets a screen that ignores it; a reading the screen
             # called "Not sure" is thanked without the emotion the entry keeps. The LED means stored.
-            # Timed from the store: a backlog the log took first (a card with room again) may take seconds.
+            # Timed from the store: a backlog the log took first takes up to DRAIN_S.
             until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
             thanks = Screen("thanks", *shown, self.cfg["rating"]["max"])
@@ -263,10 +265,14 @@ class Daemon:
             if stored:
                 self.button.acknowledge()
 
-    def _keep(self, line: str) -> bool:
+    def _keep(self, line: str, behind: bool = False) -> bool:
         """An entry the log did not take, to the journal and the spare file now (a power cut may
-        come first); True once it is on the disk."""
-        log.critical("entry kept in memory until the log can be written: %s", line)
+        come first); True once it is on the disk. `behind`: the log works, but earlier entries go first."""
+        if behind:
+            log.info("entry waits in the spare file while the log takes the %d before it: %s", len(self._pending) - 1,
+                     line)
+        else:
+            log.critical("entry kept in memory until the log can be written: %s", line)
         return self.spare is not None and self.spare.append(line)
 
     def _entry(self, r: Reading) -> Entry:

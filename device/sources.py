@@ -41,8 +41,6 @@ class ImageSource:
     12 MP photos decoded at once would get it killed at every start."""
 
     def __init__(self, pattern: str, fps: float = 15.0):
-        import cv2
-
         p = Path(pattern)
         try:
             files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
@@ -51,14 +49,13 @@ class ImageSource:
             raise SourceError(f"{pattern}: cannot list the images: {e}") from None
         if not files:
             raise SourceError(f"{pattern}: no images found")
-        # A file that is no image is named now, as when all were decoded here; its header says so
-        # without decoding it. The first is decoded now too: a folder that shows nothing fails to open.
-        unreadable = next((f for f in files if not cv2.haveImageReader(f)), None)
-        if unreadable is not None:
-            raise SourceError(f"{unreadable}: cannot decode image")
+        # Each decoded once now and let go (the first kept), so that a file that is no photo, or a
+        # damaged one, is named at the start; found at its turn, the reconnect began the loop again.
+        self._index, self._frame = 0, self._load(files[0])
+        for f in files[1:]:
+            self._load(f)
         self.name = pattern
         self._files = files
-        self._index, self._frame = 0, self._load(files[0])
         self._period = 1.0 / fps
         self._start = time.monotonic()
 
@@ -149,7 +146,7 @@ class VideoSource:
     def read(self) -> np.ndarray:
         import cv2
 
-        now = time.monotonic()
+        now, decoded = time.monotonic(), 0
         while self._frame is None or now >= self._next:  # skip ahead: the newest frame only
             ok, frame = self.cap.read()
             if not ok:
@@ -159,9 +156,12 @@ class VideoSource:
                     raise SourceError(f"{self.name}: no frames")
             self._frame = frame
             self._next += self._period
-        # The decoding took time too: counted into the next read's backlog, a decode slower than a frame
-        # period (1080p on a Pi) makes each read decode more frames than the last, until the watchdog ends it.
-        self._next = max(self._next, time.monotonic())
+            decoded += 1
+        # A decode slower than a frame lasts (1080p on a Pi) is no backlog to catch up on: counted into
+        # the next read's, each read decoded more frames than the last, until the watchdog ended it.
+        # A clip decoded in time keeps its own pace.
+        if decoded and (time.monotonic() - now) / decoded >= self._period:
+            self._next = max(self._next, time.monotonic())
         return self._frame
 
     def close(self) -> None:

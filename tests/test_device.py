@@ -628,7 +628,7 @@ def test_days_of_entries_a_full_card_refuses_wait_in_the_spare_file_and_are_all_
     store.close()
 
 
-def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path, monkeypatch):
+def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path, monkeypatch, caplog):
     """Thousands of spare entries take minutes of synced commits on an SD card: stored in one pass,
     the screen froze and systemd's watchdog killed the daemon before the backlog was in."""
     import device.daemon as D
@@ -644,9 +644,18 @@ def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path,
     pings = []
     daemon.notifier = SimpleNamespace(watchdog_s=15.0, watchdog=lambda: pings.append(store.count()))
     monkeypatch.setattr(D, "DRAIN_S", 0.0)  # each pass's time is spent once it has stored one
-    for n in range(1, 6):
+    for n in range(1, 4):
         daemon._retry_pending()
         assert store.count() == n and pings == list(range(1, n + 1))
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    press(daemon, daemon.button, time.monotonic())  # a customer meanwhile: thanked at once, not after the backlog
+    assert store.count() == 4 and daemon.screen(time.monotonic()).kind == "thanks"
+    assert "entry waits in the spare file while the log takes the 1 before it" in caplog.text  # 4 of 5 in
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # nothing is wrong with the log
+    for n in range(5, 7):
+        daemon._retry_pending()
+        assert store.count() == n
     assert beside(db).read_bytes() == bytes(SIZE)  # all in the log: the spare file is cleared
     daemon.close()
     store.close()
