@@ -14,6 +14,7 @@ import os
 import pwd
 import signal
 import sys
+import tomllib
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -505,6 +506,17 @@ def to_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+def configured_log(args: argparse.Namespace) -> str:
+    """The log a config names though another of its settings is wrong: what its owner reads meanwhile."""
+    if args.db:
+        return args.db
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # TOMLDecodeError is a ValueError
+        path = tomllib.loads(Path(args.config or DEFAULT_PATH).read_text(encoding="utf-8-sig"))["storage"]["path"]
+        if isinstance(path, str):
+            return path
+    return SCHEMA["storage"]["path"].default
+
+
 def main(argv: list[str] | None = None, pin_factory=None) -> int:
     args = parse_args(argv)
     journal = to_journal()
@@ -526,7 +538,7 @@ def main(argv: list[str] | None = None, pin_factory=None) -> int:
         message = str(e)
         if isinstance(e, ConfigError) and args.command in ("export", "summary"):  # a wrong pin must not lock out
             message += (f"\n(to read the feedback meanwhile, without the config: feedbackd {args.command} "  # the owner
-                        f"--config /dev/null --db {SCHEMA['storage']['path'].default}"
+                        f"--config /dev/null --db {configured_log(args)}"
                         + (", its ratings and \"Not sure\" counts then by the default settings)"
                            if args.command == "summary" else ")"))
         print(f"{'<3>' if journal else ''}feedbackd: error: {message}", file=sys.stderr)  # err in the journal

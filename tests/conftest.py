@@ -23,6 +23,15 @@ def _isolated_cache(tmp_path_factory):
     os.environ["FEEDBACKD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _memory_not_locked(monkeypatch):
+    """`check` locks its memory where swap is on: in pytest's own process (a host with swap and no
+    memlock limit) that would pin every later test's memory. Its own test says what it calls."""
+    import device.cli
+
+    monkeypatch.setattr(device.cli, "lock_memory", lambda: "not in the test process")
+
+
 def synthetic_faces(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Learnable 48x48 faces: class k is a stripe pattern of frequency k+1, plus noise.
     Flip, shift and small rotations keep the class, as augmentation needs."""
