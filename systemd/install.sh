@@ -23,6 +23,7 @@ ROOT_DIR=$DESTDIR$PREFIX
 UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
 CONF_DIR=$DESTDIR/etc/feedbackd
 STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
+UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what an upgrade printed once it stopped the service
 STATE_DIR=$DESTDIR$STATE
 WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
@@ -289,6 +290,11 @@ stop_for_upgrade() {
         # by pip too (an ignored signal stays ignored in children): killed mid-install, pip leaves
         # an old package removed and its new one not yet in, a venv the restart would crash-loop on.
         trap '' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+        # And its terminal gone, every write to it fails: the first step that prints would stop the
+        # upgrade halfway. All that follows goes through tee (-p: on after a write error, and deaf to
+        # Ctrl-C, so the restart's words still reach it) to the terminal and to $UPGRADE_LOG.
+        exec > >(trap '' INT TERM; exec tee -p -a "$UPGRADE_LOG") 2>&1
+        say "$(date '+%F %T'): upgrading; what follows is also in $UPGRADE_LOG"
         systemctl stop feedbackd.service ;;
     esac
 }

@@ -81,11 +81,13 @@ def test_an_upgrade_that_fails_or_is_interrupted_starts_the_service_it_stopped(t
     calls = tmp_path / "calls"
     script = (f'source "$0"; systemctl() {{ if [ "$1" = show ]; then echo active; else echo "$*" >> {calls}; fi; }}; '
               f"stop_for_upgrade; {then}; sleep 0.1")
+    log = tmp_path / "upgrade.log"
     r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, env={**os.environ, "UPGRADE_LOG": str(log)})
     assert (r.returncode == 0) == (not restarted), r.stdout + r.stderr
     expected = ["stop feedbackd.service", *(["start feedbackd.service"] if restarted else [])]
     assert calls.read_text().splitlines() == expected
+    assert ("started it again" in log.read_text()) == restarted  # in the log too, the terminal maybe gone
 
 
 def test_a_dropped_ssh_session_does_not_kill_pip_mid_upgrade(tmp_path):
@@ -94,8 +96,28 @@ def test_a_dropped_ssh_session_does_not_kill_pip_mid_upgrade(tmp_path):
     script = ('source "$0"; systemctl() { [ "$1" = show ] && echo active; true; }; stop_for_upgrade; '
               "python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGHUP); print(\"pip ran on\")'")
     r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, env={**os.environ, "UPGRADE_LOG": str(tmp_path / "upgrade.log")})
     assert r.returncode == 0 and "pip ran on" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_upgrade_whose_terminal_goes_with_its_ssh_session_runs_to_the_end(tmp_path):
+    """pip and the steps after it print: once the terminal is gone each write fails, and the first
+    stopped the install halfway, a half-upgraded kiosk then started by the restart trap."""
+    import pty
+
+    log = tmp_path / "upgrade.log"
+    script = ('source "$0"; systemctl() { [ "$1" = show ] && echo active; true; }; stop_for_upgrade; say stopped; '
+              "sleep 1; kill -s HUP $$; python3 -c 'print(\"pip ran on\")'; say done")
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen(["bash", "-c", script, str(ROOT / "systemd/install.sh")], stdin=terminal,
+                            stdout=terminal, stderr=terminal, env={**os.environ, "UPGRADE_LOG": str(log)})
+    os.close(terminal)
+    said = b""
+    while b"install: stopped" not in said:
+        said += os.read(master, 1024)
+    os.close(master)  # the SSH session drops
+    assert proc.wait(timeout=60) == 0
+    assert log.read_text().splitlines()[-3:] == ["install: stopped", "pip ran on", "install: done"]
 
 
 def test_install_lays_out_the_tree(dest):
