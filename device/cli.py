@@ -66,7 +66,7 @@ def global_flags(parser: argparse.ArgumentParser, config, log_level) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="feedbackd", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="feedbackd", description=__doc__.split("\n\n")[0])
     global_flags(p, config=None, log_level="INFO")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the daemon")

@@ -108,7 +108,7 @@ def check_start(run: Path, state: dict, models: list[Path]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", type=Path, required=True, help="the run whose record the export carries")
     p.add_argument("--data", required=True, help="FER-2013 as the run was trained on")
     p.add_argument("--models", type=Path, nargs="+", required=True, help=".keras or .weights.h5 files to average")

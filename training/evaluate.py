@@ -3,8 +3,9 @@
     python -m training.evaluate --model models/fer_vgg16.keras --data FER2013 [--split private] [--json]
 
 MODEL is a Keras model (`.keras`, read as the `.train.json` beside it says), a training run
-folder (its best epoch; the curves are drawn too) or a `.tflite` file, which runs through the
-device's own LiteRT classifier with the preprocessing its manifest names. DATA is any form that
+folder (the weights it exports: its best epoch, or its average; the curves are drawn too) or a
+`.tflite` file, which runs through the device's own LiteRT classifier with the preprocessing its
+manifest names. DATA is any form that
 `training.data` reads; a split layout or CSV is evaluated on its test split (PublicTest;
 --split private for PrivateTest where the data has it), a bare class-folder set whole.
 """
@@ -118,7 +119,7 @@ def write_pngs(model: Path, r: dict, out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help=".keras, .tflite or a training run folder")
     p.add_argument("--data", type=Path, required=True, help="FER-2013 CSV, layout folder/zip or class folders")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -394,7 +394,7 @@ def warn_stale_conversions(model: Path, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run-dir", type=Path, help="export this run's chosen weights")
     which.add_argument("--model", type=Path, help="re-score this exported model (its .train.json beside it)")

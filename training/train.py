@@ -67,7 +67,7 @@ HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FER-2013: CSV, image-folder layout folder or zip")
     p.add_argument("--run-dir", type=Path, default=fer.cache_dir() / "runs" / "vgg16",
                    help="checkpoints, history and logs of this run (default: %(default)s)")
