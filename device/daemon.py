@@ -250,6 +250,10 @@ class Daemon:
             stored = self._store_pending(now, DRAIN_S if self.spare else math.inf)
             line = entry_json(entry, at)
             kept = stored or self._keep(line, behind=self.storage_error is None)
+            if not kept and self.storage_error is None:  # behind a backlog with the spare file full: the log
+                stored = kept = self._store_pending(now)  # takes the rest now, the screen waiting, not memory
+                if not kept:
+                    log.critical("entry kept in memory until the log can be written: %s", line)
             # This customer's thanks, stored or kept on the disk: a storage error shown instead would
             # invite a second press, and a second entry once the log is back. An entry in memory only
             # is lost at a power cut: that customer and staff see it was not saved. Either screen lasts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import io
 import json
 import logging
@@ -657,6 +658,32 @@ def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path,
         daemon._retry_pending()
         assert store.count() == n
     assert beside(db).read_bytes() == bytes(SIZE)  # all in the log: the spare file is cleared
+    daemon.close()
+    store.close()
+
+
+def test_a_press_behind_a_backlog_that_fills_the_spare_file_is_stored_not_held_in_memory(tmp_path, monkeypatch):
+    """The spare file stays full until the log has taken its whole backlog: a press then had no room
+    there, was held in memory only (lost at a power cut) and shown "Not saved" by a log that works."""
+    import device.daemon as D
+
+    monkeypatch.setattr(D, "SpareFile", functools.partial(SpareFile, size=4096))  # full in a few entries
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    start, kept = time.monotonic(), 0
+    while daemon.screen(start + 10 * kept).kind == "thanks" or not kept:  # until one finds the spare file full
+        kept += 1
+        press(daemon, button, start + 10 * kept)
+    kept -= 1  # the last, shown "Not saved", was in memory only
+    daemon.close()  # the power is cut
+    store = FeedbackLog(db)
+    daemon, button = bare_daemon(store)
+    monkeypatch.setattr(D, "DRAIN_S", 0.0)  # a slow card: each pass stores one
+    daemon._retry_pending()
+    assert store.count() == 1 and len(daemon._pending) == kept - 1
+    press(daemon, button, time.monotonic(), emotion="Sad")
+    assert store.count() == kept + 1 and daemon.screen(time.monotonic()).kind == "thanks"  # on the disk, in order
+    assert [r["emotion"] for r in store.rows()][-1] == "Sad"
     daemon.close()
     store.close()
 
