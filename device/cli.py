@@ -14,7 +14,6 @@ import os
 import pwd
 import signal
 import sys
-import tomllib
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import IO
 
 from device import clock, spare
 from device.button import ButtonError, open_button
-from device.config import DEFAULT_PATH, SCHEMA, ConfigError, load_config
+from device.config import DEFAULT_PATH, SCHEMA, ConfigError, load_config, read_toml
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
@@ -511,7 +510,7 @@ def configured_log(args: argparse.Namespace) -> str:
     if args.db:
         return args.db
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # TOMLDecodeError is a ValueError
-        path = tomllib.loads(Path(args.config or DEFAULT_PATH).read_text(encoding="utf-8-sig"))["storage"]["path"]
+        path = read_toml(args.config or DEFAULT_PATH)["storage"]["path"]
         if isinstance(path, str):
             return path
     return SCHEMA["storage"]["path"].default

@@ -182,14 +182,19 @@ class Config(dict):
         return self["device"]["id"] or socket.gethostname()
 
 
+def read_toml(path: str | Path) -> dict:
+    """The parsed file; -sig because Windows Notepad starts a UTF-8 file with a byte-order mark, which TOML refuses."""
+    return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file (if given and present), then 'section.key' overrides."""
     cfg = Config({s: {k: key.default for k, key in keys.items()} for s, keys in SCHEMA.items()})
     data: dict = {}
     if path is not None:
         cfg.source = str(path)
-        try:  # -sig: Windows Notepad starts a UTF-8 file with a byte-order mark, which TOML refuses
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+        try:
+            data = read_toml(path)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except UnicodeDecodeError as e:  # UTF-16 ("Unicode") or a code page ("ANSI"): TOML is UTF-8 only
