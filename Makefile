@@ -55,9 +55,14 @@ models: venv
 # a --config in ARGS, that file's.
 RUN_MODEL ?= models/fer_vgg16_int8.tflite
 INSTALLED_CONFIG ?= /etc/feedbackd/config.toml
-# A Pi's venv has no demo photos: its camera's own error is what a missing camera should show.
-RUN_PARTS := $(if $(ON_PI),--source camera --display $(if $(wildcard /dev/i2c-1),ssd1306,terminal) --button gpio,\
-             --source auto --display terminal --button keyboard)
+# A Pi's venv has no demo photos: its camera's own error is what a missing camera should show. The
+# OLED is the one that acknowledges its address (i2cdetect's probe), else the terminal: I2C may be on
+# for another board. Expanded in the recipe, once the venv (smbus2 comes with luma) is built.
+OLED_PROBE ?= $(BIN)/python -c 'from smbus2 import SMBus; SMBus(1).write_quick(0x3C)'
+RUN_PARTS = $(if $(ON_PI),--source camera --display $(shell $(OLED_PROBE) 2>/dev/null && echo ssd1306 || \
+            { echo "make run: no OLED answers at 0x3C on /dev/i2c-1 (I2C off or nothing wired): \
+            screens go to this terminal" >&2; echo terminal; }) --button gpio,\
+            --source auto --display terminal --button keyboard)
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
              $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),$(RUN_PARTS)))
 

@@ -392,17 +392,26 @@ def test_a_python_older_than_3_11_is_named_before_a_venv_is_made(tmp_path):
 
 
 def test_make_run_picks_parts_the_machine_has(tmp_path):
+    said = []
+
     def run_line(*settings: str) -> str:
         r = subprocess.run(["make", "-C", str(ROOT), "-n", "run", f"INSTALLED_CONFIG={tmp_path / 'config.toml'}",
                             *settings], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+        said.append(r.stderr)
         return next(line for line in r.stdout.splitlines() if "feedbackd run" in line)
 
     desk = run_line()
     assert "--source auto" in desk and "--display terminal" in desk and "--button keyboard" in desk
+    assert "OLED" not in said[-1]  # a desk is not probed
     if not Path("/dev/i2c-1").exists():  # a Pi with I2C still off: its OLED cannot answer
         pi = run_line("ON_PI=yes")
         assert "--source camera" in pi and "--display terminal" in pi and "--button gpio" in pi
+    # I2C on for another board, and no OLED acknowledges 0x3C: the terminal, and why
+    assert "--display terminal" in run_line("ON_PI=yes", "OLED_PROBE=false")
+    assert "make run: no OLED answers at 0x3C on /dev/i2c-1" in said[-1]
+    assert "--display ssd1306" in run_line("ON_PI=yes", "OLED_PROBE=true")
+    assert "OLED" not in said[-1]
     own = run_line("ARGS=--config /home/pi/lcd.toml")  # a config to try before installing: its parts, not ours
     assert own.endswith("--config /home/pi/lcd.toml") and not {"--source", "--display", "--button"} & set(own.split())
     (tmp_path / "config.toml").write_text("[display]\ndriver = \"st7789\"\n")  # after sudo make install
