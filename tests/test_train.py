@@ -40,6 +40,23 @@ def test_vgg16_topology():
     assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 7)
 
 
+def test_each_dropout_layer_draws_its_own_masks_and_a_resumed_epoch_the_same():
+    from training.model import build_vgg16
+
+    model = build_vgg16(width=0.0625, dropout=0.5)
+    gens = [lay.seed_generator for lay in model.layers if getattr(lay, "seed_generator", None) is not None]
+    assert len(gens) >= 2
+
+    def draws(epoch: int) -> list[list[tuple]]:  # each layer's seeds for an epoch's first steps, as fit draws them
+        T.reseed_dropout(model, 1234, epoch)
+        return [[tuple(int(v) for v in np.asarray(g.next())) for _ in range(30)] for g in gens]
+
+    first = draws(3)
+    seen = [seed for layer in first for seed in layer]
+    assert len(set(seen)) == len(seen)  # no layer repeats another's masks, however many steps apart
+    assert draws(3) == first and draws(4)[0][0] != first[0][0]
+
+
 def test_one_epoch_on_synthetic_faces_lowers_the_loss():
     import keras
     import tensorflow as tf

@@ -254,11 +254,14 @@ def resume_model(cfg: dict, steps: int, path: Path):
 
 
 def reseed_dropout(model, seed: int, epoch: int) -> None:
-    """Dropout draws from per-layer seed state; pin it per epoch so a resumed run repeats it."""
+    """Dropout draws from per-layer seed state; pin it per epoch so a resumed run repeats it. Each
+    step adds one to the state's second half, so the layers differ in the first: two that differed
+    only in the second would draw the same masks a few steps apart."""
     for i, layer in enumerate(model.layers):
         gen = getattr(layer, "seed_generator", None)
         if gen is not None:
-            gen.state.assign(np.array([seed + epoch, i], dtype=gen.state.dtype))
+            key = np.random.default_rng([seed, epoch, i]).integers(2**31)
+            gen.state.assign(np.array([key, 0], dtype=gen.state.dtype))
 
 
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
