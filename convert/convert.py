@@ -23,7 +23,7 @@ from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
-from training.export import check_trained_on, load_float_model, read_record, record_spec
+from training.export import check_trained_on, load_float_model, out_error, read_record, record_spec
 from training.metrics import report
 
 DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         print(f"error: {args.model}: float model not found (train one with 'make train')", file=sys.stderr)
+        return 2
+    if error := out_error(args.out, "the .tflite models, their manifests and the conversion report"):
+        print(error, file=sys.stderr)  # before minutes of loading and scoring
         return 2
     try:
         train = fer.load_split(args.data, "train", skip_bad=args.skip_bad)

@@ -188,6 +188,11 @@ def test_bad_model_or_record_is_a_clear_error_and_writes_nothing(tiny_model, fer
     with pytest.raises(SystemExit) as stop:
         convert_main([*args, "--seed", "-1"])
     assert stop.value.code == 2 and "--seed -1: must be from 0 to 2**32 - 1" in capsys.readouterr().err
+    shutil.copy(tiny_model, model)  # --out naming a file: said before the data is even looked for
+    (tmp_path / "taken").write_bytes(b"a file")
+    assert convert_main([*args[:2], "--data", str(tmp_path / "none.zip"), "--out", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'taken'}: a file, not a folder (the export writes "
+                                       "the .tflite models, their manifests and the conversion report into it)\n")
 
 
 def misfit(path, input_shape: tuple[int, ...], outputs: int) -> None:

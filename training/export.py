@@ -120,11 +120,11 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
-def out_error(out: Path) -> str | None:
+def out_error(out: Path, writes: str = f"{MODEL_NAME}.keras and its card") -> str | None:
     """Why an export could not be written to `out`, said before hours of training or minutes of
     loading data: a file there, or a read-only folder, would only fail at the export."""
     if out.exists() and not out.is_dir():
-        return f"error: --out {out}: a file, not a folder (the export writes {MODEL_NAME}.keras and its card into it)"
+        return f"error: --out {out}: a file, not a folder (the export writes {writes} into it)"
     folder = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"error: --out {out}: {folder} is not writable for this user"
