@@ -6,6 +6,7 @@ image folder, a gpiozero MockFactory pin and luma's dummy display."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -352,12 +353,21 @@ class Daemon:
             self.spare.close()
 
     def flush_pending(self) -> None:
-        """At shutdown: one last try for entries still in memory; any the log cannot take go
-        to the journal in full, so a technician can restore them by hand."""
+        """At shutdown: one last try for entries still in memory; any the log cannot take go to the
+        journal in full. Only those the spare file lacks are for a technician to restore by hand: the
+        next start restores the spare's, and one restored twice by then would be counted twice."""
         self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
         self._store_pending_or_spare(time.monotonic())
+        kept = set()
+        if self.spare and self._pending:
+            with contextlib.suppress(OSError):  # unreadable: each entry is then for the technician
+                kept = self.spare.kept_times()
         for entry, at in self._pending:
-            log.critical("entry not stored (the log cannot be written): %s", entry_json(entry, at))
+            if at.isoformat() in kept:
+                log.warning("entry not stored, kept in %s for the next start (not to restore by hand): %s",
+                            self.spare.path, entry_json(entry, at))
+            else:
+                log.critical("entry not stored (the log cannot be written): %s", entry_json(entry, at))
 
     # --- what the screen shows
     def screen(self, now: float) -> Screen:
@@ -365,11 +375,15 @@ class Daemon:
             return self._thanks[1]
         if now < self._no_face_until:
             return Screen("no_face")
-        if self.storage_error:
-            return Screen("error", title="Storage error", detail="feedback not saved yet, retrying")
+        r = self.smoother.reading(now)
+        # While the spare file keeps what the log cannot take (days of a full card), a customer in
+        # front sees their reading and may press; the error waits for staff between customers.
+        keeping = self.spare is not None and self.spare.has_room()
+        if self.storage_error and (r is None or not keeping):
+            return Screen("error", title="Storage error",
+                          detail="entries kept on disk, retrying" if keeping else "feedback not saved yet, retrying")
         if getattr(self.source, "error", None):
             return Screen("error", title="Camera error", detail="retrying...")
-        r = self.smoother.reading(now)
         if r is None:
             return Screen("idle")
         return Screen("live", r.emotion if r.sure else None, r.rating if r.sure else None,

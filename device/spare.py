@@ -170,6 +170,14 @@ class SpareFile:
                 return False
         return self.write_unwritten() and fits
 
+    def has_room(self, line_bytes: int = 1024) -> bool:
+        """Whether another entry's line would be written now (an entry's line is about 500 bytes)."""
+        return not self.refused and not self.unwritten and self.end + line_bytes <= self.size
+
+    def kept_times(self) -> set[str]:
+        """The press times ("utc") of the entries on the disk now: the ones the next start restores."""
+        return {e.get("utc") for e in _parse(_lines(os.pread(self.fd, self.end, 0)))[0]}
+
     def write_unwritten(self) -> bool:
         """Write the lines whose write failed (the lines before them fitted, and still do); True once
         none is left. The daemon tries again while the log is down, not only at the next entry."""
