@@ -337,7 +337,7 @@ def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, t
         assert f"{tmp_path / 'other.train.json'}: unreadable training record" in err and message in err
 
 
-def test_an_older_run_without_class_counts_is_scored_with_a_warning(tmp_path, capsys):
+def test_a_model_without_its_run_counts_or_record_is_scored_with_a_warning(tmp_path, capsys):
     """Its export would apply the class scale; evaluate cannot, and says so rather than differ silently."""
     from training.evaluate import keras_spec
 
@@ -345,6 +345,11 @@ def test_an_older_run_without_class_counts_is_scored_with_a_warning(tmp_path, ca
     (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1}))
     assert keras_spec(tmp_path) == DEFAULT_SPEC
     assert f"warning: {tmp_path}: its state.json records no class counts" in capsys.readouterr().err
+    lone = tmp_path / "candidate.keras"  # copied without its record: scored below its card's figure, and said so
+    lone.write_bytes(b"a model")
+    assert keras_spec(lone) == DEFAULT_SPEC
+    assert f"warning: {tmp_path / 'candidate.train.json'} not found: scoring candidate.keras with the default" in (
+        capsys.readouterr().err)
 
 
 def test_an_offline_fetch_says_how_to_give_the_wheel_and_make_passes_it_on(tmp_path, monkeypatch):

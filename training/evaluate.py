@@ -55,7 +55,9 @@ def keras_spec(path: Path) -> InputSpec:
               "so it is scored without the class scale its export would apply", file=sys.stderr)
         return DEFAULT_SPEC
     record = read_record(path)  # refuses another model's record rather than quietly scoring without it
-    if record is None:
+    if record is None:  # as convert says it: the score then differs from the card's
+        print(f"warning: {path.with_suffix('.train.json')} not found: scoring {path.name} with the default input "
+              "spec, without the class_scale logit adjustment its training record gives", file=sys.stderr)
         return DEFAULT_SPEC
     return record_spec(record, path)
 
