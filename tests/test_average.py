@@ -127,6 +127,24 @@ def test_average_exports_only_when_it_beats_the_run(kept_run, fer_csv, tmp_path,
     np.testing.assert_array_equal(*fc2)
 
 
+def test_averaging_a_limited_run_re_estimates_batch_norm_on_the_faces_it_trained_on(fer_csv, tmp_path, monkeypatch):
+    from training import data as fer
+
+    run = tmp_path / "run"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "40", "--keep-epochs",
+                   "--run-dir", str(run), "--out", str(tmp_path / "first")]) == 0
+    seen = []
+    monkeypatch.setattr(A, "recalibrate_batch_norm", lambda model, x: seen.append(x))
+    _scores(monkeypatch, 0.5, 0.4)
+    assert A.main(["--run-dir", str(run), "--data", str(fer_csv), "--out", str(tmp_path / "out"),
+                   "--models", str(run / "epoch1.weights.h5")]) == 0
+    train = fer.load_split(fer_csv, "train")
+    T.limit_faces(train, 40, 3)  # TINY's seed
+    assert sorted(x.tobytes() for x in seen[0]) == sorted(x.tobytes() for x in preprocess(train.x))
+    record = json.loads((tmp_path / "out" / "fer_vgg16.train.json").read_text())
+    assert record["average"]["batch_norm_faces"] == record["data"]["train_faces"] == 40
+
+
 def test_average_and_export_name_a_missing_or_unfinished_run(tmp_path, fer_csv, capsys):
     average = ["--run-dir", str(tmp_path), "--data", str(fer_csv), "--models", "x.keras"]
     export = ["--run-dir", str(tmp_path), "--data", str(fer_csv)]

@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from training.model import build_vgg16
-    from training.train import predict
+    from training.train import limit_faces, predict
+
+    limit_faces(train, cfg.get("limit", 0), cfg["seed"])
 
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(cfg["seed"])  # dropout masks in the batch-norm pass: the same average every time

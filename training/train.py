@@ -253,6 +253,14 @@ def resume_model(cfg: dict, steps: int, path: Path):
     return model
 
 
+def limit_faces(train: fer.Split, limit: int, seed: int) -> None:
+    """Keep the run's seeded --limit subset of the training faces (all when 0): averaging a run's
+    epochs re-estimates batch-norm statistics on the faces it trained on, not on others."""
+    if limit:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:limit])
+        train.x, train.y = train.x[keep], train.y[keep]
+
+
 def reseed_dropout(model, seed: int, epoch: int) -> None:
     """Dropout draws from per-layer seed state; pin it per epoch so a resumed run repeats it. Each
     step adds one to the state's second half, so the layers differ in the first: two that differed
@@ -409,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: {run} was trained on data sha256 {state['data_sha256'][:12]}, "
               f"{args.data} is {train.checksum[:12]}", file=sys.stderr)
         return 2
-    if cfg["limit"]:
-        keep = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["limit"]])
-        train.x, train.y = train.x[keep], train.y[keep]
+    limit_faces(train, cfg["limit"], cfg["seed"])
     state["train_class_counts"] = train.class_counts().tolist()  # those the class weights (and class_scale) use
     print(f"data: {len(train)} training faces, {len(test)} PublicTest faces (sha256 {train.checksum[:12]})")
 
