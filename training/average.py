@@ -83,13 +83,18 @@ def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
 
 
 def check_start(run: Path, state: dict, models: list[Path]) -> str | None:
-    """Why a `.keras` among the models cannot stand for the cycle's start (which the card repeats as a
-    copy of the run's --init), or None: the run's own export there would average its best epoch in
-    twice, another model would average another basin in. Judged by sha256, the run's start as it
-    recorded it first (an export that did not land leaves the start in place)."""
+    """Why a weights file is not one of the run's own, or why a `.keras` among the models cannot stand
+    for the cycle's start (which the card repeats as a copy of the run's --init), or None: the run's
+    own export there would average its best epoch in twice, another model would average another basin
+    in. Judged by sha256, the run's start as it recorded it first (an export that did not land leaves
+    the start in place)."""
     export = run_out(state, None) / f"{MODEL_NAME}.keras"
     exported = export.is_file() and (state["best_epoch"] or "average" in state)  # else it may be the start
     ours = sha256_file(export) if exported else None
+    for m in models:  # the card repeats each as RUN/<name>: another run's epoch3 would read as this one's
+        if m.suffix != ".keras" and m.absolute().parent.resolve() != run.resolve():
+            return (f"error: --models {m}: not in {run}: the card would repeat it as one of this run's epochs; "
+                    "average a run's own epoch files (and a copy of its --init model)")
     start = state.get("warm_start_from") or {}
     for m in (m for m in models if m.suffix == ".keras" and m.is_file()):
         sha = sha256_file(m)
