@@ -23,7 +23,7 @@ ROOT_DIR=$DESTDIR$PREFIX
 UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
 CONF_DIR=$DESTDIR/etc/feedbackd
 STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
-UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what an upgrade printed once it stopped the service
+UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what an install printed from stop_for_upgrade on
 STATE_DIR=$DESTDIR$STATE
 WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
@@ -67,6 +67,18 @@ apt_packages() {
         else
             say "python3-rpi.gpio is installed: keeping it (it drives an LCD's pins on this Pi)"
         fi
+    fi
+    # A re-run (README sends technicians to it to mend a model, the log's owner or SPI) on an offline
+    # kiosk: apt-get update would fail it, though nothing is missing. A removal ("name-") still needs apt.
+    local p missing=0
+    for p in "${pkgs[@]}"; do
+        case $p in *-) missing=1 ;; *)
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed$" || missing=1 ;;
+        esac
+    done
+    if [ "$missing" = 0 ]; then
+        say "apt: ${pkgs[*]}: all installed already, apt-get not needed"
+        return 0
     fi
     say "apt: ${pkgs[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -115,10 +127,20 @@ make_venv() {
         || { rm -rf "$venv"; die "cannot create $venv (is python3-venv installed?)"; }
 }
 
+# What a venv was built from: the copied source (without bytecode, which running the checkout
+# writes) and the numpy hold, file names and contents in a stable order.
+source_sha256() {
+    { (cd "$1" && find . -name __pycache__ -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+      cat "$2"; } | sha256sum | cut -d' ' -f1
+}
+
 # The venv sees the system site-packages (apt's picamera2 and lgpio); numpy is held at the
 # system's version, the one picamera2 was built against, so pip picks wheels that match it.
+# pip runs only for a new source or hold: it rebuilds the package and fetches setuptools (its build
+# isolation), which an offline kiosk's re-run (to mend a model, the log's owner or SPI) cannot.
 build_venv() {
-    local venv=$ROOT_DIR/venv constraints pkg
+    local venv=$ROOT_DIR/venv constraints pkg hash
+    local marker=$venv/.feedbackd-source.sha256  # written once pip has installed that source
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$PYTHON is older than Python 3.11"
     make_venv
@@ -133,9 +155,18 @@ EOF
     # Built from a copy, so that pip leaves no root-owned build files in the checkout.
     pkg=$(mktemp -d)
     cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/device" "$SRC/training" "$SRC/convert" "$pkg/"
-    say "venv $PREFIX/venv: installing feedbackd[device] ($(tr '\n' ' ' <"$constraints")held)"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-        --constraint "$constraints" "$pkg[device]" || die "pip install into $venv failed"
+    hash=$(source_sha256 "$pkg" "$constraints")
+    # Skipped only in a venv venv_ok trusts (one made again has no marker) where pip finished this source.
+    if venv_ok "$venv" && [ "$(cat "$marker" 2>/dev/null)" = "$hash" ]; then
+        say "venv $PREFIX/venv already has this source ($(tr '\n' ' ' <"$constraints")held): pip not needed"
+    else
+        # Gone before pip starts: a pip killed midway must leave no marker that would skip the repair.
+        rm -f "$marker"
+        say "venv $PREFIX/venv: installing feedbackd[device] ($(tr '\n' ' ' <"$constraints")held)"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+            --constraint "$constraints" "$pkg[device]" || die "pip install into $venv failed"
+        echo "$hash" >"$marker"
+    fi
     rm -rf "$constraints" "$pkg"
 }
 
@@ -282,19 +313,21 @@ restart_if_failed() {
     fi
 }
 
+# Every live install, the service running or not (a technician may have stopped it first): a
+# dropped SSH session is ignored, by pip too (an ignored signal stays ignored in children): killed
+# mid-install, pip leaves an old package removed and its new one not yet in, a venv the enabled
+# unit would crash-loop on at the next boot.
 stop_for_upgrade() {
+    trap '' HUP
+    # And its terminal gone, every write to it fails: the first step that prints would stop the
+    # install halfway. All that follows goes through tee (-p: on after a write error, and deaf to
+    # Ctrl-C, so the restart's words still reach it) to the terminal and to $UPGRADE_LOG.
+    exec > >(trap '' INT TERM; exec tee -p -a "$UPGRADE_LOG") 2>&1
+    say "$(date '+%F %T'): installing; what follows is also in $UPGRADE_LOG"
     # "activating" too: a service in its restart loop must not start on a half-written venv.
     case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
         trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
-        # Ctrl-C or a kill: bash would run the EXIT trap with $? 0. A dropped SSH session is ignored,
-        # by pip too (an ignored signal stays ignored in children): killed mid-install, pip leaves
-        # an old package removed and its new one not yet in, a venv the restart would crash-loop on.
-        trap '' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
-        # And its terminal gone, every write to it fails: the first step that prints would stop the
-        # upgrade halfway. All that follows goes through tee (-p: on after a write error, and deaf to
-        # Ctrl-C, so the restart's words still reach it) to the terminal and to $UPGRADE_LOG.
-        exec > >(trap '' INT TERM; exec tee -p -a "$UPGRADE_LOG") 2>&1
-        say "$(date '+%F %T'): upgrading; what follows is also in $UPGRADE_LOG"
+        trap 'exit 130' INT; trap 'exit 143' TERM  # else bash would run the EXIT trap with $? 0
         systemctl stop feedbackd.service ;;
     esac
 }

@@ -5,7 +5,8 @@
 set -euo pipefail
 
 DESTDIR=${DESTDIR:-}
-PREFIX=${PREFIX:-/opt/feedbackd}
+PREFIX=${PREFIX:-}
+WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 PURGE=${PURGE:-0}
 SERVICE_USER=feedbackd
 # What install.sh (install_models: MODEL, its manifest, the docs, FACE_FILES) copies into $PREFIX.
@@ -21,14 +22,27 @@ if [ -z "$DESTDIR" ]; then
         systemctl disable --now feedbackd.service 2>/dev/null || true
     fi
 fi
+# The Makefile passes its default (/opt/feedbackd) when none was given: then the PREFIX the install
+# wrote into the feedbackd command is the one to remove (`sudo make install PREFIX=/srv/fb`).
+installed=$(sed -n 's/^export FEEDBACKD_HOME=//p' "$WRAPPER" 2>/dev/null | head -n 1 || true)
+if [ -z "$PREFIX" ] || [ "$PREFIX" = /opt/feedbackd ]; then
+    [ -z "$installed" ] || [ "$installed" = /opt/feedbackd ] \
+        || say "the feedbackd command was installed with PREFIX=$installed: removing that install"
+    PREFIX=${installed:-/opt/feedbackd}
+elif [ -n "$installed" ] && [ "$installed" != "$PREFIX" ]; then
+    say "the feedbackd command was installed with PREFIX=$installed: its files there stay" \
+        "(sudo make uninstall PREFIX=$installed removes them)"
+fi
 case "$PREFIX" in /?*) ;; *) echo "uninstall: error: PREFIX '$PREFIX' must be an absolute folder" >&2; exit 1 ;; esac
-rm -f "$DESTDIR/etc/systemd/system/feedbackd.service" "$DESTDIR/usr/local/bin/feedbackd"
+rm -f "$DESTDIR/etc/systemd/system/feedbackd.service" "$WRAPPER"
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
 # Only what the install put there, so a wrong PREFIX cannot take a system folder with it, nor the
 # owner's own models and detector files (README and the daemon's errors send them to $PREFIX/models).
 root=$DESTDIR$PREFIX
+existed=0
+[ -d "$root" ] && existed=1
 rm -rf "$root/venv"
 for f in "${INSTALLED[@]}"; do
     rm -f "$root/$f"
@@ -42,8 +56,10 @@ if [ -d "$root" ]; then
         say "  $PREFIX/${f#./}"
     done
     [ "${#kept[@]}" -le 20 ] || say "  and $(( ${#kept[@]} - 20 )) more"
-else
+elif [ "$existed" = 1 ]; then
     say "removed the service, $PREFIX and the feedbackd command"
+else
+    say "removed the service and the feedbackd command; there was no $PREFIX to remove"
 fi
 if [ "$PURGE" = 1 ]; then
     rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd"

@@ -90,24 +90,32 @@ def test_an_upgrade_that_fails_or_is_interrupted_starts_the_service_it_stopped(t
     assert ("started it again" in log.read_text()) == restarted  # in the log too, the terminal maybe gone
 
 
-def test_a_dropped_ssh_session_does_not_kill_pip_mid_upgrade(tmp_path):
+# A technician may have stopped the service first (README's troubleshooting has them do so): the enabled
+# unit would crash-loop at the next boot on the venv a killed pip left all the same.
+@pytest.mark.parametrize("state", ["active", "inactive"])
+def test_a_dropped_ssh_session_does_not_kill_pip_mid_upgrade(tmp_path, state):
     """pip killed between removing a package and installing its new version leaves a venv the
     service crash-loops on: the hang-up is ignored by the install's children too."""
-    script = ('source "$0"; systemctl() { [ "$1" = show ] && echo active; true; }; stop_for_upgrade; '
+    calls, log = tmp_path / "calls", tmp_path / "upgrade.log"
+    script = (f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state} || echo "$*" >>{calls}; }}; '
+              "stop_for_upgrade; "
               "python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGHUP); print(\"pip ran on\")'")
     r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "UPGRADE_LOG": str(tmp_path / "upgrade.log")})
+                       timeout=60, env={**os.environ, "UPGRADE_LOG": str(log)})
     assert r.returncode == 0 and "pip ran on" in r.stdout, r.stdout + r.stderr
+    assert "pip ran on" in log.read_text()
+    assert (calls.read_text() if calls.exists() else "") == ("stop feedbackd.service\n" if state == "active" else "")
 
 
-def test_an_upgrade_whose_terminal_goes_with_its_ssh_session_runs_to_the_end(tmp_path):
+@pytest.mark.parametrize("state", ["active", "inactive"])
+def test_an_upgrade_whose_terminal_goes_with_its_ssh_session_runs_to_the_end(tmp_path, state):
     """pip and the steps after it print: once the terminal is gone each write fails, and the first
     stopped the install halfway, a half-upgraded kiosk then started by the restart trap."""
     import pty
 
     log = tmp_path / "upgrade.log"
-    script = ('source "$0"; systemctl() { [ "$1" = show ] && echo active; true; }; stop_for_upgrade; say stopped; '
-              "sleep 1; kill -s HUP $$; python3 -c 'print(\"pip ran on\")'; say done")
+    script = (f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state}; true; }}; stop_for_upgrade; '
+              "say stopped; sleep 1; kill -s HUP $$; python3 -c 'print(\"pip ran on\")'; say done")
     master, terminal = pty.openpty()
     proc = subprocess.Popen(["bash", "-c", script, str(ROOT / "systemd/install.sh")], stdin=terminal,
                             stdout=terminal, stderr=terminal, env={**os.environ, "UPGRADE_LOG": str(log)})
@@ -213,6 +221,33 @@ def test_unsupported_os_is_refused(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+def apt_packages(tmp_path: Path, model: Path) -> subprocess.CompletedProcess:
+    """install.sh's apt_packages with the dpkg-query stub in tmp_path, and an apt-get that logs to apt.log."""
+    stub(tmp_path / "apt-get", f'echo "$*" >>{tmp_path / "apt.log"}\n')
+    return subprocess.run(["bash", "-c", 'source "$0" && apt_packages', str(ROOT / "systemd/install.sh")],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DT_MODEL": str(model), "PATH": f"{tmp_path}:{os.environ['PATH']}",
+                               "DESTDIR": str(tmp_path / "root")})  # should the script run on, never onto this machine
+
+
+@pytest.mark.parametrize(("board", "rpi_packages"), [("Raspberry Pi 4 Model B Rev 1.5", None),
+                                                     ("Raspberry Pi 5 Model B Rev 1.0",
+                                                      ["python3-rpi-lgpio", "python3-rpi.gpio-"])])
+def test_a_reinstall_with_every_package_in_does_not_need_the_network(tmp_path, board, rpi_packages):
+    """README sends technicians to `sudo make install` again to mend a model, the log's owner or SPI: on an
+    offline kiosk its apt-get update failed, though nothing was missing. A Pi 5's RPi.GPIO still goes."""
+    model = tmp_path / "model"
+    model.write_bytes(board.encode() + b"\0")
+    stub(tmp_path / "dpkg-query", "echo install ok installed\n")  # every package asked about is in
+    r = apt_packages(tmp_path, model)
+    assert r.returncode == 0, r.stdout + r.stderr
+    if rpi_packages is None:
+        assert not (tmp_path / "apt.log").exists() and "all installed already, apt-get not needed" in r.stdout
+    else:  # a removal is apt's to do
+        install = (tmp_path / "apt.log").read_text().splitlines()[-1].split()
+        assert [p for p in install if p.startswith("python3-rpi")] == rpi_packages
+
+
 @pytest.mark.parametrize(("board", "rpi_gpio", "rpi_packages", "said"), [
     ("Raspberry Pi 5 Model B Rev 1.0", True, ["python3-rpi-lgpio", "python3-rpi.gpio-"], "replacing it"),
     ("Raspberry Pi 5 Model B Rev 1.0", False, ["python3-rpi-lgpio"], None),
@@ -225,14 +260,9 @@ def test_apt_packages_give_luma_an_rpi_gpio_that_drives_the_board(tmp_path, boar
     base address", so there apt swaps it for rpi-lgpio."""
     model = tmp_path / "model"
     model.write_bytes(board.encode() + b"\0")  # as /proc/device-tree/model has it
-    (tmp_path / "dpkg-query").write_text(f"#!/bin/sh\n{'echo install ok installed' if rpi_gpio else 'exit 1'}\n")
-    (tmp_path / "apt-get").write_text(f'#!/bin/sh\necho "$*" >>{tmp_path / "apt.log"}\n')
-    for tool in ("dpkg-query", "apt-get"):
-        (tmp_path / tool).chmod(0o755)
-    r = subprocess.run(["bash", "-c", 'source "$0" && apt_packages', str(ROOT / "systemd/install.sh")],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "DT_MODEL": str(model), "PATH": f"{tmp_path}:{os.environ['PATH']}",
-                            "DESTDIR": str(tmp_path / "root")})  # should the script run on, never onto this machine
+    installed = "python3-rpi.gpio" if rpi_gpio else "none"  # dpkg-query -W -f=${Status} PACKAGE
+    stub(tmp_path / "dpkg-query", f'[ "$3" = {installed} ] || exit 1\necho install ok installed\n')
+    r = apt_packages(tmp_path, model)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not r.stdout.startswith("install: OS:") and not (tmp_path / "root").exists()  # sourced: only the function
     install = (tmp_path / "apt.log").read_text().splitlines()[-1].split()
@@ -283,6 +313,26 @@ def test_uninstall_keeps_the_owners_own_models(tmp_path):
     assert not opt.exists()
 
 
+def test_uninstall_removes_the_install_of_another_prefix(tmp_path):
+    """After `sudo make install PREFIX=/srv/fb`, `sudo make uninstall` removed the service and the command
+    but left /srv/fb's venv and models, and said it removed /opt/feedbackd, which was never there."""
+    root, srv = tmp_path / "root", tmp_path / "root/srv/fb"
+    sourced("install_unit", DESTDIR=str(root), PREFIX="/srv/fb")  # the command, which names its PREFIX
+    stub(srv / "venv/bin/feedbackd", "")
+    (srv / "models").mkdir()
+    (srv / "models/fer_vgg16_int8.tflite").write_text("installed")
+    r = make("uninstall", root)
+    assert r.returncode == 0, r.stderr
+    assert not srv.exists() and not (root / "usr/local/bin/feedbackd").exists()
+    said = [line for line in r.stdout.splitlines() if line.startswith("uninstall:")]  # not make's echo
+    assert "uninstall: removed the service, /srv/fb and the feedbackd command" in said
+    assert not [line for line in said if PREFIX in line], said
+
+    r = make("uninstall", root)  # again: no command left, and nothing at the default PREFIX
+    assert r.returncode == 0, r.stderr
+    assert f"there was no {PREFIX} to remove" in r.stdout and f"removed the service, {PREFIX}" not in r.stdout
+
+
 def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
     config = dest / "etc/feedbackd/config.toml"
@@ -313,6 +363,7 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
     r = make("install", dest, **debian12)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "kept /etc/feedbackd/config.toml" in r.stdout and "making it again" not in r.stdout  # the venv reused
+    assert f"venv {PREFIX}/venv already has this source" in r.stdout  # pip (and PyPI) not needed for the same one
     assert config.read_text() == edited
 
     r = make("uninstall", dest)
@@ -376,6 +427,52 @@ def test_the_installed_venv_is_made_again_when_it_cannot_be_trusted(tmp_path, de
     r = sourced("make_venv", **env)
     assert "is of another Python" in r.stdout and not (venv / "marker").exists()
     assert f"version = {sys.version_info[0]}.{sys.version_info[1]}." in cfg.read_text()
+
+
+def test_a_reinstall_of_the_same_source_does_not_run_pip(tmp_path):
+    """pip rebuilds the package and fetches setuptools (its build isolation) from PyPI: a re-run to mend a
+    model or SPI failed on an offline kiosk. pip runs again for a changed source, and after a pip that
+    did not finish (a venv it left half-installed must not be trusted)."""
+    src = tmp_path / "src"
+    for folder in ("device", "training", "convert"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    (src / "systemd").mkdir()
+    shutil.copy(ROOT / "systemd/install.sh", src / "systemd")
+    venv = tmp_path / f"root{PREFIX}/venv"  # a venv venv_ok trusts, whose pip only says it ran
+    (venv / "pyvenv.cfg").parent.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"version = {sys.version_info[0]}.{sys.version_info[1]}.0\n")
+    pip_log, fail = tmp_path / "pip.log", tmp_path / "fail"
+    stub(venv / "bin/python", f'case "$*" in *"pip install"*) echo ran >>{pip_log}; [ ! -e {fail} ]; exit ;; esac\n'
+                              f'exec {sys.executable} "$@"\n')
+
+    def build_venv() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", 'source "$0" && build_venv', src / "systemd/install.sh"],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "DESTDIR": str(tmp_path / "root"), "PYTHON": sys.executable})
+
+    def pip_runs() -> int:
+        return len(pip_log.read_text().splitlines()) if pip_log.exists() else 0
+
+    r = build_venv()
+    assert r.returncode == 0 and pip_runs() == 1, r.stdout + r.stderr
+    (src / "device/__pycache__").mkdir()
+    (src / "device/__pycache__/cli.cpython-311.pyc").write_bytes(b"written by make run in the checkout")
+    r = build_venv()
+    assert r.returncode == 0 and pip_runs() == 1, r.stdout + r.stderr
+    assert f"venv {PREFIX}/venv already has this source" in r.stdout and "installing" not in r.stdout
+
+    with (src / "device/cli.py").open("a") as f:
+        f.write("# a git pull\n")
+    fail.touch()  # and pip fails (or is killed) halfway
+    r = build_venv()
+    assert r.returncode != 0 and pip_runs() == 2
+    (src / "device/cli.py").write_text((ROOT / "device/cli.py").read_text())  # back to what pip last finished
+    fail.unlink()
+    r = build_venv()
+    assert r.returncode == 0 and pip_runs() == 3, r.stdout + r.stderr
+    assert build_venv().returncode == 0 and pip_runs() == 3
 
 
 def test_a_python_older_than_3_11_is_named_before_a_venv_is_made(tmp_path):
