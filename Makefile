@@ -59,9 +59,10 @@ INSTALLED_CONFIG ?= /etc/feedbackd/config.toml
 # OLED is the one that acknowledges its address (i2cdetect's probe), else the terminal: I2C may be on
 # for another board. Expanded in the recipe, once the venv (smbus2 comes with luma) is built.
 OLED_PROBE ?= $(BIN)/python -c 'from smbus2 import SMBus; SMBus(1).write_quick(0x3C)'
-RUN_PARTS = $(if $(ON_PI),--source camera --display $(shell $(OLED_PROBE) 2>/dev/null && echo ssd1306 || \
-            { echo "make run: no OLED answers at 0x3C on /dev/i2c-1 (I2C off or nothing wired): \
-            screens go to this terminal" >&2; echo terminal; }) --button gpio,\
+RUN_PARTS = $(if $(ON_PI),--source camera --display $(shell if why=$$($(OLED_PROBE) 2>&1); then echo ssd1306; \
+            else echo "make run: no OLED answers at 0x3C on /dev/i2c-1 ($$(echo "$${why:-no answer}" | tail -n 1)): screens \
+            go to this terminal (is I2C on, the OLED wired, this user in the i2c group?)" >&2; echo terminal; fi)\
+            --button gpio,\
             --source auto --display terminal --button keyboard)
 RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
              $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),$(RUN_PARTS)))
@@ -145,8 +146,10 @@ KIOSK   := DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)"
 install:
 	$(KIOSK) bash systemd/install.sh
 
+# PREFIX only where given: else uninstall.sh removes the one the installed command names
 uninstall:
-	$(KIOSK) PURGE="$(PURGE)" bash systemd/uninstall.sh
+	DESTDIR="$(DESTDIR)" PREFIX="$(if $(filter file,$(origin PREFIX)),,$(PREFIX))" PURGE="$(PURGE)" \
+	    bash systemd/uninstall.sh
 
 status:
 	@systemctl status --no-pager feedbackd.service || true

@@ -22,10 +22,10 @@ if [ -z "$DESTDIR" ]; then
         systemctl disable --now feedbackd.service 2>/dev/null || true
     fi
 fi
-# The Makefile passes its default (/opt/feedbackd) when none was given: then the PREFIX the install
-# wrote into the feedbackd command is the one to remove (`sudo make install PREFIX=/srv/fb`).
+# No PREFIX given (the Makefile passes one only when given): the one the install wrote into the
+# feedbackd command is the one to remove (`sudo make install PREFIX=/srv/fb`).
 installed=$(sed -n 's/^export FEEDBACKD_HOME=//p' "$WRAPPER" 2>/dev/null | head -n 1 || true)
-if [ -z "$PREFIX" ] || [ "$PREFIX" = /opt/feedbackd ]; then
+if [ -z "$PREFIX" ]; then
     [ -z "$installed" ] || [ "$installed" = /opt/feedbackd ] \
         || say "the feedbackd command was installed with PREFIX=$installed: removing that install"
     PREFIX=${installed:-/opt/feedbackd}

@@ -316,11 +316,17 @@ def test_uninstall_keeps_the_owners_own_models(tmp_path):
 def test_uninstall_removes_the_install_of_another_prefix(tmp_path):
     """After `sudo make install PREFIX=/srv/fb`, `sudo make uninstall` removed the service and the command
     but left /srv/fb's venv and models, and said it removed /opt/feedbackd, which was never there."""
-    root, srv = tmp_path / "root", tmp_path / "root/srv/fb"
+    root, srv, opt = tmp_path / "root", tmp_path / "root/srv/fb", tmp_path / f"root{PREFIX}"
     sourced("install_unit", DESTDIR=str(root), PREFIX="/srv/fb")  # the command, which names its PREFIX
     stub(srv / "venv/bin/feedbackd", "")
     (srv / "models").mkdir()
     (srv / "models/fer_vgg16_int8.tflite").write_text("installed")
+    stub(opt / "venv/bin/feedbackd", "")  # an older install at the default, asked for by name: that one goes
+    r = subprocess.run(["make", "-C", str(ROOT), "uninstall", f"DESTDIR={root}", f"PREFIX={PREFIX}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not opt.exists() and srv.exists(), r.stdout + r.stderr
+    assert "installed with PREFIX=/srv/fb: its files there stay" in r.stdout
+    sourced("install_unit", DESTDIR=str(root), PREFIX="/srv/fb")
     r = make("uninstall", root)
     assert r.returncode == 0, r.stderr
     assert not srv.exists() and not (root / "usr/local/bin/feedbackd").exists()
@@ -506,7 +512,9 @@ def test_make_run_picks_parts_the_machine_has(tmp_path):
         assert "--source camera" in pi and "--display terminal" in pi and "--button gpio" in pi
     # I2C on for another board, and no OLED acknowledges 0x3C: the terminal, and why
     assert "--display terminal" in run_line("ON_PI=yes", "OLED_PROBE=false")
-    assert "make run: no OLED answers at 0x3C on /dev/i2c-1" in said[-1]
+    assert "make run: no OLED answers at 0x3C on /dev/i2c-1 (no answer)" in said[-1]
+    run_line("ON_PI=yes", "OLED_PROBE=python3 -c 'raise PermissionError(13, \"Permission denied\")'")
+    assert "/dev/i2c-1 (PermissionError: [Errno 13] Permission denied): screens go to this terminal" in said[-1]
     assert "--display ssd1306" in run_line("ON_PI=yes", "OLED_PROBE=true")
     assert "OLED" not in said[-1]
     own = run_line("ARGS=--config /home/pi/lcd.toml")  # a config to try before installing: its parts, not ours

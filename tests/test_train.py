@@ -662,10 +662,10 @@ def test_evaluate_without_matplotlib_prints_the_report_and_names_the_pngs_it_ski
     note = "note: confusion matrix PNG not written: matplotlib is not installed (pip install matplotlib)\n"
     assert evaluate_main(common) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("faces 28 ") and "wrote" not in out and err == note
+    assert out.startswith("faces 28 ") and "wrote" not in out and err.endswith(note)
     assert evaluate_main([*common, "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)["n"] == 28 and err == note
+    assert json.loads(out)["n"] == 28 and err.endswith(note)  # after the note that the model has no record
     assert not list(tmp_path.rglob("*.png"))
 
 
