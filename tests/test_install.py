@@ -64,6 +64,17 @@ def stub(path: Path, body: str) -> Path:
     return path
 
 
+def source_copy(src: Path) -> Path:
+    """A checkout's files install.sh copies or runs, to change without touching this one."""
+    for folder in ("device", "training", "convert"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    (src / "systemd").mkdir()
+    shutil.copy(ROOT / "systemd/install.sh", src / "systemd")
+    return src
+
+
 def sourced(function: str, **env: str) -> subprocess.CompletedProcess:
     """One function of install.sh, run on its own (sourcing it defines them and stops)."""
     r = subprocess.run(["bash", "-c", f'source "$0" && {function}', str(ROOT / "systemd/install.sh")],
@@ -439,13 +450,7 @@ def test_a_reinstall_of_the_same_source_does_not_run_pip(tmp_path):
     """pip rebuilds the package and fetches setuptools (its build isolation) from PyPI: a re-run to mend a
     model or SPI failed on an offline kiosk. pip runs again for a changed source, and after a pip that
     did not finish (a venv it left half-installed must not be trusted)."""
-    src = tmp_path / "src"
-    for folder in ("device", "training", "convert"):
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src)
-    (src / "systemd").mkdir()
-    shutil.copy(ROOT / "systemd/install.sh", src / "systemd")
+    src = source_copy(tmp_path / "src")
     venv = tmp_path / f"root{PREFIX}/venv"  # a venv venv_ok trusts, whose pip only says it ran
     (venv / "pyvenv.cfg").parent.mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text(f"version = {sys.version_info[0]}.{sys.version_info[1]}.0\n")
@@ -674,13 +679,7 @@ def test_check_says_to_use_sudo_for_a_log_this_user_cannot_reach(tmp_path, capsy
 def test_a_model_that_does_not_match_its_manifest_is_refused_before_anything_changes(tmp_path, debian12):
     """A checkout whose model and manifest are two conversions' (one copied in without the other): an upgrade
     stopped the kiosk and copied them over the working pair, and the service never started again."""
-    src = tmp_path / "src"
-    for folder in ("device", "training", "convert"):
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src)
-    (src / "systemd").mkdir()
-    shutil.copy(ROOT / "systemd/install.sh", src / "systemd")
+    src = source_copy(tmp_path / "src")
     (src / "models").mkdir()
     shutil.copy(ROOT / "models/fer_vgg16_int8.tflite", src / "models")
     manifest = json.loads((ROOT / "models/fer_vgg16_int8.json").read_text())
