@@ -437,6 +437,8 @@ class ReconnectingSource:
                 return None
         try:
             frame = self.source.read()
+            if self.error is not None:
+                log.info("camera: frames again")
             self.error, self._backoff = None, 0.5
             return frame
         except SourceError as e:
@@ -452,6 +454,8 @@ class ReconnectingSource:
                 raise
             except Exception:  # noqa: S110 - closing a broken camera may fail too; it is dropped anyway
                 pass
+        if message != self.error:  # the journal says why the screen shows "Camera error", once a reason
+            log.warning("camera: %s; retrying", message)
         self.error = message
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.max_backoff_s)

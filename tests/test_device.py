@@ -1703,7 +1703,8 @@ def test_feedback_is_logged_while_the_display_is_unplugged(model, face_folder, t
     rig.close()
 
 
-def test_failing_source_recovers():
+def test_failing_source_recovers(caplog):
+    caplog.set_level("INFO", logger="feedbackd")
     good = np.zeros((4, 4, 3), np.uint8)
     frames = iter([good, SourceError("camera 0: unplugged")] + [good] * 5)
     opened = []
@@ -1733,6 +1734,9 @@ def test_failing_source_recovers():
         frame = src.read()
         time.sleep(0.005)
     assert frame is not None and src.error is None and len(opened) == 3
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("camera: ")]
+    assert said == ["camera: camera 0: unplugged; retrying", "camera: camera 0: not there yet; retrying",
+                    "camera: frames again"]  # why the screen said "Camera error", each reason once
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
