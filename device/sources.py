@@ -414,7 +414,6 @@ class ReconnectingSource:
         self.error: str | None = None
         self._backoff = 0.5
         self._retry_at = 0.0
-        self.reconnects = 0
         self._give_up_at = None if first_open_s is None else time.monotonic() + first_open_s
 
     def read(self) -> np.ndarray | None:
@@ -425,8 +424,6 @@ class ReconnectingSource:
             try:
                 self.source = self._open()
                 self._give_up_at = None  # opened once: later faults are the camera's, retried here
-                if self.error is not None:
-                    self.reconnects += 1
             except SourceStuck:  # a camera that hung while opening stays held: only a restart frees it
                 raise
             except SourceError as e:
