@@ -110,6 +110,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from(args: argparse.Namespace):
     path = args.config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
+    for key in ("model.path", "detector.dir"):  # the config's own are the checkout's; a typed one is the shell's
+        if key in overrides:
+            overrides[key] = os.path.abspath(overrides[key])
     return load_config(path, overrides)
 
 

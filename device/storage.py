@@ -227,9 +227,25 @@ class FeedbackLog:
         return (oldest or (None,))[0], (newest or (None,))[0]
 
     def salvage(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
-        """The entries of a damaged log that can still be read, fetched one id at a time so that
-        one bad page costs only its own rows; `self.unreadable` counts the ids that could not be."""
+        """The entries of a damaged log that can still be read: in order while the table reads, then
+        one id at a time, so that one bad page costs only its own rows; `self.unreadable` counts the
+        ids that could not be read. AUTOINCREMENT leaves no gap for a rolled-back insert and feedbackd
+        deletes nothing, so an id missing from the table is counted too."""
         self.unreadable = 0
+        last = 0
+        try:  # a damaged inner page can hide rows from a lookup by id that a scan of the leaves finds
+            cur = self.db.execute("SELECT * FROM entries ORDER BY id")
+            for values in cur:
+                row = _entry_row(cur, values)
+                if row["id"] > last:  # the ids between, a damaged page dropped from the table
+                    self.unreadable += row["id"] - last - 1
+                    last = row["id"]
+                elif row["id"] < last:  # out of order: counted as dropped above
+                    self.unreadable -= 1
+                if self._in_dates(row, since, until):
+                    yield row
+        except sqlite3.DatabaseError:
+            pass
         try:  # the highest id ever given, kept by AUTOINCREMENT on its own page
             top = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
         except sqlite3.DatabaseError:
@@ -239,19 +255,23 @@ class FeedbackLog:
                 top = self.db.execute("SELECT max(id) FROM entries").fetchone()
             except sqlite3.DatabaseError as e:
                 raise StorageError(f"{self.path}: cannot tell how many entries the log held: {e}") from None
-        for entry_id in range(1, (top[0] or 0) + 1):
+        for entry_id in range(last + 1, (top[0] or 0) + 1):
             try:
                 cur = self.db.execute("SELECT * FROM entries WHERE id = ?", (entry_id,))
                 values = cur.fetchone()
             except sqlite3.DatabaseError:
+                values = None
+            if values is None:
                 self.unreadable += 1
                 continue
-            if values is None:  # never stored (a rolled-back insert), not lost
-                continue
             row = _entry_row(cur, values)
-            day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
-            if (not since or day >= since) and (not until or day <= until):
+            if self._in_dates(row, since, until):
                 yield row
+
+    @staticmethod
+    def _in_dates(row: dict, since: str | None, until: str | None) -> bool:
+        day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
+        return (not since or day >= since) and (not until or day <= until)
 
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
                    salvage: bool = False) -> int:

@@ -2080,6 +2080,37 @@ def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == len(rows) + 1
 
 
+def test_salvage_finds_the_rows_a_damaged_inner_page_hides_from_a_lookup(tmp_path, capsys):
+    """A bad key on the table's inner page sends a lookup by id to the wrong leaf: those rows are
+    found by a scan of the leaves, and an id missing from the table is counted, not skipped."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for i in range(1, 301):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, f"till-{i:03d}"))
+    log.close()
+    with sqlite3.connect(db) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'entries'").fetchone()[0]
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    data = bytearray(db.read_bytes())
+    page = (root - 1) * page_size
+    assert data[page] == 0x05  # an interior table page: cells of a child page number and a key
+    cells = [page + int.from_bytes(data[page + 12 + 2 * i: page + 14 + 2 * i], "big") for i in range(3)]
+    key = next(c + 4 for c in cells if 10 < data[c + 4] < 0x80)  # a one-byte key
+    data[key] -= 5  # the five ids below it now look for their rows in the next leaf
+    db.write_bytes(bytes(data))
+    out = tmp_path / "rescued.csv"
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 0
+    assert [int(r["id"]) for r in csv.DictReader(out.open())] == list(range(1, 301))
+    capsys.readouterr()
+    with sqlite3.connect(tmp_path / "f.db") as con:  # a row gone from its page, as the table sees it
+        con.execute("DELETE FROM entries WHERE id = 7")
+    con.close()
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1
+    assert "feedbackd: 1 entries could not be read" in capsys.readouterr().err
+    assert 7 not in [int(r["id"]) for r in csv.DictReader(out.open())]
+
+
 def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
     """A failing card's stray bytes in a row (or a hand edit) are exported as they are, escaped,
     not a traceback with no CSV."""
@@ -2156,6 +2187,17 @@ def test_command_line_flags_override_the_config_file(tmp_path, capsys):
     config.write_text(f'[storage]\npath = "{in_file}"\n')
     assert cli.main(["--config", str(config), "export", "--db", str(in_flag)]) == 0
     assert ",2.0,Sad," in capsys.readouterr().out and not in_file.exists()
+
+
+def test_a_model_flag_is_read_from_the_folder_it_was_typed_in(tmp_path, monkeypatch):
+    """`feedbackd analyze --model ./mine.tflite` from a folder of one's own: that folder's file, not
+    the checkout's (where the config's model.path, a shipped file, is looked up)."""
+    monkeypatch.chdir(tmp_path)
+    args = cli.parse_args(["check", "--model", "mine.tflite", "--detector-dir", "face"])
+    cfg = cli.config_from(args)
+    assert cfg["model"]["path"] == str(tmp_path / "mine.tflite")
+    assert cfg["detector"]["dir"] == str(tmp_path / "face")
+    assert cli.config_from(cli.parse_args(["check"]))["model"]["path"].startswith(str(ROOT))
 
 def test_clock_synchronization_is_read_from_timesyncd(tmp_path):
     from device.clock import clock_synced
