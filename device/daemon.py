@@ -80,6 +80,9 @@ IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
 # A backlog of thousands (a spare file that filled while the card was full) takes minutes of synced
 # commits on an SD card: a retry stores it this long a pass, the frames and the screen going on between.
 DRAIN_S = 1.0
+# At a stop, the backlog is stored this long: systemd kills the service TimeoutStopSec (10 s) after
+# asking, and the journal lines for what is left (in the spare file, or in memory only) come after.
+STOP_DRAIN_S = 5.0
 
 
 @dataclass
@@ -357,13 +360,13 @@ class Daemon:
         journal in full. Only those the spare file lacks are for a technician to restore by hand: the
         next start restores the spare's, and one restored twice by then would be counted twice."""
         self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
-        self._store_pending_or_spare(time.monotonic())
+        self._store_pending_or_spare(time.monotonic(), STOP_DRAIN_S)
         kept = set()
         if self.spare and self._pending:
             with contextlib.suppress(OSError):  # unreadable: each entry is then for the technician
                 kept = self.spare.kept_times()
         for entry, at in self._pending:
-            if at.isoformat() in kept:
+            if at in kept:
                 log.warning("entry not stored, kept in %s for the next start (not to restore by hand): %s",
                             self.spare.path, entry_json(entry, at))
             else:

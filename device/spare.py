@@ -6,12 +6,14 @@ over them needs no free space (a copy-on-write file system such as btrfs gives n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import logging
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger("feedbackd")
@@ -174,9 +176,14 @@ class SpareFile:
         """Whether another entry's line would be written now (an entry's line is about 500 bytes)."""
         return not self.refused and not self.unwritten and self.end + line_bytes <= self.size
 
-    def kept_times(self) -> set[str]:
-        """The press times ("utc") of the entries on the disk now: the ones the next start restores."""
-        return {e.get("utc") for e in _parse(_lines(os.pread(self.fd, self.end, 0)))[0]}
+    def kept_times(self) -> set[datetime]:
+        """The press times ("utc") of the entries on the disk now: the ones the next start restores,
+        as times, since a restored line may write its time with another offset than this version."""
+        times = set()
+        for e in _parse(_lines(os.pread(self.fd, self.end, 0)))[0]:
+            with contextlib.suppress(TypeError, ValueError):  # a time the next start cannot read either
+                times.add(datetime.fromisoformat(e.get("utc")))
+        return times
 
     def write_unwritten(self) -> bool:
         """Write the lines whose write failed (the lines before them fitted, and still do); True once

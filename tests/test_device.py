@@ -672,6 +672,44 @@ def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path,
     store.close()
 
 
+def test_a_stop_behind_a_long_backlog_stores_it_only_until_systemd_would_kill_it(tmp_path, monkeypatch, caplog):
+    """Thousands of entries kept while the card was full take minutes to store: a stop that stored
+    them all was killed by systemd mid-way, before the journal said where the rest are."""
+    import device.daemon as D
+
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    for i in range(3):
+        press(daemon, button, time.monotonic() + 10 * i)
+    daemon.close()  # the card is full until the power is cut
+    store = FeedbackLog(db)
+    daemon, button = bare_daemon(store)
+    monkeypatch.setattr(D, "STOP_DRAIN_S", 0.0)  # a slow card: the stop has time for one
+    daemon.flush_pending()
+    kept = [r.getMessage() for r in caplog.records if "for the next start (not to restore by hand)" in r.getMessage()]
+    assert store.count() == 1 and len(kept) == 2 and len(waiting(beside(db))) == 3  # the next start restores 2
+    daemon.close()
+    store.close()
+
+
+def test_a_stop_finds_a_restored_entry_in_the_spare_file_whatever_offset_its_line_writes(tmp_path, caplog):
+    """A line written with "Z" (by hand, by another version) is restored at the start; at the stop
+    it was not found by its text, and the journal sent a technician to restore it by hand."""
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    press(daemon, button, time.monotonic())
+    daemon.close()
+    [line] = waiting(beside(db))
+    zulu = datetime.fromisoformat(line["utc"]).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    beside(db).write_bytes((json.dumps({**line, "utc": zulu}) + "\n").encode().ljust(SIZE, b"\0"))
+    daemon, _ = bare_daemon(FullLog(db))
+    caplog.clear()
+    daemon.flush_pending()
+    assert "for the next start (not to restore by hand)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    daemon.close()
+
+
 def test_a_press_behind_a_backlog_that_fills_the_spare_file_is_stored_not_held_in_memory(tmp_path, monkeypatch):
     """The spare file stays full until the log has taken its whole backlog: a press then had no room
     there, was held in memory only (lost at a power cut) and shown "Not saved" by a log that works."""
