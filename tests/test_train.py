@@ -109,6 +109,34 @@ def test_the_device_undoes_the_class_weights():
     assert InputSpec.from_dict(spec.to_dict()) == spec and "class_scale" not in DEFAULT_SPEC.to_dict()
 
 
+def test_evaluate_reads_a_keras_model_and_a_run_with_their_class_scale(tiny_model, tmp_path):
+    """The fixture data has as many faces of each class, so its runs' class_scale is all 1.0 and the tests that
+    evaluate agrees with the export would pass were it dropped: here the class counts differ."""
+    import keras
+
+    from training.evaluate import keras_spec, predict_probs
+
+    counts = [3995, 436, 4097, 7215, 4965, 4830, 3171]  # FER-2013's Training split
+    spec = T.model_spec({"class_weight_power": 0.3}, counts)
+    assert len(set(spec.class_scale)) == 7
+    model = tmp_path / "fer_vgg16.keras"
+    shutil.copy(tiny_model, model)
+    model.with_suffix(".train.json").write_text(json.dumps({"sha256": sha256_file(model), "input": spec.to_dict()}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"width": 1 / 16, "dropout": 0.5, "class_weight_power": 0.3}))
+    (run / "state.json").write_text(json.dumps({"config": {}, "epochs_done": 1, "train_class_counts": counts}))
+    keras.saving.load_model(tiny_model, compile=False).save_weights(run / "best.weights.h5")
+    faces = synthetic_faces(2, seed=5)[0]
+    unscaled = T.classify(keras.saving.load_model(tiny_model, compile=False), faces, replace(spec, class_scale=()))
+    expected = unscaled * np.array(spec.class_scale)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert not np.allclose(expected, unscaled, atol=1e-3)  # the scale changes the probabilities
+    for path in (model, run):
+        assert keras_spec(path) == spec, path
+        np.testing.assert_allclose(predict_probs(path, faces, keras_spec(path)), expected, rtol=1e-4, atol=1e-6)
+
+
 def _history(run) -> list[dict]:
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -246,6 +274,31 @@ def test_an_out_that_cannot_take_the_export_is_refused_before_training_averaging
                          "--out", str(file)]) == 2
     assert f"error: --out {file}: a file, not a folder" in capsys.readouterr().err
     assert file.read_bytes() == b"a model"
+
+
+def test_a_run_dir_or_out_dir_that_cannot_be_written_is_refused_before_the_data_is_read(tmp_path, fer_csv, tiny_model,
+                                                                                      monkeypatch, capsys):
+    """A file as --run-dir (or evaluate's --out-dir), or a read-only folder, failed as a bare FileExistsError
+    or PermissionError once the data had loaded (for evaluate, after scoring): named first, exit 2."""
+    from training import export as export_module
+    from training.evaluate import main as evaluate_main
+
+    file, locked = tmp_path / "a-file", tmp_path / "locked"
+    file.write_bytes(b"not a folder")
+    locked.mkdir()
+    real_access = os.access  # tests run as root, to whom a chmod 500 folder is writable
+    monkeypatch.setattr(export_module.os, "access", lambda p, mode: p != locked and real_access(p, mode))
+    train = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--out", str(tmp_path / "out")]
+    evaluate = ["--model", str(tiny_model), "--data", str(fer_csv)]
+    for main, command, flag, writes in ((T.main, train, "--run-dir", "the run writes its checkpoints"),
+                                        (evaluate_main, evaluate, "--out-dir", "evaluate writes the confusion matrix")):
+        assert main([*command, flag, str(file)]) == 2
+        out, err = capsys.readouterr()
+        assert f"error: {flag} {file}: a file, not a folder ({writes}" in err and out == ""  # before the data
+        assert main([*command, flag, str(locked / "sub")]) == 2
+        out, err = capsys.readouterr()
+        assert f"error: {flag} {locked / 'sub'}: {locked} is not writable for this user" in err and out == ""
+    assert file.read_bytes() == b"not a folder" and not (tmp_path / "out").exists()
 
 
 def test_an_export_replaces_a_model_scored_on_other_faces_and_never_stages_over_an_unreadable_record(
@@ -399,6 +452,25 @@ def test_rescoring_an_exported_model_rewrites_its_record_not_its_weights(tmp_pat
     assert export_main(["--model", str(model), "--data", str(bad)]) == 2
     assert f"{bad}:" in capsys.readouterr().err
     assert export_main(["--model", str(model), "--data", str(bad), "--skip-bad"]) == 0
+
+
+def test_rescoring_a_record_without_its_config_or_class_counts_is_named(tmp_path, fer_csv, capsys):
+    """A hand-edited or older .train.json: exit 2 naming the record and what it lacks, not a bare KeyError."""
+    model = tmp_path / "fer_vgg16.keras"
+    model.write_bytes(b"never loaded: the record is refused first")
+    record_path = model.with_suffix(".train.json")
+    data = {"sha256": fer.source_checksum(fer_csv), "train_class_counts": [12] * 7}
+    good = {"sha256": sha256_file(model), "input": DEFAULT_SPEC.to_dict(), "config": {"class_weight_power": 0.3},
+            "data": data}
+    for record, message in (({k: v for k, v in good.items() if k != "config"}, "KeyError: 'config'"),
+                            (dict(good, config={}), "KeyError: 'class_weight_power'"),
+                            (dict(good, data={"sha256": data["sha256"]}), "KeyError: 'train_class_counts'"),
+                            (dict(good, data=dict(data, train_class_counts=None)), "TypeError: "),
+                            (dict(good, data=dict(data, train_class_counts=[12] * 6)),
+                             "ValueError: 6 train_class_counts for 7 labels")):
+        record_path.write_text(json.dumps(record))
+        assert export_main(["--model", str(model), "--data", str(fer_csv)]) == 2
+        assert f"error: {record_path}: unreadable training record ({message}" in capsys.readouterr().err
 
 
 def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_one(tmp_path, fer_csv, capsys,
@@ -853,7 +925,8 @@ def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
 
     assert (f"{this};\n  this model's lineage does not carry the wall time of the 2 earlier cycles "
             "(training/CYCLES.md gives it).\n") in card()
-    assert card().count("wall time") == 2 and "recorded" not in card()  # this run's, and what the lineage lacks
+    assert card().count("wall time") == 2  # this run's, and what the lineage lacks
+    assert " h for all " not in card() and " h with the " not in card()  # no lineage total from times it lacks
     chain["wall_seconds"] = 7200.0
     assert (f"{this}; {(record['wall_seconds'] + 7200) / 3600:.2f} h with the 1 earlier cycle whose wall time its "
             "lineage carries;\n  this model's lineage does not carry the wall time of the other 1 earlier cycle "
@@ -869,6 +942,32 @@ def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
     assert f"- Model file: 13 bytes (0.0 MiB, 0.0 MB), sha256 `{record['sha256']}`." in card()
     record["size_bytes"] = 64_373_079  # the shipped model's, as Keras stored it uncompressed
     assert "- Model file: 64,373,079 bytes (61.4 MiB, 64.4 MB), sha256" in card()
+
+
+def test_the_card_counts_a_warm_start_from_imagenet_weights_exactly(tmp_path):
+    """ImageNet VGG16 weights (`--init` of a .h5) have no FER-2013 epochs: the run's are all there are. Only a
+    .keras start that no training record described leaves the count a lower bound."""
+    from training.card import write_card
+
+    record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
+    n = record["epochs"]
+
+    def lineage(start: dict) -> str:
+        record["warm_start_from"] = start
+        card = write_card(record, tmp_path / "MODEL_CARD.md").read_text()
+        return next(line for line in card.splitlines() if line.startswith("- Warm-started from"))
+
+    imagenet = {"file": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "sha256": "ab" * 32}
+    assert lineage(imagenet) == ("- Warm-started from `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` (sha256 "
+                                 f"`abababababababab…`, ImageNet VGG16 weights: its conv kernels, no FER-2013 epochs); "
+                                 f"{n} epochs in all.")
+    unknown = {"file": "start.keras", "sha256": "cd" * 32}
+    assert lineage(unknown).endswith(f"(sha256 `cdcdcdcdcdcdcdcd…`); its epochs are unknown, so at least {n} in all.")
+    earlier = {"file": "fer_vgg16.keras", "sha256": "ef" * 32, "epochs": 4, "publictest_accuracy": 0.6}
+    assert lineage(dict(earlier, warm_start_from=imagenet)).endswith(f"; {n + 4} epochs in all.")
+    assert lineage(dict(earlier, warm_start_from=unknown)).endswith(
+        f"; the epochs of `start.keras` (sha256 `cdcdcdcdcdcdcdcd…`) earlier in its lineage are unknown, "
+        f"so at least {n + 4} in all.")
 
 
 def test_random_erasing_hides_one_rectangle_per_chosen_face():
@@ -922,8 +1021,8 @@ def test_distillation_mixes_teacher_probabilities_into_the_targets(tmp_path, fer
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a model")
     kept = (run / "history.csv").read_bytes()
-    with pytest.raises(SystemExit, match=f"--teacher {broken}: cannot load it"):
-        T.main([*args, "--teacher", str(broken), "--distill", "0.5"])
+    assert T.main([*args, "--teacher", str(broken), "--distill", "0.5"]) == 2
+    assert f"error: --teacher {broken}: cannot load the Keras model (" in capsys.readouterr().err
     assert (run / "history.csv").read_bytes() == kept  # the finished run is still there
     (run / "teacher_targets.npz").write_bytes(b"")  # as a power cut may leave it: computed again, no crash
     second = keras.saving.load_model(tiny_model)  # another teacher: new targets, not the first one's
@@ -931,6 +1030,21 @@ def test_distillation_mixes_teacher_probabilities_into_the_targets(tmp_path, fer
     second.save(tmp_path / "second.keras")
     assert T.main([*args, "--teacher", str(tmp_path / "second.keras"), "--distill", "0.5", "--force"]) == 0
     assert not np.allclose(np.load(run / "teacher_targets.npz")["targets"], targets)
+
+
+def test_a_teacher_that_does_not_take_the_devices_faces_is_named(tmp_path, fer_csv, capsys):
+    """Only a teacher's output was checked: one made for other faces failed deep in Keras as a traceback."""
+    import keras
+
+    teacher = tmp_path / "small.keras"
+    keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Flatten(),
+                      keras.layers.Dense(7, activation="softmax")]).save(teacher)
+    run = tmp_path / "run"
+    assert T.main(["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run),
+                   "--out", str(tmp_path / "out"), "--teacher", str(teacher), "--distill", "0.5"]) == 2
+    assert (f"error: --teacher {teacher}: the model's input is (32, 32, 1), expected (48, 48, 1)"
+            in capsys.readouterr().err)
+    assert not (run / "state.json").exists() and not (tmp_path / "out").exists()
 
 
 def test_code_commit_is_dirty_only_when_code_changed(tmp_path):

@@ -137,12 +137,31 @@ def _cycles(n: int) -> str:
     return f"{n} earlier cycle{'s' if n != 1 else ''}"
 
 
+def _imagenet(node: dict) -> bool:
+    """Whether a lineage entry without epochs is ImageNet VGG16 weights (`--init` of a .h5), which have
+    no FER-2013 epochs, rather than a .keras model whose training record was not found."""
+    return not node["file"].endswith(".keras")
+
+
+def _epochs_in_all(record: dict) -> str:
+    """The lineage's epochs: exact where it starts from scratch or from ImageNet weights, a lower bound
+    where it starts from a .keras model no record described."""
+    node = record.get("warm_start_from")
+    while node and "epochs" in node:
+        node = node.get("warm_start_from")
+    if node is None or _imagenet(node):
+        return f"{total_epochs(record)} epochs in all."
+    whose = ("its epochs" if node is record["warm_start_from"]
+             else f"the epochs of `{node['file']}` (sha256 `{node['sha256'][:16]}…`) earlier in its lineage")
+    return f"{whose} are unknown, so at least {total_epochs(record)} in all."
+
+
 def _lineage_wall_time(record: dict) -> str:
     """What the card adds to this run's wall time: the lineage's total where its records carry every earlier
     cycle's time, else which are missing (each cycle's own record had its time; lineages before commit
     0a2977c did not copy it)."""
     earlier, node = [], record.get("warm_start_from")
-    while node and ("epochs" in node or node["file"].endswith(".keras")):  # ImageNet weights (.h5): none here
+    while node and ("epochs" in node or not _imagenet(node)):  # ImageNet weights (.h5): none here
         earlier.append(node.get("wall_seconds"))
         node = node.get("warm_start_from")
     if not earlier:
@@ -203,9 +222,9 @@ def write_card(record: dict, path: Path) -> Path:
     ws = record.get("warm_start_from")
     lineage = (
         f"Warm-started from `{ws['file']}` (sha256 `{ws['sha256'][:16]}…`"
-        + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%} one view" if "epochs" in ws else "")
-        + (f"); {total_epochs(record)} epochs in all." if "epochs" in ws
-           else f"); its epochs are unknown, so at least {total_epochs(record)} in all.")
+        + (f", {ws['epochs']} epochs, PublicTest {ws['publictest_accuracy']:.2%} one view" if "epochs" in ws
+           else ", ImageNet VGG16 weights: its conv kernels, no FER-2013 epochs" if _imagenet(ws) else "")
+        + f"); {_epochs_in_all(record)}"
         if ws else "Trained from scratch (no pretrained weights)."
     )
     text = f"""# Model card: `{record['model']}`

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import sha256_file
-from device.preprocess import CLASSES
+from device.model import ModelError, sha256_file
+from device.preprocess import DEFAULT_SPEC
 from training.run import replace_durably
 
 TARGETS = "teacher_targets.npz"
@@ -29,7 +29,8 @@ def teacher_records(paths: list[str]) -> list[dict]:
 def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.ndarray:
     """The teachers' averaged probabilities for `faces` (uint8), from the run folder when they were
     computed for these very teachers and faces (a resume trains toward the same numbers; a run
-    restarted with other teachers or data does not); a changed teacher file is an error."""
+    restarted with other teachers or data does not). A changed teacher file, or one that is not a Keras
+    model taking the device's faces and giving one probability per class, raises ModelError naming it."""
     import hashlib
 
     path = run / TARGETS
@@ -41,21 +42,15 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
                 return saved["targets"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # none yet, or cut short by a power cut: computed again
-    import keras
-
+    from training.export import load_float_model  # not at the top: training.train imports this module
     from training.train import classify
 
     probs = []
     for t in teachers:
         if sha256_file(Path(t["file"])) != t["sha256"]:
-            raise SystemExit(f"error: --teacher {t['file']}: changed since the run started")
-        try:
-            model = keras.saving.load_model(t["file"], compile=False)
-        except Exception as e:  # Keras and h5py raise many kinds for a file that is not a model
-            raise SystemExit(f"error: --teacher {t['file']}: cannot load it ({type(e).__name__}: {e})") from None
-        if tuple(model.output_shape[1:]) != (len(CLASSES),):
-            raise SystemExit(f"error: --teacher {t['file']}: gives {model.output_shape[1:]} outputs, not one per class")
-        probs.append(classify(model, faces))
+            raise ModelError(f"{t['file']}: changed since the run started")
+        # its input checked too: a teacher for other faces would fail deep in Keras, after the data has loaded
+        probs.append(classify(load_float_model(Path(t["file"]), DEFAULT_SPEC), faces, DEFAULT_SPEC))
         print(f"teacher {t['file']}: {len(faces)} faces")
     targets = np.mean(probs, axis=0).astype(np.float32)
     tmp = path.with_suffix(".tmp.npz")

@@ -23,7 +23,7 @@ from device.imports import not_installed
 from device.model import EmotionClassifier, ModelError, verified_manifest
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec
 from training import data as fer
-from training.export import load_float_model, read_record, record_spec
+from training.export import load_float_model, out_error, read_record, record_spec
 from training.metrics import report
 from training.run import STATE, chosen_weights, read_config, read_state
 
@@ -120,6 +120,16 @@ def write_pngs(model: Path, r: dict, out_dir: Path) -> list[Path]:
         return []
 
 
+def out_dir_error(out_dir: Path) -> str | None:
+    """Why the PNGs could not go into --out-dir, said before minutes of scoring rather than as a
+    traceback after them; none where matplotlib is not installed (a Pi's venv), which draws nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    return out_error(out_dir, "the confusion matrix PNG (and a run's curves)", flag="--out-dir", writer="evaluate")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help=".keras, .tflite or a training run folder")
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1:  # LiteRT's own message would blame the model, after the data has loaded
         p.error(f"--threads {args.threads}: must be at least 1")
+    if error := out_dir_error(args.out_dir):
+        print(error, file=sys.stderr)
+        return 2
 
     try:
         check_model_path(args.model)

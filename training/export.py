@@ -120,14 +120,16 @@ def run_out(state: dict, out: Path | None) -> Path:
     return out or Path(state.get("out", "models"))
 
 
-def out_error(out: Path, writes: str = f"{MODEL_NAME}.keras and its card") -> str | None:
-    """Why an export could not be written to `out`, said before hours of training or minutes of
-    loading data: a file there, or a read-only folder, would only fail at the export."""
+def out_error(out: Path, writes: str = f"{MODEL_NAME}.keras and its card", flag: str = "--out",
+              writer: str = "the export") -> str | None:
+    """Why `writer` could not write into the folder `out` (given as `flag`: a run's --run-dir, evaluate's
+    --out-dir), said before hours of training or minutes of loading data: a file there, or a read-only
+    folder, would only fail when it is written, as a traceback."""
     if out.exists() and not out.is_dir():
-        return f"error: --out {out}: a file, not a folder (the export writes {writes} into it)"
+        return f"error: {flag} {out}: a file, not a folder ({writer} writes {writes} into it)"
     folder = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"error: --out {out}: {folder} is not writable for this user"
+        return f"error: {flag} {out}: {folder} is not writable for this user"
     return None
 
 
@@ -358,7 +360,13 @@ def rescore(path: Path, test: fer.Split) -> dict:
     if record is None:
         raise ModelError(f"{record_path}: no training record beside {path} to re-score")
     check_trained_on(record, path, test)
-    fresh = model_spec(record["config"], record["data"]["train_class_counts"])
+    try:  # a hand-edited or older record: named, not a bare KeyError after the data has loaded
+        counts = record["data"]["train_class_counts"]
+        fresh = model_spec(record["config"], counts)
+        if len(counts) != len(CLASSES):
+            raise ValueError(f"{len(counts)} train_class_counts for {len(CLASSES)} labels")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{record_path}: unreadable training record ({type(e).__name__}: {e})") from None
     spec = replace(record_spec(record, path), views=fresh.views, class_scale=fresh.class_scale)
     val, single = score(load_float_model(path, spec), spec, test)
     record.update(input=spec.to_dict(), publictest=val, publictest_single_view=single, export_commit=code_commit(),

@@ -313,6 +313,10 @@ def fmt_time(s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir
+    # a file there, or a read-only folder, would fail only once the data has loaded, as a traceback
+    if error := out_error(run, "its checkpoints, history and state", flag="--run-dir", writer="the run"):
+        print(error, file=sys.stderr)
+        return 2
     try:
         old = read_state(run, "config", "epochs_done") if (run / STATE).exists() else None
     except ModelError as e:
@@ -436,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
     x_test = preprocess(test.x, DEFAULT_SPEC)
     run.mkdir(parents=True, exist_ok=True)
-    teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x)) if cfg.get("teachers") else None
+    try:
+        teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x)) if cfg.get("teachers") else None
+    except ModelError as e:  # a teacher that is not a model, changed, or does not take these faces
+        print(f"error: --teacher {e}", file=sys.stderr)
+        return 2
 
     def publictest(model) -> dict:
         return report(test.y, predict(model, x_test).argmax(1))
