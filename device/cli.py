@@ -149,7 +149,8 @@ def cmd_run(cfg, pin_factory=None) -> int:
         display.halt(Screen("error", title="Storage error", detail=str(e)))
         raise
     source = ReconnectingSource(opener(cfg["camera"]), cfg["camera"]["reconnect_max_s"],
-                                first_open_s=FIRST_OPEN_S)
+                                first_open_s=FIRST_OPEN_S,
+                                path_key="camera.path" if cfg["camera"]["source"] in ("video", "images") else None)
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
     stop = Stop()
     for sig in (signal.SIGTERM, signal.SIGINT):

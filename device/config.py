@@ -50,7 +50,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
         "height": Key(480, int, (48, 4096), "capture height"),
         "fps": Key(15.0, (int, float), (0.5, 120),
-                   "frames per second asked of the camera / played (a frame within button.face_window_s)"),
+                   "frames per second the loop reads, asked of the camera (a video plays at the file's own "
+                   "rate; each image shows 1/fps s); a frame within button.face_window_s"),
         "reconnect_max_s": Key(30.0, (int, float), (0.5, 3600), "longest wait between reconnect tries"),
     },
     "detector": {
@@ -89,7 +90,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "gpio_rst": Key(25, int, (0, 27), "LCD reset pin (BCM)"),
         "gpio_backlight": Key(18, int, (0, 27), "LCD backlight pin (BCM)"),
         "swap_red_blue": Key(False, bool, None, "st7735/ili9341 LCD: swap red and blue (set it if red shows blue)"),
-        "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns"),
+        "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns, to match how the panel is mounted "
+                      "(png: the screen as it then reads, 64x128 for 1 or 3)"),
         "png_path": Key("build/screen.png", str, None, "file the png driver writes"),
         "thank_you_s": Key(2.0, (int, float), (0.5, 30.0),
                            "how long the thank-you screen stays (through button.cooldown_s, if that is longer)"),
@@ -244,6 +246,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):
         if cfg[section][key] and "://" not in cfg[section][key]:
             cfg[section][key] = os.path.normpath(os.path.join(base, cfg[section][key]))
+    png = cfg["display"]["png_path"]
+    if cfg["display"]["driver"] == "png" and os.path.isdir(png):  # else every frame fails "Is a directory"
+        raise ConfigError(f"{cfg.where('display.png_path', 'display.driver')}: display.png_path: {png} is a folder; "
+                          f"name the PNG to write, such as {os.path.join(png, 'screen.png')}")
     source = cfg["camera"]["source"]
     if source in ("video", "images") and not cfg["camera"]["path"]:
         raise ConfigError(f"{cfg.where('camera.path', 'camera.source')}: camera.path: required when camera.source "
@@ -321,6 +327,16 @@ SPI_CE = {0: (8, 7), 1: (18, 17, 16)}
 SPI0_HELD = {pin: f"SPI0's CE{i} pin" for i, pin in enumerate(SPI_CE[0])}
 
 
+def _spi1_held(display: dict) -> dict[int, str]:
+    """SPI1's chip selects the kernel holds for an LCD there: spi_device d needs dtoverlay=spi1-Ncs with
+    N = d + 1 (as the README and the driver's error say), which claims CE0 to CEd, not the panel's alone."""
+    if display["driver"] not in LCDS or display["spi_port"] != 1:
+        return {}
+    overlay = f"spi1-{display['spi_device'] + 1}cs"
+    return {pin: f"SPI1's CE{i} pin, which the kernel holds under dtoverlay={overlay}"
+            for i, pin in enumerate(SPI_CE[1][:display["spi_device"] + 1])}
+
+
 def _display_pins(display: dict) -> dict[int, str]:
     """The BCM pins the display driver holds, each with what it is."""
     driver = display["driver"]
@@ -348,7 +364,7 @@ def _spi_pins(display: dict) -> dict[int, str]:
 
 
 def _check_lcd_pins(cfg: Config) -> None:
-    """An LCD's own pins clear of its SPI bus, of spi0's chip selects and of each other: RPi.GPIO
+    """An LCD's own pins clear of its SPI bus, of the chip selects the kernel holds and of each other: RPi.GPIO
     takes a pin from the SPI controller without a word (a blank panel), lgpio fails "GPIO busy"."""
     display = cfg["display"]
     if display["driver"] not in LCDS:
@@ -358,12 +374,12 @@ def _check_lcd_pins(cfg: Config) -> None:
         raise ConfigError(f"{cfg.where('display.spi_device', 'display.spi_port')}: display.spi_device: "
                           f"{display['spi_device']} is not a chip select of SPI{display['spi_port']}, "
                           f"which has {len(ce)} (0 to {len(ce) - 1})")
-    taken = {**SPI0_HELD, **_spi_pins(display)}
+    taken = {**SPI0_HELD, **_spi1_held(display), **_spi_pins(display)}
     for i, key in enumerate(LCD_PINS):
         pin = display[key]
         if pin in taken:
-            raise ConfigError(f"{cfg.where(f'display.{key}', 'display.driver', 'display.spi_port')}: display.{key}: "
-                              f"BCM {pin} is {taken[pin]}; choose another pin")
+            where = cfg.where(f"display.{key}", "display.driver", "display.spi_port", "display.spi_device")
+            raise ConfigError(f"{where}: display.{key}: BCM {pin} is {taken[pin]}; choose another pin")
         if twin := next((k for k in LCD_PINS[:i] if display[k] == pin), None):
             raise ConfigError(f"{cfg.where(f'display.{key}', f'display.{twin}')}: display.{key}: BCM {pin} is "
                               f"display.{twin} too")
@@ -393,7 +409,7 @@ def _check_pins(cfg: Config) -> None:
     button = cfg["button"]
     if button["kind"] != "gpio":
         return
-    taken = _display_pins(cfg["display"])
+    taken, held = _display_pins(cfg["display"]), _spi1_held(cfg["display"])
     for key in ("pin", "led_pin"):
         pin = button[key]
         if key == "led_pin" and pin == 0:
@@ -406,6 +422,11 @@ def _check_pins(cfg: Config) -> None:
             raise ConfigError(f"{cfg.where(f'button.{key}')}: button.{key}: BCM {pin} is {SPI0_HELD[pin]}, "
                               "which the kernel "
                               "holds while SPI is on (sudo make install turns it on); choose another pin")
+        if pin in held:  # the LCD's spi1 overlay claims chip selects below its own too
+            where = cfg.where(f"button.{key}", "button.kind", "display.driver", "display.spi_port",
+                              "display.spi_device")
+            raise ConfigError(f"{where}: button.{key}: BCM {pin} is {held[pin]} (display.spi_device = "
+                              f"{cfg['display']['spi_device']}); choose another pin")
     if button["led_pin"] and button["pin"] == button["led_pin"]:
         raise ConfigError(f"{cfg.where('button.led_pin', 'button.pin')}: button.led_pin: BCM {button['pin']} is "
                           "button.pin too")

@@ -232,10 +232,13 @@ def _strip(screen: Screen, d: ImageDraw.ImageDraw, w: int, h: int, accent) -> No
 
 
 class PngDisplay:
-    """Writes the current screen to a PNG (atomically): for docs, tests and a desk."""
+    """Writes the current screen to a PNG (atomically): for docs, tests and a desk. `size` is the
+    panel's, as luma takes it, and `rotate` its mounting: the screen is drawn at the size a luma device
+    so turned has (64x128 for 1 or 3) and written upright, as a customer reads the mounted panel."""
 
-    def __init__(self, path: str | Path, size: tuple[int, int] = (128, 64), mode: str = "1"):
-        self.path, self.size, self.mode = Path(path), size, mode
+    def __init__(self, path: str | Path, size: tuple[int, int] = (128, 64), mode: str = "1", rotate: int = 0):
+        width, height = size
+        self.path, self.size, self.mode = Path(path), (height, width) if rotate % 2 else size, mode
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def display(self, image: Image.Image) -> None:
@@ -396,7 +399,7 @@ def _open_display(cfg: dict) -> Display:
     if driver == "terminal":
         return Display(TerminalDisplay())
     if driver == "png":
-        return Display(PngDisplay(cfg["png_path"], panel_size(cfg)))
+        return Display(PngDisplay(cfg["png_path"], panel_size(cfg), rotate=cfg["rotate"]))
     if driver in ("ssd1306", "sh1106"):
         from luma.core.interface.serial import i2c
         from luma.oled import device as oled

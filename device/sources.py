@@ -407,8 +407,10 @@ class ReconnectingSource:
     back-off. `read()` returns None while the camera is down; `error` says why. A camera that no
     try has opened within `first_open_s` of the start raises SourceStuck (see there)."""
 
-    def __init__(self, opener, max_backoff_s: float = 30.0, first_open_s: float | None = None):
+    def __init__(self, opener, max_backoff_s: float = 30.0, first_open_s: float | None = None,
+                 path_key: str | None = None):
         self._open = opener
+        self._path_key = path_key  # a video or image source: a wrong path, not a late driver, is to blame
         self.max_backoff_s = max_backoff_s
         self.source = None
         self.error: str | None = None
@@ -427,6 +429,9 @@ class ReconnectingSource:
             except SourceStuck:  # a camera that hung while opening stays held: only a restart frees it
                 raise
             except SourceError as e:
+                if self._give_up_at is not None and now >= self._give_up_at and self._path_key:
+                    raise SourceStuck(f"{self._path_key}: nothing has opened since the start ({e}); "
+                                      "check the file or folder it names") from None
                 if self._give_up_at is not None and now >= self._give_up_at:
                     raise SourceStuck(f"no camera has opened since the start ({e}); a camera driver loaded "
                                       "after the start gets its device access only at the next start") from None

@@ -1112,8 +1112,8 @@ def test_check_reports_each_part(model, face_folder, tmp_path, capsys, monkeypat
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["detector", "model", "button", "storage", "clock"]
     assert lines[1].startswith("FAIL model") and "none.tflite" in lines[1]
-    (tmp_path / "folder.png").mkdir()  # the display opens, but no screen can be written there
-    assert cli.main([*base, "--skip", "camera", "--png-path", str(tmp_path / "folder.png")]) == 1
+    (tmp_path / "screen.png.tmp").mkdir()  # the display opens, but no screen can be written there
+    assert cli.main([*base, "--skip", "camera", "--png-path", str(tmp_path / "screen.png")]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if " display " in f" {x} ")
     assert line.startswith("FAIL display") and "display.driver = png: cannot draw" in line
 
@@ -1272,6 +1272,10 @@ def test_a_camera_given_up_on_leaves_its_error_on_the_screen(model, tmp_path, mo
     screen.cleanup()  # what luma's atexit hook runs
     expected = render(Screen("error", title="Camera error", detail="restarting..."), (128, 64), "1")
     assert screen.image.tobytes() == expected.tobytes()
+    photos = ["run", "--source", "images", "--camera-path", str(tmp_path / "nope"), *args[5:]]
+    assert cli.main(photos) == 2  # a wrong path: no camera driver to blame
+    err = capsys.readouterr().err
+    assert f"camera.path: nothing has opened since the start ({tmp_path / 'nope'}" in err and "driver" not in err
 
 
 def test_a_runtime_that_is_installed_but_broken_is_named(model, tmp_path, monkeypatch):

@@ -110,6 +110,12 @@ def test_a_reading_is_sure_from_min_confidence(top, sure):
     ({"button.pin": 8}, "button.pin: BCM 8 is SPI0's CE0 pin, which the kernel holds while SPI is on"),
     ({"button.led_pin": 7}, "button.led_pin: BCM 7 is SPI0's CE1 pin, which the kernel holds while SPI is on"),
     ({"display.driver": "st7789", "button.pin": 7}, "button.pin: BCM 7 is SPI0's CE1 pin"),
+    # an LCD on spi1's CE2 needs dtoverlay=spi1-3cs, which holds CE0 (18) and CE1 (17, the default button) too
+    ({"display.driver": "st7789", "display.spi_port": 1, "display.spi_device": 2, "display.gpio_backlight": 13},
+     "button.pin: BCM 17 is SPI1's CE1 pin, which the kernel holds under dtoverlay=spi1-3cs (display.spi_device = 2)"),
+    ({"display.driver": "ili9341", "display.spi_port": 1, "display.spi_device": 1, "display.gpio_backlight": 13,
+      "button.pin": 5, "button.led_pin": 18}, "button.led_pin: BCM 18 is SPI1's CE0 pin, which the kernel holds "
+     "under dtoverlay=spi1-2cs"),
 ])
 def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -119,6 +125,8 @@ def test_a_button_on_a_pin_the_display_uses_is_refused(overrides, message):
     load_config(None, {"display.driver": "st7789", "button.pin": 9})  # MISO: no LCD reads it
     load_config(None, {"display.driver": "ili9341", "display.spi_port": 1, "display.gpio_backlight": 13,
                        "button.pin": 19, "button.led_pin": 5})  # spi1's MISO
+    load_config(None, {"display.driver": "ili9341", "display.spi_port": 1, "display.gpio_backlight": 13,
+                       "button.led_pin": 16})  # spi1-1cs holds CE0 alone: CE1 (17) and CE2 (16) stay free
 
 
 def test_custom_rating_scale(tmp_path):
@@ -163,6 +171,9 @@ def test_the_readme_rating_scale_edits_the_installed_config(tmp_path):
      "of SPI0, which has 2 (0 to 1)"),
     ('[display]\ndriver = "ili9341"\n', {"display.spi_port": 1, "display.spi_device": 3},
      "command line: display.spi_device: 3 is not a chip select of SPI1, which has 3 (0 to 2)"),
+    # spi1's CE2 needs dtoverlay=spi1-3cs, which holds CE0 too: the default backlight pin, "GPIO busy" at start
+    ('[display]\ndriver = "st7789"\nspi_port = 1\nspi_device = 2\n', {}, "CONFIG: display.gpio_backlight: BCM 18 "
+     "is SPI1's CE0 pin, which the kernel holds under dtoverlay=spi1-3cs; choose another pin"),
 ])
 def test_a_setting_that_would_fail_later_is_refused_where_it_was_given(tmp_path, text, overrides, message):
     """Each of these loaded before and failed on the kiosk: a traceback at the first frame, a video
@@ -175,7 +186,9 @@ def test_a_setting_that_would_fail_later_is_refused_where_it_was_given(tmp_path,
 
 def test_a_setting_refused_above_goes_where_it_fits():
     load_config(None, {"display.driver": "st7735", "display.swap_red_blue": True})
-    load_config(None, {"display.driver": "st7735", "display.spi_port": 1, "display.spi_device": 2})  # CE2: GPIO16
+    # CE2 (GPIO16), with the backlight and button off CE0 (18) and CE1 (17), which its spi1-3cs overlay holds
+    load_config(None, {"display.driver": "st7735", "display.spi_port": 1, "display.spi_device": 2,
+                       "display.gpio_backlight": 13, "button.pin": 27})
     load_config(None, {"display.spi_device": 5})  # an OLED does not use it
 
 
@@ -641,6 +654,8 @@ def test_a_stalled_webcam_read_returns_before_close_gives_up_on_it():
     ({"display.gpio_rst": 10}, "display.gpio_rst: BCM 10 is st7735's SPI MOSI pin"),
     ({"display.gpio_backlight": 7}, "display.gpio_backlight: BCM 7 is SPI0's CE1 pin"),
     ({"display.gpio_rst": 24}, "display.gpio_rst: BCM 24 is display.gpio_dc too"),
+    ({"display.spi_port": 1, "display.spi_device": 1, "display.gpio_backlight": 13, "display.gpio_rst": 18},
+     "display.gpio_rst: BCM 18 is SPI1's CE0 pin, which the kernel holds under dtoverlay=spi1-2cs"),
 ])
 def test_an_lcd_pin_on_its_own_bus_or_on_another_of_its_pins_is_refused(overrides, message):
     """RPi.GPIO would take the pin from the SPI controller without a word (a blank panel)."""
@@ -905,6 +920,29 @@ def test_png_driver_writes_the_screen(tmp_path):
     assert strip.show(Screen("idle"))
     with Image.open(tmp_path / "strip.png") as im:
         assert im.size == (128, 32) and im.convert("1").tobytes() == render(Screen("idle"), (128, 32), "1").tobytes()
+    for rotate, size in ((1, (64, 128)), (2, (128, 64)), (3, (64, 128))):  # a preview of the panel so mounted
+        turned = open_display(load_config(None, {"display.driver": "png", "display.rotate": rotate,
+                                                 "display.png_path": str(tmp_path / "turned.png")})["display"])
+        assert turned.show(Screen("idle"))
+        with Image.open(tmp_path / "turned.png") as im:
+            assert im.size == size and im.convert("1").tobytes() == render(Screen("idle"), size, "1").tobytes()
+
+
+def test_a_png_path_naming_a_folder_is_refused(tmp_path, monkeypatch):
+    """Every frame would fail "Is a directory" and leave a stray <folder>.tmp beside it."""
+    (tmp_path / "shots").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text('[display]\ndriver = "png"\npng_path = "shots"\n')
+    monkeypatch.chdir(tmp_path)  # relative: refused as the folder it resolves to
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: display.png_path: {tmp_path / 'shots'} is a "
+                                                          f"folder; name the PNG to write, such as "
+                                                          f"{tmp_path / 'shots' / 'screen.png'}") + "$"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"command line: display.png_path: {tmp_path} is a folder")):
+        load_config(None, {"display.driver": "png", "display.png_path": str(tmp_path)})
+    load_config(config, {"display.driver": "terminal"})  # unused without the png driver
+    assert load_config(config, {"display.png_path": "shots/now.png"})["display"]["png_path"] == str(
+        tmp_path / "shots" / "now.png")
 
 
 def test_terminal_driver_prints_one_line_per_change():
