@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from device.clock import clock_synced
-from device.config import ConfigError
 from device.detector import MAX_BOX_AGE_S, Box, CropGeometry, FaceFinder, crop_face, same_face
 from device.display import Screen
 from device.notify import Notifier
@@ -109,10 +108,6 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.device_id = device_id
         sm, rt = cfg["smoothing"], cfg["rating"]
-        unrated = [n for n in classifier.manifest.display_names if n not in rt["map"]]
-        if unrated:
-            raise ConfigError(f"{cfg.source}: rating.map has no rating for {', '.join(unrated)} "
-                              f"(labels of {classifier.path})")
         self.smoother = Smoother(classifier.manifest.display_names, rt["map"], sm["window_s"],
                                  sm["reset_after_s"], sm["min_confidence"])
         self.geometry = CropGeometry.from_config(cfg["detector"])

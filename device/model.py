@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from device.imports import not_installed
-from device.preprocess import InputSpec, predict_faces
+from device.preprocess import DISPLAY_NAMES, InputSpec, predict_faces
 
 # 2 added the input's `views` and `class_scale`, which change what the device computes: a reader of 1
 # would ignore them and score lower without a word, so it refuses a 2 instead. 1 is still read.
@@ -78,6 +78,9 @@ class Manifest:
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
         if not labels or len(labels) != len(set(labels)):
             raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
+        if unrated := [n for n in display if n not in DISPLAY_NAMES]:  # rating.map rates these seven only
+            raise ModelError(f"{path}: display_name {', '.join(unrated)}: not one of the emotions feedbackd "
+                             f"rates ({', '.join(DISPLAY_NAMES)})")
         if m.spec.class_scale and len(m.spec.class_scale) != len(labels):
             raise ModelError(f"{path}: manifest class_scale has {len(m.spec.class_scale)} values "
                              f"for {len(labels)} labels")

@@ -2370,22 +2370,19 @@ def test_a_migration_that_fails_leaves_the_log_as_it_was(tmp_path, monkeypatch):
     log.close()
 
 
-def test_a_model_label_without_a_rating_is_refused_naming_the_config(tmp_path):
-    """A model trained on more classes than rating.map rates: the daemon does not start, and says
-    which label and which file to edit."""
-    import types
-
-    path = tmp_path / "config.toml"
-    path.write_text("[display]\nthank_you_s = 2\n")
-    cfg = load_config(path)
-    classifier = types.SimpleNamespace(manifest=types.SimpleNamespace(display_names=(*DISPLAY_NAMES, "Contempt")),
-                                       path=tmp_path / "fer_plus.tflite", sha256="ab")
-    store = FeedbackLog(tmp_path / "f.db")
-    with pytest.raises(ConfigError) as err:
-        Daemon(cfg, None, None, classifier, None, mock_button(), store)
-    assert str(err.value) == (f"{path}: rating.map has no rating for Contempt "
-                              f"(labels of {tmp_path / 'fer_plus.tflite'})")
-    store.close()
+def test_a_model_label_feedbackd_cannot_rate_is_refused_naming_the_manifest(model, tmp_path, capsys):
+    """A model trained on more classes (FER+'s Contempt): rating.map rates the seven emotions only,
+    so no config can fix it. `check` says so, naming the manifest, not the config at `run`."""
+    bad = tmp_path / "fer_plus"
+    bad.mkdir()
+    shutil.copy(model, bad / model.name)
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    manifest["labels"][1]["display_name"] = "Contempt"
+    (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
+    check = ["check", "--model", str(bad / model.name), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "model")]
+    assert cli.main(check) == 1
+    assert (f"FAIL model          {bad / model.with_suffix('.json').name}: display_name Contempt: not one of the "
+            "emotions feedbackd rates (Angry, ") in capsys.readouterr().out
 
 
 def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):
