@@ -384,18 +384,27 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
     local date from `since` to `until` count: the others would not be in the report anyway. `then`
     ends a count: what becomes of those entries."""
     path = spare.beside(store.path)
+    try:  # lines a start could not restore: for a technician, in no report whatever their date
+        n_aside = spare.set_aside_count(path)
+    except OSError as e:
+        aside = f"cannot read {spare.aside(path)} ({e.strerror})"
+    else:
+        aside = (f"{n_aside} lines no start could restore are in {spare.aside(path)}: restore them by hand (README, "
+                 "Troubleshooting), then move the file away") if n_aside else ""
     try:
         kept = spare.waiting(path)
     except OSError as e:
-        return f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not counted"
+        return "; ".join(filter(None, (
+            f"cannot read {path} ({e.strerror}): entries waiting there, if any, are not counted", aside)))
     try:
         pressed = [(datetime.fromisoformat(e["utc"]), e["device_id"]) for e in kept
                    if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str)]
         n = sum(not store.contains(at, device) for at, device in pressed
                 if (since or "") <= at.astimezone().date().isoformat() <= (until or "9999-12-31"))
+        note = f"{n} entries are waiting in {path}{then}" if n else ""
     except (StorageError, ValueError, OverflowError):  # a damaged index, or a time the daemon would leave out too
-        return f"up to {len(kept)} entries are waiting in {path}{then}" if kept else None
-    return f"{n} entries are waiting in {path}{then}" if n else None
+        note = f"up to {len(kept)} entries are waiting in {path}{then}" if kept else ""
+    return "; ".join(filter(None, (note, aside))) or None
 
 
 def waiting_note(store: FeedbackLog, report: str, since: str | None, until: str | None) -> str | None:

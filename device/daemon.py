@@ -152,7 +152,7 @@ class Daemon:
         """Put the spare's entries from before this start back in line, all or none: while the log
         cannot say which it holds, they stay in the spare (`_unrestored`) and are tried again."""
         try:
-            restored = [kept for saved in spare.entries() if (kept := self._restore(saved, spare.path))]
+            restored = [kept for saved in spare.entries() if (kept := self._restore(saved, spare))]
         except StorageError as e:
             if not self._unrestored:
                 log.warning("%s: not restored yet, the log cannot tell which entries it holds (%s); kept there, "
@@ -163,7 +163,7 @@ class Daemon:
         self._unrestored = False
         self._pending[:0] = restored  # pressed before this start's own entries
 
-    def _restore(self, saved: dict, path: Path) -> tuple[Entry, datetime] | None:
+    def _restore(self, saved: dict, spare: SpareFile) -> tuple[Entry, datetime] | None:
         """One saved entry to put back in line, None if the log has it or it cannot be read."""
         fields = {k: v for k, v in saved.items() if k in Entry.__dataclass_fields__}  # a newer one's extras
         try:
@@ -172,11 +172,14 @@ class Daemon:
                 raise ValueError("a field of the wrong type")
             at.astimezone()  # as the log dates it: a year 1 time overflows there
         except (KeyError, TypeError, ValueError, OverflowError) as e:
-            log.critical("%s: an entry that cannot be read (%s) is left out: %s", path, e, json.dumps(saved))
+            line = json.dumps(saved)
+            log.critical("%s: an entry that cannot be read (%s) is left out, kept in %s: %s", spare.path, e,
+                         spare.aside, line)
+            spare.set_aside(line)
             return None
         if self.store.contains(at, entry.device_id):
             return None
-        log.warning("%s: restoring an entry kept before the last stop: %s", path, entry_json(entry, at))
+        log.warning("%s: restoring an entry kept before the last stop: %s", spare.path, entry_json(entry, at))
         return entry, at
 
     # --- one frame

@@ -30,6 +30,19 @@ def beside(log_path: Path | str) -> Path:
     return Path(f"{log_path}.spare")
 
 
+def aside(spare_path: Path | str) -> Path:
+    """Where a spare file's lines that no start could restore are kept, for a technician."""
+    return Path(f"{spare_path}.rejected")
+
+
+def set_aside_count(spare_path: Path | str) -> int:
+    """How many lines wait in `aside(spare_path)` for a technician; 0 where there is none."""
+    try:
+        return len(aside(spare_path).read_text(errors="replace").splitlines())
+    except FileNotFoundError:
+        return 0
+
+
 def _joined(lines: list[str]) -> bytes:
     return "".join(f"{line}\n" for line in lines).encode()
 
@@ -101,6 +114,9 @@ class SpareFile:
         self.unwritten: list[str] = []  # lines whose write failed: written again before the next one
         self.unsure = False  # bytes past `end` may not be zeros on the disk (a write or clearing failed)
         self.refused = ""  # why nothing is written to it: the file is still read and restored
+        self.aside = aside(self.path)  # lines no start could restore
+        self._set_aside: set[str] | None = None  # the lines already there, read at the first
+        self._keep = False  # a line could not be set aside: this file is its only copy, not cleared
         created = not self.path.exists()
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -157,8 +173,32 @@ class SpareFile:
         """The entries written before this start, in order; a line that is not whole is left out."""
         found, cut = _parse(self.lines)
         for line in cut:
-            log.error("%s: a line cut short is left out: %r", self.path, line[:80])
+            log.error("%s: a line cut short is left out, kept in %s: %r", self.path, self.aside, line[:80])
+            self.set_aside(line)
         return found
+
+    def set_aside(self, line: str) -> None:
+        """Copy a line no start can restore (cut short, a byte a failing card flipped, another
+        version's) to `<spare>.rejected` before the spare is cleared: it may be the only copy of an
+        entry a customer was thanked for, and Raspberry Pi OS keeps the journal in memory only."""
+        try:
+            if self._set_aside is None:  # a start before this one set aside the same lines
+                created = not self.aside.exists()
+                self._set_aside = set() if created else set(self.aside.read_text(errors="replace").splitlines())
+            if line in self._set_aside:
+                return
+            created = not self.aside.exists()
+            with open(self.aside, "a", encoding="utf-8", errors="replace") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if created:
+                fsync_folder(self.aside.parent)
+        except OSError as e:
+            self._keep = True
+            log.error("%s: cannot keep a line there (%s); %s is not cleared", self.aside, e, self.path)
+            return
+        self._set_aside.add(line)
 
     def append(self, line: str) -> bool:
         """Write one line to the disk, after any whose write failed (over the same bytes, so a write
@@ -205,7 +245,7 @@ class SpareFile:
     def clear(self) -> None:
         """Every entry in it is in the log now; a failed clearing is tried again next time."""
         self.unwritten = []
-        if (self.end or self.unsure) and not self.refused:
+        if (self.end or self.unsure) and not self.refused and not self._keep:
             try:
                 self._zero()
             except OSError as e:

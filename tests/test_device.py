@@ -832,6 +832,37 @@ def test_a_log_that_cannot_say_what_it_holds_still_leaves_the_spare_file_open(tm
     store.close()
 
 
+def test_a_spare_line_no_start_can_restore_is_kept_for_a_technician_not_cleared_away(tmp_path, capsys):
+    """A byte a failing card flipped in an entry the customer was thanked for: the spare file was its
+    only copy (the journal lives in memory), and the clearing after the restore erased it."""
+    db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    lines = [entry_json(Entry(e, 3, 0.7, {e: 0.7}, "ab", "till-3"), at + timedelta(minutes=i))
+             for i, e in enumerate(("Sad", "Happy", "Neutral"))]
+    flipped = lines[0].replace('"emotion"', '"emotion\x01', 1)  # no longer JSON
+    bad_field = lines[1].replace('"rating": 3', '"rating": "3"')  # JSON, but no entry
+    spare_bytes = "".join(f"{line}\n" for line in (flipped, bad_field, lines[2])).encode().ljust(SIZE, b"\0")
+    path.write_bytes(spare_bytes)
+    (tmp_path / "feedback.db.spare.rejected").mkdir()  # it cannot be written: the spare is the only copy
+    store = FeedbackLog(db)
+    daemon, _ = bare_daemon(store)
+    daemon._store_pending(time.monotonic())
+    assert [r["emotion"] for r in store.rows()] == ["Neutral"] and path.read_bytes() == spare_bytes
+    daemon.close()
+    (tmp_path / "feedback.db.spare.rejected").rmdir()
+    for _ in range(2):  # the next start sets them aside, once, and clears the spare
+        daemon, _ = bare_daemon(store)
+        daemon._store_pending(time.monotonic())
+        daemon.close()
+    aside = (tmp_path / "feedback.db.spare.rejected").read_text().splitlines()
+    assert store.count() == 1 and path.read_bytes() == bytes(SIZE) and len(aside) == 2
+    assert aside[0] == flipped and json.loads(aside[1])["rating"] == "3"
+    store.close()
+    check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
+    assert cli.main(check) == 0
+    assert f"2 lines no start could restore are in {path}.rejected: restore them by hand" in capsys.readouterr().out
+
+
 def test_a_spare_line_with_text_sqlite_cannot_encode_is_left_out_and_the_lines_after_it_are_stored(
         tmp_path, caplog):
     """A lone surrogate escape ("\\ud800") in a hand-edited line is valid JSON but no UTF-8: SQLite
