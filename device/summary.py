@@ -19,7 +19,7 @@ class Tally:
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
-    unsure: int = 0  # thanked as "Not sure": counted under the emotion the model found most likely
+    unsure: int = 0  # under today's min_confidence ("Not sure"): counted under the most likely emotion
     rerated: int = 0  # rated on another scale or by an earlier map, counted at their emotion's rating now
 
     def add(self, row: dict, top: float | None, sure_from: float = 0.0,
@@ -85,8 +85,9 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
         lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
                      f"they are taken as out of {unlogged:g}, the first scale logged")
     if total.unsure:
-        lines.append(f"{total.unsure} of these entries were thanked as \"Not sure\" (confidence under "
-                     f"{sure_from:.0%}): each is counted under the emotion the model found most likely")
+        lines.append(f"{total.unsure} of these entries are under today's smoothing.min_confidence ({sure_from:.0%}), "
+                     "which the kiosk thanks as \"Not sure\": each is counted under the emotion the model found "
+                     "most likely")
     if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time, with no RTC "
                      "to set it: their dates may be wrong (clock_synced = no in the export)")

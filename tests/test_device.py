@@ -1896,8 +1896,9 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     log.add(Entry("Happy", 5, 0.4, {"Happy": 0.4}, "ab", "till-1"), noon)  # at the threshold: sure
     log.close()
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
-    assert ('1 of these entries were thanked as "Not sure" (confidence under 40%): each is counted under the '
-            "emotion the model found most likely") in capsys.readouterr().out.splitlines()
+    assert ("1 of these entries are under today's smoothing.min_confidence (40%), which the kiosk thanks as "
+            '"Not sure": each is counted under the emotion the model found most likely'
+            ) in capsys.readouterr().out.splitlines()
 
 
 def test_summary_rates_a_changed_scales_entries_by_their_emotion_on_the_kiosks_map(tmp_path, capsys):
