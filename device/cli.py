@@ -150,7 +150,8 @@ def cmd_run(cfg, pin_factory=None) -> int:
         raise
     source = ReconnectingSource(opener(cfg["camera"]), cfg["camera"]["reconnect_max_s"],
                                 first_open_s=FIRST_OPEN_S,
-                                path_key="camera.path" if cfg["camera"]["source"] in ("video", "images") else None)
+                                path_key="camera.path" if cfg["camera"]["source"] in ("video", "images")
+                                and "://" not in cfg["camera"]["path"] else None)
     daemon = Daemon(cfg, source, detector, classifier, display, button, store, notifier, cfg.device_id)
     stop = Stop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -389,8 +390,9 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
     except OSError as e:
         aside = f"cannot read {spare.aside(path)} ({e.strerror})"
     else:
-        aside = (f"{n_aside} lines no start could restore are in {spare.aside(path)}: restore them by hand (README, "
-                 "Troubleshooting), then move the file away") if n_aside else ""
+        aside = (f"{n_aside} lines no start could restore are in {spare.aside(path)}: check whether the export "
+                 "holds each (by its utc time), count the rest in by hand, then move the file away (README, "
+                 "Troubleshooting)") if n_aside else ""
     try:
         kept = spare.waiting(path)
     except OSError as e:

@@ -354,15 +354,20 @@ class Daemon:
             self.spare.close()
 
     def flush_pending(self) -> None:
-        """At shutdown: one last try for entries still in memory; any the log cannot take go to the
-        journal in full. Only those the spare file lacks are for a technician to restore by hand: the
-        next start restores the spare's, and one restored twice by then would be counted twice."""
+        """At shutdown: one last try for entries still in memory, those the spare file holds for
+        STOP_DRAIN_S at most; any the log cannot take go to the journal in full. Only those the spare
+        file lacks are for a technician to restore by hand: the next start restores the spare's, and
+        one restored twice by then would be counted twice."""
         self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
         self._store_pending_or_spare(time.monotonic(), STOP_DRAIN_S)
         kept = set()
         if self.spare and self._pending:
             with contextlib.suppress(OSError):  # unreadable: each entry is then for the technician
                 kept = self.spare.kept_times()
+        if self._pending and self.storage_error is None:  # the time ran out, not the log: the budget is for
+            # entries the next start restores from the spare; one only in memory is stored whatever the time
+            self._pending = [(entry, at) for entry, at in self._pending
+                             if at in kept or self.storage_error or not self._store(entry, at, time.monotonic())]
         for entry, at in self._pending:
             if at in kept:
                 log.warning("entry not stored, kept in %s for the next start (not to restore by hand): %s",

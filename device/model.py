@@ -79,7 +79,7 @@ class Manifest:
         if not labels or len(labels) != len(set(labels)):
             raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
         if unrated := [n for n in display if n not in DISPLAY_NAMES]:  # rating.map rates these seven only
-            raise ModelError(f"{path}: display_name {', '.join(unrated)}: not one of the emotions feedbackd "
+            raise ModelError(f"{path}: display_name {', '.join(map(str, unrated))}: not one of the emotions feedbackd "
                              f"rates ({', '.join(DISPLAY_NAMES)})")
         if m.spec.class_scale and len(m.spec.class_scale) != len(labels):
             raise ModelError(f"{path}: manifest class_scale has {len(m.spec.class_scale)} values "

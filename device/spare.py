@@ -116,7 +116,7 @@ class SpareFile:
         self.refused = ""  # why nothing is written to it: the file is still read and restored
         self.aside = aside(self.path)  # lines no start could restore
         self._set_aside: set[str] | None = None  # the lines already there, read at the first
-        self._keep = False  # a line could not be set aside: this file is its only copy, not cleared
+        self._unkept: list[str] = []  # lines not yet set aside: this file is their only copy, not cleared
         created = not self.path.exists()
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -180,25 +180,39 @@ class SpareFile:
     def set_aside(self, line: str) -> None:
         """Copy a line no start can restore (cut short, a byte a failing card flipped, another
         version's) to `<spare>.rejected` before the spare is cleared: it may be the only copy of an
-        entry a customer was thanked for, and Raspberry Pi OS keeps the journal in memory only."""
+        entry a customer was thanked for, and Raspberry Pi OS keeps the journal in memory only. One
+        that cannot be copied holds the clearing off until a later try copies it."""
         try:
             if self._set_aside is None:  # a start before this one set aside the same lines
-                created = not self.aside.exists()
-                self._set_aside = set() if created else set(self.aside.read_text(errors="replace").splitlines())
-            if line in self._set_aside:
-                return
-            created = not self.aside.exists()
-            with open(self.aside, "a", encoding="utf-8", errors="replace") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if created:
-                fsync_folder(self.aside.parent)
+                self._set_aside = set(_lines(self.aside.read_bytes())) if self.aside.exists() else set()
+            if line not in self._set_aside:
+                self._append_aside(line)
         except OSError as e:
-            self._keep = True
-            log.error("%s: cannot keep a line there (%s); %s is not cleared", self.aside, e, self.path)
+            if line not in self._unkept:
+                self._unkept.append(line)
+                log.error("%s: cannot keep a line there (%s); %s is not cleared until it can", self.aside, e,
+                          self.path)
             return
         self._set_aside.add(line)
+        if line in self._unkept:
+            self._unkept.remove(line)
+
+    def _append_aside(self, line: str) -> None:
+        """One line at the end of `<spare>.rejected`, on the disk; after a newline first where an
+        append was cut short, so that two lines are never run together."""
+        created = not self.aside.exists()
+        fd = os.open(self.aside, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            cut = size and os.pread(fd, 1, size - 1) != b"\n"
+            data = (b"\n" if cut else b"") + line.encode(errors="replace") + b"\n"
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_folder(self.aside.parent)
 
     def append(self, line: str) -> bool:
         """Write one line to the disk, after any whose write failed (over the same bytes, so a write
@@ -245,7 +259,9 @@ class SpareFile:
     def clear(self) -> None:
         """Every entry in it is in the log now; a failed clearing is tried again next time."""
         self.unwritten = []
-        if (self.end or self.unsure) and not self.refused and not self._keep:
+        for line in list(self._unkept):  # tried again: room may have been freed since
+            self.set_aside(line)
+        if (self.end or self.unsure) and not self.refused and not self._unkept:
             try:
                 self._zero()
             except OSError as e:

@@ -227,25 +227,11 @@ class FeedbackLog:
         return (oldest or (None,))[0], (newest or (None,))[0]
 
     def salvage(self, since: str | None = None, until: str | None = None) -> Iterator[dict]:
-        """The entries of a damaged log that can still be read: in order while the table reads, then
-        one id at a time, so that one bad page costs only its own rows; `self.unreadable` counts the
-        ids that could not be read. AUTOINCREMENT leaves no gap for a rolled-back insert and feedbackd
-        deletes nothing, so an id missing from the table is counted too."""
+        """The entries of a damaged log that can still be read, in id order, fetched one id at a time
+        so that one bad page costs only its own rows; those a lookup by id misses (a damaged inner
+        page) are looked for in a scan of the table. `self.unreadable` counts the ids found neither
+        way: AUTOINCREMENT leaves no gap for a rolled-back insert, and feedbackd deletes nothing."""
         self.unreadable = 0
-        last = 0
-        try:  # a damaged inner page can hide rows from a lookup by id that a scan of the leaves finds
-            cur = self.db.execute("SELECT * FROM entries ORDER BY id")
-            for values in cur:
-                row = _entry_row(cur, values)
-                if row["id"] > last:  # the ids between, a damaged page dropped from the table
-                    self.unreadable += row["id"] - last - 1
-                    last = row["id"]
-                elif row["id"] < last:  # out of order: counted as dropped above
-                    self.unreadable -= 1
-                if self._in_dates(row, since, until):
-                    yield row
-        except sqlite3.DatabaseError:
-            pass
         try:  # the highest id ever given, kept by AUTOINCREMENT on its own page
             top = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
         except sqlite3.DatabaseError:
@@ -255,23 +241,35 @@ class FeedbackLog:
                 top = self.db.execute("SELECT max(id) FROM entries").fetchone()
             except sqlite3.DatabaseError as e:
                 raise StorageError(f"{self.path}: cannot tell how many entries the log held: {e}") from None
-        for entry_id in range(last + 1, (top[0] or 0) + 1):
+        ids = range(1, (top[0] or 0) + 1)
+        missed = {i for i in ids if self._lookup(i) is None}
+        scanned: dict[int, dict] = {}  # only the missed ones: a Pi's memory holds ids, not years of rows
+        if missed:
             try:
-                cur = self.db.execute("SELECT * FROM entries WHERE id = ?", (entry_id,))
-                values = cur.fetchone()
+                cur = self.db.execute("SELECT * FROM entries ORDER BY id")
+                for values in cur:
+                    row = _entry_row(cur, values)
+                    if row["id"] in missed:  # a damaged page may list a row twice: it is one entry
+                        scanned.setdefault(row["id"], row)
             except sqlite3.DatabaseError:
-                values = None
-            if values is None:
+                pass  # the rows before the bad page are in
+        for entry_id in ids:
+            row = scanned.get(entry_id) if entry_id in missed else self._lookup(entry_id)
+            if row is None:
                 self.unreadable += 1
                 continue
-            row = _entry_row(cur, values)
-            if self._in_dates(row, since, until):
+            day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
+            if (not since or day >= since) and (not until or day <= until):
                 yield row
 
-    @staticmethod
-    def _in_dates(row: dict, since: str | None, until: str | None) -> bool:
-        day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
-        return (not since or day >= since) and (not until or day <= until)
+    def _lookup(self, entry_id: int) -> dict | None:
+        """The entry with this id, None where the log cannot give it."""
+        try:
+            cur = self.db.execute("SELECT * FROM entries WHERE id = ?", (entry_id,))
+            values = cur.fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return None if values is None else _entry_row(cur, values)
 
     def export_csv(self, out: IO[str], since: str | None = None, until: str | None = None,
                    salvage: bool = False) -> int:

@@ -690,6 +690,21 @@ def test_a_stop_behind_a_long_backlog_stores_it_only_until_systemd_would_kill_it
     assert store.count() == 1 and len(kept) == 2 and len(waiting(beside(db))) == 3  # the next start restores 2
     daemon.close()
     store.close()
+    monkeypatch.setattr(D, "SpareFile", functools.partial(SpareFile, size=4096))  # full in a few entries
+    beside(db).unlink()
+    daemon, button = bare_daemon(FullLog(db))
+    start, n = time.monotonic(), 0
+    while daemon.screen(start + 10 * n).kind == "thanks" or not n:  # until one finds the spare file full
+        n += 1
+        press(daemon, button, start + 10 * n)
+    press(daemon, button, start + 10 * n + 10, "Sad")  # in memory only too
+    daemon.store = store = FeedbackLog(db)  # staff freed room just before the stop
+    caplog.clear()
+    daemon.flush_pending()
+    assert store.count() == 2 + 2 and [r["emotion"] for r in store.rows()][-1] == "Sad"  # stored past the budget
+    assert not [r for r in caplog.records if r.levelno == logging.CRITICAL and "not stored" in r.getMessage()]
+    daemon.close()
+    store.close()
 
 
 def test_a_stop_finds_a_restored_entry_in_the_spare_file_whatever_offset_its_line_writes(tmp_path, caplog):
@@ -848,19 +863,22 @@ def test_a_spare_line_no_start_can_restore_is_kept_for_a_technician_not_cleared_
     daemon, _ = bare_daemon(store)
     daemon._store_pending(time.monotonic())
     assert [r["emotion"] for r in store.rows()] == ["Neutral"] and path.read_bytes() == spare_bytes
-    daemon.close()
     (tmp_path / "feedback.db.spare.rejected").rmdir()
-    for _ in range(2):  # the next start sets them aside, once, and clears the spare
-        daemon, _ = bare_daemon(store)
-        daemon._store_pending(time.monotonic())
-        daemon.close()
+    (tmp_path / "feedback.db.spare.rejected").write_text('{"cut sh')  # an earlier append a power cut ended
+    daemon._store_pending(time.monotonic())  # the next clearing tries again, in the same run
+    daemon.close()
+    assert path.read_bytes() == bytes(SIZE)
+    path.write_bytes(spare_bytes)  # a clearing the power cut before it reached the disk
+    daemon, _ = bare_daemon(store)
+    daemon._store_pending(time.monotonic())
+    daemon.close()
     aside = (tmp_path / "feedback.db.spare.rejected").read_text().splitlines()
-    assert store.count() == 1 and path.read_bytes() == bytes(SIZE) and len(aside) == 2
-    assert aside[0] == flipped and json.loads(aside[1])["rating"] == "3"
+    assert store.count() == 1 and path.read_bytes() == bytes(SIZE)
+    assert aside[1:] == [flipped, json.dumps(json.loads(bad_field))]  # each once, none run together
     store.close()
     check = ["check", "--db", str(db), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "storage")]
     assert cli.main(check) == 0
-    assert f"2 lines no start could restore are in {path}.rejected: restore them by hand" in capsys.readouterr().out
+    assert f"3 lines no start could restore are in {path}.rejected: check whether the export" in capsys.readouterr().out
 
 
 def test_a_spare_line_with_text_sqlite_cannot_encode_is_left_out_and_the_lines_after_it_are_stored(
@@ -2183,6 +2201,13 @@ def test_salvage_finds_the_rows_a_damaged_inner_page_hides_from_a_lookup(tmp_pat
     assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1
     assert "feedbackd: 1 entries could not be read" in capsys.readouterr().err
     assert 7 not in [int(r["id"]) for r in csv.DictReader(out.open())]
+    data = bytearray(db.read_bytes())  # the first leaf's pointer now names the second: the scan reads it twice
+    data[cells[0]: cells[0] + 4] = data[cells[1]: cells[1] + 4]
+    db.write_bytes(bytes(data))
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1
+    lost = int(capsys.readouterr().err.split("feedbackd: ")[1].split()[0])
+    ids = [int(r["id"]) for r in csv.DictReader(out.open())]
+    assert ids == sorted(set(ids)) and 1 not in ids and len(ids) + lost == 300  # each once, each loss counted
 
 
 def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
