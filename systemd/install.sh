@@ -23,13 +23,20 @@ ROOT_DIR=$DESTDIR$PREFIX
 UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
 CONF_DIR=$DESTDIR/etc/feedbackd
 STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
-UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what an install printed from stop_for_upgrade on
+UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what a live install printed from detach on
 STATE_DIR=$DESTDIR$STATE
 WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
 say() { printf 'install: %s\n' "$*" || true; }  # a terminal gone with its SSH session must not stop the install
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 live() { [ -z "$DESTDIR" ]; }  # installing onto this machine itself (not into a DESTDIR)
+
+# Before anything runs: a relative one would fail obscurely later, a running service already stopped
+# (and DESTDIR/PREFIX glued together would name another folder than meant).
+check_dirs() {
+    case $PREFIX in /?*) ;; *) die "PREFIX '$PREFIX' must be an absolute folder, such as /opt/feedbackd" ;; esac
+    case $DESTDIR in ""|/*) ;; *) die "DESTDIR '$DESTDIR' must be an absolute folder, such as /tmp/root" ;; esac
+}
 
 check_os() {
     [ -r "$OS_RELEASE" ] || die "$OS_RELEASE not found: feedbackd installs on Raspberry Pi OS or Debian 12/13"
@@ -138,9 +145,12 @@ source_sha256() {
 # system's version, the one picamera2 was built against, so pip picks wheels that match it.
 # pip runs only for a new source or hold: it rebuilds the package and fetches setuptools (its build
 # isolation), which an offline kiosk's re-run (to mend a model, the log's owner or SPI) cannot.
-build_venv() {
-    local venv=$ROOT_DIR/venv constraints pkg hash
+# A subshell, whose EXIT trap removes the copies in /tmp (a root-owned copy of the source) on every
+# way out: a failed pip's die, a full disk's cp, Ctrl-C.
+build_venv() (
+    local venv=$ROOT_DIR/venv constraints="" pkg="" hash
     local marker=$venv/.feedbackd-source.sha256  # written once pip has installed that source
+    trap 'rm -rf "$constraints" "$pkg"' EXIT
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$PYTHON is older than Python 3.11"
     make_venv
@@ -167,8 +177,7 @@ EOF
             --constraint "$constraints" "$pkg[device]" || die "pip install into $venv failed"
         echo "$hash" >"$marker"
     fi
-    rm -rf "$constraints" "$pkg"
-}
+)
 
 install_models() {
     local dest=$ROOT_DIR/models
@@ -313,17 +322,21 @@ restart_if_failed() {
     fi
 }
 
-# Every live install, the service running or not (a technician may have stopped it first): a
-# dropped SSH session is ignored, by pip too (an ignored signal stays ignored in children): killed
-# mid-install, pip leaves an old package removed and its new one not yet in, a venv the enabled
+# Every live install, first or upgrade, from before apt on: a dropped SSH session is ignored, by apt
+# and pip too (an ignored signal stays ignored in children): killed mid-install, dpkg leaves packages
+# half-configured, and pip an old package removed and its new one not yet in, a venv the enabled
 # unit would crash-loop on at the next boot.
-stop_for_upgrade() {
+detach() {
     trap '' HUP
     # And its terminal gone, every write to it fails: the first step that prints would stop the
     # install halfway. All that follows goes through tee (-p: on after a write error, and deaf to
     # Ctrl-C, so the restart's words still reach it) to the terminal and to $UPGRADE_LOG.
     exec > >(trap '' INT TERM; exec tee -p -a "$UPGRADE_LOG") 2>&1
     say "$(date '+%F %T'): installing; what follows is also in $UPGRADE_LOG"
+}
+
+# A running (or restarting) service stops before the venv changes; detach has run, so the restart's words reach the log.
+stop_for_upgrade() {
     # "activating" too: a service in its restart loop must not start on a half-written venv.
     case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
         trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
@@ -333,6 +346,7 @@ stop_for_upgrade() {
 }
 
 if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
+check_dirs
 check_os
 # An upgrade checks the model it will lay down and the kept config with the new code (and the
 # installed venv: the system Python may lack numpy until apt_packages) before it stops or changes
@@ -344,6 +358,7 @@ if venv_ok "$ROOT_DIR/venv"; then
 fi
 if live; then
     [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
+    detach
     apt_packages
     service_user
     stop_for_upgrade

@@ -91,7 +91,7 @@ def test_an_upgrade_that_fails_or_is_interrupted_starts_the_service_it_stopped(t
     and starts the service itself."""
     calls = tmp_path / "calls"
     script = (f'source "$0"; systemctl() {{ if [ "$1" = show ]; then echo active; else echo "$*" >> {calls}; fi; }}; '
-              f"stop_for_upgrade; {then}; sleep 0.1")
+              f"detach; stop_for_upgrade; {then}; sleep 0.1")
     log = tmp_path / "upgrade.log"
     r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
                        timeout=60, env={**os.environ, "UPGRADE_LOG": str(log)})
@@ -109,7 +109,7 @@ def test_a_dropped_ssh_session_does_not_kill_pip_mid_upgrade(tmp_path, state):
     service crash-loops on: the hang-up is ignored by the install's children too."""
     calls, log = tmp_path / "calls", tmp_path / "upgrade.log"
     script = (f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state} || echo "$*" >>{calls}; }}; '
-              "stop_for_upgrade; "
+              "detach; stop_for_upgrade; "
               "python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGHUP); print(\"pip ran on\")'")
     r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
                        timeout=60, env={**os.environ, "UPGRADE_LOG": str(log)})
@@ -125,8 +125,8 @@ def test_an_upgrade_whose_terminal_goes_with_its_ssh_session_runs_to_the_end(tmp
     import pty
 
     log = tmp_path / "upgrade.log"
-    script = (f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state}; true; }}; stop_for_upgrade; '
-              "say stopped; sleep 1; kill -s HUP $$; python3 -c 'print(\"pip ran on\")'; say done")
+    script = (f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state}; true; }}; detach; '
+              "stop_for_upgrade; say stopped; sleep 1; kill -s HUP $$; python3 -c 'print(\"pip ran on\")'; say done")
     master, terminal = pty.openpty()
     proc = subprocess.Popen(["bash", "-c", script, str(ROOT / "systemd/install.sh")], stdin=terminal,
                             stdout=terminal, stderr=terminal, env={**os.environ, "UPGRADE_LOG": str(log)})
@@ -137,6 +137,38 @@ def test_an_upgrade_whose_terminal_goes_with_its_ssh_session_runs_to_the_end(tmp
     os.close(master)  # the SSH session drops
     assert proc.wait(timeout=60) == 0
     assert log.read_text().splitlines()[-3:] == ["install: stopped", "pip ran on", "install: done"]
+
+
+def test_a_dropped_ssh_session_does_not_kill_a_first_install_during_apt(tmp_path):
+    """The hang-up was ignored, and what the install printed sent to the log, only from stop_for_upgrade on:
+    a first install's SSH session dropped during apt (minutes on a Pi) killed apt-get and the install with it.
+    The script's own main sequence, with every step but detach and stop_for_upgrade stubbed."""
+    script = ROOT / "systemd/install.sh"
+    main = script.read_text().split("if (return 0 2>/dev/null); then return 0; fi", 1)[1]
+    log = tmp_path / "upgrade.log"
+    stubs = ("check_os() { :; }; venv_ok() { false; }; id() { echo 0; }; service_user() { say user; }; "
+             "systemctl() { [ \"$1\" = show ] && echo inactive; true; }; "
+             # apt-get, a child of the install, and the session drops under them both
+             "apt_packages() { sh -c 'kill -s HUP $PPID $$; echo apt-get ran on'; }; "
+             "build_venv() { say venv; exit 0; }")
+    r = subprocess.run(["bash", "-c", f'source "$0"; {stubs}; eval "$1"', script, main], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": ""})
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = log.read_text().splitlines()
+    assert said[0].endswith(f"installing; what follows is also in {log}")
+    assert said[1:] == ["apt-get ran on", "install: user", "install: venv"]
+
+
+def test_a_relative_prefix_or_destdir_is_refused_before_anything_runs(tmp_path):
+    """`make install PREFIX=srv/fb` or `DESTDIR=tmp/root` failed obscurely later, after stopping a running
+    service; a bare OS_RELEASE shows nothing ran before (the OS check would have failed first)."""
+    for env, said in [({"PREFIX": "srv/fb"}, "PREFIX 'srv/fb' must be an absolute folder, such as /opt/feedbackd"),
+                      ({"PREFIX": "srv/fb", "DESTDIR": str(tmp_path / "root")}, "PREFIX 'srv/fb' must be an absolute"),
+                      ({"DESTDIR": "tmp/root"}, "DESTDIR 'tmp/root' must be an absolute folder")]:
+        r = subprocess.run(["bash", ROOT / "systemd/install.sh"], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env={**os.environ, "OS_RELEASE": str(tmp_path / "none"), **env})
+        assert r.returncode != 0 and r.stderr.startswith(f"install: error: {said}"), r.stderr
+        assert len(r.stderr.splitlines()) == 1 and not r.stdout and list(tmp_path.iterdir()) == []
 
 
 def test_install_lays_out_the_tree(dest):
@@ -484,6 +516,21 @@ def test_a_reinstall_of_the_same_source_does_not_run_pip(tmp_path):
     r = build_venv()
     assert r.returncode == 0 and pip_runs() == 3, r.stdout + r.stderr
     assert build_venv().returncode == 0 and pip_runs() == 3
+
+
+@pytest.mark.parametrize("pip", ["exit 1", "kill -s INT $PPID $$"])  # pip fails, or Ctrl-C
+def test_a_failed_pip_leaves_no_copy_of_the_source_in_tmp(tmp_path, pip):
+    """build_venv copies the source to /tmp for pip: a failed pip's die left that root-owned copy behind."""
+    venv, tmp = tmp_path / f"root{PREFIX}/venv", tmp_path / "tmp"
+    (venv / "pyvenv.cfg").parent.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"version = {sys.version_info[0]}.{sys.version_info[1]}.0\n")
+    stub(venv / "bin/python", f'case "$*" in *"pip install"*) {pip} ;; esac\nexec {sys.executable} "$@"\n')
+    tmp.mkdir()
+    r = subprocess.run(["bash", "-c", 'source "$0" && build_venv', ROOT / "systemd/install.sh"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "DESTDIR": str(tmp_path / "root"),
+                                                    "PYTHON": sys.executable, "TMPDIR": str(tmp)})
+    assert r.returncode != 0 and "installing feedbackd[device]" in r.stdout, r.stdout + r.stderr
+    assert list(tmp.iterdir()) == []
 
 
 def test_a_python_older_than_3_11_is_named_before_a_venv_is_made(tmp_path):
