@@ -60,24 +60,27 @@ def test_a_csv_saved_again_by_a_spreadsheet_reads_the_same(fer_csv, tmp_path):
 
 def test_a_jpeg_layout_zip_as_the_real_one_is_read(tmp_path, faces):
     """The development zip holds JPEGs, stored: train/<class>/Training_*.jpg, test/<class>/PublicTest_*.jpg."""
-    x, y = faces
+    splits = {"train": faces, "test": synthetic_faces(3, seed=6)}  # other faces in test/: each split read is its own
     members = {f"{split}/{CLASSES[label]}/{prefix}_{i:05d}.jpg": jpeg_bytes(face)
                for split, prefix in (("train", "Training"), ("test", "PublicTest"))
-               for i, (face, label) in enumerate(zip(x, y, strict=True))}
+               for i, (face, label) in enumerate(zip(*splits[split], strict=True))}
     zipped = write_zip(tmp_path / "fer2013.zip", members)
-    for split in ("train", "test"):
+    for split, other in (("train", "test"), ("test", "train")):
+        x, y = splits[split]
         read = load_split(zipped, split)
         assert read.x.shape == (len(y), 48, 48) and read.x.dtype == np.uint8
         np.testing.assert_array_equal(read.y, y)  # read in name order: class folders, then files
         assert np.abs(read.x.astype(int) - x).mean() < 4  # each face its own, up to JPEG's loss
+        assert np.abs(read.x.astype(int) - splits[other][0]).mean() > 20  # not the other split's faces
     assert fer.detect_form(zipped) == "layout" and fer.eval_split_name(zipped) == "test"
 
 
 def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
     x, y = faces
+    tx, ty = synthetic_faces(3, seed=6)  # other faces in test/: each split read is its own
     layout = tmp_path / "layout"
     write_folder(layout, x, y, "train")
-    write_folder(layout, x[::-1], y[::-1], "test")
+    write_folder(layout, tx, ty, "test")
     members = {f"fer2013/{p.relative_to(layout).as_posix()}": p.read_bytes()
                for p in layout.rglob("*.png")}
     zipped = write_zip(tmp_path / "fer.zip", members)  # with one wrapping top folder
@@ -91,7 +94,11 @@ def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
         np.testing.assert_array_equal(s.y, from_dir.y)
     assert sorted(from_dir.y.tolist()) == sorted(y.tolist())
     assert sorted(f.tobytes() for f in from_dir.x) == sorted(f.tobytes() for f in x)  # the pixels as written
-    assert len(load_split(zipped, "test")) == len(y)
+    for source in (layout, zipped):
+        test = load_split(source, "test")
+        np.testing.assert_array_equal(test.x, tx)  # the test faces, in name order: class folders, then files
+        np.testing.assert_array_equal(test.y, ty)
+        assert not np.array_equal(test.x, from_dir.x)
     assert fer.eval_split_name(bare) == "all"
     with pytest.raises(DataError, match="only the split 'all'"):
         load_split(bare, "train")
@@ -99,15 +106,18 @@ def test_layout_folder_zip_and_class_folders_agree(tmp_path, faces):
 
 def test_split_folders_spelt_with_capitals_are_a_layout(tmp_path, faces):
     """Unpacked on Windows or re-zipped by hand, the archive may say Train/ and Test/."""
-    x, y = faces
-    lower = write_folder(tmp_path / "lower", x, y, "train")
-    write_folder(lower, x[::-1], y[::-1], "test")
+    splits = {"train": faces, "test": synthetic_faces(3, seed=6)}  # other faces in test/: each split read is its own
+    lower = write_folder(tmp_path / "lower", *splits["train"], "train")
+    write_folder(lower, *splits["test"], "test")
     members = {p.relative_to(lower).as_posix().capitalize(): p.read_bytes() for p in lower.rglob("*.png")}
-    for source in (write_zip(tmp_path / "caps.zip", members),
+    for source in (lower, write_zip(tmp_path / "caps.zip", members),
                    write_zip(tmp_path / "wrapped.zip", {f"FER2013/{k}": v for k, v in members.items()})):
         assert fer.detect_form(source) == "layout" and fer.eval_split_name(source) == "test"
-        for split in ("train", "test"):
-            np.testing.assert_array_equal(load_split(source, split).y, load_split(lower, split).y)
+        for split, other in (("train", "test"), ("test", "train")):
+            read = load_split(source, split)
+            np.testing.assert_array_equal(read.x, splits[split][0])  # in name order: class folders, then files
+            np.testing.assert_array_equal(read.y, splits[split][1])
+            assert not np.array_equal(read.x, splits[other][0])
 
 
 def test_a_split_in_two_spellings_is_refused_not_half_read(tmp_path, faces):
@@ -336,8 +346,9 @@ def test_wrong_header_and_empty_split(tmp_path):
         load_split(tmp_path / "missing.zip", "train")
 
 
-def test_a_file_that_cannot_be_read_is_named_even_with_skip_bad(tmp_path):
-    """A failing card's I/O error: not a traceback that names nothing (here a read that always fails)."""
+def test_a_file_that_cannot_be_read_is_named_even_with_skip_bad(tmp_path, monkeypatch):
+    """A failing card's I/O error: not a traceback that names nothing (here a read that always fails).
+    Not bad data that --skip-bad counts: skipped, the run would train on another set than the one named."""
     x, y = synthetic_faces(1)
     layout = write_folder(tmp_path / "fer", x, y, "train")
     write_folder(layout, x, y, "test")
@@ -345,6 +356,11 @@ def test_a_file_that_cannot_be_read_is_named_even_with_skip_bad(tmp_path):
     for skip_bad in (False, True):
         with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read")):
             load_split(layout, "train", skip_bad=skip_bad)
+    # the checksum reads every file first: without it, the loader's own read must stop on the file too
+    monkeypatch.setattr(fer, "source_checksum", lambda path: "0" * 64)
+    for skip_bad in (False, True):
+        with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read")):
+            load_split(layout, "train", skip_bad=skip_bad, use_cache=False)
 
 
 def test_a_zip_that_wraps_the_challenge_csv_is_named(tmp_path):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from device.preprocess import CLASSES
 from training.metrics import confusion_matrix, report
 
 
@@ -21,7 +22,14 @@ def test_report_on_hand_made_predictions():
     assert fear["f1"] == pytest.approx(0.8)
     # macro-F1 averages the classes that are true or predicted (angry, disgust, fear)
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.0 + 0.8) / 3)
-    assert r["per_class"]["happy"]["support"] == 0
+    assert angry["f1"] == pytest.approx(2 / 3)
+    assert [r["per_class"][c]["support"] for c in CLASSES] == [3, 1, 2, 0, 0, 0, 0]
+    # rows the true class, columns the predicted one, counted from the pairs above
+    expected = [[0] * 7 for _ in range(7)]
+    expected[0][0], expected[0][2] = 2, 1  # angry: two right, one called fear
+    expected[1][0] = 1  # disgust called angry
+    expected[2][2] = 2  # fear: both right
+    assert r["confusion_matrix"] == expected
 
 
 def test_macro_f1_counts_a_class_that_is_only_predicted():

@@ -90,7 +90,7 @@ def test_same_face_is_told_by_the_boxes_overlap():
     assert not same_face(face, Box(170, 100, 270, 200, 0.9))  # IoU 0.18: another face
 
 
-@pytest.mark.parametrize(("top", "sure"), [(1 / 7, False), (0.39, False), (0.41, True)])
+@pytest.mark.parametrize(("top", "sure"), [(1 / 7, False), (0.39, False), (0.4, True), (0.41, True)])
 def test_a_reading_is_sure_from_min_confidence(top, sure):
     s = Smoother(DISPLAY_NAMES, DEFAULT_RATINGS, min_confidence=0.4)
     probs = np.full(7, (1 - top) / 6)

@@ -69,6 +69,7 @@ def test_a_model_too_new_for_tflite_runtime_is_named(converted):
     """The dynamic-range variant needs kernels newer than 2.14: a clear error, not a crash."""
     if UNAVAILABLE.exists() and not OLD_ENV.exists():
         pytest.skip(UNAVAILABLE.read_text().strip())
+    assert OLD_ENV.exists(), "the tflite_runtime environment is missing: 'make test' builds .venv-tflite"
     model = converted / "fer_vgg16_dynamic.tflite"
     r = subprocess.run([str(OLD_ENV), "-c", "import sys; from device.model import EmotionClassifier, ModelError\n"
                         "try:\n    EmotionClassifier(sys.argv[1])\nexcept ModelError as e:\n    sys.exit(str(e))",

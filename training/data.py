@@ -45,6 +45,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file or line."""
 
 
+class _Unreadable(DataError):
+    """A file that cannot be read (an I/O error, no read permission): not bad data, so never skipped."""
+
+
 @dataclass
 class Split:
     """One split of a data set: faces (N, 48, 48) uint8, labels (N,) int64."""
@@ -106,7 +110,7 @@ def _tree_sha256(root: Path) -> str:
 
 def _unreadable(path, e: OSError) -> DataError:
     """A failing card, a file without read permission: named, even with --skip-bad."""
-    return DataError(f"{path}: cannot read ({e.strerror or e})")
+    return _Unreadable(f"{path}: cannot read ({e.strerror or e})")
 
 
 def _read(path: Path) -> bytes:
@@ -247,13 +251,17 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
                                     "though test/ uses them: it belongs to no split")
                 try:
                     data = zf.read(prefix + name) if zf else (path / prefix / name).read_bytes()
-                except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
-                    # NotImplementedError: a compression zipfile lacks; RuntimeError: an encrypted member
+                except OSError as e:
+                    # a failing card, a file without read permission: not bad data to skip, since the set
+                    # trained on would silently differ from the one named; it stops the load even with --skip-bad
+                    raise _unreadable(where, e) from None
+                except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
+                    # a damaged member (its CRC), a compression zipfile lacks, an encrypted member: bad data
                     raise DataError(f"{where}: cannot read ({e})") from None
                 faces.append(_decode(data, where))
                 labels.append(label)
             except DataError as e:
-                if not skip_bad:
+                if not skip_bad or isinstance(e, _Unreadable):
                     raise
                 skipped.append(str(e))
     finally:
