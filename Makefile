@@ -141,10 +141,10 @@ bench-train: venv
 # DESTDIR=/tmp/root installs into a folder instead, without root, apt, a user or systemctl.
 PREFIX  ?= /opt/feedbackd
 DESTDIR ?=
-KIOSK   := DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)"
 
+# PREFIX only where given: else install.sh upgrades the one the installed command names
 install:
-	$(KIOSK) bash systemd/install.sh
+	DESTDIR="$(DESTDIR)" PREFIX="$(if $(filter file,$(origin PREFIX)),,$(PREFIX))" bash systemd/install.sh
 
 # PREFIX only where given: else uninstall.sh removes the one the installed command names
 uninstall:

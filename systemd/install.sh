@@ -10,7 +10,11 @@ umask 022  # the venv, models and config must be readable by the service user, w
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DESTDIR=${DESTDIR:-}
-PREFIX=${PREFIX:-/opt/feedbackd}
+WRAPPER=$DESTDIR/usr/local/bin/feedbackd
+# No PREFIX given (the Makefile passes one only when given): an upgrade goes where the installed
+# feedbackd command says (`sudo make install PREFIX=/srv/fb` before), not into a second venv at /opt.
+INSTALLED=$(sed -n 's/^export FEEDBACKD_HOME=//p' "$WRAPPER" 2>/dev/null | head -n 1 || true)
+PREFIX=${PREFIX:-${INSTALLED:-/opt/feedbackd}}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
 DT_MODEL=${DT_MODEL:-/proc/device-tree/model}  # the board's name, e.g. "Raspberry Pi 5 Model B Rev 1.0"
@@ -25,7 +29,6 @@ CONF_DIR=$DESTDIR/etc/feedbackd
 STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
 UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what a live install printed from detach on
 STATE_DIR=$DESTDIR$STATE
-WRAPPER=$DESTDIR/usr/local/bin/feedbackd
 
 say() { printf 'install: %s\n' "$*" || true; }  # a terminal gone with its SSH session must not stop the install
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
@@ -36,6 +39,10 @@ live() { [ -z "$DESTDIR" ]; }  # installing onto this machine itself (not into a
 check_dirs() {
     case $PREFIX in /?*) ;; *) die "PREFIX '$PREFIX' must be an absolute folder, such as /opt/feedbackd" ;; esac
     case $DESTDIR in ""|/*) ;; *) die "DESTDIR '$DESTDIR' must be an absolute folder, such as /tmp/root" ;; esac
+    if [ -n "$INSTALLED" ] && [ "$INSTALLED" != "$PREFIX" ]; then
+        say "the feedbackd command was installed with PREFIX=$INSTALLED: it moves to $PREFIX, and the files" \
+            "there stay (sudo make uninstall PREFIX=$INSTALLED removes them)"
+    fi
 }
 
 check_os() {

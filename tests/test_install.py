@@ -159,6 +159,23 @@ def test_a_dropped_ssh_session_does_not_kill_a_first_install_during_apt(tmp_path
     assert said[1:] == ["apt-get ran on", "install: user", "install: venv"]
 
 
+def test_a_reinstall_without_prefix_upgrades_the_install_of_another_prefix(tmp_path):
+    """After `sudo make install PREFIX=/srv/fb`, the README's `sudo make install` (to mend a model, after
+    a `git pull`) built a second venv at /opt/feedbackd, online only, and left /srv/fb behind."""
+    root = tmp_path / "root"
+    sourced("install_unit", DESTDIR=str(root), PREFIX="/srv/fb")  # the command, which names its PREFIX
+    env = {k: v for k, v in os.environ.items() if k != "PREFIX"}
+    r = subprocess.run(["bash", "-c", 'source "$0" && echo "$ROOT_DIR"', ROOT / "systemd/install.sh"],
+                       capture_output=True, text=True, timeout=60, env={**env, "DESTDIR": str(root)})
+    assert r.stdout.strip() == f"{root}/srv/fb", r.stderr
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), "install", f"DESTDIR={root}"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert 'PREFIX="" bash systemd/install.sh' in dry.stdout, dry.stdout  # install.sh finds it
+    r = subprocess.run(["bash", "-c", 'source "$0" && check_dirs', ROOT / "systemd/install.sh"],
+                       capture_output=True, text=True, timeout=60, env={**env, "DESTDIR": str(root), "PREFIX": PREFIX})
+    assert f"installed with PREFIX=/srv/fb: it moves to {PREFIX}" in r.stdout, r.stderr  # asked for by name
+
+
 def test_a_relative_prefix_or_destdir_is_refused_before_anything_runs(tmp_path):
     """`make install PREFIX=srv/fb` or `DESTDIR=tmp/root` failed obscurely later, after stopping a running
     service; a bare OS_RELEASE shows nothing ran before (the OS check would have failed first)."""
