@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-trip", type=int, default=700, help="PublicTest faces for the crop round trip")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = p.parse_args(argv)
+    if not args.float_model.is_file():  # else the paper comparison would be left out without a word
+        p.error(f"--float {args.float_model}: no such model (the float Keras model the paper's approach runs)")
     for flag in ("frames", "round_trip"):  # 0 frames would print nan frames/s, 0 faces fail in concatenate
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
@@ -190,21 +192,20 @@ def stages(args, frames, detector, every: int, clf, geometry) -> None:
     except ImportError:  # a Pi's venv leaves the training side out
         print("paper's approach (Keras predict per face): skipped, no Keras/TensorFlow here")
         return
-    if args.float_model.exists():
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        km = keras.saving.load_model(args.float_model, compile=False)
-        paper = pipeline_timing(frames, FaceFinder(detector, 1),  # the paper detected on every frame
-                                lambda face: km.predict(preprocess(face, DEFAULT_SPEC), verbose=0), geometry,
-                                DEFAULT_SPEC.size)
-        paper_fps = 1 / np.mean(paper["total"])
-        print(f"paper's approach (Keras predict per face, float32, {int(sum(paper['faces']))} of {len(frames)} "
-              f"frames with a face): classify {ms(paper['classify'])}, "
-              f"end-to-end {paper_fps:.1f} frames/s -> ours is {ours_fps / paper_fps:.1f}x (target >= 4x)")
-        both_fps = 1 / np.mean(pipeline_timing(frames, FaceFinder(detector, 1), clf.predict, geometry,
-                                               clf.spec.size)["total"])
-        print(f"ours with the detector on every frame: end-to-end {both_fps:.1f} frames/s, "
-              f"{both_fps / paper_fps:.1f}x the paper's")
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    km = keras.saving.load_model(args.float_model, compile=False)
+    paper = pipeline_timing(frames, FaceFinder(detector, 1),  # the paper detected on every frame
+                            lambda face: km.predict(preprocess(face, DEFAULT_SPEC), verbose=0), geometry,
+                            DEFAULT_SPEC.size)
+    paper_fps = 1 / np.mean(paper["total"])
+    print(f"paper's approach (Keras predict per face, float32, {int(sum(paper['faces']))} of {len(frames)} "
+          f"frames with a face): classify {ms(paper['classify'])}, "
+          f"end-to-end {paper_fps:.1f} frames/s -> ours is {ours_fps / paper_fps:.1f}x (target >= 4x)")
+    both_fps = 1 / np.mean(pipeline_timing(frames, FaceFinder(detector, 1), clf.predict, geometry,
+                                           clf.spec.size)["total"])
+    print(f"ours with the detector on every frame: end-to-end {both_fps:.1f} frames/s, "
+          f"{both_fps / paper_fps:.1f}x the paper's")
 
 
 def crop_round_trip(faces: np.ndarray, labels: np.ndarray, detector, clf) -> None:

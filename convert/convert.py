@@ -10,10 +10,12 @@ macro-F1 more than --max-f1-drop, below the float model, unless --allow-drop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +25,9 @@ from convert.tflite import VARIANTS, representative_faces, to_tflite
 from device.model import SCHEMA_VERSION, EmotionClassifier, ModelError, manifest_path, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DISPLAY_NAMES, InputSpec, preprocess
 from training import data as fer
-from training.export import check_trained_on, load_float_model, out_error, read_record, record_spec
+from training.export import MODEL_NAME, check_trained_on, load_float_model, out_error, read_record, record_spec
 from training.metrics import report
+from training.run import replace_durably
 
 DEFAULT_VARIANTS = ("int8", "float16", "dynamic")
 
@@ -151,6 +154,22 @@ def same_model(m: dict, source_sha256: str, spec: InputSpec) -> bool:
         return m["source_model"]["sha256"] == source_sha256 and InputSpec.from_dict(m["input"]) == spec
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM between two renames would leave a manifest naming a model that is not there
+    (and the staged one deleted on the way out): each is acted on once the block is done. Python
+    handlers, not a signal mask, which TensorFlow's threads would not share."""
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda n, _: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def remove_stale_variants(out: Path, stem: str, source_sha256: str, spec: InputSpec) -> list[Path]:
@@ -294,16 +313,23 @@ def main(argv: list[str] | None = None) -> int:
         rows += earlier_rows(args.out, stem, source["sha256"], spec, test.checksum, variants)
         report_tmp = write_report(args.out / f".{stem}_CONVERT_REPORT.tmp.md", args, source, float_report, rows,
                                   len(test), spec)
-        for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
-            os.replace(manifest_path(tmp), manifest_path(final))
-            os.replace(tmp, final)
-        os.replace(report_tmp, args.out / "CONVERT_REPORT.md")
-        print(f"wrote {', '.join(str(f) for _, f in staged)} and {args.out / 'CONVERT_REPORT.md'}")
-        for old in remove_stale_variants(args.out, stem, source["sha256"], spec):
+        # another model's conversion into the same folder keeps its own report: the shipped one's stays true
+        report_path = args.out / ("CONVERT_REPORT.md" if stem == MODEL_NAME else f"{stem}_CONVERT_REPORT.md")
+        with signals_held():  # each rename on the disk, the folder whole before a Ctrl-C or a stop acts
+            for tmp, final in staged:  # manifests first: a model never sits beside a stale manifest
+                replace_durably(manifest_path(tmp), manifest_path(final))
+                replace_durably(tmp, final)
+            replace_durably(report_tmp, report_path)
+            removed = remove_stale_variants(args.out, stem, source["sha256"], spec)
+        print(f"wrote {', '.join(str(f) for _, f in staged)} and {report_path}")
+        for old in removed:
             print(f"removed {old}: converted from an older {args.model.name} or input spec")
         return 0
     except ModelError as e:
         print(f"error: verification failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk while staging: named, not a traceback (the staged files go below)
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     finally:
         for variant in variants:  # this run's staging files only: not another model's of a similar name

@@ -102,6 +102,40 @@ def test_report_says_which_targets_were_met():
     assert len(lines) == 5
 
 
+def test_a_stop_during_the_renames_waits_for_a_whole_folder_and_another_model_keeps_its_report(
+        tiny_model, fer_csv, tmp_path, monkeypatch):
+    """Ctrl-C between the manifest's rename and the model's left a manifest naming a model that was
+    not there (the staged one deleted on the way out); a candidate converted into models/ wrote over
+    the shipped model's CONVERT_REPORT.md."""
+    import os
+    import signal
+
+    import convert.convert as C
+
+    shutil.copy(tiny_model, tmp_path / "cand.keras")  # a model without a record: the default spec
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "CONVERT_REPORT.md").write_text("the shipped model's\n")
+    replace = C.replace_durably
+
+    def interrupted(tmp, path):
+        if not interrupted.sent:
+            interrupted.sent = os.kill(os.getpid(), signal.SIGINT) or True  # Ctrl-C as the first rename runs
+        replace(tmp, path)
+
+    interrupted.sent = False
+    monkeypatch.setattr(C, "replace_durably", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # once the folder is whole
+        convert_main(["--model", str(tmp_path / "cand.keras"), "--data", str(fer_csv), "--out", str(out),
+                      "--variants", "int8", "--calibration", "21", "--latency-runs", "1", "--allow-drop"])
+    manifest = json.loads((out / "cand_int8.json").read_text())
+    assert manifest["tflite_sha256"] == sha256_file(out / "cand_int8.tflite")
+    assert (out / "CONVERT_REPORT.md").read_text() == "the shipped model's\n"
+    assert "cand.keras" in (out / "cand_CONVERT_REPORT.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["CONVERT_REPORT.md", "cand_CONVERT_REPORT.md", "cand_int8.json",
+                                                     "cand_int8.tflite"]  # no staging file left
+
+
 def test_refusal_leaves_models_byte_for_byte_unchanged(converted, tiny_model, fer_csv, capsys):
     before = snapshot(converted)
     rc = convert_main(["--model", str(tiny_model), "--data", str(fer_csv), "--out", str(converted),

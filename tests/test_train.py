@@ -1138,3 +1138,6 @@ def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys, fer_c
     model = tmp_path / "fer_vgg16_int8.tflite"
     assert bench_device.main(["--data", str(missing), "--model", str(model)]) == 2
     assert f"bench: error: {model}" in capsys.readouterr().err  # named before the data is read
+    with pytest.raises(SystemExit) as stop:  # a typo dropped the paper comparison without a word
+        bench_device.main(["--data", str(missing), "--float", str(tmp_path / "typo.keras")])
+    assert stop.value.code == 2 and f"--float {tmp_path / 'typo.keras'}: no such model" in capsys.readouterr().err
