@@ -52,18 +52,18 @@ class ImageSource:
         # Each decoded once now and let go (the first kept), so that a file that is no photo, or a
         # damaged one, is named at the start; found at its turn, the reconnect began the loop again.
         self._index, self._frame = 0, self._load(files[0])
-        for f in files[1:]:
-            self._load(f)
+        for f in files[1:]:  # at an eighth of the size: a folder of 12 MP photos within the watchdog's 30 s
+            self._load(f, reduced=True)
         self.name = pattern
         self._files = files
         self._period = 1.0 / fps
         self._start = time.monotonic()
 
     @staticmethod
-    def _load(path: str) -> np.ndarray:
+    def _load(path: str, reduced: bool = False) -> np.ndarray:
         import cv2
 
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        img = cv2.imread(path, cv2.IMREAD_REDUCED_GRAYSCALE_8 if reduced else cv2.IMREAD_COLOR)
         if img is None:
             raise SourceError(f"{path}: cannot decode image")
         return img
@@ -173,8 +173,9 @@ class LatestFrame:
     The thread alone calls `release`, after its last grab: releasing a capture while another
     thread is inside its read() is undefined behaviour in OpenCV."""
 
-    def __init__(self, grab, name: str, release=lambda: None, timeout_s: float = 5.0):
+    def __init__(self, grab, name: str, release=lambda: None, timeout_s: float = 5.0, join_s: float = JOIN_S):
         self.name, self._grab, self._release, self._timeout = name, grab, release, timeout_s
+        self._join = join_s  # how long close() waits for a read under way to return
         self._frame: np.ndarray | None = None
         self._handed = False  # the newest frame was returned by read() already
         self._error: str | None = None
@@ -233,9 +234,9 @@ class LatestFrame:
     def close(self) -> None:
         """Ask the grab thread to finish; it releases the camera once its read returns."""
         self._stop.set()
-        self._thread.join(timeout=JOIN_S)
+        self._thread.join(timeout=self._join)
         if self._thread.is_alive():
-            raise SourceStuck(f"{self.name}: a capture has not returned in {self._timeout + JOIN_S:.0f} s "
+            raise SourceStuck(f"{self.name}: a capture has not returned in {self._join:.0f} s after the stop "
                               "and holds the camera; restarting to free it")
 
 
@@ -306,7 +307,8 @@ class Picamera2Source(LatestFrame):
             finally:  # else every reconnect finds the camera still held
                 cam.close()
 
-        super().__init__(lambda: cam.capture_array("main"), "Pi camera", release, timeout_s)
+        # a capture under way returns with the next frame, then the camera stops: at a low fps, seconds
+        super().__init__(lambda: cam.capture_array("main"), "Pi camera", release, timeout_s, JOIN_S + 1 / fps)
 
 
 def open_source(cfg: dict):
@@ -429,6 +431,7 @@ class ReconnectingSource:
             except SourceStuck:  # a camera that hung while opening stays held: only a restart frees it
                 raise
             except SourceError as e:
+                now = time.monotonic()  # an open that probed cameras for seconds: the back-off starts after it
                 if self._give_up_at is not None and now >= self._give_up_at and self._path_key:
                     raise SourceStuck(f"{self._path_key}: nothing has opened since the start ({e}); "
                                       "check the file or folder it names") from None

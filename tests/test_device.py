@@ -1422,6 +1422,21 @@ def test_a_camera_never_opened_in_the_first_minute_ends_the_daemon_for_systemd_t
         assert src.read() is None and "no cameras found" in src.error
 
 
+def test_the_reconnect_back_off_counts_from_the_end_of_a_slow_open(monkeypatch):
+    """Probing the Pi camera and each webcam takes seconds: a back-off counted from before it had
+    passed by the time the open failed, and the loop probed again at once, frames and presses waiting."""
+    clock = moved_clock(monkeypatch, sources)
+
+    def slow_open():
+        clock[0] += 7.0  # the probes
+        raise SourceError("no camera: Pi camera: no cameras found")
+
+    src = ReconnectingSource(slow_open, max_backoff_s=30)
+    clock[0] = 100.0
+    assert src.read() is None
+    assert src._retry_at > clock[0] == 107.0  # after the open, not before it
+
+
 def test_a_webcam_that_hangs_on_its_first_frame_stops_the_default_camera_source(monkeypatch):
     """source = "camera" tries the Pi camera, then the first webcam: a webcam whose capture hangs
     is not just "no camera" to retry, since the hung thread keeps it open."""

@@ -547,6 +547,7 @@ def fake_picamera2(calls: list, capture, stop=None, cameras=(PI_CAMERA,)):
             assert num == 0
 
         def create_video_configuration(self, main, controls, buffer_count):
+            assert main["format"] == "RGB888"  # libcamera's name for B, G, R bytes: OpenCV's order
             return main
 
         def configure(self, config):
@@ -690,6 +691,25 @@ def test_a_hung_pi_camera_is_a_camera_error_not_a_frozen_loop(monkeypatch):
     with pytest.raises(SourceError, match="Pi camera: no frame for"):
         src.read()
     hang.set()  # the stuck capture returns at last; only then is the camera released
+    src.close()
+    assert calls[-2:] == ["stop", "close"]
+
+
+def test_a_pi_camera_at_a_low_frame_rate_is_closed_not_given_up_on(monkeypatch):
+    """A capture under way returns only with the next frame: at 0.5 fps close() gave up after 2 s
+    and restarted the service (SourceStuck) at every reconnect, and `check` failed a working camera."""
+    from device.sources import Picamera2Source
+
+    calls = []
+
+    def capture(self, stream):
+        time.sleep(2.0)  # a frame every 2 s
+        calls.append(stream)
+        return np.zeros((self.size[1], self.size[0], 3), np.uint8)
+
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2(calls, capture, stop=lambda: time.sleep(0.3)))
+    src = Picamera2Source(640, 480, 0.5, timeout_s=5.0)
+    src.probe()  # the next capture is under way at once
     src.close()
     assert calls[-2:] == ["stop", "close"]
 
