@@ -168,8 +168,8 @@ def signals_held() -> Iterator[None]:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        if got:
-            signal.raise_signal(got[0])
+    if got:  # not after an error: the run ends with it, and its staged files are removed on the way
+        signal.raise_signal(got[0])
 
 
 def remove_stale_variants(out: Path, stem: str, source_sha256: str, spec: InputSpec) -> list[Path]:

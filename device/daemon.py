@@ -79,9 +79,11 @@ IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
 # A backlog of thousands (a spare file that filled while the card was full) takes minutes of synced
 # commits on an SD card: a retry stores it this long a pass, the frames and the screen going on between.
 DRAIN_S = 1.0
-# At a stop, the backlog is stored this long: systemd kills the service TimeoutStopSec (10 s) after
-# asking, and the journal lines for what is left (in the spare file, or in memory only) come after.
-STOP_DRAIN_S = 5.0
+# A stop stores for STOP_S at most: systemd kills the service TimeoutStopSec (10 s) after asking, the
+# camera's close may take 3.5 s, and the journal lines for what is left come after. Entries the spare
+# file holds (the next start restores them) get STOP_DRAIN_S of it, those only in memory the rest.
+STOP_S = 6.0
+STOP_DRAIN_S = 3.0
 
 
 @dataclass
@@ -354,20 +356,26 @@ class Daemon:
             self.spare.close()
 
     def flush_pending(self) -> None:
-        """At shutdown: one last try for entries still in memory, those the spare file holds for
-        STOP_DRAIN_S at most; any the log cannot take go to the journal in full. Only those the spare
+        """At shutdown: one last try for entries still in memory, for STOP_S at most (those the spare
+        file holds for STOP_DRAIN_S); any the log cannot take go to the journal in full. Only those the spare
         file lacks are for a technician to restore by hand: the next start restores the spare's, and
         one restored twice by then would be counted twice."""
         self._handle_presses()  # a press in the last frame before the stop is a customer's feedback too
-        self._store_pending_or_spare(time.monotonic(), STOP_DRAIN_S)
+        started = time.monotonic()
+        self._store_pending_or_spare(started, STOP_DRAIN_S)
         kept = set()
         if self.spare and self._pending:
             with contextlib.suppress(OSError):  # unreadable: each entry is then for the technician
                 kept = self.spare.kept_times()
-        if self._pending and self.storage_error is None:  # the time ran out, not the log: the budget is for
-            # entries the next start restores from the spare; one only in memory is stored whatever the time
-            self._pending = [(entry, at) for entry, at in self._pending
-                             if at in kept or self.storage_error or not self._store(entry, at, time.monotonic())]
+        if self._pending and self.storage_error is None:  # the time ran out, not the log: one only in memory
+            left = []                                      # is lost at the kill unless stored now
+            for entry, at in self._pending:
+                if at in kept or self.storage_error or time.monotonic() >= started + STOP_S \
+                        or not self._store(entry, at, time.monotonic()):
+                    left.append((entry, at))
+                elif self.notifier.watchdog_s:
+                    self.notifier.watchdog()
+            self._pending = left
         for entry, at in self._pending:
             if at in kept:
                 log.warning("entry not stored, kept in %s for the next start (not to restore by hand): %s",

@@ -52,8 +52,8 @@ class ImageSource:
         # Each decoded once now and let go (the first kept), so that a file that is no photo, or a
         # damaged one, is named at the start; found at its turn, the reconnect began the loop again.
         self._index, self._frame = 0, self._load(files[0])
-        for f in files[1:]:  # at an eighth of the size: a folder of 12 MP photos within the watchdog's 30 s
-            self._load(f, reduced=True)
+        for f in files[1:]:  # a JPEG at an eighth of the size: a folder of 12 MP photos within the watchdog's 30 s
+            self._load(f, reduced=f.lower().endswith((".jpg", ".jpeg")))
         self.name = pattern
         self._files = files
         self._period = 1.0 / fps

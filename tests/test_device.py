@@ -691,20 +691,24 @@ def test_a_stop_behind_a_long_backlog_stores_it_only_until_systemd_would_kill_it
     daemon.close()
     store.close()
     monkeypatch.setattr(D, "SpareFile", functools.partial(SpareFile, size=4096))  # full in a few entries
-    beside(db).unlink()
-    daemon, button = bare_daemon(FullLog(db))
-    start, n = time.monotonic(), 0
-    while daemon.screen(start + 10 * n).kind == "thanks" or not n:  # until one finds the spare file full
-        n += 1
-        press(daemon, button, start + 10 * n)
-    press(daemon, button, start + 10 * n + 10, "Sad")  # in memory only too
-    daemon.store = store = FeedbackLog(db)  # staff freed room just before the stop
-    caplog.clear()
-    daemon.flush_pending()
-    assert store.count() == 2 + 2 and [r["emotion"] for r in store.rows()][-1] == "Sad"  # stored past the budget
-    assert not [r for r in caplog.records if r.levelno == logging.CRITICAL and "not stored" in r.getMessage()]
-    daemon.close()
-    store.close()
+    for stop_s, stored in ((6.0, 2), (0.0, 0)):  # those only in memory: past the spare's budget, not the kill
+        monkeypatch.setattr(D, "STOP_S", stop_s)
+        beside(db).unlink()
+        db.unlink()
+        daemon, button = bare_daemon(FullLog(db))
+        start, n = time.monotonic(), 0
+        while daemon.screen(start + 10 * n).kind == "thanks" or not n:  # until one finds the spare file full
+            n += 1
+            press(daemon, button, start + 10 * n)
+        press(daemon, button, start + 10 * n + 10, "Sad")  # in memory only too
+        daemon.store = store = FeedbackLog(db)  # staff freed room just before the stop
+        caplog.clear()
+        daemon.flush_pending()
+        assert store.count() == 1 + stored and ([r["emotion"] for r in store.rows()][-1] == "Sad") == bool(stored)
+        lost = [r for r in caplog.records if r.levelno == logging.CRITICAL and "not stored" in r.getMessage()]
+        assert len(lost) == 2 - stored  # the journal names each one left, before systemd's kill
+        daemon.close()
+        store.close()
 
 
 def test_a_stop_finds_a_restored_entry_in_the_spare_file_whatever_offset_its_line_writes(tmp_path, caplog):
@@ -1420,6 +1424,18 @@ def test_a_camera_never_opened_in_the_first_minute_ends_the_daemon_for_systemd_t
     for t in (200, 300, 1000):
         clock[0] = t
         assert src.read() is None and "no cameras found" in src.error
+
+
+def test_a_tiny_png_in_an_image_folder_is_shown_not_a_crash(tmp_path):
+    """A JPEG is checked at an eighth of its size; a PNG is not (OpenCV decodes it whole and then
+    shrinks it, which fails under 8 pixels)."""
+    import cv2
+
+    from device.sources import ImageSource
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((480, 640, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((200, 6, 3), np.uint8))
+    assert ImageSource(str(tmp_path)).read().shape == (480, 640, 3)
 
 
 def test_the_reconnect_back_off_counts_from_the_end_of_a_slow_open(monkeypatch):
