@@ -137,6 +137,7 @@ def tiny_model(tmp_path_factory):
 
     from training.model import build_vgg16
 
+    keras.mixed_precision.set_global_policy("float32")  # not a bfloat16 left by a training test run before
     keras.utils.set_random_seed(7)
     model = build_vgg16(width=1 / 16)
     head = model.get_layer("predictions")
