@@ -164,12 +164,12 @@ def cmd_run(cfg, pin_factory=None) -> int:
     except SourceError:  # given up on the camera: its error stays up while systemd restarts the service
         display.halt(Screen("error", title="Camera error", detail="restarting..."))
         raise
-    finally:
-        source.close()
-        button.close()
-        daemon.close()
-        store.close()
-        log.info("stopped: %d entries stored this run", daemon.stats.entries)
+    finally:  # each part closed whatever the one before raised: a stuck camera's SourceStuck is reported
+        with contextlib.ExitStack() as parts:  # once the rest is closed (exit 2), not with the log left open
+            parts.callback(log.info, "stopped: %d entries stored this run", daemon.stats.entries)
+            for part in (store, daemon, button):
+                parts.callback(part.close)
+            source.close()
     return 0
 
 
@@ -452,23 +452,28 @@ def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
 
 
 def cmd_summary(cfg, args) -> int:
-    from device.summary import format_table, summarize
+    from device.summary import format_table, number, scales, summarize
 
     store = open_log(cfg, "summary")
     try:
         note = waiting_note(store, "summary", args.since, args.until)
         oldest, newest = store.rating_scales()
+        if not all(s is None or number(s) for s in (oldest, newest)):  # a damaged row's text for a scale
+            oldest, newest = scales(store.rows())
         sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
         # the kiosk's map, where it rates on the newest scale: entries rated otherwise are re-rated by emotion
         rt = cfg["rating"]
         rerate = (rt["max"], rt["map"]) if rt["max"] == newest else None
-        tallies = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
+        tallies, left_out = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
     finally:
         store.close()
     table = format_table(tallies, newest, oldest, sure_from) if tallies else "no entries in that period"
     to_stdout(lambda out: print(table, file=out), "summary")
     if note:
         print(f"feedbackd: {note}", file=sys.stderr)
+    if left_out:  # as export, which shows them as they are: the rest is still the owner's summary
+        print(f"feedbackd: {left_out} entries in {store.path} are left out of the summary: a field holds a value "
+              "of the wrong type (a damaged or hand-edited row); `feedbackd export` shows them", file=sys.stderr)
     return 0
 
 
@@ -482,9 +487,11 @@ def cmd_export(cfg, args) -> int:
         note = waiting_note(store, "export", args.since, args.until)
         if args.output:
             out = Path(args.output)
-            own = ("", "-wal", "-shm", "-journal", ".spare")
-            if os.path.realpath(out) in {os.path.realpath(f"{store.path}{s}") for s in own}:  # a loop: no error
-                raise StorageError(f"--output {out}: that is the feedback log itself; name a new .csv file")
+            held = spare.beside(store.path)  # and the spare's set-aside lines: maybe their only copy
+            own = (*(f"{store.path}{s}" for s in ("", "-wal", "-shm", "-journal")), held, spare.aside(held))
+            if os.path.realpath(out) in {os.path.realpath(f) for f in own}:  # a loop: no error
+                raise StorageError(f"--output {out}: that is the feedback log itself or a file it keeps beside it; "
+                                   "name a new .csv file")
             print(f"wrote {to_file(out, write)} entries to {out}", file=sys.stderr)
         else:
             to_stdout(write, "export")

@@ -127,7 +127,7 @@ class Daemon:
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None  # the last press's answer: thanks, or "Not saved"
         self._unsaved: tuple[str, Screen] | None = None  # an entry shown "Not saved": its line, and its thanks
-        self._no_face_until = 0.0
+        self._no_face = (0.0, 0.0)  # "No face - try again": since the refused press was handled, and until
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
         self.storage_error: str | None = getattr(store, "error", None)  # a log that could not open at start
@@ -155,6 +155,8 @@ class Daemon:
         cannot say which it holds, they stay in the spare (`_unrestored`) and are tried again."""
         try:
             restored = [kept for saved in spare.entries() if (kept := self._restore(saved, spare))]
+            for entry, at in restored:  # once, not at each try the log failed part-way through
+                log.warning("%s: restoring an entry kept before the last stop: %s", spare.path, entry_json(entry, at))
         except StorageError as e:
             if not self._unrestored:
                 log.warning("%s: not restored yet, the log cannot tell which entries it holds (%s); kept there, "
@@ -175,13 +177,13 @@ class Daemon:
             at.astimezone()  # as the log dates it: a year 1 time overflows there
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             line = json.dumps(saved)
-            log.critical("%s: an entry that cannot be read (%s) is left out, kept in %s: %s", spare.path, e,
-                         spare.aside, line)
+            if spare.first_report(line):  # read again at each retry while the log cannot say what it holds
+                log.critical("%s: an entry that cannot be read (%s) is left out, kept in %s: %s", spare.path, e,
+                             spare.aside, line)
             spare.set_aside(line)
             return None
         if self.store.contains(at, entry.device_id):
             return None
-        log.warning("%s: restoring an entry kept before the last stop: %s", spare.path, entry_json(entry, at))
         return entry, at
 
     # --- one frame
@@ -195,10 +197,12 @@ class Daemon:
             self._see(frame, t1)
         self._retry_pending()
         t2 = time.monotonic()
-        self.display.show(self.screen(t2))
+        screen = self.screen(t2)
+        self.display.show(screen)
         t3 = time.monotonic()
         self.stats.seconds["render"] += t3 - t2
-        self._shown.append((t3, self.smoother.reading(t2)))  # as screen() had it
+        # as screen() had it, and only where it showed it: a press under "No face" or an error stores nothing
+        self._shown.append((t3, self.smoother.reading(t2) if screen.kind == "live" else None))
         self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
@@ -241,8 +245,9 @@ class Daemon:
             if reading and reading.face != self.smoother.face_at(pressed_at):  # the last customer's, still up
                 reading = None  # while the next one's face is classified: theirs is not on the screen yet
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
-                if not getattr(self.source, "error", None):  # a camera error stays up: trying again cannot help
-                    self._no_face_until = now + self.cfg["display"]["thank_you_s"]
+                # an error screen (camera, or storage with no room to keep entries) stays up: trying again cannot help
+                if not getattr(self.source, "error", None) and self.screen(now).kind != "error":
+                    self._no_face = (now, now + self.cfg["display"]["thank_you_s"])
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once
             self._last_accepted = pressed_at
@@ -387,8 +392,9 @@ class Daemon:
     def screen(self, now: float) -> Screen:
         if self._thanks and now < self._thanks[0]:
             return self._thanks[1]
-        if now < self._no_face_until:
-            return Screen("no_face")
+        since, until, seen = *self._no_face, self.smoother.last_face_at
+        if now < until and (seen is None or seen <= since):
+            return Screen("no_face")  # until a face is seen again: the customer trying again sees what a press stores
         r = self.smoother.reading(now)
         # While the spare file keeps what the log cannot take (days of a full card), a customer in
         # front sees their reading and may press; the error waits for staff between customers.

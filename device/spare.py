@@ -117,6 +117,7 @@ class SpareFile:
         self.aside = aside(self.path)  # lines no start could restore
         self._set_aside: set[str] | None = None  # the lines already there, read at the first
         self._unkept: list[str] = []  # lines not yet set aside: this file is their only copy, not cleared
+        self._reported: set[str] = set()  # lines whose problem the journal has: each said once a process
         created = not self.path.exists()
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -173,9 +174,17 @@ class SpareFile:
         """The entries written before this start, in order; a line that is not whole is left out."""
         found, cut = _parse(self.lines)
         for line in cut:
-            log.error("%s: a line cut short is left out, kept in %s: %r", self.path, self.aside, line[:80])
+            if self.first_report(line):
+                log.error("%s: a line cut short is left out, kept in %s: %r", self.path, self.aside, line[:80])
             self.set_aside(line)
         return found
+
+    def first_report(self, line: str) -> bool:
+        """Whether `line`'s problem is not yet in the journal: while the log cannot say which entries it
+        holds, the daemon reads this file again every few seconds, and would say the same lines each time."""
+        new = line not in self._reported
+        self._reported.add(line)
+        return new
 
     def set_aside(self, line: str) -> None:
         """Copy a line no start can restore (cut short, a byte a failing card flipped, another

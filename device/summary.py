@@ -3,6 +3,7 @@ rating and how the emotions were shared, from the log's rows (`feedbackd summary
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,19 +47,47 @@ class Tally:
         return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
 
 
+def number(v) -> bool:
+    """A finite number: a rating, a confidence or a scale the tallies can add up."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def countable(row: dict) -> bool:
+    """Whether a row can be tallied: a damaged or hand-edited one (a date stored as bytes, "=5" for
+    a rating, text for a scale) must not stop the owner's summary of the rest; `export` shows it."""
+    return (isinstance(row["local_date"], str) and isinstance(row["emotion"], str) and number(row["rating"])
+            and number(row["confidence"]) and (row["rating_max"] is None or number(row["rating_max"])))
+
+
+def scales(rows: Iterable[dict]) -> tuple[float | None, float | None]:
+    """The oldest and the newest scale top among the rows that can be tallied: for a log whose own
+    answer (`FeedbackLog.rating_scales`) is a damaged row's text."""
+    oldest = newest = None
+    for row in rows:
+        if countable(row) and row["rating_max"] is not None:
+            oldest = row["rating_max"] if oldest is None else oldest
+            newest = row["rating_max"]
+    return oldest, newest
+
+
 def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0,
-              rerate: tuple[float, dict] | None = None) -> list[Tally]:
-    """One tally per local date, oldest first, then one for all of them; [] for no rows. An entry
-    without a logged scale (stored before v3) is taken as rated out of `unlogged`; one under the
-    kiosk's `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too; one
-    rated otherwise than by `rerate` is counted at its emotion's rating in `rerate`'s map."""
+              rerate: tuple[float, dict] | None = None) -> tuple[list[Tally], int]:
+    """One tally per local date, oldest first, then one for all of them ([] for no rows), and how
+    many rows were left out as not `countable`. An entry without a logged scale (stored before v3)
+    is taken as rated out of `unlogged`; one under the kiosk's `sure_from` confidence
+    (smoothing.min_confidence) is counted as "Not sure" too; one rated otherwise than by `rerate`
+    is counted at its emotion's rating in `rerate`'s map."""
     days: dict[str, Tally] = {}
     total = Tally("all")
+    left_out = 0
     for row in rows:
+        if not countable(row):
+            left_out += 1
+            continue
         top = row["rating_max"] or unlogged
         days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top, sure_from, rerate)
         total.add(row, top, sure_from, rerate)
-    return [*(days[d] for d in sorted(days)), total] if total.entries else []
+    return ([*(days[d] for d in sorted(days)), total] if total.entries else []), left_out
 
 
 def format_table(tallies: list[Tally], scale: float | None = None, unlogged: float | None = None,

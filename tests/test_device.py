@@ -904,6 +904,79 @@ def test_a_spare_line_with_text_sqlite_cannot_encode_is_left_out_and_the_lines_a
     store.close()
 
 
+def test_spare_lines_the_log_cannot_place_yet_are_reported_once_not_at_every_retry(tmp_path, monkeypatch, caplog):
+    """While the log cannot say which of the spare's entries it holds, the spare is read again at each
+    retry (every 5 s) and press: the journal must not repeat the same lines each time."""
+    db, path = tmp_path / "feedback.db", tmp_path / "feedback.db.spare"
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    good = [entry_json(Entry(e, 3, 0.7, {e: 0.7}, "ab", "till-3"), at + timedelta(minutes=i))
+            for i, e in enumerate(("Sad", "Happy"))]
+    cut, bad = good[1][:40], good[0].replace('"rating": 3', '"rating": "3"')  # a power cut; a hand edit
+    path.write_bytes("".join(f"{line}\n" for line in (cut, bad, *good)).encode().ljust(SIZE, b"\0"))
+
+    def contains(self, when: datetime, device_id: str) -> bool:  # the first is looked up, the second fails
+        if when > at:
+            raise StorageError(f"{db}: cannot read the log: database disk image is malformed")
+        return False
+
+    monkeypatch.setattr(FeedbackLog, "contains", contains)
+    store = FeedbackLog(db)
+    daemon, _ = bare_daemon(store)
+    for _ in range(3):  # the retries
+        daemon._retry_at = 0.0
+        daemon._retry_pending()
+    said = {m: caplog.text.count(m) for m in ("a line cut short", "an entry that cannot be read",
+                                              "restoring an entry", "not restored yet")}
+    assert said == {"a line cut short": 1, "an entry that cannot be read": 1, "restoring an entry": 0,
+                    "not restored yet": 1} and store.count() == 0
+    monkeypatch.undo()  # the index repaired: each restored entry is said once, as it is restored
+    daemon._retry_at = 0.0
+    daemon._retry_pending()
+    assert caplog.text.count("restoring an entry") == 2 and store.count() == 2 and path.read_bytes() == bytes(SIZE)
+    assert caplog.text.count("a line cut short") == caplog.text.count("an entry that cannot be read") == 1
+    daemon.close()
+    store.close()
+
+
+def test_a_press_stores_only_a_reading_the_screen_showed(tmp_path, monkeypatch):
+    """README: a press stores the reading the screen showed at it. Under "No face - try again" or an
+    error screen the reading is not on it: a press then stores nothing, as one without a face."""
+    store = FeedbackLog(tmp_path / "feedback.db")
+    daemon, button = bare_daemon(store)
+    daemon.source = SimpleNamespace(read=lambda: None, error=None)  # no frame: the faces are added below
+    daemon.display = SimpleNamespace(show=lambda screen: None)
+    happy = np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index("Happy")]
+
+    def press_under(kind: str, title: str = "") -> None:
+        daemon.smoother.add(time.monotonic(), happy)  # a face, seen just now
+        if kind == "no_face":  # a press without a face was refused just after it was seen
+            daemon._no_face = (time.monotonic(), time.monotonic() + 60)
+        daemon.step()
+        assert (daemon.screen(time.monotonic()).kind, daemon.screen(time.monotonic()).title) == (kind, title)
+        button.button.pin.drive_low()
+        button.button.pin.drive_high()
+        daemon._handle_presses()
+        assert store.count() == (kind == "live")
+        if kind == "error":  # not "No face": the error is what stops the press, and it stays up
+            assert daemon.screen(time.monotonic()).title == title
+
+    press_under("no_face")
+    daemon.smoother.add(time.monotonic(), happy)  # seen again: the reading is back on the screen
+    assert daemon.screen(time.monotonic()).kind == "live"
+    daemon._no_face = (0.0, 0.0)
+    daemon.source.error = "camera 0: unplugged"
+    press_under("error", "Camera error")
+    daemon.source.error = None
+    daemon.storage_error = "the card is full"
+    monkeypatch.setattr(daemon.spare, "has_room", lambda *_: False)  # no room left: the error shows to all
+    press_under("error", "Storage error")
+    daemon.storage_error = None
+    press_under("live")
+    assert [r["emotion"] for r in store.rows()] == ["Happy"]
+    daemon.close()
+    store.close()
+
+
 @pytest.mark.parametrize(("ending", "spare"), [("stop", True), ("crash", True), ("stop", False)])
 def test_entries_the_log_never_took_go_to_the_journal_at_shutdown(model, face_folder, tmp_path, caplog, ending,
                                                                   spare):
@@ -1861,6 +1934,44 @@ def test_failing_source_recovers(caplog):
                     "camera: frames again"]  # why the screen said "Camera error", each reason once
 
 
+def test_a_camera_stuck_at_the_stop_still_lets_the_button_spare_file_and_log_close(tmp_path, monkeypatch, caplog,
+                                                                                     capsys):
+    """A capture that never returns makes the camera's close raise SourceStuck at the stop: the other
+    parts are closed all the same and the stop logged, and the exit (2, naming the camera) says so."""
+    import device.daemon as D
+
+    closed = []
+
+    class StuckCamera:
+        error = None
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append("camera")
+            raise SourceStuck("Pi camera: a capture has not returned in 3 s after the stop and holds the camera")
+
+    button = mock_button()
+    monkeypatch.setattr(button, "close", lambda: closed.append("button"))
+    monkeypatch.setattr(cli, "open_button", lambda cfg, pin_factory=None: button)
+    monkeypatch.setattr(cli, "no_core_dumps", lambda: None)  # not pytest's own process
+    monkeypatch.setattr(cli.signal, "signal", lambda *_: None)  # nor its signal handlers
+    monkeypatch.setattr(cli.EmotionClassifier, "from_config", lambda cfg: SimpleNamespace(
+        manifest=SimpleNamespace(display_names=DISPLAY_NAMES), path=Path("m"), sha256="ab"))
+    monkeypatch.setattr(cli.FaceDetector, "from_config", lambda cfg: None)
+    monkeypatch.setattr(sources, "ReconnectingSource", StuckCamera)
+    monkeypatch.setattr(D.Daemon, "run", lambda self, stop: None)  # stopped at once
+    caplog.set_level("INFO", logger="feedbackd")
+    db = tmp_path / "f.db"
+    args = ["run", "--db", str(db), "--display", "none", "--button", "none", "--source", "images", "--camera-path",
+            str(tmp_path)]
+    assert cli.main(args) == 2
+    assert "feedbackd: error: Pi camera: a capture has not returned" in capsys.readouterr().err
+    assert closed == ["camera", "button"] and "stopped: 0 entries stored this run" in caplog.text
+    assert not cli.spare.in_use(beside(db)) and not Path(f"{db}-wal").exists()  # the spare and the log closed
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_exits_zero_within_the_units_stop_timeout(model, face_folder, tmp_path, sig):
     config = tmp_path / "config.toml"
@@ -2004,6 +2115,33 @@ def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, 
                                                         *note.splitlines()]
 
 
+def test_summary_leaves_out_a_damaged_or_hand_edited_row_and_says_how_many(tmp_path, capsys):
+    """`export` and `check` take a row holding a value of the wrong type (bytes a failing card changed,
+    "=5" pasted back from a spreadsheet): the summary sums up the rest instead of a traceback."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for emotion, rating in (("Happy", 5), ("Sad", 2), *(("Neutral", 3),) * 4):
+        log.add(Entry(emotion, rating, 0.8, {emotion: 0.8}, "ab", "till-1", rating_max=5), noon)
+    log.close()
+    with contextlib.closing(sqlite3.connect(db)) as raw, raw:
+        for row_id, column, value in ((3, "local_date", b"\xff\x00"), (4, "rating", "=5"), (5, "confidence", "high"),
+                                      (6, "rating_max", "ten")):  # the newest scale too
+            raw.execute(f"UPDATE entries SET {column} = ? WHERE id = ?", (value, row_id))
+    assert cli.main(["summary", "--db", str(db)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "date       entries rating     Happy       Sad",
+        "2026-11-30       2   3.50       50%       50%",
+        "all              2   3.50       50%       50%",
+        "ratings are out of 5, the scale of the log's newest entry",
+    ]
+    assert err == (f"feedbackd: 4 entries in {db} are left out of the summary: a field holds a value of the wrong "
+                   "type (a damaged or hand-edited row); `feedbackd export` shows them\n")
+    assert cli.main(["export", "--db", str(db)]) == 0  # as export does: these rows are no lost entries
+    assert len(capsys.readouterr().out.splitlines()) == 7
+
+
 def test_export_csv(tmp_path, capsys):
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
@@ -2027,6 +2165,19 @@ def test_export_csv(tmp_path, capsys):
     assert cli.main(["export", "--db", str(tmp_path / "f.db"), "--output", str(tmp_path / "loop2")]) == 0
     assert ",5.0,Happy," in (tmp_path / "loop2").read_text()  # the new file takes the name, as over any file
     assert FeedbackLog(tmp_path / "f.db").count() == 1
+
+
+def test_export_never_writes_over_the_spare_files_set_aside_lines(tmp_path, capsys):
+    """`feedback.db.spare.rejected` (tab completion's next name) may hold the only copy of entries
+    customers were thanked for: an export over it would erase them."""
+    db, rejected = tmp_path / "f.db", tmp_path / "f.db.spare.rejected"
+    log = FeedbackLog(db)
+    log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
+    log.close()
+    rejected.write_text('{"utc": "2026-11-30T12:00:00+00:00", "emotion": "Sad", "rat\n')
+    assert cli.main(["export", "--db", str(db), "--output", str(rejected)]) == 2
+    assert f"--output {rejected}: that is the feedback log itself" in capsys.readouterr().err
+    assert rejected.read_text() == '{"utc": "2026-11-30T12:00:00+00:00", "emotion": "Sad", "rat\n'
 
 
 @pytest.mark.parametrize("output", [".", "/", "{tmp}", "{tmp}/"])
