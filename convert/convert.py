@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-drop", action="store_true", help="keep an int8 model that breaks either bar")
     p.add_argument("--latency-runs", type=int, default=100, help="single-face invokes timed per variant")
     args = p.parse_args(argv)
+    if args.model.suffix != ".keras":  # a .tflite given by mistake: said before minutes of loading the data
+        p.error(f"--model {args.model}: not a float Keras model (.keras); the converter makes the .tflite files")
     if args.calibration < len(CLASSES):
         p.error(f"--calibration: {args.calibration} faces cannot cover the {len(CLASSES)} classes")
     if args.latency_runs < 1:

@@ -34,7 +34,7 @@ def target_lines(int8: dict, ref: dict, drop_points: float) -> list[str]:
     if latency > 0.40:
         lines += ["", f"int8 dot-product instructions on this CPU: {int8_dot_product()}. Without them XNNPACK's "
                   "int8 kernels widen to 16 bits and gain little over float32, so this ratio is a property of the "
-                  "workstation; `make bench` on the Pi measures the one that matters."]
+                  "workstation; on the Pi, `make bench` times the int8 file's classify stage itself."]
     return lines
 
 

@@ -192,6 +192,21 @@ def test_a_test_folder_without_name_prefixes_is_read_whole_with_a_warning(tmp_pa
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_test_folder_without_name_prefixes_is_flagged_and_warned_of_from_the_cache_too(tmp_path, faces, capsys):
+    """A cached load decodes nothing: the warning, and the flag the card reads, must not depend on it."""
+    good = png_bytes(faces[0][0])
+    plain = write_zip(tmp_path / "untagged.zip", {"train/happy/im0.png": good, "test/sad/im0.png": good,
+                                                  "test/angry/im1.png": good, "test/fear/im2.png": good})
+    for _ in range(2):  # decoded, then from the cache
+        assert load_split(plain, "test").mixed
+        assert f"warning: {plain}:test/ is read whole as the split 'test' (3 faces)" in capsys.readouterr().err
+    assert not load_split(plain, "train").mixed
+    tagged = write_zip(tmp_path / "tagged.zip", {"train/happy/Training_1.png": good, "test/sad/PublicTest_1.png": good})
+    for _ in range(2):
+        assert not load_split(tagged, "test").mixed
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_corrupt_zip_member_names_the_file_and_can_be_skipped(tmp_path, faces):
     x, _ = faces
     bad = png_bytes(x[1])
@@ -331,6 +346,35 @@ def test_a_damaged_zip_archive_is_named(tmp_path, faces):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="set.zip: damaged zip archive"):
         load_split(path, "all", use_cache=False)
+
+
+def test_a_truncated_zip_archive_is_named_as_one(tmp_path, faces):
+    """A download cut short has no end record, so zipfile does not know it for a zip at all."""
+    whole = write_zip(tmp_path / "whole.zip", {"angry/a.png": png_bytes(faces[0][0])}).read_bytes()
+    cut = whole[: whole.rfind(b"PK\x01\x02")]  # no central directory, no end record
+    for name in ("fer2013.zip", "fer2013.part"):  # by its name, or by its first bytes
+        (path := tmp_path / name).write_bytes(cut)
+        with pytest.raises(DataError, match=re.escape(f"{path}: damaged or truncated zip archive")):
+            load_split(path, "all", use_cache=False)
+    (other := tmp_path / "notes.txt").write_text("not data")
+    with pytest.raises(DataError, match=re.escape(f"{other}: not a CSV file, a folder or a zip archive")):
+        load_split(other, "all", use_cache=False)
+
+
+def test_a_folder_holding_the_zip_or_csv_beside_a_readme_names_the_file_to_give(tmp_path, faces):
+    """--data the download folder, not the archive in it: not read as class folders that are not there."""
+    x, y = faces
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "README.md").write_text("FER-2013")
+    write_zip(folder / "fer2013.zip", {f"train/{CLASSES[k]}/a.png": png_bytes(x[k]) for k in range(7)})
+    with pytest.raises(DataError, match=re.escape(f"{folder}: holds fer2013.zip and no images: give that zip "
+                                                  f"itself (--data {folder / 'fer2013.zip'})")):
+        load_split(folder, "train")
+    (folder / "fer2013.zip").unlink()
+    write_csv(folder / "fer2013.csv", {"Training": (x, y)})
+    with pytest.raises(DataError, match=re.escape(f"{folder}: holds fer2013.csv and no images: give that CSV")):
+        load_split(folder, "train")
 
 
 def test_wrong_header_and_empty_split(tmp_path):

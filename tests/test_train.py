@@ -502,7 +502,7 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
     monkeypatch.undo()
     assert stored_plain(model) and (out / "fer_vgg16.staged.keras").exists()
     (out / "MODEL_CARD.md").write_text("the card of the model before\n")  # the cut came before the card
-    assert export.read_record(model)["sha256"] == sha256_file(model)  # the next reader lands it
+    assert export.read_record(model, land=True)["sha256"] == sha256_file(model)  # the next writer lands it
     assert not stored_plain(model) and not (out / "fer_vgg16.staged.keras").exists()
     assert f"- Model file: {model.stat().st_size:,} bytes" in (out / "MODEL_CARD.md").read_text()
     keras.saving.load_model(model, compile=False).save(model)
@@ -517,6 +517,64 @@ def test_an_exported_model_is_stored_deflated_and_rescoring_deflates_an_older_on
     for x, y in zip(weights, keras.saving.load_model(model, compile=False).get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
     assert rescored["publictest"] == record["publictest"]
+
+
+def test_evaluate_and_convert_never_land_a_staged_model(tmp_path, fer_csv, monkeypatch):
+    """They are readers: an export may be between writing its record and moving its model in, and would
+    find its staged model gone. They name the state instead; a re-score or export lands it."""
+    from convert.convert import training_spec
+    from device.model import ModelError
+    from training.evaluate import keras_spec
+
+    model, staged = tmp_path / "fer_vgg16.keras", tmp_path / "fer_vgg16.staged.keras"
+    model.write_bytes(b"the model before")
+    staged.write_bytes(b"the model an export is writing")
+    model.with_suffix(".train.json").write_text(json.dumps({"sha256": sha256_file(staged),
+                                                            "input": DEFAULT_SPEC.to_dict()}))
+    monkeypatch.setattr(export, "write_record", lambda *a: pytest.fail("a reader rewrote the record and card"))
+    test = fer.load_split(fer_csv, "test")
+    for read in (keras_spec, lambda m: training_spec(m, test)):
+        with pytest.raises(ModelError, match=re.escape(f"is for {staged}, which an export or re-score has not moved")):
+            read(model)
+        assert model.read_bytes() == b"the model before" and staged.is_file()
+
+
+def test_two_writers_of_a_record_each_write_their_own_temporary_file(tmp_path, monkeypatch):
+    """Two exports or re-scores at once into one folder must not write one temporary record between them."""
+    record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
+    moved = []
+    monkeypatch.setattr(export, "replace_durably", lambda tmp, dst: (moved.append(tmp.name), os.replace(tmp, dst)))
+    export.write_record(record, tmp_path)
+    assert moved == [f"fer_vgg16.train.json.{os.getpid()}.tmp"]
+    assert json.loads((tmp_path / "fer_vgg16.train.json").read_text()) == record
+
+
+def test_a_model_that_is_not_keras_is_refused_before_the_data_is_read(tmp_path, monkeypatch, capsys):
+    """`--model models/fer_vgg16_int8.tflite` to convert or re-score: said at once, not after minutes of loading."""
+    from convert.convert import main as convert_main
+
+    tflite = tmp_path / "fer_vgg16_int8.tflite"
+    tflite.write_bytes(b"a converted model")
+    monkeypatch.setattr(fer, "load_split", lambda *a, **k: pytest.fail("the data was read first"))
+    for main, what in ((convert_main, "not a float Keras model (.keras)"),
+                       (export_main, "not an exported Keras model (.keras)")):
+        with pytest.raises(SystemExit) as stop:
+            main(["--model", str(tflite), "--data", str(tmp_path / "fer2013.zip")])
+        assert stop.value.code == 2 and f"--model {tflite}: {what}" in capsys.readouterr().err
+
+
+def test_the_card_says_when_privatetest_could_not_be_held_back(tmp_path):
+    """A test/ without PublicTest_/PrivateTest_ file names was read whole: the card must not claim PrivateTest
+    was never used, when the faces that chose the epochs may be PrivateTest."""
+    from training.card import write_card
+
+    record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
+    card = write_card(record, tmp_path / "MODEL_CARD.md").read_text()
+    assert "PrivateTest is held back for independent evaluation and was never\nused here." in card
+    record["data"]["publictest_mixed"] = True
+    card = write_card(record, tmp_path / "MODEL_CARD.md").read_text()
+    assert "never\nused here" not in card and "PrivateTest gives the unbiased one" not in card
+    assert "could not be told apart from PrivateTest, and no PrivateTest\nwas held back." in card
 
 
 def test_an_export_or_rescore_over_a_converted_model_says_make_convert_must_follow(tmp_path, fer_csv, capsys):

@@ -193,6 +193,19 @@ def _skipped(data: dict) -> str:
     return f"; {train} Training and {test} PublicTest faces skipped as bad input (`--skip-bad`)"
 
 
+def _held_back(record: dict) -> str:
+    """Whether PrivateTest was kept out: not where the data's test/ was read whole (its file names say neither)."""
+    if (record.get("data") or {}).get("publictest_mixed"):
+        return ("The data's test/ names no file PublicTest_ or PrivateTest_, so it was read whole: the\n"
+                "faces that chose the best epoch of every cycle, the weight averages and the test-time views,\n"
+                "and guided the learning rates, could not be told apart from PrivateTest, and no PrivateTest\n"
+                "was held back. This figure is optimistic, and no unbiased one remains in this data.")
+    return ("PrivateTest is held back for independent evaluation and was never\n"
+            "used here. PublicTest chose the best epoch of every cycle, the weight averages and the\n"
+            "test-time views, and guided the learning rates, so this figure is optimistic; PrivateTest\n"
+            "gives the unbiased one.")
+
+
 def _verdict(acc: float) -> str:
     if acc >= GOAL:
         return f"This meets the {GOAL:.0%} goal."
@@ -248,10 +261,7 @@ differ from the float32 figure in the second decimal). The per-class table and t
 matrix are this float32 model's, scored the device's way; the int8 file the device runs is
 measured against it in `CONVERT_REPORT.md` (accuracy, agreement) when `make convert` makes it.
 
-{_verdict(val['accuracy'])} PrivateTest is held back for independent evaluation and was never
-used here. PublicTest chose the best epoch of every cycle, the weight averages and the
-test-time views, and guided the learning rates, so this figure is optimistic; PrivateTest
-gives the unbiased one.
+{_verdict(val['accuracy'])} {_held_back(record)}
 
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |

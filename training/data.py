@@ -59,6 +59,9 @@ class Split:
     split: str
     checksum: str
     skipped: list[str] = field(default_factory=list)
+    # a layout's test/ read whole (no PublicTest_/PrivateTest_ file names): it may hold PrivateTest too, which the
+    # card must not then call held back
+    mixed: bool = False
 
     def __len__(self) -> int:
         return len(self.y)
@@ -136,7 +139,7 @@ def detect_form(path: Path) -> str:
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
-    _, names = _strip_prefix(_entries(path))
+    prefix, names = _strip_prefix(_entries(path))
     if {n.split("/", 1)[0].lower() for n in names} & set(SPLIT_DIRS.values()):  # Train/ and Test/ too
         # only train/ and test/ are read: a val/ beside them would be dropped, and test/ (PublicTest to
         # the loader) might then be PrivateTest, on which training would choose its epochs
@@ -146,9 +149,12 @@ def detect_form(path: Path) -> str:
                             "layout has only train/ (Training) and test/ (PublicTest, and PrivateTest named "
                             "PrivateTest_*); move it out or merge it into those")
         return "layout"
-    csvs = [n for n in names if n.lower().endswith(".csv")]  # Kaggle's archive.zip wraps fer2013.csv
-    if csvs and not any(PurePosixPath(n).suffix.lower() in IMAGE_EXT for n in names):
-        raise DataError(f"{path}: holds {csvs[0]} and no images: give that CSV itself (unpacked)")
+    # Kaggle's archive.zip wraps fer2013.csv; a download folder holds the zip (or the CSV) beside a README
+    held = [n for n in names if n.lower().endswith((".csv", ".zip"))]
+    if held and not any(PurePosixPath(n).suffix.lower() in IMAGE_EXT for n in names):
+        kind = "CSV" if held[0].lower().endswith(".csv") else "zip"
+        where = f"--data {path / prefix / held[0]}" if path.is_dir() else "unpacked"
+        raise DataError(f"{path}: holds {held[0]} and no images: give that {kind} itself ({where})")
     return "classes"
 
 
@@ -163,12 +169,23 @@ def _entries(path: Path) -> list[str]:
                 names = [n for n in z.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{path}: damaged zip archive ({e})") from None
+    elif path.suffix.lower() == ".zip" or _read_head(path) == b"PK\x03\x04":  # no end record: cut short
+        raise DataError(f"{path}: damaged or truncated zip archive (no central directory; download it again)")
     else:
         raise DataError(f"{path}: not a CSV file, a folder or a zip archive")
     names = [n for n in names if not _hidden(n)]
     if twice := sorted(n for n, k in Counter(names).items() if k > 1):  # a zip appended to: only its last copy reads
         raise DataError(f"{path}: {twice[0]} is in the archive more than once ({len(twice)} such names)")
     return names
+
+
+def _read_head(path: Path) -> bytes:
+    """A file's first 4 bytes: a zip's local header signature where it is one."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError as e:
+        raise _unreadable(path, e) from None
 
 
 def _strip_prefix(names: list[str]) -> tuple[str, list[str]]:
@@ -215,7 +232,9 @@ def _by_name_prefix(path: Path, names: list[str], split: str) -> tuple[list[str]
     return [n for n in names if _untagged(n) or n.rsplit("/", 1)[-1].startswith(NAME_PREFIX[split])], True
 
 
-def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[list, list, list]:
+def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[list, list, list, str]:
+    """Faces, labels, skipped files, and the test/ folder read whole for 'test' (no file name in it says
+    PublicTest_ or PrivateTest_), else ''."""
     prefix, names = _strip_prefix(_entries(path))
     tagged = False
     if form == "layout":
@@ -267,12 +286,16 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
     finally:
         if zf:
             zf.close()
-    if split == "test" and not tagged and faces:  # a layout's test/ (a bare set's split is 'all')
-        where = f"{path}:{prefix}" if zf else f"{path / prefix}/"
-        print(f"warning: {where} is read whole as the split 'test' ({len(faces)} faces): no file name in it carries "
-              "PublicTest_ or PrivateTest_, so it may hold PublicTest and PrivateTest together (Kaggle's test/ "
-              "does), and no PrivateTest is held back", file=sys.stderr)
-    return faces, labels, skipped
+    mixed = prefix if split == "test" and not tagged else ""  # a layout's test/ (a bare set's split is 'all')
+    return faces, labels, skipped, mixed
+
+
+def _warn_mixed(path: Path, folder: str, n: int) -> None:
+    """Said on every load, from the cache too: epochs chosen on this split may have been chosen on PrivateTest."""
+    where = f"{path}:{folder}" if path.is_file() else f"{path / folder}/"
+    print(f"warning: {where} is read whole as the split 'test' ({n} faces): no file name in it carries "
+          "PublicTest_ or PrivateTest_, so it may hold PublicTest and PrivateTest together (Kaggle's test/ "
+          "does), and no PrivateTest is held back", file=sys.stderr)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -346,31 +369,37 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     checksum = source_checksum(path)
     cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}-v{LOADER_VERSION}.npz"
     if use_cache and cached.exists():
-        try:
+        try:  # an entry from before `mixed` was kept lacks it (KeyError): a miss too
             with np.load(cached) as z:
-                return Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]))
+                hit = Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]), mixed=bool(z["mixed"]))
+                if hit.mixed:
+                    _warn_mixed(path, str(z["mixed"]), len(hit))
+                return hit
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged (or, after a power cut, empty) cache entry is a miss: read the data again
+    mixed = ""
     if form == "csv":
         faces, labels, skipped = _read_csv(path, split, skip_bad)
     else:
-        faces, labels, skipped = _read_images(path, split, form, skip_bad)
+        faces, labels, skipped, mixed = _read_images(path, split, form, skip_bad)
     if not faces:
         raise DataError(f"{path}: split {split!r} holds no faces")
     x = np.stack(faces).astype(np.uint8)
     y = np.asarray(labels, dtype=np.int64)
+    if mixed:
+        _warn_mixed(path, mixed, len(y))
     if use_cache:
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # two loaders at once each write their own
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
+            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str), mixed=np.asarray(mixed))
             os.replace(tmp, cached)
         except OSError as e:  # a full disk or a read-only cache costs the next load its speed, not this one's data
             with contextlib.suppress(OSError):  # its folder may be what failed
                 tmp.unlink()
             print(f"warning: cannot cache the decoded faces in {cached.parent} ({e.strerror or e}); "
                   "the next load decodes them again", file=sys.stderr)
-    return Split(x, y, str(path), split, checksum, skipped)
+    return Split(x, y, str(path), split, checksum, skipped, mixed=bool(mixed))
 
 
 def eval_split_name(source: str | Path) -> str:

@@ -242,6 +242,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
             "publictest_faces": len(test),
             "train_skipped": len(train.skipped),  # bad files --skip-bad left out
             "publictest_skipped": len(test.skipped),
+            "publictest_mixed": test.mixed,  # test/ read whole: it may hold PrivateTest, which the card then says
         },
         "code_commit": ", resumed on ".join(commit_file.read_text().split()) if commit_file.exists() else "unknown",
         "export_commit": export_commit,
@@ -281,7 +282,7 @@ def write_record(record: dict, out: Path) -> None:
     from training.card import write_card
     from training.plots import confusion_png
 
-    tmp = out / f"{MODEL_NAME}.train.json.tmp"
+    tmp = out / f"{MODEL_NAME}.train.json.{os.getpid()}.tmp"  # two writers at once each write their own
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     replace_durably(tmp, out / f"{MODEL_NAME}.train.json")
     val = record["publictest"]
@@ -290,15 +291,22 @@ def write_record(record: dict, out: Path) -> None:
     write_card(record, out / "MODEL_CARD.md")
 
 
-def read_record(model: Path) -> dict | None:
+def read_record(model: Path, land: bool = False) -> dict | None:
     """The training record beside an exported model, None where there is none; refuses one that
-    cannot be read or is another model's."""
-    land_staged(model)
+    cannot be read or is another model's. Only a writer (a re-score) may `land` a staged model: a
+    reader (evaluate, convert) moving files could pull one from under an export still writing."""
+    if land:
+        land_staged(model)
     path = model.with_suffix(".train.json")
     if not path.is_file():
         return None
     record = read_json(path, "training record")
     if record.get("sha256") != sha256_file(model):
+        staged = model.with_name(f"{MODEL_NAME}.staged.keras")
+        if staged.is_file() and record.get("sha256") == sha256_file(staged):
+            raise ModelError(f"{path}: this training record is for {staged}, which an export or re-score has not "
+                             f"moved over {model} yet: wait for it to finish, or, if it was stopped, finish it with "
+                             f"python -m training.export --model {model} --data DATA")
         raise ModelError(f"{path}: this training record is for another model than {model} (sha256 differs)")
     return record
 
@@ -356,7 +364,7 @@ def rescore(path: Path, test: fer.Split) -> dict:
     if path.name != f"{MODEL_NAME}.keras":  # the card and record it writes are named for the shipped model
         raise ModelError(f"{path}: re-scoring writes {MODEL_NAME}.train.json and MODEL_CARD.md beside the model, "
                          f"so it must be named {MODEL_NAME}.keras (copy it into a folder of its own)")
-    record = read_record(path)
+    record = read_record(path, land=True)  # a writer: finishes a re-score or export stopped before its model moved
     if record is None:
         raise ModelError(f"{record_path}: no training record beside {path} to re-score")
     check_trained_on(record, path, test)
@@ -418,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out: a re-scored model's files stay beside it")
     if args.run_dir and args.skip_bad:
         p.error("--skip-bad: a run's export reads the data as the run did (its own --skip-bad)")
+    if args.model and args.model.suffix != ".keras":  # a .tflite given by mistake: before loading the data
+        p.error(f"--model {args.model}: not an exported Keras model (.keras); only that is re-scored")
     if args.model and not args.model.is_file():  # before minutes of loading the data
         p.error(f"--model {args.model}: no such model file")
     state = {}
