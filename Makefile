@@ -79,7 +79,8 @@ run: venv models
 
 # A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images. Its
 # wheels stop at Python 3.11: the first of PYTHON, python3.11, 3.10, 3.9 that is 3.9 to 3.11;
-# without one its test is skipped and says why (.venv-tflite/.unavailable).
+# without one, or one whose venv module is missing (Debian's python3.X-venv), its test is skipped and
+# says why (.venv-tflite/.unavailable).
 OLD_VENV   := .venv-tflite
 OLD_PYTHON ?= $(firstword $(foreach p,$(PYTHON) python3.11 python3.10 python3.9,$(shell $(p) -c \
               'import sys; sys.exit(not (3, 9) <= sys.version_info < (3, 12))' 2>/dev/null && command -v $(p))))
@@ -88,9 +89,12 @@ $(OLD_VENV)/.installed:
 	@if [ -z "$(OLD_PYTHON)" ]; then \
 	    echo "no Python 3.9 to 3.11 here for tflite-runtime 2.14 ($$($(PYTHON) -V 2>&1) has no wheel): its test is skipped" \
 	        | tee $(OLD_VENV)/.unavailable; \
+	elif ! { $(OLD_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
+	         { rm -rf $(OLD_VENV) && $(OLD_PYTHON) -m venv $(OLD_VENV); }; }; then \
+	    rm -rf $(OLD_VENV) && mkdir -p $(OLD_VENV) && \
+	    echo "$(OLD_PYTHON) cannot make a venv for tflite-runtime 2.14 (is its python3.X-venv installed?): its test is skipped" \
+	        | tee $(OLD_VENV)/.unavailable; \
 	else \
-	    { $(OLD_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
-	      { rm -rf $(OLD_VENV) && $(OLD_PYTHON) -m venv $(OLD_VENV); }; } && \
 	    $(OLD_VENV)/bin/pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "pillow>=10.1" && touch $@; \
 	fi
 
@@ -104,9 +108,12 @@ $(PI_VENV)/.installed: pyproject.toml
 	@mkdir -p $(PI_VENV) && rm -f $(PI_VENV)/.unavailable
 	@if [ -z "$(PI_PYTHON)" ]; then \
 	    echo "no Python 3.11 here (bookworm's) for the Pi package set: its test is skipped" | tee $(PI_VENV)/.unavailable; \
+	elif ! { $(PI_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
+	         { rm -rf $(PI_VENV) && $(PI_PYTHON) -m venv $(PI_VENV); }; }; then \
+	    rm -rf $(PI_VENV) && mkdir -p $(PI_VENV) && \
+	    echo "$(PI_PYTHON) cannot make a venv for the Pi package set (is python3.11-venv installed?): its test is skipped" \
+	        | tee $(PI_VENV)/.unavailable; \
 	else \
-	    { $(PI_VENV)/bin/python -m pip --version >/dev/null 2>&1 || \
-	      { rm -rf $(PI_VENV) && $(PI_PYTHON) -m venv $(PI_VENV); }; } && \
 	    $(PI_VENV)/bin/pip install --quiet -e ".[device]" "$(PI_NUMPY)" && touch $@; \
 	fi
 

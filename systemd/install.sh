@@ -34,11 +34,51 @@ say() { printf 'install: %s\n' "$*" || true; }  # a terminal gone with its SSH s
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 live() { [ -z "$DESTDIR" ]; }  # installing onto this machine itself (not into a DESTDIR)
 
+# put MODE SOURCE DEST [SOURCE DEST]... (a SOURCE of - is stdin): each written aside (.NAME.new beside
+# it), synced, then renamed over DEST, so that a power cut mid-upgrade leaves the old file or the new,
+# never a short one. All are synced before the first rename: a model and its manifest, which the
+# service checks against each other, differ only for the moment between two renames.
+put() {
+    local mode=$1 new news=() dests=() i
+    shift
+    while [ $# -gt 0 ]; do
+        new=$(dirname "$2")/.$(basename "$2").new
+        cat "$1" >"$new"
+        chmod "$mode" "$new"
+        news+=("$new")
+        dests+=("$2")
+        shift 2
+    done
+    sync "${news[@]}"
+    for i in "${!news[@]}"; do
+        mv "${news[$i]}" "${dests[$i]}"
+    done
+}
+
 # Before anything runs: a relative one would fail obscurely later, a running service already stopped
 # (and DESTDIR/PREFIX glued together would name another folder than meant).
 check_dirs() {
     case $PREFIX in /?*) ;; *) die "PREFIX '$PREFIX' must be an absolute folder, such as /opt/feedbackd" ;; esac
     case $DESTDIR in ""|/*) ;; *) die "DESTDIR '$DESTDIR' must be an absolute folder, such as /tmp/root" ;; esac
+    # The feedbackd command's export, the unit's ExecStart and their sed replacements take it unquoted.
+    case $PREFIX in *[!A-Za-z0-9._/-]*)
+        die "PREFIX '$PREFIX' may hold only letters, digits and . _ - / (the unit and the feedbackd command name it unquoted)" ;;
+    esac
+    # Refused now, not by check_config after minutes of apt and pip: the service would not see it
+    # (its unit's ProtectHome=yes hides /home, /root and /run/user; PrivateTmp=yes gives it a /tmp and
+    # /var/tmp of its own). Through a link too (realpath), and on this machine only: a DESTDIR is a tree
+    # to try it in.
+    if live; then
+        local p d
+        for p in "$PREFIX" "$(realpath -m -- "$PREFIX")"; do
+            for d in /home /root /run/user /tmp /var/tmp; do
+                case $p/ in "$d"/*)
+                    die "PREFIX '$PREFIX' is under $d, which the service's sandbox hides from it (ProtectHome=yes:" \
+                        "/home, /root, /run/user; PrivateTmp=yes: /tmp, /var/tmp): use another, such as /opt/feedbackd" ;;
+                esac
+            done
+        done
+    fi
     if [ -n "$INSTALLED" ] && [ "$INSTALLED" != "$PREFIX" ]; then
         say "the feedbackd command was installed with PREFIX=$INSTALLED: it moves to $PREFIX, and the files" \
             "there stay (sudo make uninstall PREFIX=$INSTALLED removes them)"
@@ -187,10 +227,10 @@ EOF
 )
 
 install_models() {
-    local dest=$ROOT_DIR/models
+    local dest=$ROOT_DIR/models name=${MODEL##*/}
     check_model "$ROOT_DIR/venv/bin/python"  # again: a first install had no venv to check it with before
     install -d -m 0755 "$dest" "$dest/face"
-    install -m 0644 "$SRC/$MODEL" "$SRC/${MODEL%.tflite}.json" "$dest/"
+    put 0644 "$SRC/$MODEL" "$dest/$name" "$SRC/${MODEL%.tflite}.json" "$dest/${name%.tflite}.json"
     for doc in models/MODEL_CARD.md models/CONVERT_REPORT.md README.md; do
         [ -f "$SRC/$doc" ] && install -m 0644 "$SRC/$doc" "$ROOT_DIR/$doc"
     done
@@ -210,12 +250,9 @@ install_config() {
     if [ -e "$CONF_DIR/config.toml" ]; then
         say "kept /etc/feedbackd/config.toml (see config.example.toml beside it for every key)"
     else
-        # written aside and renamed: a power cut mid-write must not leave a short config a re-install keeps
+        # put: a power cut mid-write must not leave a short config a re-install keeps
         sed "s|^# feedbackd configuration:.*|# feedbackd configuration, installed by make install. Uncomment a key to change it.|" \
-            "$SRC/systemd/config.example.toml" >"$CONF_DIR/.config.toml.new"
-        chmod 0644 "$CONF_DIR/.config.toml.new"
-        sync "$CONF_DIR/.config.toml.new"
-        mv "$CONF_DIR/.config.toml.new" "$CONF_DIR/config.toml"
+            "$SRC/systemd/config.example.toml" | put 0644 - "$CONF_DIR/config.toml"
         say "installed /etc/feedbackd/config.toml (defaults: Pi camera or webcam, SSD1306 OLED, GPIO17 button)"
     fi
     check_config "$ROOT_DIR/venv/bin/python"
@@ -278,10 +315,10 @@ PY
 
 install_unit() {
     install -d -m 0755 "$(dirname "$UNIT")" "$(dirname "$WRAPPER")"
-    sed "s|/opt/feedbackd|$PREFIX|g" "$SRC/systemd/feedbackd.service" >"$UNIT"
-    chmod 0644 "$UNIT"
-    sed "s|@PREFIX@|$PREFIX|g; s|@USER@|$SERVICE_USER|g; s|@STATE@|$STATE|g" "$SRC/systemd/feedbackd.sh" >"$WRAPPER"
-    chmod 0755 "$WRAPPER"
+    # put: an upgrade's power cut must not leave an empty unit or command, which nothing would mend
+    sed "s|/opt/feedbackd|$PREFIX|g" "$SRC/systemd/feedbackd.service" | put 0644 - "$UNIT"
+    sed "s|@PREFIX@|$PREFIX|g; s|@USER@|$SERVICE_USER|g; s|@STATE@|$STATE|g" "$SRC/systemd/feedbackd.sh" \
+        | put 0755 - "$WRAPPER"
     install -d -m 0750 "$STATE_DIR"
     live && chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
     # A log restored by `sudo cp` is root's: SQLite would open it read-only, so the daemon refuses to start.
@@ -344,8 +381,9 @@ detach() {
 
 # A running (or restarting) service stops before the venv changes; detach has run, so the restart's words reach the log.
 stop_for_upgrade() {
-    # "activating" too: a service in its restart loop must not start on a half-written venv.
-    case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|reloading)
+    # "activating" too: a service in its restart loop must not start on a half-written venv; and
+    # "deactivating": one stopping after a failure is restarted by Restart=on-failure (make run's states).
+    case $(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null) in active|activating|deactivating|reloading)
         trap restart_if_failed EXIT  # a failed upgrade must not leave the kiosk stopped
         trap 'exit 130' INT; trap 'exit 143' TERM  # else bash would run the EXIT trap with $? 0
         systemctl stop feedbackd.service ;;

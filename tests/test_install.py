@@ -44,6 +44,15 @@ def dest(tmp_path_factory, debian12) -> Path:
     return root
 
 
+@pytest.fixture
+def own_dest(dest, tmp_path) -> Path:
+    """A copy of that install for a test that changes it, leaving the other tests' whatever order they run in.
+    The venv works from where it lands: its python links to the suite's, and pip installed feedbackd into it."""
+    root = tmp_path / "root"
+    shutil.copytree(dest, root, symlinks=True)
+    return root
+
+
 def unit_value(unit: Path, key: str) -> str:
     return re.search(rf"^{key}=(.*)$", unit.read_text(), re.M).group(1)
 
@@ -99,6 +108,19 @@ def test_an_upgrade_that_fails_or_is_interrupted_starts_the_service_it_stopped(t
     expected = ["stop feedbackd.service", *(["start feedbackd.service"] if restarted else [])]
     assert calls.read_text().splitlines() == expected
     assert ("started it again" in log.read_text()) == restarted  # in the log too, the terminal maybe gone
+
+
+@pytest.mark.parametrize(("state", "stopped"), [("active", True), ("activating", True), ("deactivating", True),
+                                               ("reloading", True), ("inactive", False), ("failed", False)])
+def test_an_upgrade_stops_the_service_in_every_state_it_would_run_on_from(tmp_path, state, stopped):
+    """A service stopping after a failure (deactivating, which make run counts as holding the hardware) was
+    left to Restart=on-failure, which started it again on the venv pip was rewriting."""
+    calls = tmp_path / "calls"
+    script = f'source "$0"; systemctl() {{ [ "$1" = show ] && echo {state} || echo "$*" >>{calls}; }}; stop_for_upgrade'
+    r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (calls.read_text() if calls.exists() else "") == ("stop feedbackd.service\n" if stopped else "")
 
 
 # A technician may have stopped the service first (README's troubleshooting has them do so): the enabled
@@ -186,6 +208,31 @@ def test_a_relative_prefix_or_destdir_is_refused_before_anything_runs(tmp_path):
                            cwd=tmp_path, env={**os.environ, "OS_RELEASE": str(tmp_path / "none"), **env})
         assert r.returncode != 0 and r.stderr.startswith(f"install: error: {said}"), r.stderr
         assert len(r.stderr.splitlines()) == 1 and not r.stdout and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("prefix", "destdir", "said"), [
+    ("/home/pi/feedbackd", False, "is under /home"), ("/root/fb", False, "is under /root"),
+    ("/run/user/1000/fb", False, "is under /run/user"), ("/tmp/fb", False, "is under /tmp"),
+    ("/var/tmp", False, "is under /var/tmp"), ("/opt/../home/pi/fb", False, "is under /home"),  # where it leads
+    ("/home/pi/feedbackd", True, None), ("/srv/home/fb", False, None), ("/opt/fb-2.1_x", False, None),
+    ("/opt/feed backd", False, "may hold only letters"), ("/opt/feed backd", True, "may hold only letters"),
+    ("/opt/fb&1", True, "may hold only letters"), ("/opt/fb|x", False, "may hold only letters"),
+    ("/opt/fé", True, "may hold only letters"), ("/opt/$HOME", True, "may hold only letters")])
+def test_a_prefix_the_service_cannot_use_is_refused_before_anything_runs(tmp_path, prefix, destdir, said):
+    """PREFIX=/home/pi/feedbackd was refused by check_config after minutes of apt and pip, with advice about
+    model.path (the unit's ProtectHome=yes hides it; PrivateTmp=yes, /tmp's); a space or a sed metacharacter
+    broke the command's unquoted export, ExecStart and the sed that writes them. Into a DESTDIR (a tree to try
+    the install in) only the characters count; what passes goes on to the OS check."""
+    env = {**os.environ, "OS_RELEASE": str(tmp_path / "none"), "PREFIX": prefix,
+           "DESTDIR": str(tmp_path / "root") if destdir else ""}
+    r = subprocess.run(["bash", ROOT / "systemd/install.sh"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env=env)
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+    if said is None:
+        assert r.stderr.startswith(f"install: error: {tmp_path / 'none'} not found"), r.stderr
+    else:
+        assert r.stderr.startswith(f"install: error: PREFIX '{prefix}' {said}"), r.stderr
+        assert "sandbox hides" in r.stderr or said.startswith("may hold")
 
 
 def test_install_lays_out_the_tree(dest):
@@ -399,8 +446,9 @@ def test_uninstall_removes_the_install_of_another_prefix(tmp_path):
     assert f"there was no {PREFIX} to remove" in r.stdout and f"removed the service, {PREFIX}" not in r.stdout
 
 
-def test_upgrade_keeps_config_and_uninstall_keeps_data(dest, debian12):
-    """Runs last: it re-installs over an edited config, then uninstalls, then purges."""
+def test_upgrade_keeps_config_and_uninstall_keeps_data(own_dest, debian12):
+    """It re-installs over an edited config, then uninstalls, then purges: in a copy of the install."""
+    dest = own_dest
     config = dest / "etc/feedbackd/config.toml"
     config.write_text(config.read_text().replace('# driver = "ssd1306"', 'driver = "st7789"'))
     edited = config.read_text()
@@ -646,6 +694,37 @@ def test_lgpio_gets_a_folder_of_the_users_own(tmp_path):
         assert r.stdout.splitlines() == (["as feedbackd", ran] if uid == "0" else [ran]), (uid, env, r.stdout)
 
 
+def test_an_upgrade_replaces_the_unit_command_and_model_whole(tmp_path):
+    """The unit and the feedbackd command were written in place, the model and its manifest copied over the
+    working pair one after the other: a power cut mid-upgrade left an empty unit or command, or a new model
+    beside the old manifest (the service refuses the pair). Each is written aside and synced first; a model
+    and its manifest both before the first rename. The sync stub keeps a copy of the tree as each sync saw it."""
+    root, synced = tmp_path / "root", tmp_path / "synced"
+    opt = root / PREFIX.lstrip("/")
+    unit, command = root / "etc/systemd/system/feedbackd.service", root / "usr/local/bin/feedbackd"
+    model, manifest = opt / "models/fer_vgg16_int8.tflite", opt / "models/fer_vgg16_int8.json"
+    for path in (unit, command, model, manifest):  # what an earlier install laid down
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("old")
+    stub(opt / "venv/bin/python", f'exec {sys.executable} "$@"\n')  # checks the model and face-detector files
+    stub(tmp_path / "bin/sync", f'n=$(ls {synced} 2>/dev/null | wc -l); mkdir -p {synced}/$n\n'
+                                f'cp -a {root} {synced}/$n/root; echo "$@" >{synced}/$n/args\n')
+    sourced("install_unit && install_models", DESTDIR=str(root), PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+
+    aside = {path: path.with_name(f".{path.name}.new") for path in (unit, command, model, manifest)}
+    syncs = [(synced / str(n) / "args").read_text().split() for n in range(len(list(synced.iterdir())))]
+    assert syncs == [[str(aside[unit])], [str(aside[command])], [str(aside[model]), str(aside[manifest])]]
+    for n, written in enumerate([[unit], [command], [model, manifest]]):
+        seen = synced / str(n) / "root"
+        for path in written:  # the old one still in place, the new one whole beside it
+            assert (seen / path.relative_to(root)).read_text() == "old"
+            assert (seen / aside[path].relative_to(root)).read_bytes() == path.read_bytes() != b"old"
+    assert model.read_bytes() == (ROOT / "models/fer_vgg16_int8.tflite").read_bytes()
+    assert manifest.read_bytes() == (ROOT / "models/fer_vgg16_int8.json").read_bytes()
+    assert [oct(p.stat().st_mode & 0o777) for p in (unit, command, model)] == ["0o644", "0o755", "0o644"]
+    assert not [p for p in root.rglob(".*.new")]
+
+
 def test_a_restored_log_is_given_back_to_the_service_user_but_no_link_target(tmp_path):
     """A log restored by `sudo cp` is root's and SQLite would open it read-only; the service user
     owns the folder, so a link it planted there must not hand its target (say /etc/shadow) over."""
@@ -714,6 +793,22 @@ def test_make_remakes_a_venv_whose_pip_is_the_systems(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert made.read_text() == f"-m venv --system-site-packages {venv}\n"
+
+
+@pytest.mark.parametrize(("venv", "python"), [("OLD_VENV", "OLD_PYTHON"), ("PI_VENV", "PI_PYTHON")])
+def test_make_test_skips_an_environment_whose_python_cannot_make_a_venv(tmp_path, venv, python):
+    """A python3.11 without its venv module (Debian's python3.11-venv) stopped make test, where README says it
+    skips that check and says why. Its failed venv (a python, no pip) goes: the skipped test looks for it."""
+    env = tmp_path / "env"
+    no_venv = stub(tmp_path / "python3.11", 'mkdir -p "$3/bin" && ln -sf /bin/false "$3/bin/python"\n'
+                                            'echo "The virtual environment was not created successfully because '
+                                            'ensurepip is not available." >&2; exit 1\n')
+    r = subprocess.run(["make", "-C", str(ROOT), f"{env}/.installed", f"{venv}={env}", f"{python}={no_venv}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = (env / ".unavailable").read_text()
+    assert f"{no_venv} cannot make a venv for " in said and "its test is skipped" in said and said in r.stdout
+    assert not (env / "bin").exists() and not (env / ".installed").exists()
 
 
 def test_check_says_to_use_sudo_for_a_log_this_user_cannot_reach(tmp_path, capsys, monkeypatch):
