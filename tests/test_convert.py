@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,11 @@ from convert.report import target_lines
 from device.detector import CAFFEMODEL, PROTOTXT, DetectorError, FaceDetector
 from device.model import EmotionClassifier, ModelError, sha256_file
 from device.preprocess import CLASSES, DEFAULT_SPEC, DEVICE_VIEWS, InputSpec, View
+from training import data as fer
 from training.metrics import report
+
+SHIPPED = ROOT / "models" / "fer_vgg16_int8.tflite"
+FER_DIR = ROOT.parent / "shared" / "data" / "fer2013"  # beside the clone, as `make`'s DATA and CI have it
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -332,6 +337,25 @@ def test_evaluate_keras_and_tflite_agree(converted, tiny_model, fer_csv, tmp_pat
     assert manifest["metrics"]["accuracy"] == pytest.approx(tflite_r["accuracy"])  # the manifest's figure is real
     assert {"accuracy", "macro_f1", "n", "per_class"} <= keras_r.keys()
     assert (tmp_path / "fer_vgg16_float16_confusion.png").exists()
+
+
+def test_the_shipped_models_recorded_accuracy_is_what_it_scores_on_publictest():
+    """The manifest's metrics lie outside every checksum: the shipped int8 is scored again on the data its
+    manifest names, through the device's classifier as `make convert` scored it."""
+    manifest = json.loads(SHIPPED.with_suffix(".json").read_text())
+    record = json.loads((ROOT / "models" / manifest["source_model"]["file"]).with_suffix(".train.json").read_text())
+    data = FER_DIR / manifest["dataset"]["file"]
+    if not data.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{data}: FER-2013 missing; CI must check the shipped model's accuracy")
+        pytest.skip(f"{data}: FER-2013 not here")
+    assert sha256_file(data) == manifest["dataset"]["sha256"] == record["data"]["sha256"], "another data set"
+    test = fer.load_split(data, manifest["metrics"]["split"], use_cache=False)  # nothing into ~/.cache
+    assert len(test) == manifest["metrics"]["n"] == record["data"]["publictest_faces"]
+    r = report(test.y, EmotionClassifier(SHIPPED, num_threads=2).predict_batched(test.x).argmax(1))
+    assert r["n"] == len(test)
+    assert r["accuracy"] == pytest.approx(manifest["metrics"]["accuracy"], abs=0.003)
+    assert r["macro_f1"] == pytest.approx(manifest["metrics"]["macro_f1"], abs=0.003)
 
 
 def test_evaluate_private_split_and_bad_models(converted, tiny_model, fer_csv, tmp_path, capsys):

@@ -1258,6 +1258,42 @@ def test_check_keeps_the_camera_frame_it_reads_off_the_swap(face_folder, tmp_pat
     assert cli.main([*base, *others, "--skip=camera"]) == 0 and not locked  # no frame, nothing to lock
 
 
+def test_run_locks_its_memory_under_systemd_only_and_says_when_frames_may_reach_the_swap(tmp_path, caplog, capsys,
+                                                                                        monkeypatch):
+    """conftest stubs lock_memory in every test: this one shows `run` calls it, once, where systemd started it
+    (only the unit sets RLIMIT_MEMLOCK for the lock to be safe), and warns when swap may take the frames."""
+    from device.display import DisplayError
+
+    calls = []
+
+    def lock(why: str | None) -> None:
+        calls.clear()
+        caplog.clear()
+        monkeypatch.setattr(cli, "lock_memory", lambda: calls.append(1) or why)
+
+    def no_display(cfg):  # the line after the lock: the quickest way out of cmd_run
+        raise DisplayError("stopped before the display")
+
+    monkeypatch.setattr(cli, "open_display", no_display)
+    monkeypatch.setattr(cli, "swap_in_use", lambda: True)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    argv = ["run", "--source", "demo", "--display", "none", "--button", "none", "--db", str(tmp_path / "f.db")]
+    warning = "camera frames may be paged out to swap on disk"
+    lock("RLIMIT_MEMLOCK is 65536 bytes")
+    assert cli.main(argv) == 2 and calls == [1]
+    assert f"memory not locked (RLIMIT_MEMLOCK is 65536 bytes): {warning}" in caplog.text
+    assert "error: stopped before the display" in capsys.readouterr().err  # not stopped earlier, by another error
+    lock(None)  # locked: nothing to say
+    assert cli.main(argv) == 2 and calls == [1] and warning not in caplog.text
+    lock("mlockall: Cannot allocate memory")
+    monkeypatch.setattr(cli, "swap_in_use", lambda: False)  # no swap: frames stay in memory
+    assert cli.main(argv) == 2 and calls == [1] and warning not in caplog.text
+    lock(None)
+    monkeypatch.setattr(cli, "swap_in_use", lambda: True)
+    monkeypatch.delenv("NOTIFY_SOCKET")  # `make run`, a shell: under a finite RLIMIT_MEMLOCK a lock would fail later
+    assert cli.main(argv) == 2 and calls == []
+    assert f"memory not locked (not started by systemd): {warning}" in caplog.text
+
 def test_check_beside_the_running_service_leaves_alone_the_parts_it_holds(model, face_folder, tmp_path, capsys):
     """`sudo feedbackd check` on a live kiosk: opening the busy button would fail, and luma's exit
     hook would blank the screen staff are reading; the parts are said to be skipped, not passed."""
@@ -2863,10 +2899,12 @@ def test_the_spare_file_note_counts_only_entries_of_the_period_asked(tmp_path, c
 
 
 def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeypatch):
-    """Privacy: while the loop sees a face and stores an entry, nothing but the log is written.
+    """Privacy: while the loop sees a face and stores an entry, and while it shuts down, nothing but the log is
+    written, and the log holds no image.
 
     Image encoders are patched (OpenCV writes from C); every file Python opens for writing is
-    recorded through an audit hook; the working directory is the test's folder, which is scanned.
+    recorded through an audit hook; the working directory is the test's folder, whose files are compared
+    (names, sizes, times) before and after; the log's rows are read back.
     """
     import cv2
     from PIL import Image
@@ -2879,23 +2917,44 @@ def test_no_frame_or_crop_reaches_the_disk(model, face_folder, tmp_path, monkeyp
             if (isinstance(mode, str) and set(mode) & set("wax+")) or (flags or 0) & (os.O_WRONLY | os.O_RDWR):
                 writes.append(str(args[0]))
 
+    def files() -> dict[str, tuple[int, int]]:
+        return {p.relative_to(tmp_path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in tmp_path.rglob("*") if p.is_file()}
+
     sys.addaudithook(audit)  # cannot be removed: it records only while `recording` is set
     for target, name in ((cv2, "imwrite"), (cv2, "imencode"), (np, "save"), (Image.Image, "save")):
         monkeypatch.setattr(target, name, lambda *a, _n=name, **k: writes.append(_n))
     monkeypatch.chdir(tmp_path)
-    before = {p for p in tmp_path.rglob("*")}
-    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    before = files()
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 0.0, "display.thank_you_s": 0.5})
     recording[0] = True
     rig.steps(3)
     rig.press()
     rig.steps(2)
-    recording[0] = False
     assert rig.store.count() == 1, "the loop must have seen a face and stored an entry"
+    time.sleep(0.6)  # the thanks over
+    rig.steps(2)
+    rig.press()  # in the last frame: the shutdown's flush stores it
+    rig.daemon.flush_pending()  # as run's shutdown does
+    assert rig.store.count() == 2, "the shutdown must have stored the last press"
     rig.close()
+    recording[0] = False
     assert not writes
-    new = {p.name for p in tmp_path.rglob("*")} - {p.name for p in before}
-    assert new <= {"feedback.db", "feedback.db-wal", "feedback.db-shm", "feedback.db.spare"}
+    after = files()
+    assert set(after) - set(before) <= {"feedback.db", "feedback.db-wal", "feedback.db-shm", "feedback.db.spare"}
+    assert {name: after[name] for name in before} == before  # the frames and the rest untouched: same sizes, times
     assert (tmp_path / "feedback.db.spare").read_bytes() == bytes(SIZE)  # room for entries, nothing in it
+    frame = cv2.imread(str(next(face_folder.iterdir())))
+    assert sum(size for name, (size, _) in after.items() if name.startswith("feedback.db-")
+               or name == "feedback.db") < frame.nbytes / 20
+    with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'feedback.db'}?mode=ro", uri=True)) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert "entries" in tables
+        for table in tables:
+            for column in [c[1] for c in db.execute(f"PRAGMA table_info({table})")]:
+                blobs, longest = db.execute(f"SELECT total(typeof({column}) = 'blob'), "
+                                            f"max(length(CAST({column} AS BLOB))) FROM {table}").fetchone()
+                assert blobs == 0 and (longest or 0) < 48 * 48, f"{table}.{column} holds an image-sized value"
 
 
 def test_daemon_run_loop_notifies_systemd_and_logs_stats(model, face_folder, tmp_path, caplog):

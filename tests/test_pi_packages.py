@@ -37,14 +37,18 @@ def test_photos_give_the_same_faces_and_emotions_under_the_pi_package_set(conver
     pi_cv2, pi_numpy = r.stdout.split()
     assert pi_numpy == "1.24.2" and pi_cv2 != cv2.__version__  # the set a Pi gets, not this one again
     image = cv2.imread(str(photo()))
+    top, left, h, w = 300, 700, image.shape[0] // 2, image.shape[1] // 2
     canvas = np.full((720, 1280, 3), 200, np.uint8)  # the customer small and off-centre, as at a till
-    canvas[300 : 300 + image.shape[0] // 2, 700 : 700 + image.shape[1] // 2] = cv2.resize(
-        image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    canvas[top : top + h, left : left + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(tmp_path / "till.png"), canvas)
     images = [photo(), tmp_path / "till.png"]
     model = converted / "fer_vgg16_int8.tflite"
     pi, here = _analyze(str(PI_ENV), model, images), _analyze(sys.executable, model, images)
     assert [len(r["faces"]) for r in here] == [1, 1]
+    x0, y0, x1, y1 = box = here[1]["faces"][0]["box"]
+    assert left <= x0 < x1 <= left + w and top <= y0 < y1 <= top + h, f"{box}: not the pasted face"
+    moved = np.add(np.divide(here[0]["faces"][0]["box"], 2), [left, top, left, top])  # the photo's own, halved
+    assert np.abs(moved - box).max() <= 16, f"{box}: not where the photo's face went ({moved})"
     for a, b in zip(pi, here, strict=True):
         assert a["emotion"] == b["emotion"] and len(a["faces"]) == len(b["faces"])
         for fa, fb in zip(a["faces"], b["faces"], strict=True):
