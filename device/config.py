@@ -5,6 +5,7 @@ and the file. `config.example.toml` lists every key with its default."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "auto: the same, else the demo photos (for a desk)"),
         "device": Key("0", str, None, "V4L2 camera index or path, in quotes: \"0\" or \"/dev/video0\" (source v4l2)"),
         "path": Key("", str, None, "video file, image folder or glob (source video/images)"),
+        "rotate": Key(0, int, (0, 3), "each frame turned this many quarter turns clockwise, as display.rotate "
+                      "counts them: 2 for a camera mounted upside down, 1 or 3 on its side (the face detector "
+                      "finds upright faces only)"),
         "width": Key(640, int, (64, 4096), "capture width (a low-resolution stream is enough)"),
         "height": Key(480, int, (48, 4096), "capture height"),
         "fps": Key(15.0, (int, float), (0.5, 120),
@@ -74,7 +78,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_confidence": Key(0.4, (int, float), (0.0, 1.0), "below this the screen says 'Not sure'"),
     },
     "rating": {
-        "max": Key(5, int, (1, 100), "top of the rating scale (stars drawn up to 10)"),
+        "max": Key(5, int, (1, 100), "top of the rating scale: drawn as stars where they fit (up to 10; 5 on an "
+                   "upright 128x64 OLED), else written as n/max"),
         "map": Key(DEFAULT_RATINGS, dict, None, "emotion display name -> rating"),
     },
     "display": {
@@ -129,6 +134,9 @@ def _check(where: str, key: Key, value: Any) -> Any:
         raise ConfigError(f"{where}: expected {key.kind.__name__}, got {type(value).__name__} {value!r}")
     if isinstance(key.check, tuple) and len(key.check) == 2 and all(isinstance(c, int | float) for c in key.check):
         lo, hi = key.check
+        if where.endswith(".rotate") and value in (90, 180, 270):  # the unit of rpicam's --rotation
+            raise ConfigError(f"{where}: {value} reads as degrees, but the key counts quarter turns clockwise: "
+                              f"write {value // 90} for {value} degrees")
         if not lo <= value <= hi:
             if where.endswith(".i2c_address"):  # boards print it in hex, some in its 8-bit form
                 eight_bit = value <= 0xFF and lo <= value >> 1 <= hi
@@ -243,6 +251,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if cfg["display"]["driver"] == "png" and (not Path(png).name or png.endswith(("/", "/.", "/.."))):
         raise ConfigError(f"{cfg.where('display.png_path', 'display.driver')}: display.png_path: {png!r} is not "
                           "a file name; name the PNG to write, such as screen.png")
+    for section, key in (("camera", "path"), ("display", "png_path")):  # before they are made absolute below
+        if cfg[section][key].startswith("~"):  # a shell's shorthand: the service, another user, has no such folder
+            raise ConfigError(f"{cfg.where(f'{section}.{key}')}: {section}.{key}: {cfg[section][key]!r}: ~ is not "
+                              "expanded here (the service runs as its own user); write the full path")
     for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):
         if cfg[section][key] and "://" not in cfg[section][key]:
             cfg[section][key] = os.path.normpath(os.path.join(base, cfg[section][key]))
@@ -257,6 +269,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if source not in ("video", "images") and cfg["camera"]["path"]:  # the kiosk would use a camera instead
         raise ConfigError(f"{cfg.where('camera.path', 'camera.source')}: camera.path is used only with camera.source "
                           f"\"video\" or \"images\", not {source!r}; set the source, or remove the path")
+    # OpenCV takes anything but an index for a file name: " 2" or "video2" would never open
+    device = cfg["camera"]["device"] = cfg["camera"]["device"].strip()
+    if source == "v4l2" and not (re.fullmatch(r"[0-9]+", device) or len(device) > 5 and device.startswith("/dev/")):
+        n = m[0] if (m := re.search(r"[0-9]+$", device)) else "0"
+        raise ConfigError(f"{cfg.where('camera.device')}: camera.device: {device!r} is not a V4L2 camera index or "
+                          f"/dev path; write its index, \"{n}\", or its path, \"/dev/video{n}\"")
     # another camera than the default, with a source that picks its own: the kiosk would use the wrong one
     if source in ("camera", "auto", "picamera2") and cfg["camera"]["device"] not in ("0", "/dev/video0"):
         raise ConfigError(f"{cfg.where('camera.device', 'camera.source')}: camera.device: "

@@ -35,6 +35,9 @@ class SourceStuck(SourceError):
     service started stays outside the device access systemd gave it at the start."""
 
 
+_skipped: set[str] = set()  # images a folder source passed over, each warned of once: reopened, it checks them again
+
+
 class ImageSource:
     """Images from a folder or a glob, looped, each shown for 1/fps seconds. Only the one shown is
     decoded and kept: the daemon locks its memory under the unit's MemoryMax, and a folder of
@@ -43,17 +46,31 @@ class ImageSource:
     def __init__(self, pattern: str, fps: float = 15.0):
         p = Path(pattern)
         try:
-            files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT) if p.is_dir() \
                 else sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXT))
         except OSError as e:  # a folder the service user may not list: a camera error, retried, not a crash
             raise SourceError(f"{pattern}: cannot list the images: {e}") from None
-        if not files:
+        found = [f for f in found if not os.path.basename(f).startswith(".")]  # macOS's ._IMG_0001.jpg: no photo
+        if not found:
             raise SourceError(f"{pattern}: no images found")
-        # Each decoded once now and let go (the first kept), so that a file that is no photo, or a
-        # damaged one, is named at the start; found at its turn, the reconnect began the loop again.
-        self._index, self._frame = 0, self._load(files[0])
-        for f in files[1:]:  # a JPEG at an eighth of the size: a folder of 12 MP photos within the watchdog's 30 s
-            self._load(f, reduced=f.lower().endswith((".jpg", ".jpeg")))
+        # Each decoded once now and let go (the first kept): a file that is no photo, or a damaged one, is
+        # named at the start and left out; found at its turn, the reconnect began the loop again, forever.
+        files: list[str] = []
+        self._frame: np.ndarray | None = None
+        for f in found:  # a JPEG at an eighth of the size: a folder of 12 MP photos within the watchdog's 30 s
+            try:
+                frame = self._load(f, reduced=bool(files) and f.lower().endswith((".jpg", ".jpeg")))
+            except SourceError as e:
+                if f not in _skipped:
+                    log.warning("%s; skipped", e)
+                    _skipped.add(f)
+                continue
+            if not files:
+                self._frame = frame
+            files.append(f)
+        if not files:
+            raise SourceError(f"{pattern}: cannot decode any of its {len(found)} images")
+        self._index = 0
         self.name = pattern
         self._files = files
         self._period = 1.0 / fps
@@ -311,7 +328,38 @@ class Picamera2Source(LatestFrame):
         super().__init__(lambda: cam.capture_array("main"), "Pi camera", release, timeout_s, JOIN_S + 1 / fps)
 
 
+class Rotated:
+    """A source whose frames are turned `turns` quarter turns clockwise (camera.rotate): the res10
+    detector finds no face in the image of a camera mounted on its side or upside down."""
+
+    def __init__(self, source, turns: int):
+        self.source = source  # first: __getattr__ reads it
+        import cv2
+
+        self._code = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turns - 1]
+
+    def read(self) -> np.ndarray | None:
+        import cv2
+
+        frame = self.source.read()
+        return None if frame is None else cv2.rotate(frame, self._code)
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)  # its name, for check
+
+
 def open_source(cfg: dict):
+    """The configured source, turned by camera.rotate: every kind, for the daemon (through opener)
+    and check alike. Unturned, the source itself, so that its frames are not copied."""
+    source = _open(cfg)
+    turns = cfg.get("rotate", 0)
+    return Rotated(source, turns) if turns else source
+
+
+def _open(cfg: dict):
     """The configured source. 'camera' is the Pi camera, else the first V4L2 webcam, and an
     error the daemon retries if neither answers; 'auto' (for a desk) falls back to the demo."""
     kind = cfg["source"]
@@ -351,7 +399,8 @@ def opener(cfg: dict) -> Callable[[], object]:
 
     def open_once():
         source = open_source(chosen)
-        if chosen["source"] == "auto" and not isinstance(source, DemoSource):
+        inner = source.source if isinstance(source, Rotated) else source
+        if chosen["source"] == "auto" and not isinstance(inner, DemoSource):
             chosen["source"] = "camera"
         return source
 

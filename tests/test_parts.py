@@ -1470,7 +1470,7 @@ def test_image_source_takes_a_glob_of_images(tmp_path):
 
 def test_an_image_folder_decodes_only_the_photo_shown(tmp_path, monkeypatch):
     """The daemon locks its memory under MemoryMax=400M: a folder of 12 MP photos kept decoded got
-    it killed at every start. A file that is no photo, or a damaged one, is still named when it opens."""
+    it killed at every start. A file that is no photo, or a damaged one, is still found when it opens."""
     import cv2
 
     from device import sources
@@ -1496,8 +1496,154 @@ def test_an_image_folder_decodes_only_the_photo_shown(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'b.png'}: cannot decode image")):
         src.read()
     (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG's header, nothing after it
-    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'b.png'}: cannot decode image")):
+    assert ImageSource(str(tmp_path))._files == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]  # left out
+
+
+def test_an_image_folder_passes_over_hidden_and_undecodable_files(tmp_path, caplog):
+    """A folder copied from a Mac holds ._IMG_0001.jpg beside each photo (metadata, no image): one file
+    that did not decode ended the source, and the daemon restarted on it forever."""
+    import cv2
+
+    from device.sources import ImageSource
+
+    cv2.imwrite(str(tmp_path / "IMG_0001.jpg"), np.full((24, 32, 3), 100, np.uint8))
+    (tmp_path / "._IMG_0001.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble's header
+    (tmp_path / "IMG_0002.jpg").write_bytes(b"\xff\xd8\xff" + bytes(20))  # copied in part
+    cv2.imwrite(str(tmp_path / "IMG_0003.png"), np.full((24, 32, 3), 200, np.uint8))
+    caplog.set_level("WARNING", "feedbackd")
+    src = ImageSource(str(tmp_path))
+    assert src._files == [str(tmp_path / "IMG_0001.jpg"), str(tmp_path / "IMG_0003.png")]
+    assert int(src.read().mean()) == 100
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'IMG_0002.jpg'}: cannot decode image; skipped"]
+    ImageSource(str(tmp_path))  # reopened after a camera error: said once is enough
+    assert len(caplog.records) == 1
+    for name in ("IMG_0001.jpg", "IMG_0003.png"):  # nothing that decodes: the folder is named, as before
+        (tmp_path / name).unlink()
+    with pytest.raises(SourceError, match="^" + re.escape(f"{tmp_path}: cannot decode any of its 1 images") + "$"):
         ImageSource(str(tmp_path))
+    (tmp_path / "IMG_0002.jpg").unlink()
+    with pytest.raises(SourceError, match="^" + re.escape(f"{tmp_path}: no images found") + "$"):
+        ImageSource(str(tmp_path))  # the dot-file is no image
+
+
+@pytest.mark.parametrize("kind", ["images", "v4l2", "demo"])
+def test_camera_rotate_turns_every_frame_of_every_source_upright(tmp_path, monkeypatch, kind):
+    """A Camera Module mounted upside down or on its side in an enclosure: the res10 detector finds
+    upright faces only. camera.rotate turns each frame back, whatever the source, before the daemon
+    (through opener) or check (open_source) sees it."""
+    import cv2
+    from conftest import photo
+
+    from device import sources
+
+    upright = cv2.imread(str(photo()))
+    for turns, by_hand in ((2, np.rot90(upright, 2)), (1, np.rot90(upright, 1))):  # rot90: counterclockwise
+        by_hand = np.ascontiguousarray(by_hand)  # as a camera gives it
+        folder = tmp_path / str(turns)
+        folder.mkdir()
+        cv2.imwrite(str(folder / "mounted.png"), by_hand)  # lossless: compared exactly
+        monkeypatch.setattr(sources, "V4L2Source", lambda *args, frame=by_hand: LatestFrame(
+            lambda: (time.sleep(0.01), frame)[1], "camera 0"))
+        monkeypatch.setattr(sources.DemoSource, "read", lambda self, frame=by_hand: frame)
+        path = {"camera.path": str(folder)} if kind == "images" else {}
+        cfg = load_config(None, {"camera.source": kind, "camera.rotate": turns, **path})["camera"]
+        for src in (sources.opener(cfg)(), sources.open_source(cfg)):
+            np.testing.assert_array_equal(src.read(), upright)
+            src.close()
+    cfg = load_config(None, {"camera.source": "images", "camera.path": str(tmp_path / "2")})["camera"]
+    src = sources.open_source(cfg)
+    assert isinstance(src, sources.ImageSource) and src.read() is src.read()  # unturned: not copied
+
+
+def test_a_turned_demo_is_the_demo_still_until_a_camera_opens(monkeypatch):
+    """Under auto, the demo stands in only until a camera has opened: turned, it is still the demo."""
+    from device import sources
+
+    def fail(why):
+        def open_nothing(*args):
+            raise SourceError(why)
+        return open_nothing
+
+    monkeypatch.setattr(sources, "Picamera2Source", fail("Pi camera: none"))
+    monkeypatch.setattr(sources, "_first_webcam", fail("no /dev/video* webcam"))
+    auto = sources.opener(load_config(None, {"camera.source": "auto", "camera.rotate": 2})["camera"])
+    for _ in range(2):
+        assert isinstance(auto().source, sources.DemoSource)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (180, "camera.rotate: 180 reads as degrees, but the key counts quarter turns clockwise: write 2 for 180 degrees"),
+    (4, "camera.rotate: 4 is out of range [0, 3]"),
+    (-1, "camera.rotate: -1 is out of range [0, 3]"),
+    (1.5, "camera.rotate: expected int, got float 1.5"),
+    ("2", "camera.rotate: expected int, got str '2'"),
+])
+def test_camera_rotate_takes_quarter_turns_only(tmp_path, value, message):
+    config = tmp_path / "config.toml"
+    config.write_text(f"[camera]\nrotate = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: {message}") + "$"):
+        load_config(config)
+    assert [load_config(config, {"camera.rotate": n})["camera"]["rotate"] for n in range(4)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("video2", 'camera.device: \'video2\' is not a V4L2 camera index or /dev path; write its index, "2", or its '
+     'path, "/dev/video2"'),
+    ("dev/video1", "camera.device: 'dev/video1' is not a V4L2 camera index"),
+    ("/dev/", "camera.device: '/dev/' is not a V4L2 camera index"),
+    ("2a", "camera.device: '2a' is not a V4L2 camera index"),
+    ("\u00b2", "camera.device: '\u00b2' is not a V4L2 camera index"),  # a superscript 2: isdigit(), yet no int
+    ("", 'camera.device: \'\' is not a V4L2 camera index or /dev path; write its index, "0", or its path'),
+])
+def test_a_v4l2_device_that_could_never_open_is_refused(tmp_path, device, message):
+    """OpenCV takes anything but a number for a file name: "video2" or " 2" passed and never opened."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[camera]\nsource = "v4l2"\ndevice = {json.dumps(device)}\n')
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: {message}")):
+        load_config(config)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"command line: {message}")):
+        load_config(None, {"camera.source": "v4l2", "camera.device": device})
+    for given, kept in ((" 2", "2"), ("2 ", "2"), ("12", "12"), (" /dev/video2", "/dev/video2"),
+                        ("/dev/v4l/by-id/usb-046d_0825-video-index0", "/dev/v4l/by-id/usb-046d_0825-video-index0")):
+        assert load_config(None, {"camera.source": "v4l2", "camera.device": given})["camera"]["device"] == kept
+    assert load_config(None, {"camera.device": " 0"})["camera"]["device"] == "0"  # the default, as "camera" takes it
+
+
+@pytest.mark.parametrize(("key", "overrides"), [
+    ("camera.path", {"camera.source": "images"}),
+    ("display.png_path", {"display.driver": "png"}),
+])
+def test_a_path_starting_with_a_tilde_is_refused_not_taken_literally(tmp_path, monkeypatch, key, overrides):
+    """The service runs as its own user: "~/photos" would be a folder named ~ in its own folder."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.toml"
+    section, name = key.split(".")
+    config.write_text(f'[{section}]\n{name} = "~/shots/a.png"\n')
+    message = f"{key}: '~/shots/a.png': ~ is not expanded here (the service runs as its own user); write the full path"
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: {message}") + "$"):
+        load_config(config, overrides)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"command line: {key}: '~user/a.png': ~ is not expanded")):
+        load_config(None, {**overrides, key: "~user/a.png"})
+    assert load_config(None, {**overrides, key: "a~/b.png"})[section][name] == str(tmp_path / "a~" / "b.png")
+
+
+def test_the_rating_max_help_says_where_stars_are_drawn(monkeypatch):
+    """The help (and so the example config) promised stars up to 10; an upright 128x64 OLED, 64 wide,
+    writes 6 and up as 3/6. Its numbers are the display's own."""
+    from device import display
+    from device.config import SCHEMA
+
+    doc = SCHEMA["rating"]["max"].doc
+    found = re.search(r"stars where they fit \(up to (\d+); (\d+) on an upright 128x64 OLED\), else written as n/max",
+                      doc)
+    assert found, doc
+    drawn = []
+    monkeypatch.setattr(display, "_star", lambda *args: drawn.append(args))
+    for size, most in (((128, 64), int(found[1])), ((64, 128), int(found[2])), ((128, 32), int(found[1]))):
+        for top, stars in ((most, most), (most + 1, 0)):
+            drawn.clear()
+            display.render(Screen("live", "Happy", 3, top), size, "1")
+            assert len(drawn) == stars, (size, top)
 
 
 def test_the_demo_without_its_photo_is_a_source_error_not_a_crash_later(monkeypatch):
