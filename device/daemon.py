@@ -201,8 +201,10 @@ class Daemon:
         self.display.show(screen)
         t3 = time.monotonic()
         self.stats.seconds["render"] += t3 - t2
-        # as screen() had it, and only where it showed it: a press under "No face" or an error stores nothing
-        self._shown.append((t3, self.smoother.reading(t2) if screen.kind == "live" else None))
+        # as screen() had it, and only where it showed it: a press under "No face" or a camera error stores
+        # nothing; under a storage error shown to all it is still taken (kept in memory, "Not saved")
+        shown = screen.kind == "live" or screen.title == "Storage error"
+        self._shown.append((t3, self.smoother.reading(t2) if shown else None))
         self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
@@ -245,8 +247,8 @@ class Daemon:
             if reading and reading.face != self.smoother.face_at(pressed_at):  # the last customer's, still up
                 reading = None  # while the next one's face is classified: theirs is not on the screen yet
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
-                # an error screen (camera, or storage with no room to keep entries) stays up: trying again cannot help
-                if not getattr(self.source, "error", None) and self.screen(now).kind != "error":
+                # a camera error stays up: trying again cannot help
+                if not getattr(self.source, "error", None):
                     self._no_face = (now, now + self.cfg["display"]["thank_you_s"])
                 log.info("press without a face: nothing stored")
                 continue  # and the customer may press again at once

@@ -43,13 +43,16 @@ put() {
     shift
     while [ $# -gt 0 ]; do
         new=$(dirname "$2")/.$(basename "$2").new
-        cat "$1" >"$new"
-        chmod "$mode" "$new"
+        # empty: the command piping into it failed (pipefail would stop the script only after the rename)
+        if ! cat "$1" >"$new" || ! chmod "$mode" "$new" || [ ! -s "$new" ]; then
+            rm -f "${news[@]}" "$new"
+            die "cannot write $2 (nothing to write, or $new not written in full): it is left as it was"
+        fi
         news+=("$new")
         dests+=("$2")
         shift 2
     done
-    sync "${news[@]}"
+    sync "${news[@]}" || { rm -f "${news[@]}"; die "cannot sync ${news[*]}: ${dests[*]} left as they were"; }
     for i in "${!news[@]}"; do
         mv "${news[$i]}" "${dests[$i]}"
     done

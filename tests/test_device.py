@@ -953,11 +953,14 @@ def test_a_press_stores_only_a_reading_the_screen_showed(tmp_path, monkeypatch):
             daemon._no_face = (time.monotonic(), time.monotonic() + 60)
         daemon.step()
         assert (daemon.screen(time.monotonic()).kind, daemon.screen(time.monotonic()).title) == (kind, title)
+        before = store.count() + len(daemon._pending)
         button.button.pin.drive_low()
         button.button.pin.drive_high()
         daemon._handle_presses()
-        assert store.count() == (kind == "live")
-        if kind == "error":  # not "No face": the error is what stops the press, and it stays up
+        taken = kind == "live" or title == "Storage error"  # there kept in memory, answered "Not saved"
+        assert store.count() + len(daemon._pending) - before == taken
+        daemon._thanks, daemon._last_accepted = None, -1e9  # the next press at once, not after the thanks
+        if title == "Camera error":  # not "No face": the error is what stops the press, and it stays up
             assert daemon.screen(time.monotonic()).title == title
 
     press_under("no_face")
@@ -972,7 +975,7 @@ def test_a_press_stores_only_a_reading_the_screen_showed(tmp_path, monkeypatch):
     press_under("error", "Storage error")
     daemon.storage_error = None
     press_under("live")
-    assert [r["emotion"] for r in store.rows()] == ["Happy"]
+    assert [r["emotion"] for r in store.rows()] == ["Happy"] * 2
     daemon.close()
     store.close()
 

@@ -866,3 +866,18 @@ def test_a_model_that_does_not_match_its_manifest_is_refused_before_anything_cha
     shutil.copy(ROOT / "models/fer_vgg16_int8.json", src / "models")  # the pair as converted: on to the venv
     r = subprocess.run(["bash", src / "systemd/install.sh"], capture_output=True, text=True, timeout=300, env=env)
     assert "installing feedbackd[device]" in r.stdout and "pip install: not in a test" in r.stderr
+
+
+def test_a_file_whose_writer_failed_is_not_put_over_the_installed_one(tmp_path):
+    """`sed ... | put`: put cannot see sed fail, and pipefail stops the script only after the rename;
+    an empty unit would keep the kiosk from starting. The old file stays, and no .new is left behind."""
+    unit = tmp_path / "feedbackd.service"
+    unit.write_text("[Service]\nExecStart=/opt/feedbackd/bin/feedbackd run\n")
+    script = 'set -euo pipefail; source "$0"; cat /nonexistent 2>/dev/null | put 0644 - "$1"'
+    r = subprocess.run(["bash", "-c", script, str(ROOT / "systemd/install.sh"), str(unit)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and f"cannot write {unit}" in r.stderr
+    assert unit.read_text().startswith("[Service]") and sorted(p.name for p in tmp_path.iterdir()) == [unit.name]
+    r = subprocess.run(["bash", "-c", 'set -euo pipefail; source "$0"; echo new | put 0644 - "$1"',
+                        str(ROOT / "systemd/install.sh"), str(unit)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and unit.read_text() == "new\n" and oct(unit.stat().st_mode & 0o777) == "0o644"

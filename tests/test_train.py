@@ -573,7 +573,7 @@ def test_the_card_says_when_privatetest_could_not_be_held_back(tmp_path):
     assert "PrivateTest is held back for independent evaluation and was never\nused here." in card
     record["data"]["publictest_mixed"] = True
     card = write_card(record, tmp_path / "MODEL_CARD.md").read_text()
-    assert "never\nused here" not in card and "PrivateTest gives the unbiased one" not in card
+    assert "never\nused here" not in card and "PrivateTest\ngives the unbiased one" not in card
     assert "could not be told apart from PrivateTest, and no PrivateTest\nwas held back." in card
 
 
