@@ -269,9 +269,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if source not in ("video", "images") and cfg["camera"]["path"]:  # the kiosk would use a camera instead
         raise ConfigError(f"{cfg.where('camera.path', 'camera.source')}: camera.path is used only with camera.source "
                           f"\"video\" or \"images\", not {source!r}; set the source, or remove the path")
-    # OpenCV takes anything but an index for a file name: " 2" or "video2" would never open
+    # OpenCV takes anything but an index for a file name: " 2" or "video2" (relative) would never open
     device = cfg["camera"]["device"] = cfg["camera"]["device"].strip()
-    if source == "v4l2" and not (re.fullmatch(r"[0-9]+", device) or len(device) > 5 and device.startswith("/dev/")):
+    absolute = device.startswith("/") and not device.endswith("/")  # /dev/video2, a udev link
+    if source == "v4l2" and not (re.fullmatch(r"[0-9]+", device) or absolute):
         n = m[0] if (m := re.search(r"[0-9]+$", device)) else "0"
         raise ConfigError(f"{cfg.where('camera.device')}: camera.device: {device!r} is not a V4L2 camera index or "
                           f"/dev path; write its index, \"{n}\", or its path, \"/dev/video{n}\"")
