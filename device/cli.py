@@ -27,7 +27,7 @@ from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
-from device.storage import SALVAGE_HINT, FeedbackLog, ReopeningLog, StorageError, unwritable
+from device.storage import SALVAGE_HINT, FeedbackLog, ReopeningLog, StorageError, number, unwritable
 
 FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
@@ -452,7 +452,7 @@ def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
 
 
 def cmd_summary(cfg, args) -> int:
-    from device.summary import format_table, number, scales, summarize
+    from device.summary import format_table, scales, summarize
 
     store = open_log(cfg, "summary")
     try:

@@ -25,7 +25,7 @@ from device.display import Screen
 from device.notify import Notifier
 from device.reading import Reading, Smoother
 from device.spare import SpareFile, beside
-from device.storage import Entry, StorageError
+from device.storage import Entry, StorageError, number
 
 log = logging.getLogger("feedbackd")
 
@@ -33,9 +33,6 @@ log = logging.getLogger("feedbackd")
 def _well_typed(e: Entry) -> bool:
     """A line edited by hand or written by another version: one the log would fail on must not
     stop the daemon, nor hold up the entries in line behind it."""
-    def number(v) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
     def text(v) -> bool:
         if not isinstance(v, str):
             return False

@@ -337,15 +337,11 @@ class Rotated:
         import cv2
 
         self._code = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turns - 1]
+        self._rotate = cv2.rotate  # not an import at each frame
 
     def read(self) -> np.ndarray | None:
-        import cv2
-
         frame = self.source.read()
-        return None if frame is None else cv2.rotate(frame, self._code)
-
-    def close(self) -> None:
-        self.source.close()
+        return None if frame is None else self._rotate(frame, self._code)
 
     def __getattr__(self, name: str):
         return getattr(self.source, name)  # its name, for check

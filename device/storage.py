@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import sqlite3
 import time
@@ -62,6 +63,12 @@ class Entry:
     device_id: str
     clock_synced: bool | None = None
     rating_max: float | None = None
+
+
+def number(v) -> bool:
+    """A finite number, as a rating, confidence or scale must be: a hand-edited line or a damaged row
+    may hold text, a bool or NaN there."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def unwritable(path: Path) -> str:

@@ -3,12 +3,12 @@ rating and how the emotions were shared, from the log's rows (`feedbackd summary
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from device.preprocess import DISPLAY_NAMES
+from device.storage import number
 
 
 @dataclass
@@ -45,11 +45,6 @@ class Tally:
         """The mean on `scale`: a rating given out of another top is converted in proportion (4 of 5
         is 8 of 10, 1 of 5 is 2 of 10)."""
         return sum(s * (scale / top if scale and top else 1) for top, s in self.rating_sums.items()) / self.entries
-
-
-def number(v) -> bool:
-    """A finite number: a rating, a confidence or a scale the tallies can add up."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def countable(row: dict) -> bool:

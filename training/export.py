@@ -133,11 +133,16 @@ def out_error(out: Path, writes: str = f"{MODEL_NAME}.keras and its card", flag:
     return None
 
 
+def staged_path(model: Path) -> Path:
+    """Where an export or re-score writes the model before the record names it and it moves over `model`."""
+    return model.with_name(f"{MODEL_NAME}.staged.keras")
+
+
 def land_staged(model: Path) -> None:
     """Finish an export or re-score stopped after its record was written but before the staged model
     moved in (the record names the staged file): the model, its record and card agree again. A staged
     model no record names is left to the next export, which writes over it: it may be one under way."""
-    staged, record_path = model.with_name(f"{MODEL_NAME}.staged.keras"), model.with_suffix(".train.json")
+    staged, record_path = staged_path(model), model.with_suffix(".train.json")
     if model.name != f"{MODEL_NAME}.keras" or not staged.is_file() or not record_path.is_file():
         return
     record = read_json(record_path, "training record")
@@ -211,7 +216,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
                              "it anyway")
     # staged until its record is written, then moved over the model: an export stopped while it
     # writes the record leaves the model before it beside its own record, not the new one beside it
-    staged = path.with_name(f"{MODEL_NAME}.staged.keras")
+    staged = staged_path(path)
     with tempfile.TemporaryDirectory() as tmp:  # Keras writes its members stored, uncompressed
         model.save(plain := Path(tmp) / path.name)
         deflate(plain, staged)
@@ -302,7 +307,7 @@ def read_record(model: Path, land: bool = False) -> dict | None:
         return None
     record = read_json(path, "training record")
     if record.get("sha256") != sha256_file(model):
-        staged = model.with_name(f"{MODEL_NAME}.staged.keras")
+        staged = staged_path(model)
         if staged.is_file() and record.get("sha256") == sha256_file(staged):
             raise ModelError(f"{path}: this training record is for {staged}, which an export or re-score has not "
                              f"moved over {model} yet: wait for it to finish, or, if it was stopped, finish it with "
@@ -381,7 +386,7 @@ def rescore(path: Path, test: fer.Split) -> dict:
                   exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rescored=True)
     record["data"]["publictest_mixed"] = test.mixed  # an older record's card must not say PrivateTest was held back
     if stored_plain(path):
-        staged = path.with_name(f"{MODEL_NAME}.staged.keras")  # as an export: the record first, then the model
+        staged = staged_path(path)  # as an export: the record first, then the model
         deflate(path, staged)
         size = path.stat().st_size
         record.update(sha256=sha256_file(staged), size_bytes=staged.stat().st_size)
