@@ -18,6 +18,7 @@ from device.imports import not_installed
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 log = logging.getLogger("feedbackd")
+QUICK_FAILS = 3  # reads in a row that fail at once before a webcam counts as unplugged
 JOIN_S = 2.0  # how long close() waits for the grab thread's read to return
 # OpenCV's V4L2 backend waits 10 s (its default) in select() for each frame of a webcam that stalls,
 # and reads this setting at its first wait: a read must return within JOIN_S, or every stall that a
@@ -274,16 +275,20 @@ class V4L2Source(LatestFrame):
         def grab():
             # A read that waited out OpenCV's select() (1 s) is a slow frame, not a lost camera: a
             # first frame after a second, a dark room's long exposure. Those are waited for up to
-            # timeout_s; a read that fails at once (unplugged) ends the source.
-            deadline = time.monotonic() + timeout_s
+            # timeout_s. A read that fails at once is a damaged MJPEG frame (a cheap webcam on a busy
+            # USB bus) or an unplugged camera: QUICK_FAILS in a row end the source, one does not.
+            deadline, quick = time.monotonic() + timeout_s, 0
             while True:
                 began = time.monotonic()
                 ok, frame = self.cap.read()
                 if ok:
                     return frame
                 now = time.monotonic()
-                if now - began < 0.5 or now >= deadline or self._stop.is_set():
+                quick = quick + 1 if now - began < 0.5 else 0
+                if quick >= QUICK_FAILS or now >= deadline or self._stop.is_set():
                     return None
+                if quick:
+                    time.sleep(0.05)
 
         super().__init__(grab, f"camera {device}", release=self.cap.release, timeout_s=timeout_s)
 
