@@ -116,11 +116,7 @@ def training_spec(model: Path, data: fer.Split) -> InputSpec:
               file=sys.stderr)
         return DEFAULT_SPEC
     check_trained_on(record, model, data, required=False)
-    spec = record_spec(record, model)
-    if record.get("labels") != list(CLASSES):
-        raise ModelError(f"{path}: the model was trained with labels {record.get('labels')}, "
-                         f"but the manifest would say {list(CLASSES)}")
-    return spec
+    return record_spec(record, model)
 
 
 def write_manifest(tflite: Path, final_name: str, variant: str, spec: InputSpec, extra: dict) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from device.imports import not_installed
-from device.preprocess import DISPLAY_NAMES, InputSpec, predict_faces
+from device.preprocess import CLASSES, DISPLAY_NAMES, InputSpec, predict_faces
 
 # 2 added the input's `views` and `class_scale`, which change what the device computes: a reader of 1
 # would ignore them and score lower without a word, so it refuses a 2 instead. 1 is still read.
@@ -71,16 +71,20 @@ class Manifest:
             labels = tuple(x["name"] for x in d["labels"])
             display = tuple(x["display_name"] for x in d["labels"])
             inp = d["input"]
-            m = cls(labels, display, InputSpec.from_dict(inp), str(inp["dtype"]),
-                    _quantization(inp.get("quantization")), _quantization(d["output"].get("quantization")),
-                    str(d["tflite_sha256"]), d)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            m = cls(labels, display, InputSpec.from_dict(inp, needs_views=d["schema_version"] >= 2),
+                    str(inp["dtype"]), _quantization(inp.get("quantization")),
+                    _quantization(d["output"].get("quantization")), str(d["tflite_sha256"]), d)
+            # a class shown under another's name (a hand edit swapped two) scores right and reads wrong
+            wrong = [f"{n} as {s}" for n, s in zip(labels, display, strict=True)
+                     if n not in CLASSES or s != DISPLAY_NAMES[CLASSES.index(n)]]
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # Overflow: a size of 1e999
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
+        if wrong:  # rating.map rates these seven only, each by its own name
+            names = ", ".join(f"{c} as {n}" for c, n in zip(CLASSES, DISPLAY_NAMES, strict=True))
+            raise ModelError(f"{path}: label {', '.join(wrong)}: feedbackd rates these emotions only, each shown by "
+                             f"its own name: {names}")
         if not labels or len(labels) != len(set(labels)):
             raise ModelError(f"{path}: manifest labels must be a non-empty list of distinct names")
-        if unrated := [n for n in display if n not in DISPLAY_NAMES]:  # rating.map rates these seven only
-            raise ModelError(f"{path}: display_name {', '.join(map(str, unrated))}: not one of the emotions feedbackd "
-                             f"rates ({', '.join(DISPLAY_NAMES)})")
         if m.spec.class_scale and len(m.spec.class_scale) != len(labels):
             raise ModelError(f"{path}: manifest class_scale has {len(m.spec.class_scale)} values "
                              f"for {len(labels)} labels")

@@ -62,7 +62,10 @@ class View:
 
     @classmethod
     def from_dict(cls, d: dict) -> View:
-        view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), bool(d.get("mirror")))
+        # a misspelt key ("flip") or a "false" in quotes would classify another view than the one scored
+        if set(d) - {"zoom", "shift", "mirror"} or not isinstance(d.get("mirror", False), bool):
+            raise ValueError(f"invalid view {d!r} (keys zoom, shift and mirror, mirror true or false)")
+        view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), d.get("mirror", False))
         if not 1.0 <= view.zoom <= 2.0 or len(view.shift) != 2 or max(map(abs, view.shift)) > 8:
             raise ValueError(f"invalid view {d!r} (zoom 1 to 2, shift [dx, dy] of at most 8 px)")
         return view
@@ -102,9 +105,12 @@ class InputSpec:
         } | ({"class_scale": list(self.class_scale)} if self.class_scale else {})
 
     @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
+    def from_dict(cls, d: dict, needs_views: bool = False) -> InputSpec:
+        """`needs_views`: a format that always writes them (manifest schema 2), so one without lost them."""
         if "views" in d:
             views = tuple(View.from_dict(v) for v in d["views"])
+        elif needs_views:
+            raise KeyError("input.views")
         else:  # manifests before views: face and mirror image, or (before that) one view
             views = (View(), View(mirror=True)) if d.get("mirror") else ONE_VIEW
         spec = cls(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -43,6 +44,7 @@ MIGRATIONS = (
     # does not mix 5-star and 10-point ratings in one mean
     "ALTER TABLE entries ADD COLUMN rating_max REAL",
 )
+SALVAGE_SLACK = 100_000  # ids a salvage looks up past the highest it finds, where the seq says there are more
 SALVAGE_HINT = "'feedbackd export --salvage' rescues the entries still readable"
 EXPORT_FIELDS = ("date", "time", "rating", "emotion", "confidence", "utc", "probabilities",
                  "model_sha256", "device_id", "id", "clock_synced", "rating_max")
@@ -82,6 +84,18 @@ def unwritable(path: Path) -> str:
     return f"{', '.join(denied)} {'is' if len(denied) == 1 else 'are'} not writable for this user" if denied else ""
 
 
+def absent(path: Path) -> bool:
+    """Whether nothing is at `path`, not even a link: a file that cannot be looked at (an I/O error on a
+    failing card, a folder this user cannot search) may be a log, never removed as one this open made."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
         """create=False opens only an existing log and migrates nothing: reading commands never make
@@ -89,11 +103,18 @@ class FeedbackLog:
         self.path = Path(path)
         self.unreadable = 0  # entries the last salvage() could not read
         self.db: sqlite3.Connection | None = None
+        # what a new log's first open makes: sqlite3.connect makes an empty file at once, which a full card
+        # then leaves as is; kept, it would read as "not a feedback log" at every later start and command
+        files = (self.path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+        made = [p for p in files if absent(p)] if create and absent(self.path) else []
         try:
             self._open(create)
         except BaseException as e:
             if self.db is not None:  # closed now, not when collected: a daemon on a full card tries every
                 self.db.close()  # few seconds, and a connection left open keeps the -wal after the last close
+            for p in made:
+                with contextlib.suppress(OSError):  # the error that stopped the open is the one to report
+                    p.unlink(missing_ok=True)
             if isinstance(e, OSError | sqlite3.Error):
                 raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
             raise
@@ -239,35 +260,51 @@ class FeedbackLog:
         page) are looked for in a scan of the table. `self.unreadable` counts the ids found neither
         way: AUTOINCREMENT leaves no gap for a rolled-back insert, and feedbackd deletes nothing."""
         self.unreadable = 0
-        try:  # the highest id ever given, kept by AUTOINCREMENT on its own page
-            top = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-        except sqlite3.DatabaseError:
-            top = None
-        if top is None:
-            try:
-                top = self.db.execute("SELECT max(id) FROM entries").fetchone()
-            except sqlite3.DatabaseError as e:
-                raise StorageError(f"{self.path}: cannot tell how many entries the log held: {e}") from None
-        ids = range(1, (top[0] or 0) + 1)
+        top = self._last_id()
+        ids = range(1, top + 1)
         missed = {i for i in ids if self._lookup(i) is None}
-        scanned: dict[int, dict] = {}  # only the missed ones: a Pi's memory holds ids, not years of rows
-        if missed:
-            try:
-                cur = self.db.execute("SELECT * FROM entries ORDER BY id")
-                for values in cur:
-                    row = _entry_row(cur, values)
-                    if row["id"] in missed:  # a damaged page may list a row twice: it is one entry
-                        scanned.setdefault(row["id"], row)
-            except sqlite3.DatabaseError:
-                pass  # the rows before the bad page are in
-        for entry_id in ids:
-            row = scanned.get(entry_id) if entry_id in missed else self._lookup(entry_id)
+        scanned: dict[int, dict] = {}  # only those missed and above top: a Pi's memory holds ids, not years of rows
+        try:  # scanned even when none is missed: a stale seq and a wrong max(id) may both fall short of the last
+            cur = self.db.execute("SELECT * FROM entries ORDER BY id")
+            for values in cur:
+                row = _entry_row(cur, values)
+                if row["id"] in missed or row["id"] > top:  # a damaged page may list a row twice: it is one entry
+                    scanned.setdefault(row["id"], row)
+        except sqlite3.DatabaseError:
+            pass  # the rows before the bad page are in
+        for entry_id in itertools.chain(ids, sorted(i for i in scanned if i > top)):
+            row = scanned.get(entry_id) if entry_id in missed or entry_id > top else self._lookup(entry_id)
             if row is None:
                 self.unreadable += 1
                 continue
             day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
             if (not since or day >= since) and (not until or day <= until):
                 yield row
+
+    def _last_id(self) -> int:
+        """The highest id to look up one at a time: the larger of the seq AUTOINCREMENT keeps on its own
+        page and max(id), which reads the table's last leaf. On a failing card those are the pages every
+        insert rewrites, so either may be stale, garbage or unreadable. A seq more than SALVAGE_SLACK
+        above the highest id found is garbage, not lost entries (a bad page holds a few dozen rows),
+        and a lookup for each of its ids would keep a Pi busy for days."""
+        try:
+            seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        except sqlite3.DatabaseError:
+            seq = None
+        seq = seq[0] if seq and isinstance(seq[0], int) else None  # a damaged page may hold text or a real there
+        error: sqlite3.DatabaseError | None = None
+        try:
+            high = self.db.execute("SELECT max(id) FROM entries").fetchone()[0] or 0
+        except sqlite3.DatabaseError as e:
+            high, error = 0, e
+            with contextlib.suppress(sqlite3.DatabaseError):  # the last leaf unreadable: the ids a scan reaches
+                for (entry_id,) in self.db.execute("SELECT id FROM entries"):
+                    high = max(high, entry_id)
+        if seq is not None and seq <= high + SALVAGE_SLACK:
+            return max(high, seq)
+        if error:  # no count of the entries left: an export that looked whole might not be
+            raise StorageError(f"{self.path}: cannot tell how many entries the log held: {error}")
+        return high
 
     def _lookup(self, entry_id: int) -> dict | None:
         """The entry with this id, None where the log cannot give it."""

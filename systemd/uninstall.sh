@@ -62,11 +62,11 @@ else
     say "removed the service and the feedbackd command; there was no $PREFIX to remove"
 fi
 if [ "$PURGE" = 1 ]; then
-    rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd"
+    rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd" "$DESTDIR/var/log/feedbackd-upgrade.log"
     if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then
         userdel "$SERVICE_USER" || true
     fi
-    say "PURGE=1: removed the feedback log (/var/lib/feedbackd), the config and the $SERVICE_USER user"
+    say "PURGE=1: removed the feedback log (/var/lib/feedbackd), the config, the upgrade log and the $SERVICE_USER user"
 else
     say "kept the feedback log in /var/lib/feedbackd and the config in /etc/feedbackd (PURGE=1 removes them)"
 fi

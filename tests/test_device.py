@@ -34,7 +34,7 @@ from device.config import DEFAULT_RATINGS, ConfigError, example_toml, load_confi
 from device.daemon import Daemon, entry_json
 from device.detector import FaceDetector
 from device.display import Display, Screen, render
-from device.model import EmotionClassifier, ModelError
+from device.model import EmotionClassifier, Manifest, ModelError
 from device.preprocess import DISPLAY_NAMES
 from device.sources import ImageSource, LatestFrame, ReconnectingSource, SourceError, SourceStuck
 from device.spare import SIZE, SpareFile, beside, waiting
@@ -390,6 +390,32 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
     monkeypatch.setattr(os, "statvfs", lambda path: disk)
     with pytest.raises(StorageError, match="file is not a database"):
         cli.open_store(db)
+
+
+def test_a_first_start_on_a_full_card_starts_without_the_log_and_leaves_no_empty_file(tmp_path, monkeypatch, capsys):
+    """sqlite3.connect makes the log's file before a full card refuses its first page: the start goes on
+    without the log, as a restart on a full card does, and leaves no empty file that every later start
+    and command would take for "not a feedback log"."""
+    db = tmp_path / "feedback.db"
+    connect = sqlite3.connect
+
+    class FullCard(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, **kw, factory=FullCard))
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=0, f_bavail=1, f_frsize=4096))
+    store = cli.open_store(db)
+    assert store.error.startswith(f"{db}: only 0.0 MiB free on its file system")
+    assert store.reopen() is not None and list(tmp_path.iterdir()) == []  # each retry too
+    assert cli.main(["export", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == f"feedbackd: error: {db}: no feedback log here\n"
+    monkeypatch.undo()  # room again
+    assert store.reopen() is None
+    store.close()
+    assert FeedbackLog(db, create=False).schema_version == 3
 
 
 @pytest.mark.parametrize("command", ["export", "summary"])
@@ -2431,6 +2457,49 @@ def test_salvage_finds_the_rows_a_damaged_inner_page_hides_from_a_lookup(tmp_pat
     assert ids == sorted(set(ids)) and 1 not in ids and len(ids) + lost == 300  # each once, each loss counted
 
 
+@pytest.mark.parametrize("seq", [3, 3.0, "5", 2**40])
+def test_salvage_reads_past_a_stale_or_garbage_autoincrement_seq(tmp_path, capsys, seq):
+    """sqlite_sequence's page is rewritten by every insert: a stale, mistyped or garbage seq there
+    loses no readable entry, is no traceback, and keeps no Pi looking up ids for days."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for i in range(1, 6):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", f"till-{i}"))
+    log.close()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'entries'", (seq,))
+    con.close()
+    out = tmp_path / "rescued.csv"
+    started = time.monotonic()
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 0
+    assert time.monotonic() - started < 30
+    assert [int(r["id"]) for r in csv.DictReader(out.open())] == [1, 2, 3, 4, 5]
+    assert capsys.readouterr().err == f"wrote 5 entries to {out}\n"
+
+
+def test_salvage_with_the_last_leaf_unreadable_counts_on_the_seq_or_says_it_cannot(tmp_path, capsys):
+    """max(id) reads the last leaf, which every insert rewrites: with it unreadable, a sound seq still
+    counts its entries as lost, and a garbage one is an error, not an export that looks whole."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for i in range(1, 301):
+        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, f"till-{i:03d}"))
+    log.close()
+    data = bytearray(db.read_bytes())
+    page = data.index(b"till-300") // 4096 * 4096
+    data[page : page + 8] = b"\xff" * 8
+    db.write_bytes(bytes(data))
+    out = tmp_path / "rescued.csv"
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1
+    lost = int(capsys.readouterr().err.split("feedbackd: ")[1].split()[0])
+    assert 0 < lost < 50 and len(list(csv.DictReader(out.open()))) + lost == 300
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'entries'", (2**40,))
+    con.close()
+    assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 2
+    assert f"{db}: cannot tell how many entries the log held: " in capsys.readouterr().err
+
+
 def test_export_writes_a_damaged_rows_stray_values_as_text(tmp_path, capsys):
     """A failing card's stray bytes in a row (or a hand edit) are exported as they are, escaped,
     not a traceback with no CSV."""
@@ -2659,8 +2728,31 @@ def test_a_model_label_feedbackd_cannot_rate_is_refused_naming_the_manifest(mode
     (bad / model.with_suffix(".json").name).write_text(json.dumps(manifest))
     check = ["check", "--model", str(bad / model.name), *(f"--skip={p}" for p in cli.CHECK_PARTS if p != "model")]
     assert cli.main(check) == 1
-    assert (f"FAIL model          {bad / model.with_suffix('.json').name}: display_name Contempt: not one of the "
-            "emotions feedbackd rates (Angry, ") in capsys.readouterr().out
+    assert (f"FAIL model          {bad / model.with_suffix('.json').name}: label disgust as Contempt: feedbackd "
+            "rates these emotions only, each shown by its own name: angry as Angry, ") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda m: m["labels"][3].update(display_name="Sad") or m["labels"][5].update(display_name="Happy"),
+     "label happy as Sad, sad as Happy: "),  # a happy face would read Sad, rated as one
+    (lambda m: m["labels"][3].update(name=["x"]), "label ['x'] as Happy: "),
+    (lambda m: m["labels"].append(dict(m["labels"][0])), "labels must be a non-empty list of distinct names"),
+    (lambda m: m["input"].pop("views"), "malformed model manifest (KeyError: 'input.views')"),  # one view, unscored
+    (lambda m: m["input"]["views"][1].update(mirror="false"), "malformed model manifest (ValueError: invalid view"),
+    (lambda m: m["input"]["views"][1].update(flip=True), "malformed model manifest (ValueError: invalid view"),
+    (lambda m: m["input"].update(size=float("inf")), "malformed model manifest (OverflowError: "),  # JSON's 1e999
+])
+def test_a_manifest_edited_out_of_step_with_its_model_is_refused_naming_it(model, tmp_path, edit, says):
+    """The manifest has no checksum: a hand edit that would show one class under another's name, merge
+    two, or classify other views than those scored is an error naming the file, never a traceback."""
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    edit(manifest)
+    bad = tmp_path / model.name
+    shutil.copy(model, bad)
+    bad.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError) as e:
+        Manifest.load(bad.with_suffix(".json"))
+    assert str(e.value).startswith(f"{bad.with_suffix('.json')}: ") and says in str(e.value)
 
 
 def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):

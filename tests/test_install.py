@@ -490,9 +490,13 @@ def test_upgrade_keeps_config_and_uninstall_keeps_data(own_dest, debian12):
     assert log.count() == 1 and log.integrity_ok()
     log.close()
 
+    upgrade_log = dest / "var/log/feedbackd-upgrade.log"  # a live install's, written outside DESTDIR's reach
+    upgrade_log.parent.mkdir(parents=True, exist_ok=True)
+    upgrade_log.write_text("installing\n")
     r = make("uninstall", dest, PURGE="1")
     assert r.returncode == 0, r.stderr
     assert not (dest / "var/lib/feedbackd").exists() and not (dest / "etc/feedbackd").exists()
+    assert not upgrade_log.exists() and upgrade_log.parent.exists()
 
 
 def test_the_venv_is_rebuilt_when_what_it_holds_changes(tmp_path):

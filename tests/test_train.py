@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, synthetic_faces, write_csv
 
 from device.model import sha256_file
-from device.preprocess import DEFAULT_SPEC, ONE_VIEW, InputSpec, predict_faces, preprocess
+from device.preprocess import CLASSES, DEFAULT_SPEC, ONE_VIEW, InputSpec, predict_faces, preprocess
 from training import data as fer
 from training import export
 from training import train as T
@@ -121,7 +121,8 @@ def test_evaluate_reads_a_keras_model_and_a_run_with_their_class_scale(tiny_mode
     assert len(set(spec.class_scale)) == 7
     model = tmp_path / "fer_vgg16.keras"
     shutil.copy(tiny_model, model)
-    model.with_suffix(".train.json").write_text(json.dumps({"sha256": sha256_file(model), "input": spec.to_dict()}))
+    model.with_suffix(".train.json").write_text(json.dumps({"sha256": sha256_file(model), "labels": list(CLASSES),
+                                                            "input": spec.to_dict()}))
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"width": 1 / 16, "dropout": 0.5, "class_weight_power": 0.3}))
@@ -810,6 +811,10 @@ def test_a_record_with_a_class_scale_of_another_length_is_named_before_the_data_
         {"sha256": sha256_file(model), "input": {**DEFAULT_SPEC.to_dict(), "class_scale": [1.0] * 6}}))
     assert evaluate_main(["--model", str(model), "--data", str(tmp_path / "not-read.csv")]) == 2
     assert f"error: {record}: class_scale has 6 values for 7 labels" in capsys.readouterr().err
+    shuffled = [*CLASSES[1:], CLASSES[0]]  # scored as is, its table would name each row after another class
+    record.write_text(json.dumps({"sha256": sha256_file(model), "labels": shuffled, "input": DEFAULT_SPEC.to_dict()}))
+    assert evaluate_main(["--model", str(model), "--data", str(tmp_path / "not-read.csv")]) == 2
+    assert f"error: {record}: the model was trained with labels {shuffled}" in capsys.readouterr().err
 
 
 def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, capsys):

@@ -317,9 +317,9 @@ def read_record(model: Path, land: bool = False) -> dict | None:
 
 
 def record_spec(record: dict, model: Path) -> InputSpec:
-    """The input spec a training record names, refused by name when the record cannot give one, or
-    gives a class_scale of another length than the labels (a hand edit): else scoring fails bare,
-    after the data has loaded."""
+    """The input spec a training record names, refused by name when the record cannot give one, gives
+    a class_scale of another length than the labels, or other labels (a hand edit): else scoring fails
+    bare, or misnames its classes, after the data has loaded."""
     path = model.with_suffix(".train.json")
     try:
         spec = InputSpec.from_dict(record["input"])
@@ -327,6 +327,9 @@ def record_spec(record: dict, model: Path) -> InputSpec:
         raise ModelError(f"{path}: unreadable training record ({type(e).__name__}: {e})") from None
     if spec.class_scale and len(spec.class_scale) != len(CLASSES):
         raise ModelError(f"{path}: class_scale has {len(spec.class_scale)} values for {len(CLASSES)} labels")
+    if record.get("labels") != list(CLASSES):  # scored or converted, its outputs would be read as other classes
+        raise ModelError(f"{path}: the model was trained with labels {record.get('labels')}, "
+                         f"but feedbackd reads its outputs as {list(CLASSES)}")
     return spec
 
 
