@@ -258,14 +258,16 @@ def cmd_check(cfg, skip: list[str]) -> int:
     def storage() -> str:
         path = Path(cfg["storage"]["path"])
         if not log_exists(path, "check"):  # a fresh install: the service makes the log at its first start
-            return f"{path}: no log yet (the service creates it at its first start), {log_room(path)}"
+            note = waiting(path, None, then=", for the log to take them")  # a log moved aside, a full card
+            return f"{path}: no log yet (the service creates it at its first start), {log_room(path)}" + (
+                f"; {note}" if note else "")
         store = FeedbackLog(path, create=False)
         try:
             if not store.integrity_ok():
                 raise StorageError(f"{store.path}: integrity_check failed ({SALVAGE_HINT})")
             held = f"{store.count()} entries, schema v{store.schema_version}, integrity ok"
             # not in the count, nor yet in an export; said on a full card too, where they wait
-            note = waiting(store, then=", for the log to take them")
+            note = waiting(path, store, then=", for the log to take them")
             tail = f"; {note}" if note else ""
             try:  # a card remounted read-only is when the log may be damaged: what it holds is said too
                 room = log_room(path)
@@ -348,7 +350,8 @@ def open_log(cfg, command: str) -> FeedbackLog:
     """The existing log, for reading: a missing or unreadable one is named, never created."""
     path = Path(cfg["storage"]["path"])
     if not log_exists(path, command):
-        raise StorageError(f"{path}: no feedback log here")
+        note = waiting(path, None, then=", for the log to take them at the service's next start")
+        raise StorageError(f"{path}: no feedback log here" + (f"; {note}" if note else ""))
     if not os.access(path, os.R_OK):
         raise denied(path, command)
     return FeedbackLog(path, create=False)
@@ -378,13 +381,15 @@ def denied(path: Path, command: str) -> StorageError:
                         "which reads the log as the feedbackd user")
 
 
-def waiting(store: FeedbackLog, since: str | None = None, until: str | None = None, then: str = "") -> str | None:
+def waiting(log: Path, store: FeedbackLog | None, since: str | None = None, until: str | None = None,
+            then: str = "") -> str | None:
     """How many entries the daemon kept in the spare file while the log could not take them (a
-    full or read-only card), and the log does not hold yet: they are in no report until it
-    restores them. Said, so a report is not read as whole; None for none. Only those pressed on a
-    local date from `since` to `until` count: the others would not be in the report anyway. `then`
-    ends a count: what becomes of those entries."""
-    path = spare.beside(store.path)
+    full or read-only card), and the log (`store`, None where there is none yet) does not hold yet:
+    they are in no report until it restores them. Said, so a report is not read as whole, nor an
+    empty card as one without feedback; None for none. Only those pressed on a local date from
+    `since` to `until` count: the others would not be in the report anyway. `then` ends a count:
+    what becomes of those entries."""
+    path = spare.beside(log)
     try:  # lines a start could not restore: for a technician, in no report whatever their date
         n_aside = spare.set_aside_count(path)
     except OSError as e:
@@ -401,7 +406,7 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
     try:
         pressed = [(datetime.fromisoformat(e["utc"]), e["device_id"]) for e in kept
                    if isinstance(e.get("utc"), str) and isinstance(e.get("device_id"), str)]
-        n = sum(not store.contains(at, device) for at, device in pressed
+        n = sum(store is None or not store.contains(at, device) for at, device in pressed
                 if (since or "") <= at.astimezone().date().isoformat() <= (until or "9999-12-31"))
         note = f"{n} entries are waiting in {path}{then}" if n else ""
     except (StorageError, ValueError, OverflowError):  # a damaged index, or a time the daemon would leave out too
@@ -412,7 +417,7 @@ def waiting(store: FeedbackLog, since: str | None = None, until: str | None = No
 def waiting_note(store: FeedbackLog, report: str, since: str | None, until: str | None) -> str | None:
     """The spare file's entries not in this report. Read before the log's rows, so an entry the
     daemon moves meanwhile is named twice rather than not at all."""
-    return waiting(store, since, until, then=f", not in this {report} yet")
+    return waiting(store.path, store, since, until, then=f", not in this {report} yet")
 
 
 def to_stdout(write: Callable[[IO[str]], object], report: str) -> None:

@@ -2306,6 +2306,25 @@ def test_reports_name_the_entries_still_waiting_in_the_spare_file(tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_with_the_log_moved_aside_the_entries_waiting_in_the_spare_file_are_still_named(tmp_path, capsys):
+    """README's advice for a log with a damaged header moves feedback.db aside: the spare file's entries
+    then wait for a new log. `check` must not read as a card without feedback, nor a report as nothing."""
+    db, kept = tmp_path / "f.db", tmp_path / "f.db.spare"
+    at = datetime(2026, 11, 30, 11, tzinfo=UTC)
+    lines = [entry_json(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "pi"), at + timedelta(hours=h)) for h in (1, 2)]
+    kept.write_bytes("".join(f"{line}\n" for line in lines).encode().ljust(SIZE, b"\0"))
+    check = ["check", "--source", "demo", "--skip", "camera", "--skip", "detector", "--skip", "model",
+             "--display", "none", "--button", "none", "--db", str(db)]
+    assert cli.main(check) == 0
+    assert (f"{db}: no log yet (the service creates it at its first start), " in (out := capsys.readouterr().out)
+            and f" MiB free; 2 entries are waiting in {kept}, for the log to take them\n" in out)
+    for report in ("export", "summary"):
+        assert cli.main([report, "--db", str(db)]) == 2
+        assert capsys.readouterr().err == (f"feedbackd: error: {db}: no feedback log here; 2 entries are waiting in "
+                                           f"{kept}, for the log to take them at the service's next start\n")
+    assert sorted(os.listdir(tmp_path)) == ["f.db.spare"]  # only read
+
+
 @pytest.mark.parametrize("report", ["export", "summary"])
 def test_a_report_to_a_closed_pipe_or_a_full_disk(tmp_path, report):
     log = FeedbackLog(tmp_path / "f.db")
