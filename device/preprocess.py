@@ -65,7 +65,10 @@ class View:
         # a misspelt key ("flip") or a "false" in quotes would classify another view than the one scored
         if set(d) - {"zoom", "shift", "mirror"} or not isinstance(d.get("mirror", False), bool):
             raise ValueError(f"invalid view {d!r} (keys zoom, shift and mirror, mirror true or false)")
-        view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), d.get("mirror", False))
+        try:
+            view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), d.get("mirror", False))
+        except OverflowError:  # a shift of 1e999
+            raise ValueError(f"invalid view {d!r}") from None
         if not 1.0 <= view.zoom <= 2.0 or len(view.shift) != 2 or max(map(abs, view.shift)) > 8:
             raise ValueError(f"invalid view {d!r} (zoom 1 to 2, shift [dx, dy] of at most 8 px)")
         return view
@@ -113,15 +116,18 @@ class InputSpec:
             raise KeyError("input.views")
         else:  # manifests before views: face and mirror image, or (before that) one view
             views = (View(), View(mirror=True)) if d.get("mirror") else ONE_VIEW
-        spec = cls(
-            size=int(d["size"]),
-            color_mode=str(d["color_mode"]),
-            scale=float(d["scale"]),
-            mean=float(d["mean"]),
-            std=float(d["std"]),
-            views=views,
-            class_scale=tuple(float(v) for v in d.get("class_scale", ())),
-        )
+        try:
+            spec = cls(
+                size=int(d["size"]),
+                color_mode=str(d["color_mode"]),
+                scale=float(d["scale"]),
+                mean=float(d["mean"]),
+                std=float(d["std"]),
+                views=views,
+                class_scale=tuple(float(v) for v in d.get("class_scale", ())),
+            )
+        except OverflowError:  # JSON's 1e999 is infinity, which int() refuses: a bad value as any other
+            raise ValueError(f"invalid input spec {d!r}") from None
         if not all(0 < v < float("inf") for v in spec.class_scale):
             raise ValueError(f"invalid class_scale {spec.class_scale!r} (positive numbers, one per class)")
         if spec.color_mode != "grayscale":

@@ -96,6 +96,15 @@ def absent(path: Path) -> bool:
     return False
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` (device, inode); None where none can be looked at."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class FeedbackLog:
     def __init__(self, path: str | Path, create: bool = True):
         """create=False opens only an existing log and migrates nothing: reading commands never make
@@ -107,14 +116,16 @@ class FeedbackLog:
         # then leaves as is; kept, it would read as "not a feedback log" at every later start and command
         files = (self.path, Path(f"{path}-wal"), Path(f"{path}-shm"))
         made = [p for p in files if absent(p)] if create and absent(self.path) else []
+        self._made: tuple[int, int] | None = None  # the file this open made, as (device, inode)
         try:
             self._open(create)
         except BaseException as e:
             if self.db is not None:  # closed now, not when collected: a daemon on a full card tries every
                 self.db.close()  # few seconds, and a connection left open keeps the -wal after the last close
-            for p in made:
-                with contextlib.suppress(OSError):  # the error that stopped the open is the one to report
-                    p.unlink(missing_ok=True)
+            if made and self._made and _identity(self.path) == self._made:  # not a log moved in meanwhile
+                for p in made:
+                    with contextlib.suppress(OSError):  # the error that stopped the open is the one to report
+                        p.unlink(missing_ok=True)
             if isinstance(e, OSError | sqlite3.Error):
                 raise StorageError(f"{self.path}: cannot open the feedback log: {e}") from None
             raise
@@ -123,6 +134,7 @@ class FeedbackLog:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self._made = _identity(self.path)
             if denied := unwritable(self.path):
                 raise StorageError(f"{self.path}: cannot open the feedback log: {denied}")
         else:
@@ -260,18 +272,19 @@ class FeedbackLog:
         page) are looked for in a scan of the table. `self.unreadable` counts the ids found neither
         way: AUTOINCREMENT leaves no gap for a rolled-back insert, and feedbackd deletes nothing."""
         self.unreadable = 0
-        top = self._last_id()
+        top, high = self._last_id()
         ids = range(1, top + 1)
         missed = {i for i in ids if self._lookup(i) is None}
         scanned: dict[int, dict] = {}  # only those missed and above top: a Pi's memory holds ids, not years of rows
-        try:  # scanned even when none is missed: a stale seq and a wrong max(id) may both fall short of the last
-            cur = self.db.execute("SELECT * FROM entries ORDER BY id")
-            for values in cur:
-                row = _entry_row(cur, values)
-                if row["id"] in missed or row["id"] > top:  # a damaged page may list a row twice: it is one entry
-                    scanned.setdefault(row["id"], row)
-        except sqlite3.DatabaseError:
-            pass  # the rows before the bad page are in
+        if missed or high > top:  # a healthy log is read once; a stale seq leaves rows above it to the scan
+            try:
+                cur = self.db.execute("SELECT * FROM entries ORDER BY id")
+                for values in cur:
+                    row = _entry_row(cur, values)
+                    if row["id"] in missed or row["id"] > top:  # a damaged page may list a row twice: it is one
+                        scanned.setdefault(row["id"], row)
+            except sqlite3.DatabaseError:
+                pass  # the rows before the bad page are in
         for entry_id in itertools.chain(ids, sorted(i for i in scanned if i > top)):
             row = scanned.get(entry_id) if entry_id in missed or entry_id > top else self._lookup(entry_id)
             if row is None:
@@ -281,12 +294,14 @@ class FeedbackLog:
             if (not since or day >= since) and (not until or day <= until):
                 yield row
 
-    def _last_id(self) -> int:
-        """The highest id to look up one at a time: the larger of the seq AUTOINCREMENT keeps on its own
-        page and max(id), which reads the table's last leaf. On a failing card those are the pages every
-        insert rewrites, so either may be stale, garbage or unreadable. A seq more than SALVAGE_SLACK
-        above the highest id found is garbage, not lost entries (a bad page holds a few dozen rows),
-        and a lookup for each of its ids would keep a Pi busy for days."""
+    def _last_id(self) -> tuple[int, int]:
+        """The highest id to look up one at a time, and the highest id the table gives. The first is the
+        seq AUTOINCREMENT keeps on its own page, else max(id), which reads the table's last leaf. On a
+        failing card those are the pages every insert rewrites, so either may be stale, garbage or
+        unreadable: a garbage rowid in the last leaf would have a lookup made for every id below it, and
+        a seq more than SALVAGE_SLACK above the highest id found is garbage, not lost entries (a bad
+        page holds a few dozen rows), a lookup for each of its ids keeping a Pi busy for days. Rows above
+        the first figure, up to the second, are found by a scan."""
         try:
             seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
         except sqlite3.DatabaseError:
@@ -301,10 +316,10 @@ class FeedbackLog:
                 for (entry_id,) in self.db.execute("SELECT id FROM entries"):
                     high = max(high, entry_id)
         if seq is not None and seq <= high + SALVAGE_SLACK:
-            return max(high, seq)
+            return seq, high
         if error:  # no count of the entries left: an export that looked whole might not be
             raise StorageError(f"{self.path}: cannot tell how many entries the log held: {error}")
-        return high
+        return high, high
 
     def _lookup(self, entry_id: int) -> dict | None:
         """The entry with this id, None where the log cannot give it."""

@@ -815,6 +815,10 @@ def test_a_record_with_a_class_scale_of_another_length_is_named_before_the_data_
     record.write_text(json.dumps({"sha256": sha256_file(model), "labels": shuffled, "input": DEFAULT_SPEC.to_dict()}))
     assert evaluate_main(["--model", str(model), "--data", str(tmp_path / "not-read.csv")]) == 2
     assert f"error: {record}: the model was trained with labels {shuffled}" in capsys.readouterr().err
+    record.write_text(json.dumps({"sha256": sha256_file(model), "labels": list(CLASSES),  # 1e999 reads as infinity
+                                  "input": {**DEFAULT_SPEC.to_dict(), "size": float("inf")}}))
+    assert evaluate_main(["--model", str(model), "--data", str(tmp_path / "not-read.csv")]) == 2
+    assert f"error: {record}: unreadable training record (ValueError: invalid input spec" in capsys.readouterr().err
 
 
 def test_a_new_run_never_mixes_with_the_one_in_its_folder(tmp_path, fer_csv, capsys):
