@@ -72,7 +72,7 @@ class Stop:
 
 
 STAGES = ("capture", "detect", "classify", "render")
-IN_VIEW_S = 0.5  # a face seen this recently is in view: the screen's face dot
+IN_VIEW_S = 0.5  # a face seen within this of the newest frame looked at is in view: the screen's face dot
 # A backlog of thousands (a spare file that filled while the card was full) takes minutes of synced
 # commits on an SD card: a retry stores it this long a pass, the frames and the screen going on between.
 DRAIN_S = 1.0
@@ -113,13 +113,14 @@ class Daemon:
         self.finder = FaceFinder(detector, cfg["detector"]["every_n_frames"],  # a press in that window is theirs
                                  hold_s=cfg["button"]["face_window_s"])
         self._box: Box | None = None  # the last face classified
-        # The last two screens drawn: when each was up, and the reading it showed. A press stores the one
+        # The last two screens drawn: when each was up, its kind, and the reading it showed. A press stores the one
         # up at it: on a Zero 2 W a frame reaches the screen most of a second after it is read, and a press
         # meanwhile is handled only after that frame is added to the reading and the next screen drawn.
-        self._shown: deque[tuple[float, Reading | None]] = deque(maxlen=2)
+        self._shown: deque[tuple[float, str, Reading | None]] = deque(maxlen=2)
         self._face_gap_s = max(MAX_BOX_AGE_S, 2 / cfg["camera"]["fps"])  # no face this long: the next is someone else
         self._missed_at: float | None = None  # the first frame since the last face that showed none
         self._missed = 0  # and how many frames since have shown none
+        self._looked_at: float | None = None  # when the newest frame looked at for a face was read
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None  # the last press's answer: thanks, or "Not saved"
@@ -201,10 +202,13 @@ class Daemon:
         # as screen() had it, and only where it showed it: a press under "No face" or a camera error stores
         # nothing; under a storage error shown to all it is still taken (kept in memory, "Not saved")
         shown = screen.kind == "live" or screen.title == "Storage error"
-        self._shown.append((t3, self.smoother.reading(t2) if shown else None))
+        self._shown.append((t3, screen.kind, self.smoother.reading(t2) if shown else None))
         self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
+        # the dot is judged by the newest frame looked at, not the clock: on a Pi that detects for most
+        # of a second, a face in every frame is always older than IN_VIEW_S by the time it is drawn
+        self._looked_at = captured_at
         start = time.monotonic()
         box = self.finder.find(frame)
         t = time.monotonic()
@@ -240,7 +244,10 @@ class Daemon:
             if pressed_at - self._last_accepted < bt["cooldown_s"] or (self._thanks and pressed_at < self._thanks[0]):
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
             now = time.monotonic()  # judged at the press: handling may lag (a camera reconnect)
-            reading = next((r for drawn, r in reversed(self._shown) if drawn <= pressed_at), None)  # as shown
+            kind, reading = next(((k, r) for drawn, k, r in reversed(self._shown) if drawn <= pressed_at),
+                                 ("idle", None))  # as shown
+            if kind == "thanks":  # its time up, but not yet drawn over: the customer still saw "Thank you!"
+                continue
             if reading and reading.face != self.smoother.face_at(pressed_at):  # the last customer's, still up
                 reading = None  # while the next one's face is classified: theirs is not on the screen yet
             if reading is None or not self.smoother.face_seen_within(pressed_at, bt["face_window_s"]):
@@ -395,6 +402,8 @@ class Daemon:
         if now < until and (seen is None or seen <= since):
             return Screen("no_face")  # until a face is seen again: the customer trying again sees what a press stores
         r = self.smoother.reading(now)
+        if r is not None and not self.smoother.face_seen_within(now, self.cfg["button"]["face_window_s"]):
+            r = None  # a press now would store nothing: no reading on screen that a press refuses
         # While the spare file keeps what the log cannot take (days of a full card), a customer in
         # front sees their reading and may press; the error waits for staff between customers.
         keeping = self.spare is not None and self.spare.has_room()
@@ -406,7 +415,8 @@ class Daemon:
         if r is None:
             return Screen("idle")
         return Screen("live", r.emotion if r.sure else None, r.rating if r.sure else None,
-                      self.cfg["rating"]["max"], face=self.smoother.face_seen_within(now, IN_VIEW_S))
+                      self.cfg["rating"]["max"], face=self._looked_at is not None
+                      and self.smoother.face_seen_within(self._looked_at, IN_VIEW_S))
 
     # --- the loop
     def run(self, stop: Stop | threading.Event) -> None:
