@@ -46,6 +46,21 @@ def test_average_is_the_mean_of_the_models(kept_run):
         A.average_weights(model, [kept_run / "config.json"])
 
 
+
+def test_a_models_file_that_is_not_a_model_is_named(tmp_path):
+    """A zip without config.json, or with a damaged member, raised KeyError or BadZipFile as a traceback."""
+    import zipfile
+
+    bare, damaged = tmp_path / "bare.keras", tmp_path / "damaged.keras"
+    with zipfile.ZipFile(bare, "w") as z:
+        z.writestr("metadata.json", "{}")
+    with zipfile.ZipFile(damaged, "w") as z:
+        z.writestr("config.json", "{" + " " * 64 + "}")
+    damaged.write_bytes(damaged.read_bytes().replace(b" " * 64, b"x" + b" " * 63))  # its CRC no longer matches
+    for path, why in ((bare, "KeyError"), (damaged, "BadZipFile")):
+        with pytest.raises(SystemExit, match=f"error: --models {path}: cannot load it \\({why}: "):
+            A.load_weights(_model(), path)
+
 def test_batch_norm_statistics_are_those_of_all_the_data(kept_run):
     import keras
 

@@ -876,6 +876,99 @@ def test_a_typo_never_costs_the_finished_run_in_its_folder(tmp_path, capsys):
     assert (run / "epoch1.weights.h5").read_bytes() == b"kept for averaging"
 
 
+
+def test_a_run_folder_in_use_is_refused_by_train_average_and_export(tmp_path, capsys):
+    """A second `make train` on the folder of a run still training, a --restart clearing its files, or an average
+    or export of it mixed two runs' state.json, last.keras and config.json: refused, the folder untouched."""
+    import fcntl
+
+    from training.average import main as average_main
+    from training.run import LOCK, clear_run
+
+    run, data = tmp_path / "run", str(tmp_path / "not-read.csv")
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"config": {"epochs": 1}, "epochs_done": 1, "export_due": True}))
+    (run / "epoch1.weights.h5").write_bytes(b"kept for averaging")
+    holder = os.open(run / LOCK, os.O_RDONLY | os.O_CREAT)  # as the run training there holds it
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    try:
+        for main, command in ((T.main, ["--data", data, "--run-dir", str(run), "--restart"]),
+                              (T.main, ["--data", data, "--run-dir", str(run), "--resume"]),
+                              (average_main, ["--run-dir", str(run), "--data", data, "--models",
+                                              str(run / "epoch1.weights.h5")]),
+                              (export_main, ["--run-dir", str(run), "--data", data])):
+            assert main(command) == 2
+            assert (f"error: {run}: in use by another process (a training, average or export on it); wait for it "
+                    "or use another --run-dir") in capsys.readouterr().err
+            assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    finally:
+        os.close(holder)
+    assert T.main(["--data", data, "--run-dir", str(run), "--restart"]) == 2  # released, it runs: the typo is named
+    assert "not-read.csv: no such file" in capsys.readouterr().err
+    assert clear_run(run) == 2 and [f.name for f in run.iterdir()] == [LOCK]  # the lock is no run file
+
+
+def test_resume_and_restart_together_are_refused_and_a_resume_compares_a_given_zero_limit(tmp_path, capsys):
+    """`--resume --restart` resumed silently; `--resume --limit 0` (all the faces) on a --limit 56 run kept 56."""
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        T.main(["--data", str(tmp_path / "not-read.csv"), "--run-dir", str(run), "--resume", "--restart"])
+    assert stop.value.code == 2 and "--restart: not allowed with argument --resume" in capsys.readouterr().err
+    run.mkdir()
+    cfg = {**T.DEFAULTS, "epochs": 2, "precision": "auto", "limit": 56, "init": None}
+    (run / "state.json").write_text(json.dumps({"config": cfg, "epochs_done": 1}))
+    assert T.main(["--data", str(tmp_path / "not-read.csv"), "--run-dir", str(run), "--resume", "--limit", "0"]) == 2
+    assert "drop --limit (the run has 56)" in capsys.readouterr().err
+
+
+def test_an_init_or_teacher_this_user_cannot_read_is_named_before_the_data_is_read(tmp_path, tiny_model, capsys):
+    copy = tmp_path / "start.keras"
+    shutil.copy(tiny_model, copy)
+    copy.chmod(0)
+    if os.access(copy, os.R_OK):
+        pytest.skip("this user (root) reads a file of mode 000")
+    start = ["--data", str(tmp_path / "not-read.csv"), "--run-dir", str(tmp_path / "r")]
+    assert T.main([*start, "--init", str(copy)]) == 2
+    assert f"error: --init {copy}: cannot read (Permission denied)" in capsys.readouterr().err
+    assert T.main([*start, "--teacher", str(copy), "--distill", "0.5"]) == 2
+    assert f"error: --teacher {copy}: cannot read (Permission denied)" in capsys.readouterr().err
+
+
+def test_a_resume_names_a_checkpoint_it_cannot_load(tmp_path, fer_csv, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {**T.DEFAULTS, "epochs": 2, "width": 0.0625, "precision": "float32", "limit": 0, "init": None}
+    (run / "state.json").write_text(json.dumps({"config": cfg, "epochs_done": 1, "best_accuracy": 0.2,
+                                                "best_epoch": 1, "wall_seconds": 1.0}))
+    (run / "last.keras").write_bytes(b"cut short by a full disk")
+    assert T.main(["--data", str(fer_csv), "--run-dir", str(run), "--out", str(tmp_path / "out"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run / 'last.keras'}: cannot load the run's checkpoint (ValueError: " in err
+    assert err.endswith("; --restart discards the run there, or use another --run-dir\n")
+
+
+def test_a_card_or_picture_cut_short_leaves_the_one_before(tmp_path, monkeypatch):
+    """Written in place, a kill left a truncated card or PNG beside a whole record."""
+    from training import run as run_folder
+    from training.card import write_card
+    from training.plots import confusion_png
+
+    record = json.loads((ROOT / "models" / "fer_vgg16.train.json").read_text())
+    card, png = tmp_path / "MODEL_CARD.md", tmp_path / "fer_vgg16_confusion.png"
+    card.write_text("the card before")
+    png.write_bytes(b"the picture before")
+
+    def killed(tmp, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder, "replace_durably", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_card(record, card)
+    with pytest.raises(KeyboardInterrupt):
+        confusion_png(np.eye(len(CLASSES)), png, "cut short")
+    assert card.read_text() == "the card before" and png.read_bytes() == b"the picture before"
+
 def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import run as run_folder
     from training.run import chosen_weights, commit_files, finish_pending

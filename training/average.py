@@ -22,7 +22,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import MODEL_NAME, export_model, out_error, run_out
 from training.metrics import report
-from training.run import chosen_weights, commit_files, finished_state, other_data, read_config
+from training.run import chosen_weights, commit_files, finished_state, other_data, read_config, run_lock
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -37,8 +37,8 @@ def load_weights(model, path: Path) -> list[np.ndarray]:
         else:
             model.load_weights(path)
             weights = model.get_weights()
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: --models {path}: {e}") from None
+    except Exception as e:  # Keras, zipfile and h5py raise many kinds for a file that is not a model
+        raise SystemExit(f"error: --models {path}: cannot load it ({type(e).__name__}: {e})") from None
     shapes = [w.shape for w in model.get_weights()]
     if [w.shape for w in weights] != shapes:
         raise SystemExit(f"error: --models {path}: not the run's architecture")
@@ -125,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch_norm_faces < 0:  # a slice by a negative N would keep all but N, and the card say N
         p.error(f"--batch-norm-faces {args.batch_norm_faces}: must be at least 0 (0: all)")
+    with run_lock(args.run_dir) as error:
+        if error:
+            print(error, file=sys.stderr)
+            return 2
+        return run_average(args)
+
+
+def run_average(args: argparse.Namespace) -> int:
+    """The average, its run's folder held by this process alone."""
     run = args.run_dir
     # a run still training would drop the average from the state at its next epoch
     state, error = finished_state(run, "average it once it has finished (training.train --resume)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from device.model import sha256_file
 from device.preprocess import CLASSES, DISPLAY_NAMES, InputSpec
+from training.run import write_whole
 
 TARGET = 0.70
 GOAL = 0.73
@@ -320,5 +321,5 @@ posed or exaggerated more often than at a checkout, labels are noisy (human accu
 FER-2013 is about 65 %), and age, skin tone and lighting are not balanced. Treat a reading
 as a rough mood signal for aggregate feedback, never as a judgement about one person.
 """
-    path.write_text(text)
+    write_whole(path, lambda tmp: tmp.write_text(text))  # a kill never leaves half a card beside a whole record
     return path

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from training.run import (
     read_json,
     read_state,
     replace_durably,
+    run_lock,
     save_state,
 )
 
@@ -439,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model {args.model}: not an exported Keras model (.keras); only that is re-scored")
     if args.model and not args.model.is_file():  # before minutes of loading the data
         p.error(f"--model {args.model}: no such model file")
+    with run_lock(args.run_dir) if args.run_dir else nullcontext() as error:
+        if error:
+            print(error, file=sys.stderr)
+            return 2
+        return run_export(args)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The export or re-score, a run's folder held by this process alone."""
     state = {}
     if args.run_dir:
         state, error = finished_state(args.run_dir, f"finish it with training.train --resume --run-dir "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from device.preprocess import DISPLAY_NAMES
+from training.run import write_whole
 
 
 def _pyplot():
@@ -17,6 +18,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Whole or not at all: a kill never leaves a cut-short picture beside a whole record."""
+    write_whole(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".")))  # the name no longer says
 
 
 def confusion_png(cm: np.ndarray, path: Path, title: str) -> Path:
@@ -37,7 +43,7 @@ def confusion_png(cm: np.ndarray, path: Path, title: str) -> Path:
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -63,6 +69,6 @@ def curves_png(history_csv: Path, path: Path) -> Path:
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path

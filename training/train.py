@@ -26,7 +26,7 @@ from training import data as fer
 from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, out_error, read_record, run_out, warm_start_lineage
 from training.metrics import report
-from training.run import STATE, clear_run, commit_files, finish_pending, read_state
+from training.run import STATE, clear_run, commit_files, finish_pending, read_state, run_lock
 
 # The recipe from scratch that learns (training/CYCLES.md): at a peak of 0.05 without a full epoch of
 # warm-up a run stayed at chance for its first epochs. A resume runs with its own saved config.
@@ -73,9 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="checkpoints, history and logs of this run (default: %(default)s)")
     p.add_argument("--out", type=Path,
                    help="where the best model is exported (default: models/, or where the resumed run's goes)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the unfinished run in --run-dir and start a new one there")
+    again = p.add_mutually_exclusive_group()  # both would resume, silently
+    again.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    again.add_argument("--restart", action="store_true",
+                       help="discard the unfinished run in --run-dir and start a new one there")
     p.add_argument("--init", type=Path, help="warm start from a .keras model or ImageNet VGG16 .h5 weights")
     p.add_argument("--teacher", action="append", default=[], metavar="MODEL",
                    help="a .keras model whose probabilities (averaged over all --teacher models) the "
@@ -84,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto (default): mixed bfloat16 where the CPU has it; a resume keeps the run's "
                         "unless this is given")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
-    p.add_argument("--limit", type=int, default=0,
-                   help="train on a seeded random N of the training faces (quick trials)")
+    p.add_argument("--limit", type=int,
+                   help="train on a seeded random N of the training faces (quick trials; default 0: all)")
     p.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable ops (slower)")
     p.add_argument("--keep-epochs", action="store_true",
                    help="keep every epoch's weights (epochN.weights.h5) for training.average; a resume keeps it")
@@ -96,9 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in DEFAULTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), help=f"default {value}")
     args = p.parse_args(argv)
-    # Which were given: a resume refuses those it would otherwise ignore.
-    args.given = {k for k in DEFAULTS if getattr(args, k) is not None}
-    args.given |= {k for k in ("init", "teacher", "limit") if getattr(args, k)}
+    # Which were given, 0 included (--limit 0: all the faces): a resume refuses those it would otherwise ignore.
+    args.given = {k for k in (*DEFAULTS, "init", "limit") if getattr(args, k) is not None}
+    args.given |= {"teacher"} if args.teacher else set()
+    if args.limit is None:
+        args.limit = 0
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -244,12 +247,15 @@ def resume_model(cfg: dict, steps: int, path: Path):
     loaded optimizer forgets which variables are excluded from weight decay."""
     import keras
 
-    saved = keras.saving.load_model(path)
     model = build_and_compile(cfg, steps)
-    model.set_weights(saved.get_weights())
-    model.optimizer.build(model.trainable_variables)
-    for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
-        mine.assign(theirs)
+    try:
+        saved = keras.saving.load_model(path)
+        model.set_weights(saved.get_weights())
+        model.optimizer.build(model.trainable_variables)
+        for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
+            mine.assign(theirs)
+    except Exception as e:  # Keras raises many kinds for a missing, cut-short or hand-made checkpoint
+        raise ModelError(f"{path}: cannot load the run's checkpoint ({type(e).__name__}: {e})") from None
     return model
 
 
@@ -317,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     if error := out_error(run, "its checkpoints, history and state", flag="--run-dir", writer="the run"):
         print(error, file=sys.stderr)
         return 2
+    run.mkdir(parents=True, exist_ok=True)  # for its lock: a folder with only that holds no run
+    with run_lock(run) as error:
+        if error:
+            print(error, file=sys.stderr)
+            return 2
+        return run_training(args)
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """The run, its folder held by this process alone."""
+    run = args.run_dir
     try:
         old = read_state(run, "config", "epochs_done") if (run / STATE).exists() else None
     except ModelError as e:
@@ -366,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"--resume (or python -m training.export --run-dir {run} --data DATA) to export it, --restart to "
                   "discard it, or another --run-dir", file=sys.stderr)
             return 2
-        if args.init and not args.init.is_file():
-            print(f"error: --init {args.init}: no such file", file=sys.stderr)
-            return 2
-        for t in args.teacher:
-            if not Path(t).is_file():
-                print(f"error: --teacher {t}: no such file", file=sys.stderr)
+        starts = [("--init", args.init)] if args.init else []
+        for flag, path in starts + [("--teacher", Path(t)) for t in args.teacher]:
+            if not path.is_file():
+                print(f"error: {flag} {path}: no such file", file=sys.stderr)
+                return 2
+            try:  # its checksum is taken next: a file this user may not read is named, not a traceback
+                open(path, "rb").close()
+            except OSError as e:
+                print(f"error: {flag} {path}: cannot read ({e.strerror})", file=sys.stderr)
                 return 2
         if bool(args.teacher) != (args.distill > 0) or not 0 <= args.distill <= 1:
             print(f"error: --distill {args.distill}: give it (between 0 and 1) with --teacher, and "
@@ -439,7 +459,6 @@ def main(argv: list[str] | None = None) -> int:
     y_train = tf.constant(train.y)
     w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
     x_test = preprocess(test.x, DEFAULT_SPEC)
-    run.mkdir(parents=True, exist_ok=True)
     try:
         teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x)) if cfg.get("teachers") else None
     except ModelError as e:  # a teacher that is not a model, changed, or does not take these faces
@@ -453,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- model: a fresh VGG16, a warm start, or the last checkpoint of the run we resume
     if args.resume:
-        model = resume_model(cfg, steps, run / "last.keras")
+        try:
+            model = resume_model(cfg, steps, run / "last.keras")
+        except ModelError as e:
+            print(f"error: {e}; --restart discards the run there, or use another --run-dir", file=sys.stderr)
+            return 2
         keep_history_rows(run / "history.csv", state["epochs_done"])
         print(f"resuming {run} after epoch {state['epochs_done']}")
     else:
