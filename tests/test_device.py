@@ -665,7 +665,7 @@ def bare_daemon(store) -> tuple[Daemon, GpioButton]:
 def press(daemon: Daemon, button: GpioButton, at: float, emotion: str = "Happy") -> None:
     """A customer showing `emotion` presses at `at` (monotonic seconds), and the daemon handles it."""
     daemon.smoother.add(at, np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index(emotion)])
-    daemon._shown.append((at, daemon.smoother.reading(at)))  # and the screen shows it
+    daemon._shown.append((at, "live", daemon.smoother.reading(at)))  # and the screen shows it
     with pytest.MonkeyPatch.context() as clock:
         clock.setattr(time, "monotonic", lambda: at)  # the button notes the pin's edge at `at`
         button.button.pin.drive_low()
