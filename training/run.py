@@ -15,12 +15,10 @@ from pathlib import Path
 from device.model import ModelError
 
 STATE = "state.json"
-LOCK = ".lock"  # see run_lock
 STAGED = ".pending-commit"  # + the commit's number: committed once state.json's "commits" reaches it
 OLD_STAGED = ".pending-epoch"  # + the epoch: how a run begun by an older feedbackd staged its epochs
 # Everything a run writes; a new run in the folder of a finished one removes these first. The
-# teachers' targets stay: they are reused only for the same teachers and faces. So does LOCK, which
-# the new run holds while it removes them.
+# teachers' targets stay: they are reused only for the same teachers and faces.
 RUN_FILES = (STATE, "config.json", "code_commit", "history.csv", "last.keras", "best.weights.h5",
              "average.weights.h5", "epoch*.weights.h5", ".pending-*", "*.tmp", "*.tmp.*")
 
@@ -66,9 +64,13 @@ def replace_durably(tmp: Path, path: Path) -> None:
 def write_whole(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` a file beside `path` and move it over `path`: a kill leaves the old file or the new
     one, never a truncated one. The name is this process's own: two writers at once each write their own."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    replace_durably(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.x")  # hidden, and ignored as models/.*.tmp.*
+    try:
+        write(tmp)
+        replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -76,15 +78,16 @@ def run_lock(run: Path) -> Iterator[str | None]:
     """Hold the run folder for this process alone while it reads or writes the run: a second training,
     average or export there (or a --restart clearing the files of a run still training) would mix two
     runs' state.json, last.keras and config.json. Yields the error if another process holds it, else
-    None; a folder that does not exist holds no run, so there is nothing to hold. The kernel drops the
-    lock with the process: a killed run never leaves its folder held."""
+    None; a folder that does not exist holds no run, so there is nothing to hold. The folder itself is
+    locked: nothing is written there, so a run this user cannot write is still exported. The kernel
+    drops the lock with the process: a killed run never leaves its folder held."""
     try:
-        fd = os.open(run / LOCK, os.O_RDONLY | os.O_CREAT, 0o644)  # read-only: flock needs no more
+        fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         yield None
         return
     except OSError as e:
-        yield f"error: --run-dir {run}: cannot open its lock file {LOCK} ({e.strerror})"
+        yield f"error: --run-dir {run}: cannot open it ({e.strerror})"
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     if error := out_error(run, "its checkpoints, history and state", flag="--run-dir", writer="the run"):
         print(error, file=sys.stderr)
         return 2
-    run.mkdir(parents=True, exist_ok=True)  # for its lock: a folder with only that holds no run
+    if not args.resume:  # a --resume with a typo names the missing run, and makes no folder
+        run.mkdir(parents=True, exist_ok=True)  # for its lock
     with run_lock(run) as error:
         if error:
             print(error, file=sys.stderr)
