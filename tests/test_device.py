@@ -2448,16 +2448,21 @@ def test_the_export_is_utf8_under_any_locale(tmp_path):
     assert out.read_bytes() == said.stdout
 
 
-def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
-    db = tmp_path / "f.db"
+def damaged_log(db: Path, entry: int) -> None:
+    """A log of 300 entries whose table page holding `entry` has a failing SD card's garbage for a header."""
     log = FeedbackLog(db)
     for i in range(1, 301):
         log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, f"till-{i:03d}"))
     log.close()
     data = bytearray(db.read_bytes())
-    page = data.index(b"till-150") // 4096 * 4096  # the table page that holds entry 150
-    data[page : page + 8] = b"\xff" * 8  # its header: a failing SD card's garbage
+    page = data.index(f"till-{entry:03d}".encode()) // 4096 * 4096
+    data[page : page + 8] = b"\xff" * 8
     db.write_bytes(bytes(data))
+
+
+def test_salvage_exports_every_entry_a_bad_page_left_readable(tmp_path, capsys):
+    db = tmp_path / "f.db"
+    damaged_log(db, 150)
     assert cli.main(["export", "--db", str(db)]) == 2
     said = capsys.readouterr()
     assert "'feedbackd export --salvage' rescues the entries still readable" in said.err
@@ -2564,14 +2569,7 @@ def test_salvage_with_the_last_leaf_unreadable_counts_on_the_seq_or_says_it_cann
     """max(id) reads the last leaf, which every insert rewrites: with it unreadable, a sound seq still
     counts its entries as lost, and a garbage one is an error, not an export that looks whole."""
     db = tmp_path / "f.db"
-    log = FeedbackLog(db)
-    for i in range(1, 301):
-        log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab" * 32, f"till-{i:03d}"))
-    log.close()
-    data = bytearray(db.read_bytes())
-    page = data.index(b"till-300") // 4096 * 4096
-    data[page : page + 8] = b"\xff" * 8
-    db.write_bytes(bytes(data))
+    damaged_log(db, 300)  # the last leaf
     out = tmp_path / "rescued.csv"
     assert cli.main(["export", "--db", str(db), "--salvage", "--output", str(out)]) == 1
     lost = int(capsys.readouterr().err.split("feedbackd: ")[1].split()[0])

@@ -22,7 +22,7 @@ from device.preprocess import DEFAULT_SPEC, preprocess
 from training import data as fer
 from training.export import MODEL_NAME, export_model, out_error, run_out
 from training.metrics import report
-from training.run import chosen_weights, commit_files, finished_state, other_data, read_config, run_lock
+from training.run import chosen_weights, commit_files, finished_state, holding, other_data, read_config
 
 
 def load_weights(model, path: Path) -> list[np.ndarray]:
@@ -125,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch_norm_faces < 0:  # a slice by a negative N would keep all but N, and the card say N
         p.error(f"--batch-norm-faces {args.batch_norm_faces}: must be at least 0 (0: all)")
-    with run_lock(args.run_dir) as error:
-        if error:
-            print(error, file=sys.stderr)
-            return 2
-        return run_average(args)
+    return holding(args.run_dir, lambda: run_average(args))
 
 
 def run_average(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,12 +33,12 @@ from training.run import (
     STATE,
     chosen_weights,
     finished_state,
+    holding,
     other_data,
     read_config,
     read_json,
     read_state,
     replace_durably,
-    run_lock,
     save_state,
 )
 
@@ -441,11 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model {args.model}: not an exported Keras model (.keras); only that is re-scored")
     if args.model and not args.model.is_file():  # before minutes of loading the data
         p.error(f"--model {args.model}: no such model file")
-    with run_lock(args.run_dir) if args.run_dir else nullcontext() as error:
-        if error:
-            print(error, file=sys.stderr)
-            return 2
-        return run_export(args)
+    return holding(args.run_dir, lambda: run_export(args))
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from device.model import ModelError
@@ -73,31 +73,30 @@ def write_whole(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-@contextmanager
-def run_lock(run: Path) -> Iterator[str | None]:
-    """Hold the run folder for this process alone while it reads or writes the run: a second training,
-    average or export there (or a --restart clearing the files of a run still training) would mix two
-    runs' state.json, last.keras and config.json. Yields the error if another process holds it, else
-    None; a folder that does not exist holds no run, so there is nothing to hold. The folder itself is
-    locked: nothing is written there, so a run this user cannot write is still exported. The kernel
-    drops the lock with the process: a killed run never leaves its folder held."""
+def holding(run: Path | None, work: Callable[[], int]) -> int:
+    """`work()` with the run folder held for this process alone, else exit 2 saying why: a second
+    training, average or export there (or a --restart clearing the files of a run still training) would
+    mix two runs' state.json, last.keras and config.json. A folder that does not exist (or no --run-dir)
+    holds no run, so there is nothing to hold. The folder itself is locked: nothing is written there, so
+    a run this user cannot write is still exported. The kernel drops the lock with the process: a killed
+    run never leaves its folder held."""
     try:
-        fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY) if run else None
     except FileNotFoundError:
-        yield None
-        return
+        return work()
     except OSError as e:
-        yield f"error: --run-dir {run}: cannot open it ({e.strerror})"
-        return
+        print(f"error: --run-dir {run}: cannot open it ({e.strerror})", file=sys.stderr)
+        return 2
+    if fd is None:
+        return work()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        yield (f"error: {run}: in use by another process (a training, average or export on it); wait for it "
-               "or use another --run-dir")
-        return
-    try:
-        yield None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"error: {run}: in use by another process (a training, average or export on it); wait for it "
+                  "or use another --run-dir", file=sys.stderr)
+            return 2
+        return work()
     finally:
         os.close(fd)
 

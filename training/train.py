@@ -26,7 +26,7 @@ from training import data as fer
 from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, out_error, read_record, run_out, warm_start_lineage
 from training.metrics import report
-from training.run import STATE, clear_run, commit_files, finish_pending, read_state, run_lock
+from training.run import STATE, clear_run, commit_files, finish_pending, holding, read_state
 
 # The recipe from scratch that learns (training/CYCLES.md): at a peak of 0.05 without a full epoch of
 # warm-up a run stayed at chance for its first epochs. A resume runs with its own saved config.
@@ -325,11 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.resume:  # a --resume with a typo names the missing run, and makes no folder
         run.mkdir(parents=True, exist_ok=True)  # for its lock
-    with run_lock(run) as error:
-        if error:
-            print(error, file=sys.stderr)
-            return 2
-        return run_training(args)
+    return holding(run, lambda: run_training(args))
 
 
 def run_training(args: argparse.Namespace) -> int:
