@@ -38,9 +38,10 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "feedbackd needs \
 	Python >= 3.11; PYTHON=$(PYTHON) is $(or $(PY_VERSION),not found): install one and name it, e.g. \
 	make run PYTHON=python3.11"; exit 1; }
-	@mkdir -p "$$(dirname "$(VENV)")" && exec 9>"$(VENV).lock" && flock 9 || exit 1; \
-	if [ "$$(cat "$@" 2>/dev/null)" = "$(WANT)" ] && [ ! pyproject.toml -nt "$@" ]; then \
-	    echo "$(VENV) is up to date (built by another make meanwhile)"; exit 0; fi; \
+	@before=$$(stat -c %Y.%i "$@" 2>/dev/null); mkdir -p "$$(dirname "$(VENV)")" && exec 9>"$(VENV).lock" && \
+	flock 9 || exit 1; \
+	if [ "$$(stat -c %Y.%i "$@" 2>/dev/null)" != "$$before" ] && [ "$$(cat "$@" 2>/dev/null)" = "$(WANT)" ] && \
+	    [ ! pyproject.toml -nt "$@" ]; then echo "$(VENV) is up to date (built by another make meanwhile)"; exit 0; fi; \
 	PYTHON=$(PYTHON) bash -c 'source systemd/install.sh && venv_ok "$$1"' venv_ok $(VENV) || { rm -rf $(VENV) && \
 	    $(PYTHON) -m venv $(if $(ON_PI),--system-site-packages) $(VENV); } || \
 	    { rm -rf $(VENV); echo "cannot create $(VENV) with $(PYTHON): install python3-venv (sudo apt install python3-venv)"; exit 1; }; \

@@ -998,7 +998,7 @@ def test_two_makes_in_one_clone_do_not_build_the_venv_at_once(tmp_path):
     python = stub(tmp_path / "python3", f'[ "$1 $2" = "-m venv" ] || exec {sys.executable} "$@"\necho "$*" >>{made}\n')
     settings = [f"VENV={venv}", f"PYTHON={python}", "ON_PI=", "PY_VERSION=python3.11"]
     dry = subprocess.run(["make", "-C", str(ROOT), "-n", "venv", *settings], capture_output=True, text=True, timeout=60)
-    assert f'exec 9>"{lock}" && flock 9' in dry.stdout, dry.stdout + dry.stderr
+    assert f'exec 9>"{lock}"' in dry.stdout and "flock 9 ||" in dry.stdout, dry.stdout + dry.stderr
 
     def waiting() -> bool:  # a flock blocked on the lock, as /proc shows it
         for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
@@ -1022,6 +1022,9 @@ def test_two_makes_in_one_clone_do_not_build_the_venv_at_once(tmp_path):
     out, _ = second.communicate(timeout=60)
     assert second.returncode == 0, out
     assert f"{venv} is up to date (built by another make meanwhile)" in out and not made.exists()
+    forced = subprocess.run(["make", "-C", str(ROOT), "-B", "venv", *settings], capture_output=True, text=True,
+                            timeout=60)  # no other make built it meanwhile: -B builds it again
+    assert "built by another make meanwhile" not in forced.stdout and made.exists(), forced.stdout + forced.stderr
 
 
 def test_a_path_with_a_space_reaches_each_command_whole(tmp_path):
