@@ -21,7 +21,7 @@ from typing import IO
 
 from device import clock, spare
 from device.button import ButtonError, open_button
-from device.config import DEFAULT_PATH, SCHEMA, ConfigError, load_config, read_toml
+from device.config import DEFAULT_PATH, SCHEMA, ConfigError, current_folder, load_config, read_toml
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
@@ -111,8 +111,9 @@ def config_from(args: argparse.Namespace):
     path = args.config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
     for key in ("model.path", "detector.dir"):  # the config's own are the checkout's; a typed one is the shell's
-        if key in overrides:
-            overrides[key] = os.path.abspath(overrides[key])
+        if key in overrides and not os.path.isabs(overrides[key]):
+            here = current_folder(f"command line: {key}: {overrides[key]!r}")
+            overrides[key] = os.path.normpath(os.path.join(here, overrides[key]))
     return load_config(path, overrides)
 
 
@@ -125,7 +126,11 @@ def cmd_run(cfg, pin_factory=None) -> int:
     if why := no_core_dumps():
         log.warning("a crash may leave a core dump holding camera frames (%s)", why)
     held = spare.beside(cfg["storage"]["path"])
-    if spare.in_use(held):  # before the display: opening it would blank the screen customers read
+    try:
+        running = spare.in_use(held)
+    except PermissionError:  # a running service cannot be told apart: the display is not opened either
+        raise denied(held, "run") from None
+    if running:  # before the display: opening it would blank the screen customers read
         raise StorageError(f"{cfg['storage']['path']}: another feedbackd is running on this log (it holds {held}): "
                            "stop it first (sudo systemctl stop feedbackd)")
     notifier = Notifier()  # the unit's: only there is RLIMIT_MEMLOCK set for the lock to be safe
@@ -222,7 +227,12 @@ def log_room(path: Path) -> str:
 def cmd_check(cfg, skip: list[str]) -> int:
     from device.sources import open_source
 
-    held = ("camera", "display", "button") if spare.in_use(spare.beside(cfg["storage"]["path"])) else ()
+    skipped = "the running service holds it: stop it (sudo systemctl stop feedbackd) to check it too"
+    try:
+        running = spare.in_use(spare.beside(cfg["storage"]["path"]))
+    except PermissionError:  # the service's folder is closed to this user: it may be running
+        running, skipped = True, "cannot tell whether the running service holds it: run sudo feedbackd check"
+    held = ("camera", "display", "button") if running else ()
     if "camera" not in [*skip, *held]:  # it reads a frame too: kept out of a core dump and off the swap, as run does
         log = logging.getLogger("feedbackd")
         if why := no_core_dumps():
@@ -235,8 +245,7 @@ def cmd_check(cfg, skip: list[str]) -> int:
         if name in skip:
             return
         if name in held:  # said, so that a technician does not take the part for checked
-            results.append((name, None, "the running service holds it: stop it (sudo systemctl stop feedbackd) "
-                                        "to check it too"))
+            results.append((name, None, skipped))
             return
         try:
             results.append((name, True, fn()))

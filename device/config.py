@@ -155,6 +155,11 @@ def _owners(key: str) -> list[str]:
     return [s for s, keys in SCHEMA.items() if key in keys] + (["rating.map"] if key in DISPLAY_NAMES else [])
 
 
+def _under(owners: list[str]) -> str:
+    """Every section a misplaced key may belong under: `path` could be the camera's, the model's or the log's."""
+    return "[" + "] or [".join(owners) + "]"
+
+
 def _check_ratings(source: str, ratings: dict, top: int) -> dict[str, float]:
     """The defaults are a 1-5 scale: any other rating.max needs a rating for every emotion."""
     from device.preprocess import DISPLAY_NAMES
@@ -166,8 +171,8 @@ def _check_ratings(source: str, ratings: dict, top: int) -> dict[str, float]:
                           f"missing {', '.join(missing)}")
     out = dict(DEFAULT_RATINGS)
     for name, value in ratings.items():
-        if name not in DISPLAY_NAMES and len(owners := _owners(name)) == 1:  # appended below [rating.map]
-            raise ConfigError(f"{source}: {name} belongs under [{owners[0]}], not [rating.map]")
+        if name not in DISPLAY_NAMES and (owners := _owners(name)):  # appended below [rating.map]
+            raise ConfigError(f"{source}: {name} belongs under {_under(owners)}, not [rating.map]")
         if name not in DISPLAY_NAMES:
             raise ConfigError(f"{where}.{name}: unknown emotion (expected one of {', '.join(DISPLAY_NAMES)})")
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
@@ -217,7 +222,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     for section, values in data.items():
         owners = _owners(section)
         if not isinstance(values, dict) and (owners or section not in SCHEMA):  # above the first [header]
-            home = f"it belongs under [{'] or ['.join(owners)}]" if owners else f"sections: {', '.join(SCHEMA)}"
+            home = f"it belongs under {_under(owners)}" if owners else f"sections: {', '.join(SCHEMA)}"
             raise ConfigError(f"{cfg.source}: {section} is a key outside any [section]; {home}")
         if section not in SCHEMA:
             raise ConfigError(f"{cfg.source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
@@ -231,11 +236,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         for key, value in values.items():
             where = f"{cfg.where(f'{section}.{key}')}: {section}.{key}"  # a flag wins over the file
             if key not in SCHEMA[section]:
-                if len(owners := _owners(key)) == 1:  # a key appended at the end lands in the last section
-                    raise ConfigError(f"{cfg.source}: {key} belongs under [{owners[0]}], not [{section}]")
+                if owners := _owners(key):  # a key appended at the end lands in the last section
+                    raise ConfigError(f"{cfg.source}: {key} belongs under {_under(owners)}, not [{section}]")
                 raise ConfigError(f"{cfg.source}: unknown key {section}.{key} "
                                   f"(known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _check(where, SCHEMA[section][key], value)
+    if "camera.source" in cfg.flags and "camera.path" not in cfg.flags and cfg["camera"]["source"] not in (
+            "video", "images"):  # the file's clip or photos went with the file's source, which the flag replaced
+        cfg["camera"]["path"] = ""
     if not Path(merged.get("storage", {}).get("path", "/")).is_absolute() and "storage.path" not in (overrides or {}):
         raise ConfigError(f"{cfg.source}: storage.path: must be an absolute path, or the daemon, "
                           "check and export would each find the log in a different folder")
@@ -246,7 +254,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     # the feedbackd command set a folder of the user's own), before the log, the images or the PNG are
     # opened. A URL stays one.
     state = os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
-    base = state.split(":")[0] if state else os.getcwd()
+    base = state.split(":")[0] if state else None  # None: the current folder, asked only for a relative path
     png = cfg["display"]["png_path"]
     if cfg["display"]["driver"] == "png" and (not Path(png).name or png.endswith(("/", "/.", "/.."))):
         raise ConfigError(f"{cfg.where('display.png_path', 'display.driver')}: display.png_path: {png!r} is not "
@@ -256,8 +264,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"{cfg.where(f'{section}.{key}')}: {section}.{key}: {cfg[section][key]!r}: ~ is not "
                               "expanded here (the service runs as its own user); write the full path")
     for section, key in (("storage", "path"), ("camera", "path"), ("display", "png_path")):
-        if cfg[section][key] and "://" not in cfg[section][key]:
-            cfg[section][key] = os.path.normpath(os.path.join(base, cfg[section][key]))
+        value = cfg[section][key]
+        if not value or "://" in value or (key == "png_path" and cfg["display"]["driver"] != "png"):
+            continue  # the default png_path is relative, and used by the png driver only
+        if not os.path.isabs(value):
+            base = base or current_folder(f"{cfg.where(f'{section}.{key}')}: {section}.{key}: {value!r}")
+            value = os.path.join(base, value)
+        cfg[section][key] = os.path.normpath(value)
     png = cfg["display"]["png_path"]
     if cfg["display"]["driver"] == "png" and os.path.isdir(png):  # else every frame fails "Is a directory"
         raise ConfigError(f"{cfg.where('display.png_path', 'display.driver')}: display.png_path: {png} is a folder; "
@@ -302,6 +315,15 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if state:
         _check_sandbox(cfg, Path(base))
     return cfg
+
+
+def current_folder(what: str) -> str:
+    """The folder a relative path was given in: one deleted under the shell (a checkout removed) has none."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: cannot resolve relative paths: the current folder no longer exists; "
+                          "cd elsewhere") from None
 
 
 def _check_sandbox(cfg: Config, state: Path) -> None:

@@ -81,6 +81,9 @@ DRAIN_S = 1.0
 # file holds (the next start restores them) get STOP_DRAIN_S of it, those only in memory the rest.
 STOP_S = 6.0
 STOP_DRAIN_S = 3.0
+# A log failing for one reason (a full card, for days) is said once, then this often with the entries waiting:
+# a line at each retry, 720 an hour, pushed the CRITICAL kept-entry lines out of the journal kept in memory.
+STILL_FAILING_S = 3600.0
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Stats:
     since: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
+        """Each stage's time over the frames that went through it: a pass with no new frame adds none."""
         span = max(1e-9, time.monotonic() - self.since)
         per = " ".join(f"{s} {1000 * self.seconds[s] / max(1, self.frames):.1f}ms" for s in STAGES)
         return (f"stats: {self.frames / span:.1f} frames/s, {self.faces} with a face, {self.entries} entries; "
@@ -124,10 +128,12 @@ class Daemon:
         self.stats = Stats()
         self._last_accepted = -1e9
         self._thanks: tuple[float, Screen] | None = None  # the last press's answer: thanks, or "Not saved"
+        self._thanks_undrawn = False  # that answer not on the screen yet: it shows, then lasts its time from there
         self._unsaved: tuple[str, Screen] | None = None  # an entry shown "Not saved": its line, and its thanks
         self._no_face = (0.0, 0.0)  # "No face - try again": since the refused press was handled, and until
         self._pending: list[tuple[Entry, datetime]] = []  # writes that failed, with their press time
         self._retry_at = 0.0
+        self._reported: tuple[str, float] | None = None  # the log's failure last said in the journal, and when
         self.storage_error: str | None = getattr(store, "error", None)  # a log that could not open at start
         # The log could not say which of the spare's lines it holds: they stay there, retried with
         # the pending entries, and the spare is not cleared until they are back in line.
@@ -189,22 +195,27 @@ class Daemon:
         t0 = time.monotonic()
         frame = self.source.read()
         t1 = time.monotonic()
-        self.stats.seconds["capture"] += t1 - t0
-        self._handle_presses()  # before this frame is seen: its face may be the next customer's
+        answered = self._handle_presses()  # before this frame is seen: its face may be the next customer's
         if frame is not None:
             self._see(frame, t1)
-        self._retry_pending()
+        if not answered:  # a backlog waits a pass: the customer's answer is drawn at once
+            self._retry_pending()
         t2 = time.monotonic()
         screen = self.screen(t2)
         self.display.show(screen)
         t3 = time.monotonic()
-        self.stats.seconds["render"] += t3 - t2
+        if frame is not None:  # per frame, as detect and classify: a pass with none new is not one
+            self.stats.seconds["capture"] += t1 - t0
+            self.stats.seconds["render"] += t3 - t2
         # as screen() had it, and only where it showed it: a press under "No face" or a camera error stores
         # nothing; under a storage error shown to all it is still taken (kept in memory, "Not saved")
         shown = screen.kind == "live" or screen.title == "Storage error"
         kind = "thanks" if self._thanks and screen is self._thanks[1] else screen.kind  # "Not saved" too
         self._shown.append((t3, kind, self.smoother.reading(t2) if shown else None))
-        self.stats.frames += frame is not None  # camera frames: a pass with none new is not one
+        if kind == "thanks" and self._thanks_undrawn:  # its time counts from when the customer sees it
+            self._thanks_undrawn = False
+            self._thanks = (max(self._thanks[0], t3 + self.cfg["display"]["thank_you_s"]), self._thanks[1])
+        self.stats.frames += frame is not None
 
     def _see(self, frame: np.ndarray, captured_at: float) -> None:
         # the dot is judged by the newest frame looked at, not the clock: on a Pi that detects for most
@@ -239,8 +250,9 @@ class Daemon:
         self.smoother.add(captured_at, probs, new_face)  # when the frame was read, not when its face was classified
 
     # --- the button
-    def _handle_presses(self) -> None:
-        bt = self.cfg["button"]
+    def _handle_presses(self) -> bool:
+        """Store or refuse each new press; True if one was answered (its screen is to be drawn without delay)."""
+        bt, answered = self.cfg["button"], False
         for pressed_at in self.button.presses():
             if pressed_at - self._last_accepted < bt["cooldown_s"] or (self._thanks and pressed_at < self._thanks[0]):
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
@@ -256,14 +268,18 @@ class Daemon:
                 if not getattr(self.source, "error", None):
                     self._no_face = (now, now + self.cfg["display"]["thank_you_s"])
                 log.info("press without a face: nothing stored")
+                answered = True
                 continue  # and the customer may press again at once
+            answered = True
             self._last_accepted = pressed_at
             self.finder.release(self._box)  # logged: the next customer's face need not outscore this one's by far
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
             self._pending.append((entry, at))  # after any entries still waiting: ids follow press order
             # Behind a backlog the log is taking (a card with room again), this one waits its turn in the
-            # spare file, thanked at once: storing thousands first froze the screen for minutes.
-            stored = self._store_pending(now, DRAIN_S if self.spare else math.inf)
+            # spare file, thanked at once: storing any of it first (a second's worth of synced commits on an
+            # SD card) held the thank-you back. A log that failed is tried again: room may be back.
+            behind = len(self._pending) > 1 and self.spare is not None and self.storage_error is None
+            stored = not behind and self._store_pending(now, DRAIN_S if self.spare else math.inf)
             line = entry_json(entry, at)
             kept = stored or self._keep(line, behind=self.storage_error is None)
             if not kept and self.storage_error is None:  # behind a backlog with the spare file full: the log
@@ -275,15 +291,17 @@ class Daemon:
             # is lost at a power cut: that customer and staff see it was not saved. Either screen lasts
             # the cooldown too, so that no press meets a screen that ignores it; a reading the screen
             # called "Not sure" is thanked without the emotion the entry keeps. The LED means stored.
-            # Timed from the store: a backlog the log took first takes up to DRAIN_S.
+            # Timed again once drawn (step): the frame seen meanwhile takes most of a second on a slow Pi.
             until = max(time.monotonic() + self.cfg["display"]["thank_you_s"], pressed_at + bt["cooldown_s"])
             shown = (entry.emotion, entry.rating) if reading.sure else (None, None)
             thanks = Screen("thanks", *shown, self.cfg["rating"]["max"])
             self._thanks = (until, thanks if kept
                             else Screen("error", title="Not saved", detail="storage error: please tell staff"))
+            self._thanks_undrawn = True
             self._unsaved = None if kept else (line, thanks)
             if stored:
                 self.button.acknowledge()
+        return answered
 
     def _keep(self, line: str, behind: bool = False) -> bool:
         """An entry the log did not take, to the journal and the spare file now (a power cut may
@@ -306,13 +324,23 @@ class Daemon:
         except StorageError as e:
             self.storage_error = str(e)
             self._retry_at = now + self.cfg["storage"]["retry_s"]
-            log.error("%s (kept in memory, retrying every %.0f s)", e, self.cfg["storage"]["retry_s"])
+            self._report_failure(str(e), now)
             return False
-        self.storage_error = None
+        self.storage_error, self._reported = None, None
         self.stats.entries += 1
         log.info("stored entry %d: %s, rating %s, confidence %.2f, pressed %s", row, entry.emotion, entry.rating,
                  entry.confidence, at.isoformat())  # matches a journal line of an entry kept in memory
         return True
+
+    def _report_failure(self, reason: str, now: float) -> None:
+        """Each new reason once, then a reminder every STILL_FAILING_S with the entries waiting."""
+        if self._reported and self._reported[0] == reason:
+            if now - self._reported[1] < STILL_FAILING_S:
+                return
+            log.error("%s (still failing, entries waiting: %d)", reason, len(self._pending))
+        else:
+            log.error("%s (kept in memory, retrying every %.0f s)", reason, self.cfg["storage"]["retry_s"])
+        self._reported = (reason, now)
 
     def _store_pending(self, now: float, budget_s: float = math.inf) -> bool:
         """Store the waiting entries oldest first, for at most `budget_s`; True once none is left.
@@ -397,16 +425,16 @@ class Daemon:
 
     # --- what the screen shows
     def screen(self, now: float) -> Screen:
-        if self._thanks and now < self._thanks[0]:
+        if self._thanks and (self._thanks_undrawn or now < self._thanks[0]):
             return self._thanks[1]
         since, until, seen = *self._no_face, self.smoother.last_face_at
         if now < until and (seen is None or seen <= since):
             return Screen("no_face")  # until a face is seen again: the customer trying again sees what a press stores
         r = self.smoother.reading(now)
-        # a press would store nothing: no reading on screen that a press refuses. Judged by the newest frame
-        # looked at, as the dot: on a slow Pi the draw comes a second or more after the frame was read
-        if r is not None and not self.smoother.face_seen_within(
-                self._looked_at or now, self.cfg["button"]["face_window_s"]):
+        # a press would store nothing: no reading on screen that a press refuses. Judged at the draw, as a
+        # press is at its own time: by the newest frame read instead, a camera that stalled (no new frame for
+        # seconds) or a slow draw kept a reading up past the window, and a press on it met "No face"
+        if r is not None and not self.smoother.face_seen_within(now, self.cfg["button"]["face_window_s"]):
             r = None
         # While the spare file keeps what the log cannot take (days of a full card), a customer in
         # front sees their reading and may press; the error waits for staff between customers.

@@ -74,13 +74,14 @@ class Manifest:
             m = cls(labels, display, InputSpec.from_dict(inp, needs_views=d["schema_version"] >= 2),
                     str(inp["dtype"]), _quantization(inp.get("quantization")),
                     _quantization(d["output"].get("quantization")), str(d["tflite_sha256"]), d)
-            # a class shown under another's name (a hand edit swapped two) scores right and reads wrong
-            wrong = [f"{n} as {s}" for n, s in zip(labels, display, strict=True)
-                     if n not in CLASSES or s != DISPLAY_NAMES[CLASSES.index(n)]]
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # Overflow: a size of 1e999
+            # a class shown under another's name (a hand edit swapped two) scores right and reads wrong;
+            # indexed, not zip(strict=): .venv-tflite may run Python 3.9, whose zip takes no keywords
+            wrong = [f"{n} as {display[i]}" for i, n in enumerate(labels)
+                     if n not in CLASSES or display[i] != DISPLAY_NAMES[CLASSES.index(n)]]
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # Overflow: a zero point of 1e999
             raise ModelError(f"{path}: malformed model manifest ({type(e).__name__}: {e})") from None
         if wrong:  # rating.map rates these seven only, each by its own name
-            names = ", ".join(f"{c} as {n}" for c, n in zip(CLASSES, DISPLAY_NAMES, strict=True))
+            names = ", ".join(f"{c} as {DISPLAY_NAMES[i]}" for i, c in enumerate(CLASSES))
             raise ModelError(f"{path}: label {', '.join(wrong)}: feedbackd rates these emotions only, each shown by "
                              f"its own name: {names}")
         if not labels or len(labels) != len(set(labels)):

@@ -25,6 +25,16 @@ DISPLAY_NAMES: tuple[str, ...] = (
 )
 
 
+def _whole(v: object) -> bool:
+    """A JSON integer, as a manifest must give a size or shift: int() would read 48.9 as 48 and true as 1."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: object) -> bool:
+    """A JSON number: float() would read "0.5" and true as numbers, another computation than the one scored."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class View:
     """One test-time view of a face: zoomed in about its centre, shifted by whole pixels (edge
@@ -62,12 +72,16 @@ class View:
 
     @classmethod
     def from_dict(cls, d: dict) -> View:
-        # a misspelt key ("flip") or a "false" in quotes would classify another view than the one scored
+        # a misspelt key ("flip"), a "false" in quotes or a shift of "12" (read as [1, 2]) would classify another
+        # view than the one scored
         if set(d) - {"zoom", "shift", "mirror"} or not isinstance(d.get("mirror", False), bool):
             raise ValueError(f"invalid view {d!r} (keys zoom, shift and mirror, mirror true or false)")
+        zoom, shift = d.get("zoom", 1.0), d.get("shift", [0, 0])
+        if not _number(zoom) or not isinstance(shift, list) or not all(map(_whole, shift)):
+            raise ValueError(f"invalid view {d!r} (zoom a number, shift a list [dx, dy] of whole pixels)")
         try:
-            view = cls(float(d.get("zoom", 1.0)), tuple(int(v) for v in d.get("shift", (0, 0))), d.get("mirror", False))
-        except OverflowError:  # a shift of 1e999
+            view = cls(float(zoom), tuple(shift), d.get("mirror", False))
+        except OverflowError:  # a zoom of 10**400, too large for a float
             raise ValueError(f"invalid view {d!r}") from None
         if not 1.0 <= view.zoom <= 2.0 or len(view.shift) != 2 or max(map(abs, view.shift)) > 8:
             raise ValueError(f"invalid view {d!r} (zoom 1 to 2, shift [dx, dy] of at most 8 px)")
@@ -109,24 +123,31 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict, needs_views: bool = False) -> InputSpec:
-        """`needs_views`: a format that always writes them (manifest schema 2), so one without lost them."""
+        """`needs_views`: a format that always writes them (manifest schema 2), so one without lost them.
+        Values are taken as JSON types them, never coerced: a size of 48.9 read as 48, or a class_scale of
+        "1111511" as seven factors, would compute another thing than the one scored."""
         if "views" in d:
             views = tuple(View.from_dict(v) for v in d["views"])
         elif needs_views:
             raise KeyError("input.views")
         else:  # manifests before views: face and mirror image, or (before that) one view
             views = (View(), View(mirror=True)) if d.get("mirror") else ONE_VIEW
+        size, class_scale = d["size"], d.get("class_scale", [])
+        if not isinstance(class_scale, list) or not all(map(_number, class_scale)):
+            raise ValueError(f"invalid class_scale {class_scale!r} (a list of positive numbers, one per class)")
+        if not _whole(size) or not all(_number(d[k]) for k in ("scale", "mean", "std")):
+            raise ValueError(f"invalid input spec {d!r} (size a whole number of pixels; scale, mean and std numbers)")
         try:
             spec = cls(
-                size=int(d["size"]),
+                size=size,
                 color_mode=str(d["color_mode"]),
                 scale=float(d["scale"]),
                 mean=float(d["mean"]),
                 std=float(d["std"]),
                 views=views,
-                class_scale=tuple(float(v) for v in d.get("class_scale", ())),
+                class_scale=tuple(float(v) for v in class_scale),
             )
-        except OverflowError:  # JSON's 1e999 is infinity, which int() refuses: a bad value as any other
+        except OverflowError:  # an integer too large for a float (10**400): a bad value as any other
             raise ValueError(f"invalid input spec {d!r}") from None
         if not all(0 < v < float("inf") for v in spec.class_scale):
             raise ValueError(f"invalid class_scale {spec.class_scale!r} (positive numbers, one per class)")

@@ -23,6 +23,10 @@ log = logging.getLogger("feedbackd")
 # it is kept in memory only, lost at a power cut; zeroing 2 MiB at a start or after the log took the
 # entries back is a moment.
 SIZE = 2 * 2**20
+# Free space the spare file leaves to the log when it grows: a log's -wal file grows to some 4 MiB
+# (1000 pages) before SQLite starts it over, and its -shm takes 32 KiB. A spare file that took the
+# card's last free space would leave the log failing from the first entry.
+LOG_ROOM = 4 * 2**20
 
 
 def beside(log_path: Path | str) -> Path:
@@ -80,10 +84,13 @@ def fsync_folder(folder: Path) -> None:
 
 def in_use(path: Path) -> bool:
     """Whether a running daemon holds this spare file's lock: `check` then leaves alone the camera,
-    display and button it holds, where opening them would fail or blank the screen staff read."""
+    display and button it holds, where opening them would fail or blank the screen staff read. A
+    PermissionError where this user cannot open it (the service's folder is 0750): it cannot tell."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no spare file (no daemon ever ran on this log), or not readable for this user
+    except PermissionError:
+        raise
+    except OSError:  # no spare file: no daemon ever ran on this log
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once by the close below
@@ -154,21 +161,36 @@ class SpareFile:
 
     def _take_room(self, data: bytes) -> None:
         """Zeros after the lines, the whole size allocated: a line cut short is closed first, and
-        bytes after a zero (a write or a clearing cut short) are zeroed, not read as lines later."""
+        bytes after a zero (a write or a clearing cut short) are zeroed, not read as lines later. It
+        grows only into free space past LOG_ROOM, and gives back what it took where the card had less
+        (a smaller file then, or none: room taken and left unused would only be lost to the log)."""
         if self.end and not data[:self.end].endswith(b"\n"):
             self._write(b"\n", self.end)
             self.end += 1
-        blocks = os.fstat(self.fd).st_blocks * 512
-        if len(data) != self.size or blocks < self.size or any(data[self.end:]):
-            try:
-                self._zero(self.end)
-            except OSError as e:  # a smaller spare file of an older version, on a card already full
-                if e.errno != errno.ENOSPC or not self.end < len(data) < self.size or blocks < len(data):
-                    raise
-                os.ftruncate(self.fd, len(data))
-                wanted, self.size = self.size, len(data)
-                self._zero(self.end)  # over blocks the file holds: no free space needed
-                log.warning("%s: no room to grow it to %d bytes; it keeps its %d", self.path, wanted, self.size)
+        st = os.fstat(self.fd)
+        if st.st_size == self.size and st.st_blocks * 512 >= self.size and not any(data[self.end:]):
+            return
+        kept = st.st_size if st.st_blocks * 512 >= st.st_size else self.end  # the room that is the file's already
+        wanted = self.size
+        if st.st_blocks * 512 < wanted:  # to grow: into the free space past the log's
+            fs = os.statvfs(self.path.parent)
+            room = st.st_blocks * 512 + fs.f_bavail * fs.f_frsize - LOG_ROOM
+            self.size = min(wanted, max(kept, room // fs.f_frsize * fs.f_frsize))
+        try:
+            self._zero(self.end)
+        except OSError as e:  # fewer free blocks than statvfs said: what it took is given back
+            with contextlib.suppress(OSError):  # the error that stopped the growth is the one to report
+                os.ftruncate(self.fd, kept)
+            if e.errno != errno.ENOSPC:
+                raise
+            self.size = min(wanted, kept)
+            self._zero(self.end)  # over blocks the file holds: no free space needed
+        if not self.size:
+            self.refused = "no room for it on its card (the free space is left to the log)"
+            log.error("%s: %s; an entry the log cannot take is in the journal only", self.path, self.refused)
+        elif self.size < wanted:
+            log.warning("%s: no room to grow it to %d bytes (the log's %d left free); it keeps %d", self.path,
+                        wanted, LOG_ROOM, self.size)
 
     def entries(self) -> list[dict]:
         """The entries written before this start, in order; a line that is not whole is left out."""

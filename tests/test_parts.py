@@ -216,11 +216,15 @@ def test_a_config_saved_on_windows_loads_or_says_to_save_it_as_utf8(tmp_path):
     ("speed = 3\n", "speed is a key outside any [section]; sections: device, camera,"),
     ("[camera]\nled_pin = 27\n", "led_pin belongs under [button], not [camera]"),
     ("[rating]\nmax = 5\nHappy = 5\n", "Happy belongs under [rating.map], not [rating]"),
+    # a key of several sections is named with each of them, as above the first header
+    ("[camera]\npath = 'x'\n[display]\npath = 'y'\n", "path belongs under [camera] or [model] or [storage], not "
+     "[display]"),
+    ("[button]\nrotate = 2\n", "rotate belongs under [camera] or [display], not [button]"),
+    ("[rating.map]\nHappy = 5\nrotate = 2\n", "rotate belongs under [camera] or [display], not [rating.map]"),
     # what was before, where no other section has the key
     ("[gpio]\npin = 4\n", "unknown section [gpio] (known: device, camera,"),
     ("display = 3\n", "display must be a [section] table"),
     ("[camera]\nsorce = 'demo'\n", "unknown key camera.sorce (known: source,"),
-    ("[camera]\npath = 'x'\n[display]\npath = 'y'\n", "unknown key display.path (known: driver,"),
     ("[rating.map]\nJoyful = 5\n", "rating.map.Joyful: unknown emotion (expected one of Angry,"),
 ])
 def test_a_key_in_the_wrong_place_is_said_to_be_there(tmp_path, text, message):
