@@ -231,7 +231,9 @@ def cmd_check(cfg, skip: list[str]) -> int:
     try:
         running = spare.in_use(spare.beside(cfg["storage"]["path"]))
     except PermissionError:  # the service's folder is closed to this user: it may be running
-        running, skipped = True, "cannot tell whether the running service holds it: run sudo feedbackd check"
+        # under sudo the wrapper runs this as the service's own user: a spare file it cannot open is no service's
+        running = not os.environ.get("FEEDBACKD_DROPPED_ROOT")
+        skipped = "cannot tell whether the running service holds it: run sudo feedbackd check"
     held = ("camera", "display", "button") if running else ()
     if "camera" not in [*skip, *held]:  # it reads a frame too: kept out of a core dump and off the swap, as run does
         log = logging.getLogger("feedbackd")

@@ -195,10 +195,10 @@ class Daemon:
         t0 = time.monotonic()
         frame = self.source.read()
         t1 = time.monotonic()
-        answered = self._handle_presses()  # before this frame is seen: its face may be the next customer's
+        thanked = self._handle_presses()  # before this frame is seen: its face may be the next customer's
         if frame is not None:
             self._see(frame, t1)
-        if not answered:  # a backlog waits a pass: the customer's answer is drawn at once
+        if not thanked:  # a backlog waits a pass: the customer's thank-you is drawn at once
             self._retry_pending()
         t2 = time.monotonic()
         screen = self.screen(t2)
@@ -251,8 +251,9 @@ class Daemon:
 
     # --- the button
     def _handle_presses(self) -> bool:
-        """Store or refuse each new press; True if one was answered (its screen is to be drawn without delay)."""
-        bt, answered = self.cfg["button"], False
+        """Store or refuse each new press; True if one was thanked (its screen is to be drawn without delay). A
+        refused one is not: a button bouncing with no one in front would otherwise hold every retry back."""
+        bt, thanked = self.cfg["button"], False
         for pressed_at in self.button.presses():
             if pressed_at - self._last_accepted < bt["cooldown_s"] or (self._thanks and pressed_at < self._thanks[0]):
                 continue  # one press, one entry: none while the thank-you shows, however late it was handled
@@ -268,9 +269,8 @@ class Daemon:
                 if not getattr(self.source, "error", None):
                     self._no_face = (now, now + self.cfg["display"]["thank_you_s"])
                 log.info("press without a face: nothing stored")
-                answered = True
                 continue  # and the customer may press again at once
-            answered = True
+            thanked = True
             self._last_accepted = pressed_at
             self.finder.release(self._box)  # logged: the next customer's face need not outscore this one's by far
             entry, at = self._entry(reading), datetime.now(UTC) - timedelta(seconds=now - pressed_at)
@@ -301,7 +301,7 @@ class Daemon:
             self._unsaved = None if kept else (line, thanks)
             if stored:
                 self.button.acknowledge()
-        return answered
+        return thanked
 
     def _keep(self, line: str, behind: bool = False) -> bool:
         """An entry the log did not take, to the journal and the spare file now (a power cut may

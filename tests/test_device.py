@@ -882,6 +882,34 @@ def test_a_press_behind_a_slow_backlog_is_thanked_on_its_own_pass_for_the_whole_
     store.close()
 
 
+def test_a_button_pressed_on_every_pass_with_no_face_holds_no_backlog_back(tmp_path, monkeypatch):
+    """Only a thanked press puts the backlog off a pass: a button bouncing (or wet) with nobody in front,
+    refused on every pass, held back every retry, and the kept entries never reached the log."""
+    import device.daemon as D
+
+    db = tmp_path / "feedback.db"
+    daemon, button = bare_daemon(FullLog(db))
+    start = time.monotonic()
+    for i in range(3):  # thanked while the card was full: kept in the spare file
+        press(daemon, button, start + 10 * i)
+    daemon.close()
+    clock = moved_clock(monkeypatch, D)
+    store = FeedbackLog(db)
+    daemon, button = bare_daemon(store)
+    daemon.source = SimpleNamespace(read=lambda: None, error=None)
+    daemon.display = SimpleNamespace(show=lambda screen: None)
+    for _ in range(3):
+        clock[0] += 0.5
+        button.button.pin.drive_low()
+        button.button.pin.drive_high()
+        daemon.step()
+        assert daemon.screen(clock[0]).kind == "no_face"
+    assert store.count() == 3
+    monkeypatch.undo()
+    daemon.close()
+    store.close()
+
+
 def test_the_stats_line_times_each_stage_over_the_frames_that_went_through_it(tmp_path, monkeypatch):
     """Capture and render were added at every pass but divided by the passes with a new frame only: a
     loop that outruns the camera (LatestFrame hands each frame out once) read as a slow display."""
@@ -1652,6 +1680,12 @@ def test_check_by_a_user_who_cannot_tell_whether_the_service_runs_leaves_its_par
         assert lines[part].startswith("skip") and "cannot tell whether the running service holds it: run sudo " \
                                                   "feedbackd check" in lines[part]
     assert not screen.exists()
+    monkeypatch.setenv("FEEDBACKD_DROPPED_ROOT", "1")  # sudo: the wrapper runs it as the service's own user
+    assert cli.main(["check", "--source", "images", "--camera-path", str(face_folder), "--display", "png",
+                     "--png-path", str(screen), "--button", "none", "--db", str(db), "--model", str(model),
+                     "--detector-dir", str(FACE_DIR), "--skip", "storage"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
+    assert all(lines[part].startswith("ok") for part in ("camera", "display")) and screen.exists()
 
 
 def test_run_by_a_user_who_cannot_tell_whether_the_service_runs_stops_before_the_screen(tmp_path, capsys,

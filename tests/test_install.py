@@ -230,20 +230,28 @@ def test_the_last_sync_follows_the_boot_config_and_the_enable_link(tmp_path):
     assert log.read_text().splitlines()[1:len(steps) + 2] == [*(f"install: {s}" for s in steps), "install: done. Next:"]
 
 
-@pytest.mark.parametrize(("i2c", "spi", "enabled", "said"), [
-    ("0", "0", [], "I2C and SPI are enabled already (raspi-config)"),
-    ("1", "0", ["i2c"], "enabled I2C (raspi-config)"), ("0", "1", ["spi"], "enabled SPI (raspi-config)"),
-    ("1", "1", ["i2c", "spi"], "enabled I2C and SPI (raspi-config)"),
-    ("1", "1", ["i2c", "spi"], "WARNING: raspi-config could not enable I2C and SPI: enable it in sudo raspi-config")])
-def test_a_reinstall_leaves_the_boot_config_alone_where_the_buses_are_on(tmp_path, i2c, spi, enabled, said):
+@pytest.mark.parametrize(("i2c", "spi", "nodes", "enabled", "said"), [
+    ("0", "0", ["i2c-1", "spidev0.0"], [], "I2C and SPI are enabled already (raspi-config)"),
+    ("1", "0", ["spidev0.0"], ["i2c"], "enabled I2C (raspi-config)"),
+    ("0", "1", ["i2c-1"], ["spi"], "enabled SPI (raspi-config)"),
+    ("0", "0", ["spidev0.0"], ["i2c"], "enabled I2C (raspi-config)"),  # config.txt edited by hand: no i2c-dev
+    ("0", "", ["i2c-1", "spidev0.0"], ["spi"], "enabled SPI (raspi-config)"),  # an older raspi-config: no get_spi
+    ("1", "1", [], ["i2c", "spi"], "enabled I2C and SPI (raspi-config)"),
+    ("1", "1", [], ["i2c", "spi"], "WARNING: raspi-config could not enable I2C and SPI: enable it in")])
+def test_a_reinstall_leaves_the_boot_config_alone_where_the_buses_are_on(tmp_path, i2c, spi, nodes, enabled, said):
     """Each `raspi-config nonint do_i2c 0` rewrites /boot/firmware/config.txt: every re-run (README sends
     technicians to one to mend a model or SPI) rewrote the boot config of a working kiosk. Only a bus
-    raspi-config calls off (get_i2c, get_spi print 1) is enabled."""
+    raspi-config calls on (get_i2c, get_spi print 0) whose device node is there is left alone: do_i2c
+    also loads i2c-dev, which a config.txt edited by hand lacks."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for node in nodes:
+        (dev / node).touch()
     calls = tmp_path / "calls"
     fails = "exit 1" if "WARNING" in said else "exit 0"
     stub(tmp_path / "bin/raspi-config", f'case $2 in get_i2c) echo {i2c} ;; get_spi) echo {spi} ;;\n'
                                         f'*) echo "$*" >>{calls}; {fails} ;; esac\n')
-    r = sourced("enable_buses", PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    r = sourced("enable_buses", PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", DEV=str(dev))
     assert (calls.read_text().splitlines() if calls.exists() else []) == [f"nonint do_{bus} 0" for bus in enabled]
     assert r.stdout.startswith(f"install: {said}") and len(r.stdout.splitlines()) == 1, r.stdout
 
