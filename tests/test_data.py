@@ -156,6 +156,24 @@ def test_a_wrapped_layout_with_a_readme_beside_its_folder_is_unwrapped(tmp_path,
     assert load_split(bare, "all").y.tolist() == [3]
 
 
+def test_a_readme_beside_bare_class_folders_is_no_data_but_a_file_too_deep_is_named(tmp_path, faces):
+    """angry/, happy/ and a README.txt: the README is left out, as beside train/ and test/ or a wrapping folder."""
+    good = png_bytes(faces[0][0])
+    members = {"angry/a.png": good, "happy/b.png": good, "README.txt": b"notes"}
+    folder = tmp_path / "set"
+    for name, data in members.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    for source in (folder, write_zip(tmp_path / "set.zip", members)):
+        assert fer.detect_form(source) == "classes"
+        for skip_bad in (False, True):
+            read = load_split(source, "all", skip_bad=skip_bad, use_cache=False)
+            assert read.y.tolist() == [0, 3] and read.skipped == []
+    deep = write_zip(tmp_path / "deep.zip", {**members, "happy/more/c.png": good})
+    with pytest.raises(DataError, match=re.escape(f"{deep}:happy/more/c.png: expected <class>/<image>")):
+        load_split(deep, "all")
+
+
 def test_kaggle_test_folder_is_split_by_file_name(tmp_path, faces):
     """Kaggle's test/ holds PublicTest_* and PrivateTest_* faces: 'test' is PublicTest only."""
     x, y = faces
@@ -306,16 +324,27 @@ def test_malformed_csv_row_names_the_line(tmp_path, row, message):
     assert len(load_split(path, "train", skip_bad=True).skipped) == 1
 
 
-def test_a_csv_row_of_no_split_is_counted_once_not_in_every_split(tmp_path):
-    """A row whose Usage names no split (or that has none) is skipped by every load, but only the
-    'train' load counts it: a run's record says one bad row, not one Training and one PublicTest face."""
+def test_a_csv_row_of_no_split_is_reported_by_every_load_but_counted_once_by_a_run(tmp_path):
+    """A row whose Usage names no split (or that has none) is skipped by every load, and evaluate --skip-bad
+    (a 'test' or 'private' load alone) reports it; a run's pair of loads counts it once, in 'train': its record
+    says one bad row, not one Training and one PublicTest face. Either kind of load may be served from the cache
+    the other wrote."""
     x, y = synthetic_faces(1)
     path = write_csv(tmp_path / "fer.csv", {"Training": (x, y), "PublicTest": (x, y), "PrivateTest": (x, y)})
     path.write_text(path.read_text() + "3," + " ".join(["1"] * 2304) + ",Validation\n3\n")
-    read = {split: load_split(path, split, skip_bad=True) for split in ("train", "test", "private")}
-    assert {split: (len(s), len(s.skipped)) for split, s in read.items()} == {
-        "train": (7, 2), "test": (7, 0), "private": (7, 0)}
-    assert "unknown Usage 'Validation'" in read["train"].skipped[0]
+    other = tmp_path / "other.csv"  # another checksum: the run's loads decode it first
+    other.write_text(path.read_text() + "3\n")
+    for _ in range(2):  # decoded, then from the cache
+        read = {split: load_split(path, split, skip_bad=True) for split in ("train", "test", "private")}
+        assert {split: (len(s), len(s.skipped)) for split, s in read.items()} == {
+            "train": (7, 2), "test": (7, 2), "private": (7, 2)}
+        assert "fer.csv:23: unknown Usage 'Validation'" in read["test"].skipped[0]
+        assert "fer.csv:24: expected 3 fields, got 1" in read["test"].skipped[1]
+        train, test = fer.train_and_test(path, skip_bad=True)
+        assert (len(train.skipped), len(test.skipped)) == (2, 0)
+        train, test = fer.train_and_test(other, skip_bad=True)
+        assert (len(train.skipped), len(test.skipped)) == (3, 0)
+        assert len(load_split(other, "test", skip_bad=True).skipped) == 3
     with pytest.raises(DataError, match="fer.csv:23: unknown Usage 'Validation'"):
         load_split(path, "test")  # without --skip-bad every load stops on it
 

@@ -249,6 +249,8 @@ def _read_images(path: Path, split: str, form: str, skip_bad: bool) -> tuple[lis
         names = [n[len(want) :] for n in names if n.startswith(want)]
         prefix += want
         names, tagged = _by_name_prefix(path, names, split)
+    else:  # a README.txt beside the class folders is no data, as beside train/ and test/ or a wrapping folder
+        names = [n for n in names if "/" in n]
     faces, labels, skipped = [], [], []
     zf = zipfile.ZipFile(path) if path.is_file() else None
     try:
@@ -322,19 +324,19 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             yield start, row
 
 
-def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]:
+def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list, list]:
+    """Faces, labels, skipped rows, and which of those (indexes) are rows of no split skipped by a load other
+    than 'train': the 'train' load of a pair counts them, so its 'test' load may leave them out."""
     if split not in CSV_USAGE:
         raise DataError(f"{path}: split {split!r} is not in the FER-2013 CSV (train, test, private)")
     usage = CSV_USAGE[split]
-    faces, labels, skipped = [], [], []
+    faces, labels, skipped, unassigned = [], [], [], []
     rows = _csv_rows(path)
     header = next(rows, (1, None))[1]
     if header is None or [h.strip().lower() for h in header[:3]] != ["emotion", "pixels", "usage"]:
         raise DataError(f"{path}:1: expected the header 'emotion,pixels,Usage', got {header!r}")
     for line, row in rows:
         where = f"{path}:{line}"
-        if skip_bad and split != "train" and (len(row) < 3 or row[2] not in CSV_USAGE.values()):
-            continue  # a row of no split: the 'train' load alone counts it, so a run's record has it once
         try:
             if len(row) < 3:
                 raise DataError(f"{where}: expected 3 fields, got {len(row)}")
@@ -356,12 +358,17 @@ def _read_csv(path: Path, split: str, skip_bad: bool) -> tuple[list, list, list]
         except DataError as e:
             if not skip_bad:
                 raise
+            if split != "train" and (len(row) < 3 or row[2] not in CSV_USAGE.values()):
+                unassigned.append(len(skipped))
             skipped.append(str(e))
-    return faces, labels, skipped
+    return faces, labels, skipped, unassigned
 
 
-def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache: bool = True) -> Split:
-    """Load one split ('train', 'test', 'private' or 'all') of any supported form."""
+def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache: bool = True,
+               count_unassigned: bool = True) -> Split:
+    """Load one split ('train', 'test', 'private' or 'all') of any supported form. With skip_bad, a CSV row of no
+    split is skipped by every load and counted by each; count_unassigned=False leaves it out of a 'test' or
+    'private' load's count, for a load whose 'train' load counts it already (a run's record has it once)."""
     path = Path(source)
     form = detect_form(path)
     if form == "classes" and split != "all":
@@ -369,17 +376,19 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
     checksum = source_checksum(path)
     cached = cache_dir() / "data" / f"{checksum[:32]}-{split}-{int(skip_bad)}-v{LOADER_VERSION}.npz"
     if use_cache and cached.exists():
-        try:  # an entry from before `mixed` was kept lacks it (KeyError): a miss too
+        try:  # an entry from before `mixed` (or a CSV's `unassigned`) was kept lacks it (KeyError): a miss too
             with np.load(cached) as z:
-                hit = Split(z["x"], z["y"], str(path), split, checksum, list(z["skipped"]), mixed=bool(z["mixed"]))
+                unassigned = z["unassigned"].tolist() if form == "csv" else []
+                skipped = _counted(list(z["skipped"]), unassigned, count_unassigned)
+                hit = Split(z["x"], z["y"], str(path), split, checksum, skipped, mixed=bool(z["mixed"]))
                 if hit.mixed:
                     _warn_mixed(path, str(z["mixed"]), len(hit))
                 return hit
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged (or, after a power cut, empty) cache entry is a miss: read the data again
-    mixed = ""
+    mixed, unassigned = "", []
     if form == "csv":
-        faces, labels, skipped = _read_csv(path, split, skip_bad)
+        faces, labels, skipped, unassigned = _read_csv(path, split, skip_bad)
     else:
         faces, labels, skipped, mixed = _read_images(path, split, form, skip_bad)
     if not faces:
@@ -392,14 +401,23 @@ def load_split(source: str | Path, split: str, skip_bad: bool = False, use_cache
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # two loaders at once each write their own
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str), mixed=np.asarray(mixed))
+            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str), mixed=np.asarray(mixed),
+                     unassigned=np.asarray(unassigned, dtype=np.int64))
             os.replace(tmp, cached)
         except OSError as e:  # a full disk or a read-only cache costs the next load its speed, not this one's data
             with contextlib.suppress(OSError):  # its folder may be what failed
                 tmp.unlink()
             print(f"warning: cannot cache the decoded faces in {cached.parent} ({e.strerror or e}); "
                   "the next load decodes them again", file=sys.stderr)
-    return Split(x, y, str(path), split, checksum, skipped, mixed=bool(mixed))
+    return Split(x, y, str(path), split, checksum, _counted(skipped, unassigned, count_unassigned), mixed=bool(mixed))
+
+
+def _counted(skipped: list[str], unassigned: list[int], count_unassigned: bool) -> list[str]:
+    """The skipped rows a load reports: the cache keeps every one, so either kind of load can be served from it."""
+    if count_unassigned:
+        return skipped
+    drop = set(unassigned)
+    return [s for i, s in enumerate(skipped) if i not in drop]
 
 
 def eval_split_name(source: str | Path) -> str:
@@ -409,4 +427,5 @@ def eval_split_name(source: str | Path) -> str:
 
 def train_and_test(source: str | Path, skip_bad: bool = False) -> tuple[Split, Split]:
     """Training and PublicTest: what a run learns from and what chooses its epochs."""
-    return load_split(source, "train", skip_bad=skip_bad), load_split(source, "test", skip_bad=skip_bad)
+    return (load_split(source, "train", skip_bad=skip_bad),
+            load_split(source, "test", skip_bad=skip_bad, count_unassigned=False))
