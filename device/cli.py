@@ -468,7 +468,7 @@ def to_file(out: Path, write: Callable[[IO[str]], int]) -> int:
 
 
 def cmd_summary(cfg, args) -> int:
-    from device.summary import format_table, scales, summarize
+    from device.summary import format_table, scales, summarize, todays_map
 
     store = open_log(cfg, "summary")
     try:
@@ -477,9 +477,12 @@ def cmd_summary(cfg, args) -> int:
         if not all(s is None or number(s) for s in (oldest, newest)):  # a damaged row's text for a scale
             oldest, newest = scales(store.rows())
         sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
-        # the kiosk's map, where it rates on the newest scale: entries rated otherwise are re-rated by emotion
+        # today's map, from the log itself (each emotion's newest rating on the newest scale), so a copy
+        # summed up on a PC reads as on the kiosk; the config's only for an emotion not yet rated on that
+        # scale, where it rates on it. Entries rated otherwise are re-rated by emotion
         rt = cfg["rating"]
-        rerate = (rt["max"], rt["map"]) if rt["max"] == newest else None
+        today = todays_map(store.rows(), newest, rt["map"] if rt["max"] == newest else None)
+        rerate = (newest, today) if newest is not None and today else None
         tallies, left_out = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
     finally:
         store.close()

@@ -145,6 +145,7 @@ class FeedbackLog:
         else:
             self.db = self._reader()
         version = self._check_is_log(create)
+        self.db.text_factory = text_or_bytes  # one entry's flipped bit must not stop reading the rest
         if version > len(MIGRATIONS):
             raise StorageError(f"{self.path}: schema version {version} is newer than this feedbackd "
                                f"({len(MIGRATIONS)}); upgrade feedbackd")
@@ -408,6 +409,17 @@ def cell(text) -> object:
     device id set to "=HYPERLINK(...)", a salvaged row's stray bytes) gets the apostrophe that makes
     Excel and LibreOffice read it as text."""
     return f"'{text}" if isinstance(text, str) and text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
+def text_or_bytes(data: bytes) -> str | bytes:
+    """A text value as read from the log: UTF-8, or its bytes as they are where a failing card flipped
+    a bit in them (integrity_check still says "ok"). Only that entry is then damaged, not the log: the
+    summary leaves it out as any value of the wrong type, export and salvage write it as a blob is
+    written, escaped (b'\\xd3ad'), so the CSV stays strict UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 def utc_text(at: datetime) -> str:

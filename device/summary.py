@@ -20,19 +20,22 @@ class Tally:
     emotions: Counter = field(default_factory=Counter)
     unsynced: int = 0  # stamped before the clock had network time, with no RTC to set it: the date may be wrong
     unlogged: int = 0  # stored before the log kept each entry's scale (v3): its scale is assumed
+    unlogged_rerated: int = 0  # of those, counted at their emotion's rating in today's map
     unsure: int = 0  # under today's min_confidence ("Not sure"): counted under the most likely emotion
     rerated: int = 0  # rated on another scale or by an earlier map, counted at their emotion's rating now
 
     def add(self, row: dict, top: float | None, sure_from: float = 0.0,
             rerate: tuple[float, dict] | None = None) -> None:
-        """`rerate`: the kiosk's scale and rating.map, for an entry rated on another scale or by an
-        earlier map; ratings follow from emotions (the shipped maps are not in proportion: Neutral is
-        3 of 5, 5 of 10), and one emotion counting differently by the month would read as a trend."""
+        """`rerate`: the newest scale and today's map on it (`todays_map`), for an entry rated on
+        another scale or by an earlier map; ratings follow from emotions (the shipped maps are not in
+        proportion: Neutral is 3 of 5, 5 of 10), and one emotion counting differently by the month
+        would read as a trend."""
         rating = row["rating"]
         if rerate and top and (now := rerate[1].get(row["emotion"])) is not None \
                 and (top, rating) != (rerate[0], now):
             top, rating = rerate[0], now
             self.rerated += 1
+            self.unlogged_rerated += row["rating_max"] is None
         self.entries += 1
         self.scales[top] += 1
         self.rating_sums[top] += rating
@@ -65,13 +68,25 @@ def scales(rows: Iterable[dict]) -> tuple[float | None, float | None]:
     return oldest, newest
 
 
+def todays_map(rows: Iterable[dict], newest: float | None, config_map: dict | None = None) -> dict:
+    """Each emotion's rating today, from the log itself: its rating in its newest entry on the
+    `newest` scale, so a summary reads the same on the kiosk and on a PC holding a copy of the log;
+    `config_map` (the config's rating.map, when it rates on `newest`) only for an emotion with no
+    entry on that scale yet."""
+    logged: dict = {}
+    for row in rows:
+        if newest is not None and countable(row) and row["rating_max"] == newest:
+            logged[row["emotion"]] = row["rating"]
+    return {**(config_map or {}), **logged}
+
+
 def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0,
               rerate: tuple[float, dict] | None = None) -> tuple[list[Tally], int]:
     """One tally per local date, oldest first, then one for all of them ([] for no rows), and how
     many rows were left out as not `countable`. An entry without a logged scale (stored before v3)
     is taken as rated out of `unlogged`; one under the kiosk's `sure_from` confidence
     (smoothing.min_confidence) is counted as "Not sure" too; one rated otherwise than by `rerate`
-    is counted at its emotion's rating in `rerate`'s map."""
+    (the newest scale and `todays_map`) is counted at its emotion's rating in that map."""
     days: dict[str, Tally] = {}
     total = Tally("all")
     left_out = 0
@@ -106,8 +121,12 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
             "at their emotion's rating in today's" if total.rerated else "") + (
             f"; {rescaled} of these entries were rated on another and are converted in proportion" if rescaled else ""))
     if scale and unlogged and total.unlogged:
-        lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: "
-                     f"they are taken as out of {unlogged:g}, the first scale logged")
+        kept, rerated = total.unlogged - total.unlogged_rerated, total.unlogged_rerated
+        lines.append(f"{total.unlogged} of these entries were stored before the log kept each entry's scale: " + (
+            f"they are taken as out of {unlogged:g}, the first scale logged" if not rerated else
+            "each is counted at its emotion's rating in today's rating.map" if not kept else
+            f"{kept} are taken as out of {unlogged:g}, the first scale logged, and {rerated} are counted at "
+            "their emotion's rating in today's rating.map"))
     if total.unsure:
         lines.append(f"{total.unsure} of these entries are under today's smoothing.min_confidence ({sure_from:.0%}), "
                      "which the kiosk thanks as \"Not sure\": each is counted under the emotion the model found "

@@ -2481,12 +2481,42 @@ def test_summary_rates_a_changed_scales_entries_by_their_emotion_on_the_kiosks_m
     assert [line.split()[2] for line in lines[1:4]] == ["4.29", "4.29", "4.29"]  # (10+8+5+3+3+1+0) / 7
     assert lines[4] == ("ratings are out of 10, the scale of the log's newest entry; 7 of these entries were rated on "
                         "another or by an earlier rating.map and are counted at their emotion's rating in today's")
-    # Neutral re-rated on the same scale: one emotion must not count 5 in one month and 7 in the next
+    # Neutral re-rated on the same scale: one emotion must not count 5 in one month and 7 in the next.
+    # Today's map is the log's own (each emotion's newest rating on the newest scale), so it takes
+    # the kiosk's first entry rated by the new map, not the edited config alone
     config.write_text(config.read_text().replace("Neutral = 5", "Neutral = 7"))
     assert cli.main(["--config", str(config), "summary", "--db", str(tmp_path / "f.db")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[2] for line in lines[1:4]] == ["4.57", "4.57", "4.57"]  # (10+8+7+3+3+1+0) / 7
-    assert "; 8 of these entries were rated on another or by an earlier rating.map" in lines[4]
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:4]] == ["4.29", "4.29", "4.29"]
+    log = FeedbackLog(tmp_path / "f.db")
+    log.add(Entry("Neutral", 7, 0.8, {"Neutral": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
+    log.close()
+    for run in (["--config", str(config)], []):  # the same on a PC with the shipped config
+        assert cli.main([*run, "summary", "--db", str(tmp_path / "f.db")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[2] for line in lines[1:4]] == ["4.57", "4.88", "4.73"]  # (10+8+7+3+3+1+0 + 7) / 8
+        assert "; 8 of these entries were rated on another or by an earlier rating.map" in lines[4]
+
+
+def test_summary_takes_todays_map_from_the_log_not_the_config_of_the_machine_running_it(tmp_path, capsys):
+    """A log copied to a PC and summed up there with the shipped config (or --config /dev/null)
+    reads as on the kiosk: an entry rated by the kiosk's own rating.map is not re-rated by another."""
+    kiosk = tmp_path / "kiosk.toml"
+    kiosk.write_text("[rating.map]\nNeutral = 4\n")
+    log = FeedbackLog(tmp_path / "f.db")
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for i, (emotion, rating) in enumerate((("Neutral", 4), ("Neutral", 4), ("Happy", 5))):
+        log.add(Entry(emotion, rating, 0.9, {emotion: 0.9}, "ab", "pi", True, 5), noon + timedelta(minutes=i))
+    log.close()
+    tables = []
+    for run in (["--config", str(kiosk)], [], ["--config", os.devnull]):
+        assert cli.main([*run, "summary", "--db", str(tmp_path / "f.db")]) == 0
+        tables.append(capsys.readouterr().out.splitlines())
+    assert tables[0] == tables[1] == tables[2] == [
+        "date       entries rating     Happy   Neutral",
+        "2026-11-30       3   4.33       33%       67%",  # (4 + 4 + 5) / 3
+        "all              3   4.33       33%       67%",
+        "ratings are out of 5, the scale of the log's newest entry",
+    ]
 
 
 def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, capsys):
@@ -2500,9 +2530,11 @@ def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, 
     log.add(Entry("Happy", 10, 0.8, {"Happy": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
     log.add(Entry("Neutral", 5, 0.8, {"Neutral": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
     log.close()
-    note = ("ratings are out of 10, the scale of the log's newest entry; 2 of these entries were rated on another "
-            "and are converted in proportion\n1 of these entries were stored before the log kept each entry's "
-            "scale: they are taken as out of 5, the first scale logged")
+    # Happy's rating on the newest scale is in the log (10 of 10): its 5-star entries count at it; Sad's is not
+    note = ("ratings are out of 10, the scale of the log's newest entry; 1 of these entries were rated on another "
+            "or by an earlier rating.map and are counted at their emotion's rating in today's; 1 of these entries "
+            "were rated on another and are converted in proportion\n1 of these entries were stored before the log "
+            "kept each entry's scale: each is counted at its emotion's rating in today's rating.map")
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "date       entries rating     Happy   Neutral       Sad",
@@ -2542,6 +2574,32 @@ def test_summary_leaves_out_a_damaged_or_hand_edited_row_and_says_how_many(tmp_p
                    "type (a damaged or hand-edited row); `feedbackd export` shows them\n")
     assert cli.main(["export", "--db", str(db)]) == 0  # as export does: these rows are no lost entries
     assert len(capsys.readouterr().out.splitlines()) == 7
+
+
+def test_a_bit_flipped_in_one_entrys_text_costs_only_that_entry(tmp_path, capsys):
+    """A failing card's flipped bit in one entry's text ('Sad' stored as b"\\xd3ad") leaves integrity_check
+    "ok" but is no UTF-8: the summary leaves that entry out, export and salvage write its bytes escaped."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for i, emotion in enumerate(("Happy", "Sad", "Neutral")):
+        rating = {"Happy": 5, "Sad": 2, "Neutral": 3}[emotion]
+        log.add(Entry(emotion, rating, 0.9, {emotion: 0.9}, "ab", "till-1", True, 5), noon + timedelta(minutes=i))
+    log.close()
+    with contextlib.closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("UPDATE entries SET emotion = CAST(? AS TEXT) WHERE id = 2", (b"\xd3ad",))
+    assert cli.main(["summary", "--db", str(db)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1:3] == ["2026-11-30       2   4.00       50%       50%",
+                                     "all              2   4.00       50%       50%"]
+    assert err.startswith(f"feedbackd: 1 entries in {db} are left out of the summary")
+    for command in (["export"], ["export", "--salvage"]):
+        assert cli.main([*command, "--db", str(db)]) == 0, command
+        out = capsys.readouterr().out
+        out.encode("utf-8", "strict")
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert [r["emotion"] for r in rows] == ["Happy", "b'\\xd3ad'", "Neutral"], command
+        assert [r["id"] for r in rows] == ["1", "2", "3"] and rows[1]["device_id"] == "till-1", command
 
 
 def test_a_log_path_naming_a_folder_says_to_name_the_file(tmp_path, capsys):
