@@ -743,6 +743,15 @@ class FullLog:
         return False
 
 
+def kept_on_a_full_card(db: Path, n: int) -> None:
+    """`n` entries pressed and thanked while the log's card was full: they wait in its spare file."""
+    daemon, button = bare_daemon(FullLog(db))
+    start = time.monotonic()
+    for i in range(n):
+        press(daemon, button, start + 10 * i)
+    daemon.close()
+
+
 def nearly_full_card(monkeypatch, free: list[int]) -> None:
     """A card with `free[0]` bytes free: statvfs says so, and a write past a file's end takes only what is left."""
     pwrite = os.pwrite
@@ -842,11 +851,7 @@ def test_a_press_behind_a_slow_backlog_is_thanked_on_its_own_pass_for_the_whole_
     import device.daemon as D
 
     db = tmp_path / "feedback.db"
-    daemon, button = bare_daemon(FullLog(db))
-    start = time.monotonic()
-    for i in range(8):  # thanked while the card was full: kept in the spare file
-        press(daemon, button, start + 10 * i)
-    daemon.close()
+    kept_on_a_full_card(db, 8)
     clock = moved_clock(monkeypatch, D)
 
     class SlowLog(FeedbackLog):
@@ -888,11 +893,7 @@ def test_a_button_pressed_on_every_pass_with_no_face_holds_no_backlog_back(tmp_p
     import device.daemon as D
 
     db = tmp_path / "feedback.db"
-    daemon, button = bare_daemon(FullLog(db))
-    start = time.monotonic()
-    for i in range(3):  # thanked while the card was full: kept in the spare file
-        press(daemon, button, start + 10 * i)
-    daemon.close()
+    kept_on_a_full_card(db, 3)
     clock = moved_clock(monkeypatch, D)
     store = FeedbackLog(db)
     daemon, button = bare_daemon(store)
