@@ -478,8 +478,8 @@ def cmd_summary(cfg, args) -> int:
             oldest, newest = scales(store.rows())
         sure_from = cfg["smoothing"]["min_confidence"]  # the kiosk's: where its screen said "Not sure"
         # today's map, from the log itself (each emotion's newest rating on the newest scale), so a copy
-        # summed up on a PC reads as on the kiosk; the config's only for an emotion not yet rated on that
-        # scale, where it rates on it. Entries rated otherwise are re-rated by emotion
+        # summed up on a PC reads as on the kiosk for the emotions rated on that scale; the config's only
+        # for an emotion not yet rated on it, where it rates on it. Entries rated otherwise are re-rated
         rt = cfg["rating"]
         today = todays_map(store.rows(), newest, rt["map"] if rt["max"] == newest else None)
         rerate = (newest, today) if newest is not None and today else None

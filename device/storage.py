@@ -296,8 +296,9 @@ class FeedbackLog:
             if row is None:
                 self.unreadable += 1
                 continue
-            day = str(row["local_date"])  # stray bytes in a damaged row compare as text, not a TypeError
-            if (not since or day >= since) and (not until or day <= until):
+            day = row["local_date"]  # a damaged row's bytes compare as SQLite compares them, not as their repr
+            day = day if isinstance(day, bytes) else str(day).encode()
+            if (not since or day >= since.encode()) and (not until or day <= until.encode()):
                 yield row
 
     def _last_id(self) -> tuple[int, int]:

@@ -75,8 +75,10 @@ def todays_map(rows: Iterable[dict], newest: float | None, config_map: dict | No
     entry on that scale yet."""
     logged: dict = {}
     for row in rows:
-        if newest is not None and countable(row) and row["rating_max"] == newest:
-            logged[row["emotion"]] = row["rating"]
+        rating = row["rating"]  # one a damaged row could not have been given: it must not re-rate the rest
+        if newest is not None and countable(row) and row["rating_max"] == newest and 0 <= rating <= newest \
+                and rating == int(rating):
+            logged[row["emotion"]] = rating
     return {**(config_map or {}), **logged}
 
 

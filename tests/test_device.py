@@ -2601,6 +2601,13 @@ def test_a_bit_flipped_in_one_entrys_text_costs_only_that_entry(tmp_path, capsys
         rows = list(csv.DictReader(io.StringIO(out)))
         assert [r["emotion"] for r in rows] == ["Happy", "b'\\xd3ad'", "Neutral"], command
         assert [r["id"] for r in rows] == ["1", "2", "3"] and rows[1]["device_id"] == "till-1", command
+    with contextlib.closing(sqlite3.connect(db)) as raw, raw:  # its date damaged too, and a rating (5 -> 7)
+        raw.execute("UPDATE entries SET local_date = CAST(? AS TEXT) WHERE id = 2", (b"2026-11-3\xb0",))
+        raw.execute("UPDATE entries SET rating = 7.0 WHERE id = 3")
+    assert cli.main(["export", "--salvage", "--until", "2026-12-31", "--db", str(db)]) == 0  # as SQLite compares
+    assert [r["id"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["1", "2", "3"]
+    assert cli.main(["summary", "--db", str(db)]) == 0
+    assert "all              2   4.00" in capsys.readouterr().out  # the bad 7 is not made today's Neutral: 3
 
 
 def test_a_log_path_naming_a_folder_says_to_name_the_file(tmp_path, capsys):
