@@ -78,6 +78,22 @@ def test_one_epoch_on_synthetic_faces_lowers_the_loss():
     assert after < before - 0.1, (before, after)
 
 
+def test_lr_floor_holds_the_rate_after_warm_up_where_the_cosine_would_end_at_zero():
+    cfg = dict(T.DEFAULTS, epochs=4, lr=0.01, warmup_epochs=1.0)
+    steps = 10
+
+    def rates(**change) -> list[float]:
+        schedule = T.lr_schedule({**cfg, **change}, steps)
+        return [float(schedule(s)) for s in (0, steps, 2 * steps, 4 * steps)]
+
+    start, peak, middle, end = rates()
+    assert start == pytest.approx(0.001) and peak == pytest.approx(0.01) and end == pytest.approx(0, abs=1e-7)
+    assert rates(lr_floor=1.0) == pytest.approx([0.001, 0.01, 0.01, 0.01])
+    assert rates(lr_floor=0.5)[3] == pytest.approx(0.005)
+    with pytest.raises(SystemExit):
+        T.parse_args(["--data", "x.csv", "--lr-floor", "1.5"])
+
+
 def test_class_weights_favour_rare_classes():
     y = np.array([0] * 90 + [1] * 10)
     w = T.class_weights(y, 0.5)

@@ -43,11 +43,12 @@ DEFAULTS = {
     "class_weight_power": 0.3,
     "erase": 0.5,
     "distill": 0.0,
+    "lr_floor": 0.0,
     "seed": 1234,
 }
 # What a run whose saved config predates a setting ran with (not today's default): its resume and
 # the card's Reproduce read a missing key as this
-PREDATED = {"erase": 0.0, "distill": 0.0}
+PREDATED = {"erase": 0.0, "distill": 0.0, "lr_floor": 0.0}
 RANGES = [
     ("epochs", lambda v, a: v >= 1, "at least 1"),
     ("batch_size", lambda v, a: v >= 1, "at least 1"),
@@ -59,10 +60,14 @@ RANGES = [
     ("dropout", lambda v, a: 0 <= v < 1, "from 0 up to (not including) 1"),
     ("width", lambda v, a: v > 0, "above 0"),
     ("erase", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
+    ("lr_floor", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
     ("limit", lambda v, a: v >= 0, "at least 0"),
     ("seed", lambda v, a: 0 <= v < 2**32, "from 0 to 2**32 - 1"),  # numpy's seeds
     ("stop_after", lambda v, a: v >= 0, "at least 0 (0: run to the end)"),  # -1 would stop every sitting at once
 ]
+# Settings whose flag alone does not say what they do
+HELP = {"lr_floor": "where the cosine ends, as a fraction of --lr (1: constant after warm-up, for a run whose "
+                    "epochs training.average averages); "}
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
 
 
@@ -95,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true",
                    help="export even over a model in --out whose training record scored higher on PublicTest")
     for key, value in DEFAULTS.items():
-        p.add_argument("--" + key.replace("_", "-"), type=type(value), help=f"default {value}")
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), help=HELP.get(key, "") + f"default {value}")
     args = p.parse_args(argv)
     # Which were given, 0 included (--limit 0: all the faces): a resume refuses those it would otherwise ignore.
     args.given = {k for k in (*DEFAULTS, "init", "limit") if getattr(args, k) is not None}
@@ -171,19 +176,27 @@ def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
     return ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def lr_schedule(cfg: dict, steps_per_epoch: int):
+    """Linear warm-up from a tenth of the peak, then cosine decay down to `lr_floor` x the peak."""
+    import keras
+
+    warmup = int(cfg["warmup_epochs"] * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg["lr"] / 10,
+        warmup_target=cfg["lr"],
+        warmup_steps=warmup,
+        decay_steps=cfg["epochs"] * steps_per_epoch - warmup,
+        alpha=cfg.get("lr_floor", PREDATED["lr_floor"]),
+    )
+
+
 def build_and_compile(cfg: dict, steps_per_epoch: int):
     import keras
 
     from training.model import build_vgg16
 
     model = build_vgg16(width=cfg["width"], dropout=cfg["dropout"])
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg["lr"] / 10,
-        warmup_target=cfg["lr"],
-        warmup_steps=int(cfg["warmup_epochs"] * steps_per_epoch),
-        decay_steps=cfg["epochs"] * steps_per_epoch - int(cfg["warmup_epochs"] * steps_per_epoch),
-    )
-    opt = keras.optimizers.SGD(schedule, momentum=cfg["momentum"], nesterov=True,
+    opt = keras.optimizers.SGD(lr_schedule(cfg, steps_per_epoch), momentum=cfg["momentum"], nesterov=True,
                                weight_decay=cfg["weight_decay"])
     opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
@@ -350,7 +363,7 @@ def run_training(args: argparse.Namespace) -> int:
         ours = {**{k: getattr(args, k) for k in DEFAULTS}, "limit": args.limit,
                 "init": str(args.init) if args.init else None, "teacher": args.teacher}
         theirs = {**cfg, "teacher": [t["file"] for t in cfg.get("teachers", [])]}
-        changed = sorted(k for k in args.given if ours[k] != theirs.get(k))
+        changed = sorted(k for k in args.given if ours[k] != theirs.get(k, PREDATED.get(k)))
         if changed:
             print(f"error: --resume continues {run} with its own settings: drop "
                   + ", ".join(f"--{k.replace('_', '-')} (the run has {theirs.get(k)})" for k in changed)
