@@ -1297,6 +1297,20 @@ def test_bench_train_times_the_pipeline_the_later_cycles_run(fer_csv, monkeypatc
         assert rc == (0 if cost <= 10 else 1)  # at most 10 % (this tiny model may miss it)
 
 
+def test_make_bench_fails_naming_the_target_a_figure_missed(converted, fer_csv, monkeypatch, capsys):
+    """`make bench` exits 1 when a figure misses its target, as `make bench-train` does: a
+    regression read from an exit status, not only from a line among dozens."""
+    from bench import device as bench_device
+
+    argv = ["--data", str(fer_csv), "--model", str(converted / "fer_vgg16_int8.tflite"), "--parts", "commit"]
+    monkeypatch.setattr(bench_device, "press_to_commit", lambda: (1.0, 5.0))
+    assert bench_device.main(argv) == 0
+    assert "missed target" not in capsys.readouterr().err
+    monkeypatch.setattr(bench_device, "press_to_commit", lambda: (1.0, 30.0))
+    assert bench_device.main(argv) == 1
+    assert "bench: missed target: press-to-commit p99 30.00 ms (target <= 20 ms)" in capsys.readouterr().err
+
+
 def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys, fer_csv):
     """`make bench` before `make convert`, or on a Pi without the FER-2013 zip: an error, not a traceback."""
     from bench import device as bench_device
