@@ -92,8 +92,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "spi_port": Key(0, int, (0, 10), "LCD SPI bus"),
         "spi_device": Key(0, int, (0, 10), "LCD SPI chip select"),
         "gpio_dc": Key(24, int, (0, 27), "LCD data/command pin (BCM)"),
-        "gpio_rst": Key(25, int, (0, 27), "LCD reset pin (BCM)"),
-        "gpio_backlight": Key(18, int, (0, 27), "LCD backlight pin (BCM)"),
+        "gpio_rst": Key(25, int, (-1, 27), "LCD reset pin (BCM); -1: RST not wired to the Pi (tied high)"),
+        "gpio_backlight": Key(18, int, (-1, 27), "LCD backlight pin (BCM); -1: BL not wired to the Pi (to 3V3: "
+                              "always lit)"),
         "swap_red_blue": Key(False, bool, None, "st7735/ili9341 LCD: swap red and blue (set it if red shows blue)"),
         "rotate": Key(0, int, (0, 3), "screen rotation in quarter turns, to match how the panel is mounted "
                       "(png: the screen as it then reads, 64x128 for 1 or 3)"),
@@ -387,11 +388,18 @@ def _display_pins(display: dict) -> dict[int, str]:
         return {}
     pins = _spi_pins(display)
     for key in LCD_PINS:
-        pins[display[key]] = f"display.{key}"
+        if display[key] != UNWIRED:
+            pins[display[key]] = f"display.{key}"
     return pins
 
 
 LCD_PINS = ("gpio_dc", "gpio_rst", "gpio_backlight")
+UNWIRED = -1  # an LCD pin wired to 3V3 or the board's own circuit: the Pi holds no pin for it
+
+
+def wired(pin: int) -> int | None:
+    """An LCD pin setting as luma takes it: None where it is not wired to the Pi."""
+    return None if pin == UNWIRED else pin
 
 
 def _spi_pins(display: dict) -> dict[int, str]:
@@ -418,6 +426,8 @@ def _check_lcd_pins(cfg: Config) -> None:
     taken = {**SPI0_HELD, **_spi1_held(display), **_spi_pins(display)}
     for i, key in enumerate(LCD_PINS):
         pin = display[key]
+        if pin == UNWIRED:
+            continue
         if pin in taken:
             where = cfg.where(f"display.{key}", "display.driver", "display.spi_port", "display.spi_device")
             raise ConfigError(f"{where}: display.{key}: BCM {pin} is {taken[pin]}; choose another pin")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from device.config import LCDS
+from device.config import LCDS, wired
 
 log = logging.getLogger("feedbackd")
 
@@ -380,6 +380,10 @@ def panel_size(cfg: dict) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _always_lit(on: bool) -> None:
+    """The backlight of an LCD whose BL pin is wired to 3V3: there is nothing to switch."""
+
+
 def open_display(cfg: dict) -> Display:
     """The configured driver; a hardware driver that cannot start is a DisplayError."""
     try:
@@ -421,7 +425,7 @@ def _open_display(cfg: dict) -> Display:
         # the reset pin held and then waited on as the datasheets ask (ILI9341: 10 us, then 5 ms, or
         # 120 ms for a panel that was running): luma's default is no wait, and the first commands are lost
         try:
-            bus = spi(port=port, device=chip, gpio_DC=cfg["gpio_dc"], gpio_RST=cfg["gpio_rst"],
+            bus = spi(port=port, device=chip, gpio_DC=cfg["gpio_dc"], gpio_RST=wired(cfg["gpio_rst"]),
                       reset_hold_time=0.01, reset_release_time=0.15)
         except DeviceNotFoundError as e:  # luma's word for no /dev/spidevP.D: SPI is off, whatever the wiring
             turn_on = ("sudo raspi-config nonint do_spi 0" if port == 0 else
@@ -431,6 +435,10 @@ def _open_display(cfg: dict) -> Display:
         # a whole frame each draw, as luma's st7789 does, so a panel set up afresh is filled again;
         # luma's bgr flips its own default order, which differs between the two
         extra = {} if driver == "st7789" else {"bgr": cfg["swap_red_blue"], "framebuffer": full_frame()}
-        panel = getattr(lcd, driver)(serial, rotate=cfg["rotate"], gpio_LIGHT=cfg["gpio_backlight"], **extra)
+        if wired(cfg["gpio_backlight"]) is None:  # lit from 3V3: luma would drive its default pin instead
+            extra["backlight"] = _always_lit
+        else:
+            extra["gpio_LIGHT"] = cfg["gpio_backlight"]
+        panel = getattr(lcd, driver)(serial, rotate=cfg["rotate"], **extra)
         return Display(panel, set_up=serial.set_up())
     raise ValueError(f"unknown display driver {driver!r}")

@@ -2164,6 +2164,45 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     assert pins.lit == (18, 1) and pins.freed == []  # lit, its pin still driven: the error stays readable
 
 
+def test_an_lcd_with_reset_and_backlight_not_wired_drives_neither_pin(monkeypatch):
+    """RST and BL to 3V3 (`gpio_rst = -1`, `gpio_backlight = -1`): luma is given no reset pin and no
+    backlight pin (its default, GPIO18, would be driven otherwise), and the panel still draws."""
+    import luma.core.interface.serial
+    import luma.lcd.device
+
+    import device.display
+    from device.display import open_display
+
+    class Bus:
+        def __init__(self):
+            self.sent = []
+
+        def command(self, *cmd):
+            self.sent.append(cmd)
+
+        def data(self, data):
+            self.sent.append(bytes(data))
+
+        def cleanup(self):
+            self.closed = True
+
+    def no_gpio(self):
+        raise AssertionError("luma asked for RPi.GPIO: a backlight pin would be driven")
+
+    bus, opened = Bus(), {}
+    monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: opened.update(kw) or bus)
+    monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", no_gpio, raising=False)
+    monkeypatch.setattr(device.display.time, "sleep", lambda s: None)
+    cfg = load_config(None, {"display.driver": "st7789", "display.gpio_rst": -1, "display.gpio_backlight": -1})
+    display = open_display(cfg["display"])
+    assert opened["gpio_RST"] is None and opened["gpio_DC"] == 24
+    bus.sent = []
+    assert display.show(Screen("idle")) is True and bus.sent[-1] == bytes(render(Screen("idle"), (240, 240),
+                                                                                "RGB").tobytes())
+    display.device.cleanup()  # luma's exit hook switches the backlight off: nothing to switch
+    assert bus.closed
+
+
 @pytest.mark.parametrize("where, gap", [("beside", 0.0), ("in the same spot", 0.6)])
 def test_the_next_customer_is_read_on_their_own_face(model, face_folder, tmp_path, monkeypatch, where, gap):
     """The next customer steps in just as the last one leaves, beside them or after a gap in the same

@@ -677,6 +677,18 @@ def test_an_lcd_pin_on_its_own_bus_or_on_another_of_its_pins_is_refused(override
     load_config(None, {"display.driver": "st7789", "display.gpio_dc": 9, "display.gpio_backlight": 13})  # Pirate Audio
 
 
+def test_an_lcd_pin_not_wired_to_the_pi_holds_no_pin():
+    """An LCD whose RST and BL go to 3V3 (a backlight fed straight from its pin needs more current
+    than a GPIO gives) frees those pins for the button; -1 twice is no clash, -1 for DC an error."""
+    unwired = {"display.driver": "st7789", "display.gpio_rst": -1, "display.gpio_backlight": -1}
+    cfg = load_config(None, {**unwired, "button.pin": 18, "button.led_pin": 25})
+    assert (cfg["display"]["gpio_rst"], cfg["display"]["gpio_backlight"]) == (-1, -1)
+    with pytest.raises(ConfigError, match=re.escape("button.pin: BCM 18 is display.gpio_backlight")):
+        load_config(None, {**unwired, "display.gpio_backlight": 18, "button.pin": 18})
+    with pytest.raises(ConfigError, match=re.escape("display.gpio_dc: -1 is out of range")):
+        load_config(None, {**unwired, "display.gpio_dc": -1})
+
+
 def test_an_i2c_address_out_of_range_is_said_in_hex():
     with pytest.raises(ConfigError, match=re.escape("0xFF is out of range [0x03, 0x77]") + "$"):
         load_config(None, {"display.i2c_address": 0xFF})  # not an 8-bit form of a 7-bit address
