@@ -55,15 +55,16 @@ def write_report(path: Path, args, source: dict, float_report: dict, rows: list[
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        speed = "—" if r.get("earlier") else f"{r['latency_ms'] / ref['latency_ms']:.0%}"  # two timings, two sittings
         lines.append(
             f"| {r['variant']} | {r['file']} | {r['accuracy']:.2%} | "
             f"{100 * (r['accuracy'] - float_report['accuracy']):+.2f} | {r['macro_f1']:.4f} | {r['agreement']:.2%} | "
-            f"{r['size'] / 1e6:.2f} | {r['size'] / ref['size']:.0%} | {r['latency_ms']:.2f} | "
-            f"{r['latency_ms'] / ref['latency_ms']:.0%} |"
+            f"{r['size'] / 1e6:.2f} | {r['size'] / ref['size']:.0%} | {r['latency_ms']:.2f} | {speed} |"
         )
     if any(r.get("earlier") for r in rows):
         lines += ["", "A file marked *converted* was kept from an earlier conversion of the same model: its row "
-                  "comes from its manifest, its latency was timed then (perhaps on another machine)."]
+                  "comes from its manifest, its latency was timed then (perhaps on another machine), so it is "
+                  "not set against this float32's (—)."]
     int8 = next((r for r in rows if r["variant"] == "int8" and not r.get("earlier")), None)
     if int8:  # graded only on an int8 built and timed beside this float32
         lines += ["", *target_lines(int8, ref, 100 * (int8["accuracy"] - float_report["accuracy"]))]
