@@ -21,7 +21,7 @@ from typing import IO
 
 from device import clock, spare
 from device.button import ButtonError, open_button
-from device.config import DEFAULT_PATH, SCHEMA, ConfigError, current_folder, load_config, read_toml
+from device.config import DEFAULT_PATH, SCHEMA, Config, ConfigError, current_folder, load_config, read_toml
 from device.detector import DetectorError, FaceDetector, choose_face, crop_face
 from device.display import DisplayError, Screen, open_display
 from device.memlock import lock_memory, no_core_dumps, swap_in_use
@@ -38,7 +38,7 @@ OVERRIDES = {  # command-line flag -> config key
 # No camera opened this long after the start: the service restarts (a driver that loaded late gets
 # its device access), showing "Camera error" meanwhile.
 FIRST_OPEN_S = 60.0
-CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage", "clock")
+CHECK_PARTS = ("camera", "detector", "model", "display", "button", "storage", "sandbox", "clock")
 # Free space under which `check` fails storage: an entry is a few hundred bytes, but SQLite's WAL
 # grows to about 4 MiB (1000 pages) before a checkpoint copies it into the log, which needs room too.
 MIN_FREE_MIB = 8
@@ -306,11 +306,21 @@ def cmd_check(cfg, skip: list[str]) -> int:
     part("display", display)
     part("button", button)
     part("storage", storage)
+    if unit := os.environ.get("FEEDBACKD_STATE"):  # sudo feedbackd: the wrapper names the unit's folder
+        part("sandbox", lambda: as_the_service(cfg, unit))
     # informative: a kiosk still stores entries on a clock it cannot vouch for, each marked so
     part("clock", lambda: f"{clock.describe(clock.clock_source())}; {clock.local_zone()}")
     for name, ok, detail in results:
         print(f"{'skip' if ok is None else 'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
     return 0 if all(ok is not False for _, ok, _ in results) else 1
+
+
+def as_the_service(cfg, state: str) -> str:
+    """The config file read as the unit reads it (relative paths in its folder, a path its sandbox hides
+    or keeps read-only refused): check itself runs outside the sandbox, and would pass what the next
+    restart refuses."""
+    load_config(None if cfg.source == Config.source else Path(cfg.source), state=state)
+    return f"{cfg.source}: every path within the service's reach ({state})"
 
 
 def analyze_image(path: Path, detector: FaceDetector, classifier: EmotionClassifier, cfg) -> dict:

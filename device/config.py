@@ -203,8 +203,9 @@ def read_toml(path: str | Path) -> dict:
     return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file (if given and present), then 'section.key' overrides."""
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None, state: str | None = None) -> Config:
+    """Defaults, then the TOML file (if given and present), then 'section.key' overrides; read as the
+    unit reads it where `state` (else systemd's $STATE_DIRECTORY) names the unit's folder."""
     cfg = Config({s: {k: key.default for k, key in keys.items()} for s, keys in SCHEMA.items()})
     data: dict = {}
     if path is not None:
@@ -254,7 +255,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     # the config from /): lgpio moves the whole process into $LG_WD when the button opens (make run and
     # the feedbackd command set a folder of the user's own), before the log, the images or the PNG are
     # opened. A URL stays one.
-    state = os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
+    state = state or os.environ.get("STATE_DIRECTORY")  # set by systemd: under feedbackd.service and its sandbox
     base = state.split(":")[0] if state else None  # None: the current folder, asked only for a relative path
     png = cfg["display"]["png_path"]
     if cfg["display"]["driver"] == "png" and (not Path(png).name or png.endswith(("/", "/.", "/.."))):

@@ -8,9 +8,10 @@ export FEEDBACKD_HOME=@PREFIX@
 if [ "$(id -u)" = 0 ]; then
     # The service's own folder (its WorkingDirectory, where lgpio puts the service's FIFO): the same user's.
     # FEEDBACKD_DROPPED_ROOT: a log out of its reach is then not answered with "run it as root".
+    # FEEDBACKD_STATE: check also reads the config as the unit would, in that folder and its sandbox.
     # check reads a camera frame: as the service (LimitMEMLOCK=infinity) it locks its memory off the swap
     ulimit -l unlimited 2>/dev/null || true
-    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ FEEDBACKD_DROPPED_ROOT=1 LG_WD=@STATE@ \
+    exec runuser -u @USER@ -- env FEEDBACKD_HOME=@PREFIX@ FEEDBACKD_DROPPED_ROOT=1 LG_WD=@STATE@ FEEDBACKD_STATE=@STATE@ \
         @PREFIX@/venv/bin/feedbackd "$@"
 fi
 export LG_WD="${LG_WD:-${XDG_RUNTIME_DIR:-/tmp}}"

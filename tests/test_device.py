@@ -1689,6 +1689,26 @@ def test_check_by_a_user_who_cannot_tell_whether_the_service_runs_leaves_its_par
     assert all(lines[part].startswith("ok") for part in ("camera", "display")) and screen.exists()
 
 
+def test_sudo_check_reads_the_config_as_the_sandboxed_service_would(tmp_path, capsys, monkeypatch):
+    """`sudo feedbackd check` runs outside the unit's sandbox: a log path the unit cannot write passed
+    it, and the next restart failed. The wrapper names the unit's folder; check reads the config there."""
+    config = tmp_path / "config.toml"
+    config.write_text('[storage]\npath = "/srv/feedback.db"\n')
+    others = [a for p in cli.CHECK_PARTS if p not in ("sandbox", "clock") for a in ("--skip", p)]
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("FEEDBACKD_STATE", raising=False)
+    assert cli.main(["--config", str(config), "check", *others]) == 0  # by hand: no unit to judge it by
+    assert "sandbox" not in capsys.readouterr().out
+    monkeypatch.setenv("FEEDBACKD_STATE", "/var/lib/feedbackd")  # as the wrapper sets it under sudo
+    assert cli.main(["--config", str(config), "check", *others]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if " sandbox " in x)
+    assert line.startswith("FAIL") and "storage.path: /srv/feedback.db: the service can write only under " \
+                                      "/var/lib/feedbackd" in line
+    config.write_text('[storage]\npath = "/var/lib/feedbackd/feedback.db"\n')
+    assert cli.main(["--config", str(config), "check", *others]) == 0
+    assert "ok   sandbox        " in capsys.readouterr().out
+
+
 def test_run_by_a_user_who_cannot_tell_whether_the_service_runs_stops_before_the_screen(tmp_path, capsys,
                                                                                       monkeypatch):
     """`feedbackd run` without sudo: the service may be running, and opening the display would blank it."""

@@ -324,6 +324,7 @@ def test_install_lays_out_the_tree(dest):
     assert f"FEEDBACKD_HOME={PREFIX}" in wrapper
     # root drops to the service user, and says so: a log that user cannot read is not "run it as root"
     assert re.search(r"runuser -u feedbackd -- env FEEDBACKD_HOME=\S+ FEEDBACKD_DROPPED_ROOT=1 ", wrapper), wrapper
+    assert " FEEDBACKD_STATE=/var/lib/feedbackd " in wrapper.split("exec runuser")[1]  # check reads the config there
     # and keeps the service's unlimited memory lock, for check's camera frame to stay off the swap
     assert "ulimit -l unlimited" in wrapper.split("exec runuser")[0]
 
