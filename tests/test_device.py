@@ -2113,6 +2113,22 @@ def test_a_128x32_oled_is_set_up_for_32_rows(monkeypatch, driver):
     assert sum(bus.frames) == 128 * 32 // 8  # one 128x32 frame, a bit a pixel
 
 
+class SpiBus:
+    """What luma's SPI interface offers a panel: command and data writes, noted in order."""
+
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def command(self, *cmd):
+        self.sent.append(cmd)
+
+    def data(self, data):
+        self.sent.append(bytes(data))
+
+    def cleanup(self):
+        self.closed = True
+
+
 @pytest.mark.parametrize("driver, size, swap, madctl", [("st7789", (240, 240), False, 0x70),
                                                        ("st7735", (160, 128), True, 0x68),  # luma's RGB made BGR
                                                        ("ili9341", (320, 240), True, 0x20)])  # its BGR made RGB
@@ -2128,16 +2144,6 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
     import device.display
     from device.display import open_display
 
-    class Bus:  # what luma's SPI interface offers a panel: command and data writes
-        def __init__(self):
-            self.sent = []
-
-        def command(self, *cmd):
-            self.sent.append(cmd)
-
-        def data(self, data):
-            self.sent.append(bytes(data))
-
     class Pins:  # RPi.GPIO, as luma's backlight drives it
         OUT, HIGH, LOW, lit, freed = "out", 1, 0, None, []
 
@@ -2150,7 +2156,7 @@ def test_an_lcd_draws_each_screen_whole_and_is_set_up_afresh_each_minute(monkeyp
         def cleanup(self, pin):
             self.freed.append(pin)
 
-    bus, pins, opened, first = Bus(), Pins(), {}, []
+    bus, pins, opened, first = SpiBus(), Pins(), {}, []
     monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: opened.update(kw) or bus)
     monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", lambda self: pins, raising=False)
     monkeypatch.setattr(device.display.time, "sleep", first.append)
@@ -2193,23 +2199,10 @@ def test_an_lcd_with_reset_and_backlight_not_wired_drives_neither_pin(monkeypatc
     import device.display
     from device.display import open_display
 
-    class Bus:
-        def __init__(self):
-            self.sent = []
-
-        def command(self, *cmd):
-            self.sent.append(cmd)
-
-        def data(self, data):
-            self.sent.append(bytes(data))
-
-        def cleanup(self):
-            self.closed = True
-
     def no_gpio(self):
         raise AssertionError("luma asked for RPi.GPIO: a backlight pin would be driven")
 
-    bus, opened = Bus(), {}
+    bus, opened = SpiBus(), {}
     monkeypatch.setattr(luma.core.interface.serial, "spi", lambda **kw: opened.update(kw) or bus)
     monkeypatch.setattr(luma.lcd.device.backlit_device, "__rpi_gpio__", no_gpio, raising=False)
     monkeypatch.setattr(device.display.time, "sleep", lambda s: None)
