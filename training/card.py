@@ -278,7 +278,8 @@ measured against it in `CONVERT_REPORT.md` (accuracy, agreement) when `make conv
 - {lineage}
 - This run: {record['epochs']} epochs, {f"best epoch {record['best_epoch']}" if record['best_epoch']
                                         else "no epoch alone beat its start"}, wall time {hours:.2f} h on
-  {record['cpu']} ({record['precision']}, XLA, oneDNN){_lineage_wall_time(record)}.{_average_note(record)}
+  {record['cpu']} ({record['precision']}, {record.get('engine', 'XLA, oneDNN')}){
+      _lineage_wall_time(record)}.{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces{
       _skipped(record['data'])}.
