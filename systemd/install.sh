@@ -427,6 +427,12 @@ lock_install() {
     flock -n 9 || die "another install is running (its output: tail -f $UPGRADE_LOG); wait for it to end"
 }
 
+# The model this install lays down and the kept config, checked with the new code in Python $1.
+check_new() {
+    check_model "$1" "$SRC"
+    [ ! -e "$CONF_DIR/config.toml" ] || check_config "$1" "$SRC"
+}
+
 # A running (or restarting) service stops before the venv changes; detach has run, so the restart's words reach the log.
 stop_for_upgrade() {
     # "activating" too: a service in its restart loop must not start on a half-written venv; and
@@ -447,16 +453,18 @@ if live; then
 fi
 # An upgrade checks the model it will lay down and the kept config with the new code (and the
 # installed venv: the system Python may lack numpy until apt_packages) before it stops or changes
-# anything. With no usable venv nothing runs to protect: install_models and install_config check
-# them once the venv is built.
-if venv_ok "$ROOT_DIR/venv"; then
-    check_model "$ROOT_DIR/venv/bin/python" "$SRC"
-    [ ! -e "$CONF_DIR/config.toml" ] || check_config "$ROOT_DIR/venv/bin/python" "$SRC"
-fi
+# anything. A venv to be made again (another Python's, as after bookworm became trixie) cannot:
+# the system Python checks them once apt has given it numpy, still before the stop.
+# install_models and install_config check them again once the venv is built.
+checked=false
+if venv_ok "$ROOT_DIR/venv"; then check_new "$ROOT_DIR/venv/bin/python" && checked=true; fi
 if live; then
     detach
     apt_packages
     service_user
+    if ! $checked && "$PYTHON" -c 'import numpy' 2>/dev/null; then
+        check_new "$PYTHON"
+    fi
     stop_for_upgrade
 fi
 build_venv

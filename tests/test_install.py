@@ -230,6 +230,51 @@ def test_the_last_sync_follows_the_boot_config_and_the_enable_link(tmp_path):
     assert log.read_text().splitlines()[1:len(steps) + 2] == [*(f"install: {s}" for s in steps), "install: done. Next:"]
 
 
+@pytest.mark.parametrize("numpy", [True, False])
+def test_an_upgrade_that_makes_its_venv_again_checks_the_kept_config_before_the_stop(tmp_path, numpy):
+    """After bookworm became trixie the installed venv (another Python's) cannot check the kept config: it was
+    checked only after the service was stopped and the venv made again, so a config the new code refuses left
+    the kiosk down until fixed. The system Python checks it once apt has given it numpy, before the stop; one
+    without numpy leaves it to the new venv, as before. The script's own main sequence, the steps stubbed."""
+    script = ROOT / "systemd/install.sh"
+    main = script.read_text().split("if (return 0 2>/dev/null); then return 0; fi", 1)[1]
+    log, calls, conf = tmp_path / "upgrade.log", tmp_path / "calls", tmp_path / "etc"
+    conf.mkdir()
+    python = sys.executable
+    if not numpy:
+        shim = tmp_path / "shim/numpy"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("raise ImportError('numpy is not installed yet')\n")
+        python = tmp_path / "python3"
+        python.write_text(f'#!/bin/sh\nPYTHONPATH="{shim.parent}${{PYTHONPATH:+:$PYTHONPATH}}"'
+                          f' exec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+    stubs = (f"CONF_DIR={conf}; check_os() {{ :; }}; venv_ok() {{ false; }}; id() {{ echo 0; }}; "
+             "apt_packages() { say apt; }; service_user() { :; }; "
+             f"systemctl() {{ [ \"$1\" = show ] && echo active || echo \"$*\" >>{calls}; }}; "
+             "build_venv() { say venv; exit 0; }")
+
+    def upgrade() -> subprocess.CompletedProcess:
+        calls.unlink(missing_ok=True)
+        return subprocess.run(["bash", "-c", f'source "$0"; {stubs}; eval "$1"', script, main], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "UPGRADE_LOG": str(log), "DESTDIR": "",
+                                                           "PYTHON": str(python),
+                                                           "INSTALL_LOCK": str(tmp_path / "install.lock")})
+
+    (conf / "config.toml").write_text('[display]\ndriver = "nonesuch"\n')
+    r = upgrade()
+    if numpy:
+        said = log.read_text()  # detach sends both streams to the terminal and the log
+        assert r.returncode != 0 and f"install: error: {conf / 'config.toml'}: display.driver" in said, said
+        assert not calls.exists() and "install: venv" not in said  # the kiosk runs on, untouched
+    else:
+        assert r.returncode == 0 and calls.read_text() == "stop feedbackd.service\n", r.stdout + r.stderr
+    (conf / "config.toml").write_text('[display]\ndriver = "st7789"\n')
+    r = upgrade()
+    assert r.returncode == 0 and calls.read_text() == "stop feedbackd.service\n", r.stdout + r.stderr
+    assert log.read_text().splitlines()[-1] == "install: venv"
+
+
 @pytest.mark.parametrize(("i2c", "spi", "nodes", "enabled", "said"), [
     ("0", "0", ["i2c-1", "spidev0.0"], [], "I2C and SPI are enabled already (raspi-config)"),
     ("1", "0", ["spidev0.0"], ["i2c"], "enabled I2C (raspi-config)"),
