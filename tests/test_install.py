@@ -73,6 +73,15 @@ def stub(path: Path, body: str) -> Path:
     return path
 
 
+def python_without_numpy(tmp_path: Path) -> Path:
+    """This suite's Python as a fresh OS's system Python is before apt installs python3-numpy."""
+    shim = tmp_path / "shim/numpy"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('numpy is not installed yet')\n")
+    path = f"{shim.parent}${{PYTHONPATH:+:$PYTHONPATH}}"
+    return stub(tmp_path / "python3", f'PYTHONPATH="{path}" exec {sys.executable} "$@"\n')
+
+
 def source_copy(src: Path) -> Path:
     """A checkout's files install.sh copies or runs, to change without touching this one."""
     for folder in ("device", "training", "convert"):
@@ -240,15 +249,7 @@ def test_an_upgrade_that_makes_its_venv_again_checks_the_kept_config_before_the_
     main = script.read_text().split("if (return 0 2>/dev/null); then return 0; fi", 1)[1]
     log, calls, conf = tmp_path / "upgrade.log", tmp_path / "calls", tmp_path / "etc"
     conf.mkdir()
-    python = sys.executable
-    if not numpy:
-        shim = tmp_path / "shim/numpy"
-        shim.mkdir(parents=True)
-        (shim / "__init__.py").write_text("raise ImportError('numpy is not installed yet')\n")
-        python = tmp_path / "python3"
-        python.write_text(f'#!/bin/sh\nPYTHONPATH="{shim.parent}${{PYTHONPATH:+:$PYTHONPATH}}"'
-                          f' exec {sys.executable} "$@"\n')
-        python.chmod(0o755)
+    python = sys.executable if numpy else python_without_numpy(tmp_path)
     stubs = (f"CONF_DIR={conf}; check_os() {{ :; }}; venv_ok() {{ false; }}; id() {{ echo 0; }}; "
              "apt_packages() { say apt; }; service_user() { :; }; "
              f"systemctl() {{ [ \"$1\" = show ] && echo active || echo \"$*\" >>{calls}; }}; "
@@ -417,13 +418,7 @@ def test_unit_security_exposure_is_ok(dest):
 def test_a_restored_config_installs_on_a_fresh_os_without_numpy(tmp_path, debian12):
     """Card reflashed, /etc/feedbackd restored from a backup: the system Python has no numpy until
     apt installs it, so the kept config is checked with the venv the install builds."""
-    shim = tmp_path / "shim/numpy"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("raise ImportError('numpy is not installed yet')\n")
-    python = tmp_path / "python3"
-    python.write_text(f'#!/bin/sh\nPYTHONPATH="{shim.parent}${{PYTHONPATH:+:$PYTHONPATH}}"'
-                      f' exec {sys.executable} "$@"\n')
-    python.chmod(0o755)
+    python = python_without_numpy(tmp_path)
     config = tmp_path / "root/etc/feedbackd/config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('[storage]\npath = "/mnt/usb/feedback.db"\n')  # checked all the same, with the venv
