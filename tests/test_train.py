@@ -185,7 +185,7 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     assert "was trained on data sha256" in capsys.readouterr().err
     state = json.loads((stopped / "state.json").read_text())
     assert state["policy"] == T.policy_name("auto") and state["deterministic"] is True
-    assert state["engines"] == [T.engine_name()]
+    assert state["engines"] == ["oneDNN"]  # --deterministic: Keras compiles without XLA on any CPU
     state.pop("policy"), state.pop("cpus"), state.pop("engines")  # as runs from before they were kept: resumable
     (stopped / "state.json").write_text(json.dumps(state))
     assert T.main([*common, "--run-dir", str(stopped), "--resume", "--epochs", "3", "--lr", "0.01"]) == 2
@@ -193,8 +193,7 @@ def test_stopped_run_resumes_exactly(tmp_path, fer_csv, capsys):
     assert T.main([*common, "--run-dir", str(stopped), "--resume", "--stop-after", "1"]) == 2  # not one more epoch
     assert "--stop-after 1: " in capsys.readouterr().err and len(_history(stopped)) == 1
     assert T.main([*common, "--run-dir", str(stopped), "--resume"]) == 0  # the run's own command, resumed
-    engines = json.loads((stopped / "state.json").read_text())["engines"]  # earlier sittings: XLA, as all were
-    assert engines == list(dict.fromkeys(["XLA, oneDNN", T.engine_name()]))
+    assert json.loads((stopped / "state.json").read_text())["engines"] == ["oneDNN"]  # its first sitting's too
     # the resume kept the run's --out, --keep-epochs and --deterministic without being told again
     assert (tmp_path / "out2" / "fer_vgg16.keras").exists() and (stopped / "epoch2.weights.h5").exists()
     a, b = _history(straight), _history(stopped)
@@ -403,7 +402,7 @@ def test_exporting_again_keeps_the_lineage(tmp_path, fer_csv, monkeypatch):
     assert record["warm_start_from"]["sha256"] == parent and record["sha256"] != parent
     assert record["warm_start_from"]["wall_seconds"] == first["wall_seconds"]  # the card adds up the lineage's
     hours = (first["wall_seconds"] + record["wall_seconds"]) / 3600
-    assert f"{T.engine_name()}); {hours:.2f} h for all 2 epochs." in (out / "MODEL_CARD.md").read_text()
+    assert f"({record['precision']}, oneDNN); {hours:.2f} h for all 2 epochs." in (out / "MODEL_CARD.md").read_text()
     assert export_main(["--run-dir", str(tmp_path / "b"), "--data", str(fer_csv), "--out", str(out)]) == 0
     again = json.loads((out / "fer_vgg16.train.json").read_text())
     assert again["warm_start_from"] == record["warm_start_from"] and again["epochs"] == record["epochs"]

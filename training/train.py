@@ -134,11 +134,6 @@ def use_xla() -> bool:
     return "amx_bf16" not in cpu_flags()
 
 
-def engine_name() -> str:
-    """What compiles the training step here, for the model card."""
-    return "XLA, oneDNN" if use_xla() else "oneDNN"
-
-
 def policy_name(precision: str) -> str:
     """The Keras dtype policy for --precision: auto is mixed bfloat16 where the CPU has bf16 instructions."""
     bf16 = precision == "bfloat16" or (precision == "auto" and cpu_has_bf16())
@@ -449,10 +444,8 @@ def run_training(args: argparse.Namespace) -> int:
     policy = policy_name(args.precision) if args.resume and args.precision else earlier  # say, a CPU without bf16
     cpus = dict.fromkeys([*state.get("cpus", []), cpu_name()])  # each CPU a sitting trained on, once
     policies = dict.fromkeys([*state.get("policies", [earlier]), policy])  # and each precision, for the record
-    before = ["XLA, oneDNN"] if state["epochs_done"] else []  # what every run compiled with before this was kept
-    engines = dict.fromkeys([*state.get("engines", before), engine_name()])
     state.update(out=str(out), keep_epochs=keep_epochs, deterministic=deterministic, skip_bad=skip_bad,
-                 policy=policy, cpus=list(cpus), policies=list(policies), engines=list(engines))
+                 policy=policy, cpus=list(cpus), policies=list(policies))
 
     # --- data: FER-2013 Training to learn from, PublicTest to choose the best epoch
     try:
@@ -517,6 +510,11 @@ def run_training(args: argparse.Namespace) -> int:
             print(f"{run}: removed the previous run's {clear_run(run)} files")
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
+    # What compiled each sitting's step, for the card: Keras turns XLA off under op determinism too.
+    # Every run before this was kept asked for XLA.
+    before = ["oneDNN" if deterministic else "XLA, oneDNN"] if state["epochs_done"] else []
+    engine = "XLA, oneDNN" if model.jit_compile else "oneDNN"
+    state["engines"] = list(dict.fromkeys([*state.get("engines", before), engine]))
     commit_file, commit = run / "code_commit", code_commit()
     sittings = commit_file.read_text().split() if args.resume and commit_file.exists() else []
     # one line per commit the run trained under, oldest first: written with an epoch, so a resume
