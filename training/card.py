@@ -7,7 +7,7 @@ from pathlib import Path
 
 from device.model import sha256_file
 from device.preprocess import CLASSES, DISPLAY_NAMES, InputSpec
-from training.run import write_whole
+from training.run import XLA_ENGINE, write_whole
 
 TARGET = 0.70
 GOAL = 0.73
@@ -278,7 +278,7 @@ measured against it in `CONVERT_REPORT.md` (accuracy, agreement) when `make conv
 - {lineage}
 - This run: {record['epochs']} epochs, {f"best epoch {record['best_epoch']}" if record['best_epoch']
                                         else "no epoch alone beat its start"}, wall time {hours:.2f} h on
-  {record['cpu']} ({record['precision']}, {record.get('engine', 'XLA, oneDNN')}){
+  {record['cpu']} ({record['precision']}, {record.get('engine', XLA_ENGINE)}){
       _lineage_wall_time(record)}.{_average_note(record)}
 - Data: `{record['data']['source']}`, sha256 `{record['data']['sha256']}`,
   {record['data']['train_faces']} Training faces, {record['data']['publictest_faces']} PublicTest faces{

@@ -31,6 +31,7 @@ from training import data as fer
 from training.metrics import report
 from training.run import (
     STATE,
+    XLA_ENGINE,
     chosen_weights,
     finished_state,
     holding,
@@ -260,7 +261,7 @@ def export_model(run: Path, out: Path, train: fer.Split, test: fer.Split, force:
         },
         "cpu": "; ".join(state.get("cpus") or [cpu_name()]),  # where it trained, not where it was exported
         "precision": "; ".join(state.get("policies") or [state.get("policy") or policy_name(cfg["precision"])]),
-        "engine": "; ".join(state.get("engines") or ["XLA, oneDNN"]),
+        "engine": "; ".join(state.get("engines") or [XLA_ENGINE]),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history,
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from device.model import ModelError
 
 STATE = "state.json"
+XLA_ENGINE = "XLA, oneDNN"  # what compiled the step: every run asked for XLA before the card said which
 STAGED = ".pending-commit"  # + the commit's number: committed once state.json's "commits" reaches it
 OLD_STAGED = ".pending-epoch"  # + the epoch: how a run begun by an older feedbackd staged its epochs
 # Everything a run writes; a new run in the folder of a finished one removes these first. The

@@ -26,7 +26,7 @@ from training import data as fer
 from training.distill import teacher_records, teacher_targets
 from training.export import cpu_name, export_model, out_error, read_record, run_out, warm_start_lineage
 from training.metrics import report
-from training.run import STATE, clear_run, commit_files, finish_pending, holding, read_state
+from training.run import STATE, XLA_ENGINE, clear_run, commit_files, finish_pending, holding, read_state
 
 # The recipe from scratch that learns (training/CYCLES.md): at a peak of 0.05 without a full epoch of
 # warm-up a run stayed at chance for its first epochs. A resume runs with its own saved config.
@@ -511,9 +511,8 @@ def run_training(args: argparse.Namespace) -> int:
         with open(run / "history.csv", "w", newline="") as f:
             csv.writer(f).writerow(HISTORY_FIELDS)
     # What compiled each sitting's step, for the card: Keras turns XLA off under op determinism too.
-    # Every run before this was kept asked for XLA.
-    before = ["oneDNN" if deterministic else "XLA, oneDNN"] if state["epochs_done"] else []
-    engine = "XLA, oneDNN" if model.jit_compile else "oneDNN"
+    before = ["oneDNN" if deterministic else XLA_ENGINE] if state["epochs_done"] else []
+    engine = XLA_ENGINE if model.jit_compile else "oneDNN"
     state["engines"] = list(dict.fromkeys([*state.get("engines", before), engine]))
     commit_file, commit = run / "code_commit", code_commit()
     sittings = commit_file.read_text().split() if args.resume and commit_file.exists() else []
