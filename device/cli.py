@@ -1,7 +1,7 @@
 """`feedbackd`: run the appliance, check its parts, analyze photos, export the feedback.
 
     feedbackd [--config FILE] run | check | analyze IMAGE... [--json] | export [--since D] [--until D] [--salvage]
-              | summary [--since D] [--until D]
+              | summary [--since D] [--until D] [--by day|week|month|hour]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from device.memlock import lock_memory, no_core_dumps, swap_in_use
 from device.model import EmotionClassifier, ModelError
 from device.sources import SourceError
 from device.storage import SALVAGE_HINT, FeedbackLog, ReopeningLog, StorageError, number, unwritable
+from device.summary import PERIODS
 
 FAILURES = (ConfigError, ModelError, DetectorError, StorageError, SourceError, DisplayError, ButtonError)
 OVERRIDES = {  # command-line flag -> config key
@@ -91,7 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
     export.add_argument("--salvage", action="store_true",
                         help="a damaged log: export every entry still readable, count those that are not")
-    summary = sub.add_parser("summary", help="per day: entries, mean rating and each emotion's share")
+    summary = sub.add_parser("summary",
+                             help="per day (or week, month, hour): entries, mean rating and each emotion's share")
+    summary.add_argument("--by", choices=PERIODS, default="day",
+                         help="one row per day (default), ISO week, month, or hour of the day over the period")
     for s in (export, summary):
         s.add_argument("--db", help="SQLite feedback log")
         s.add_argument("--since", type=local_date, help="first local date, YYYY-MM-DD")
@@ -493,16 +497,17 @@ def cmd_summary(cfg, args) -> int:
         rt = cfg["rating"]
         today = todays_map(store.rows(), newest, rt["map"] if rt["max"] == newest else None)
         rerate = (newest, today) if newest is not None and today else None
-        tallies, left_out = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate)
+        tallies, left_out = summarize(store.rows(args.since, args.until), oldest, sure_from, rerate, args.by)
     finally:
         store.close()
-    table = format_table(tallies, newest, oldest, sure_from) if tallies else "no entries in that period"
+    table = format_table(tallies, newest, oldest, sure_from, args.by) if tallies else "no entries in that period"
     to_stdout(lambda out: print(table, file=out), "summary")
     if note:
         print(f"feedbackd: {note}", file=sys.stderr)
     if left_out:  # as export, which shows them as they are: the rest is still the owner's summary
         print(f"feedbackd: {left_out} entries in {store.path} are left out of the summary: a field holds a value "
-              "of the wrong type (a damaged or hand-edited row); `feedbackd export` shows them", file=sys.stderr)
+              "of the wrong type or form (a damaged or hand-edited row); `feedbackd export` shows them",
+              file=sys.stderr)
     return 0
 
 

@@ -1,11 +1,13 @@
-"""What the store owner reads first: per day, how many customers left feedback, their mean
-rating and how the emotions were shared, from the log's rows (`feedbackd summary`)."""
+"""What the store owner reads first: per day (or week, month, hour of the day), how many customers
+left feedback, their mean rating and how the emotions were shared, from the log's rows
+(`feedbackd summary`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date, time
 
 from device.preprocess import DISPLAY_NAMES
 from device.storage import number
@@ -13,7 +15,7 @@ from device.storage import number
 
 @dataclass
 class Tally:
-    label: str  # a local date, or "all"
+    label: str  # a period's label (`period`), or "all"
     entries: int = 0
     scales: Counter = field(default_factory=Counter)  # entries per scale top (None: unknown)
     rating_sums: Counter = field(default_factory=Counter)  # ratings summed per scale top
@@ -57,6 +59,27 @@ def countable(row: dict) -> bool:
             and number(row["confidence"]) and (row["rating_max"] is None or number(row["rating_max"])))
 
 
+PERIODS = {"day": "date", "week": "week", "month": "month", "hour": "hour"}  # --by, and its column's name
+
+
+def period(row: dict, by: str) -> str | None:
+    """The label of a countable row's period: its local date; its ISO week (2026-W49, Monday to Sunday),
+    whose label sorts across a new year; its month; or its hour of the day over every date (09:00 is
+    09:00-09:59), when staff are busiest. None for a hand-edited date or time that names none."""
+    try:
+        if by == "hour":
+            return f"{time.fromisoformat(row['local_time']).hour:02d}:00"
+        if by == "day":  # as stored, so a summary by day still shows a row whose date a hand edit bent
+            return row["local_date"]
+        day = date.fromisoformat(row["local_date"])
+    except (TypeError, ValueError):
+        return None
+    if by == "week":
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{day.year}-{day.month:02d}"
+
+
 def scales(rows: Iterable[dict]) -> tuple[float | None, float | None]:
     """The oldest and the newest scale top among the rows that can be tallied: for a log whose own
     answer (`FeedbackLog.rating_scales`) is a damaged row's text."""
@@ -83,34 +106,36 @@ def todays_map(rows: Iterable[dict], newest: float | None, config_map: dict | No
 
 
 def summarize(rows: Iterable[dict], unlogged: float | None = None, sure_from: float = 0.0,
-              rerate: tuple[float, dict] | None = None) -> tuple[list[Tally], int]:
-    """One tally per local date, oldest first, then one for all of them ([] for no rows), and how
-    many rows were left out as not `countable`. An entry without a logged scale (stored before v3)
-    is taken as rated out of `unlogged`; one under the kiosk's `sure_from` confidence
-    (smoothing.min_confidence) is counted as "Not sure" too; one rated otherwise than by `rerate`
-    (the newest scale and `todays_map`) is counted at its emotion's rating in that map."""
-    days: dict[str, Tally] = {}
+              rerate: tuple[float, dict] | None = None, by: str = "day") -> tuple[list[Tally], int]:
+    """One tally per `period`, oldest (or earliest hour) first, then one for all of them ([] for no
+    rows), and how many rows were left out as not `countable` or in no period. An entry without a
+    logged scale (stored before v3) is taken as rated out of `unlogged`; one under the kiosk's
+    `sure_from` confidence (smoothing.min_confidence) is counted as "Not sure" too; one rated
+    otherwise than by `rerate` (the newest scale and `todays_map`) is counted at its emotion's rating
+    in that map."""
+    periods: dict[str, Tally] = {}
     total = Tally("all")
     left_out = 0
     for row in rows:
-        if not countable(row):
+        label = period(row, by) if countable(row) else None
+        if label is None:
             left_out += 1
             continue
         top = row["rating_max"] or unlogged
-        days.setdefault(row["local_date"], Tally(row["local_date"])).add(row, top, sure_from, rerate)
+        periods.setdefault(label, Tally(label)).add(row, top, sure_from, rerate)
         total.add(row, top, sure_from, rerate)
-    return ([*(days[d] for d in sorted(days)), total] if total.entries else []), left_out
+    return ([*(periods[p] for p in sorted(periods)), total] if total.entries else []), left_out
 
 
 def format_table(tallies: list[Tally], scale: float | None = None, unlogged: float | None = None,
-                 sure_from: float = 0.0) -> str:
-    """A plain-text table: date, entries, mean rating (out of `scale`, where the log says), then
-    each emotion's share of the day. Entries without a logged scale, taken as out of `unlogged`,
+                 sure_from: float = 0.0, by: str = "day") -> str:
+    """A plain-text table: period, entries, mean rating (out of `scale`, where the log says), then
+    each emotion's share of the period. Entries without a logged scale, taken as out of `unlogged`,
     are counted in a note: a scale changed at the upgrade that began logging it halves or doubles
     their means, which only the owner can tell."""
     seen = set().union(*(t.emotions for t in tallies))
     emotions = [e for e in DISPLAY_NAMES if e in seen] + sorted(seen - set(DISPLAY_NAMES))
-    header = f"{'date':<10} {'entries':>7} {'rating':>6}" + "".join(f" {e:>9}" for e in emotions)
+    header = f"{PERIODS[by]:<10} {'entries':>7} {'rating':>6}" + "".join(f" {e:>9}" for e in emotions)
     lines = [header]
     for t in tallies:
         shares = "".join(f" {t.emotions[e] / t.entries:>9.0%}" for e in emotions)

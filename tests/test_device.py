@@ -2480,7 +2480,7 @@ def test_analyze_says_why_an_image_was_not_read(model, tmp_path, capsys):
 
 def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     log = FeedbackLog(tmp_path / "f.db")
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)  # local noon is the same date in any time zone within 11 h
+    noon = datetime(2026, 11, 30, 12).astimezone()  # local noon: the same local dates in any time zone
     for day, emotion, rating in ((0, "Happy", 5), (0, "Happy", 5), (0, "Sad", 2), (1, "Neutral", 3)):
         log.add(Entry(emotion, rating, 0.8, {emotion: 0.8}, "ab", "till-1"), noon + timedelta(days=day))
     log.close()
@@ -2519,6 +2519,57 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
             ) in capsys.readouterr().out.splitlines()
 
 
+def test_summary_by_week_month_or_hour_of_the_day(tmp_path, capsys):
+    """A season of days is too long to read: ISO weeks (one crosses the new year), months, and the hours
+    of the day over the period, when staff plan who stands at the till."""
+    db = tmp_path / "f.db"
+    log = FeedbackLog(db)
+    for when, emotion, rating in ((datetime(2026, 12, 27, 9, 30), "Happy", 5),  # a Sunday: week 52
+                                  (datetime(2026, 12, 28, 9, 10), "Sad", 2),  # Monday: 2026's week 53 ...
+                                  (datetime(2027, 1, 2, 17, 45), "Happy", 5),  # ... to Sunday 2027-01-03
+                                  (datetime(2027, 1, 4, 17, 5), "Neutral", 3)):  # 2027's week 1
+        log.add(Entry(emotion, rating, 0.8, {emotion: 0.8}, "ab", "till-1", rating_max=5), when.astimezone())
+    log.close()
+    scale = "ratings are out of 5, the scale of the log's newest entry"
+    tables = {
+        "week": ["week       entries rating     Happy   Neutral       Sad",
+                 "2026-W52         1   5.00      100%        0%        0%",
+                 "2026-W53         2   3.50       50%        0%       50%",
+                 "2027-W01         1   3.00        0%      100%        0%"],
+        "month": ["month      entries rating     Happy   Neutral       Sad",
+                  "2026-12          2   3.50       50%        0%       50%",
+                  "2027-01          2   4.00       50%       50%        0%"],
+        "hour": ["hour       entries rating     Happy   Neutral       Sad",
+                 "09:00            2   3.50       50%        0%       50%",
+                 "17:00            2   4.00       50%       50%        0%"],
+    }
+    for by, table in tables.items():
+        assert cli.main(["summary", "--db", str(db), "--by", by]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            *table, "all              4   3.75       50%       25%       25%", scale]
+    assert cli.main(["summary", "--db", str(db), "--by", "week", "--since", "2027-01-01"]) == 0  # a week cut short
+    assert capsys.readouterr().out.splitlines()[1:3] == ["2026-W53         1   5.00      100%        0%",
+                                                         "2027-W01         1   3.00        0%      100%"]
+    with contextlib.closing(sqlite3.connect(db)) as raw, raw:  # hand-edited: a date and a time that name none
+        raw.execute("UPDATE entries SET local_date = '2026-12-32' WHERE id = 1")
+        raw.execute("UPDATE entries SET local_time = 'noon' WHERE id = 4")
+    assert cli.main(["summary", "--db", str(db)]) == 0  # by day, each row as stored
+    assert capsys.readouterr().out.splitlines()[1:6] == [
+        "2026-12-28       1   2.00        0%        0%      100%",
+        "2026-12-32       1   5.00      100%        0%        0%",
+        "2027-01-02       1   5.00      100%        0%        0%",
+        "2027-01-04       1   3.00        0%      100%        0%",
+        "all              4   3.75       50%       25%       25%"]
+    for by, kept in (("week", 3), ("month", 3), ("hour", 3)):
+        assert cli.main(["summary", "--db", str(db), "--by", by]) == 0
+        out, err = capsys.readouterr()
+        assert out.splitlines()[-2].split()[:2] == ["all", str(kept)]
+        assert err.startswith(f"feedbackd: 1 entries in {db} are left out of the summary: a field holds a value")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["summary", "--db", str(db), "--by", "year"])
+    assert stop.value.code == 2 and "argument --by: invalid choice: 'year'" in capsys.readouterr().err
+
+
 def test_summary_rates_a_changed_scales_entries_by_their_emotion_on_the_kiosks_map(tmp_path, capsys):
     """The README's 0-10 map is not the 5-star one doubled (Neutral 3 of 5, 5 of 10; Angry 1 of 5, 0
     of 10): converted in proportion, the same customers would read as 0.85 points less satisfied."""
@@ -2526,7 +2577,7 @@ def test_summary_rates_a_changed_scales_entries_by_their_emotion_on_the_kiosks_m
     config = tmp_path / "config.toml"
     config.write_text("[rating]\nmax = 10\n[rating.map]\n" + "".join(f"{k} = {v}\n" for k, v in paper.items()))
     log = FeedbackLog(tmp_path / "f.db")
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    noon = datetime(2026, 11, 30, 12).astimezone()
     for day, (top, ratings) in enumerate(((5, DEFAULT_RATINGS), (10, paper))):  # the same seven customers
         for emotion in paper:
             log.add(Entry(emotion, ratings[emotion], 0.8, {emotion: 0.8}, "ab", "till-1", rating_max=top),
@@ -2559,7 +2610,7 @@ def test_summary_takes_todays_map_from_the_log_not_the_config_of_the_machine_run
     kiosk = tmp_path / "kiosk.toml"
     kiosk.write_text("[rating.map]\nNeutral = 4\n")
     log = FeedbackLog(tmp_path / "f.db")
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    noon = datetime(2026, 11, 30, 12).astimezone()
     for i, (emotion, rating) in enumerate((("Neutral", 4), ("Neutral", 4), ("Happy", 5))):
         log.add(Entry(emotion, rating, 0.9, {emotion: 0.9}, "ab", "pi", True, 5), noon + timedelta(minutes=i))
     log.close()
@@ -2580,7 +2631,7 @@ def test_summary_shows_ratings_from_a_changed_scale_on_the_newest_one(tmp_path, 
     read as a fall in satisfaction. Entries from before the scale was logged are on the first one
     logged (a scale was changed with a fresh log then), and every period is shown on one scale."""
     log = FeedbackLog(tmp_path / "f.db")
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    noon = datetime(2026, 11, 30, 12).astimezone()
     log.add(Entry("Happy", 5, 0.8, {"Happy": 0.8}, "ab", "till-1"), noon)  # before the scale was logged
     log.add(Entry("Sad", 2, 0.8, {"Sad": 0.8}, "ab", "till-1", rating_max=5), noon)
     log.add(Entry("Happy", 10, 0.8, {"Happy": 0.8}, "ab", "till-1", rating_max=10), noon + timedelta(days=1))
@@ -2610,7 +2661,7 @@ def test_summary_leaves_out_a_damaged_or_hand_edited_row_and_says_how_many(tmp_p
     "=5" pasted back from a spreadsheet): the summary sums up the rest instead of a traceback."""
     db = tmp_path / "f.db"
     log = FeedbackLog(db)
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    noon = datetime(2026, 11, 30, 12).astimezone()
     for emotion, rating in (("Happy", 5), ("Sad", 2), *(("Neutral", 3),) * 4):
         log.add(Entry(emotion, rating, 0.8, {emotion: 0.8}, "ab", "till-1", rating_max=5), noon)
     log.close()
@@ -2627,7 +2678,7 @@ def test_summary_leaves_out_a_damaged_or_hand_edited_row_and_says_how_many(tmp_p
         "ratings are out of 5, the scale of the log's newest entry",
     ]
     assert err == (f"feedbackd: 4 entries in {db} are left out of the summary: a field holds a value of the wrong "
-                   "type (a damaged or hand-edited row); `feedbackd export` shows them\n")
+                   "type or form (a damaged or hand-edited row); `feedbackd export` shows them\n")
     assert cli.main(["export", "--db", str(db)]) == 0  # as export does: these rows are no lost entries
     assert len(capsys.readouterr().out.splitlines()) == 7
 
@@ -2637,7 +2688,7 @@ def test_a_bit_flipped_in_one_entrys_text_costs_only_that_entry(tmp_path, capsys
     "ok" but is no UTF-8: the summary leaves that entry out, export and salvage write its bytes escaped."""
     db = tmp_path / "f.db"
     log = FeedbackLog(db)
-    noon = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    noon = datetime(2026, 11, 30, 12).astimezone()
     for i, emotion in enumerate(("Happy", "Sad", "Neutral")):
         rating = {"Happy": 5, "Sad": 2, "Neutral": 3}[emotion]
         log.add(Entry(emotion, rating, 0.9, {emotion: 0.9}, "ab", "till-1", True, 5), noon + timedelta(minutes=i))
