@@ -76,8 +76,8 @@ def period(row: dict, by: str) -> str | None:
         return None
     if by == "week":
         year, week, _ = day.isocalendar()
-        return f"{year}-W{week:02d}"
-    return f"{day.year}-{day.month:02d}"
+        return f"{year:04d}-W{week:02d}"
+    return f"{day.year:04d}-{day.month:02d}"
 
 
 def scales(rows: Iterable[dict]) -> tuple[float | None, float | None]:
@@ -160,5 +160,5 @@ def format_table(tallies: list[Tally], scale: float | None = None, unlogged: flo
                      "most likely")
     if unsynced := total.unsynced:
         lines.append(f"{unsynced} of these entries were stored before the clock had network time, with no RTC "
-                     "to set it: their dates may be wrong (clock_synced = no in the export)")
+                     "to set it: their dates and times may be wrong (clock_synced = no in the export)")
     return "\n".join(lines)

@@ -2507,8 +2507,8 @@ def test_summary_gives_the_store_owner_each_day_at_a_glance(tmp_path, capsys):
     log.close()
     assert cli.main(["summary", "--db", str(tmp_path / "f.db")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "1 of these entries were stored before the clock had network time, with no RTC to set it: their dates may "
-        "be wrong (clock_synced = no in the export)")
+        "1 of these entries were stored before the clock had network time, with no RTC to set it: their dates and "
+        "times may be wrong (clock_synced = no in the export)")
     log = FeedbackLog(tmp_path / "f.db")
     log.add(Entry("Angry", 1, 0.3, {"Angry": 0.3}, "ab", "till-1"), noon)  # the screen said "Not sure"
     log.add(Entry("Happy", 5, 0.4, {"Happy": 0.4}, "ab", "till-1"), noon)  # at the threshold: sure
@@ -2550,20 +2550,23 @@ def test_summary_by_week_month_or_hour_of_the_day(tmp_path, capsys):
     assert cli.main(["summary", "--db", str(db), "--by", "week", "--since", "2027-01-01"]) == 0  # a week cut short
     assert capsys.readouterr().out.splitlines()[1:3] == ["2026-W53         1   5.00      100%        0%",
                                                          "2027-W01         1   3.00        0%      100%"]
-    with contextlib.closing(sqlite3.connect(db)) as raw, raw:  # hand-edited: a date and a time that name none
+    with contextlib.closing(sqlite3.connect(db)) as raw, raw:  # hand-edited: a date and a time that name none,
         raw.execute("UPDATE entries SET local_date = '2026-12-32' WHERE id = 1")
         raw.execute("UPDATE entries SET local_time = 'noon' WHERE id = 4")
+        raw.execute("UPDATE entries SET local_date = '0999-12-31' WHERE id = 2")  # and a year of three digits
     assert cli.main(["summary", "--db", str(db)]) == 0  # by day, each row as stored
     assert capsys.readouterr().out.splitlines()[1:6] == [
-        "2026-12-28       1   2.00        0%        0%      100%",
+        "0999-12-31       1   2.00        0%        0%      100%",
         "2026-12-32       1   5.00      100%        0%        0%",
         "2027-01-02       1   5.00      100%        0%        0%",
         "2027-01-04       1   3.00        0%      100%        0%",
         "all              4   3.75       50%       25%       25%"]
-    for by, kept in (("week", 3), ("month", 3), ("hour", 3)):
+    for by, labels in (("week", ["1000-W01", "2026-W53", "2027-W01"]), ("month", ["0999-12", "2027-01"]),
+                       ("hour", ["09:00", "17:00"])):  # 2026-12-32 has no week or month, "noon" no hour
         assert cli.main(["summary", "--db", str(db), "--by", by]) == 0
         out, err = capsys.readouterr()
-        assert out.splitlines()[-2].split()[:2] == ["all", str(kept)]
+        rows = [line.split() for line in out.splitlines()[1:len(labels) + 2]]
+        assert [r[0] for r in rows] == [*labels, "all"] and rows[-1][1] == "3"
         assert err.startswith(f"feedbackd: 1 entries in {db} are left out of the summary: a field holds a value")
     with pytest.raises(SystemExit) as stop:
         cli.main(["summary", "--db", str(db), "--by", "year"])
