@@ -1351,3 +1351,38 @@ def test_the_benchmarks_name_a_missing_model_or_data_set(tmp_path, capsys, fer_c
     with pytest.raises(SystemExit) as stop:  # a typo dropped the paper comparison without a word
         bench_device.main(["--data", str(missing), "--float", str(tmp_path / "typo.keras")])
     assert stop.value.code == 2 and f"--float {tmp_path / 'typo.keras'}: no such model" in capsys.readouterr().err
+
+
+def test_a_teacher_that_sees_batches_reads_each_augmented_batch(tmp_path, fer_csv, tiny_model):
+    """Consistent teaching: the target of an erased, shifted face is what the teachers say about that very
+    image, not about the clean face; no per-face targets are saved, and the card says which it was."""
+    import keras
+    import tensorflow as tf
+
+    from training.distill import teacher_ensemble
+
+    teachers = [{"file": str(tiny_model), "sha256": sha256_file(tiny_model)}]
+    ensemble = teacher_ensemble(teachers, "float32")
+    x, y = synthetic_faces(2)
+    cfg = dict(T.DEFAULTS, batch_size=len(y), distill=0.25, erase=1.0)
+    xb, target, _ = next(iter(T.train_dataset(tf.constant(preprocess(x)), tf.constant(y), tf.ones(len(y)),
+                                              cfg, 0, ensemble)))
+    order = np.random.default_rng([cfg["seed"], 0]).permutation(len(y))
+    seen = keras.saving.load_model(tiny_model)(xb, training=False).numpy()
+    np.testing.assert_allclose(target.numpy(), 0.75 * np.eye(7)[y[order]] + 0.25 * seen, atol=1e-5)
+    clean = keras.saving.load_model(tiny_model)(preprocess(x)[order], training=False).numpy()
+    assert not np.allclose(seen, clean, atol=1e-3)  # the augmented batch, not the faces
+    bf16 = teacher_ensemble(teachers, "mixed_bfloat16")
+    assert bf16.get_layer("teacher0").get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
+    np.testing.assert_allclose(bf16(xb).numpy(), seen, atol=0.05)
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    args = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run), "--out", str(out),
+            "--teacher", str(tiny_model), "--distill", "0.5"]
+    with pytest.raises(SystemExit, match="2"):
+        T.main([*args, "--teacher-sees", "pixels"])
+    assert T.main([*args, "--teacher-sees", "batches"]) == 0
+    assert json.loads((run / "config.json").read_text())["teacher_sees"] == "batches"
+    assert not (run / "teacher_targets.npz").exists()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--teacher-sees batches" in card and "each augmented face as the student saw it" in card

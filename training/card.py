@@ -66,9 +66,10 @@ def _distilled(cfg: dict) -> str:
     if not teachers:
         return ""
     names = ", ".join(f"`{t['file']}` (sha256 {t['sha256'][:16]}…)" for t in teachers)
+    seen = ("each augmented face as the student saw it" if cfg.get("teacher_sees") == "batches"
+            else "the un-augmented face and its mirror image")
     return (f"\nDistilled: each face's target mixed its one-hot label ({1 - cfg['distill']:.2g}) with the averaged "
-            f"probabilities ({cfg['distill']:.2g}) of {len(teachers)} teacher model(s) on the un-augmented face "
-            f"and its mirror image: {names}.")
+            f"probabilities ({cfg['distill']:.2g}) of {len(teachers)} teacher model(s) on {seen}: {names}.")
 
 
 def _average_command(avg: dict, train_faces: int, data: str) -> str:

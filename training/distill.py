@@ -4,7 +4,9 @@ Two VGG16s from different runs agree on most faces and err differently on the re
 averaged probabilities score above either one; a student trained toward them (mixed with the
 labels) can keep part of that gain in one network. The targets are computed once per run, on the
 un-augmented faces with the device's views (face and mirror image, so a flip leaves them true),
-and saved in the run folder so that a resume trains toward exactly the same numbers."""
+and saved in the run folder so that a resume trains toward exactly the same numbers; or, with
+`--teacher-sees batches`, on each augmented batch as the student sees it (consistent teaching,
+Beyer et al. 2022: an erased mouth changes what the teachers say too)."""
 
 from __future__ import annotations
 
@@ -57,3 +59,31 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
     np.savez(tmp, targets=targets, key=np.array(key))
     replace_durably(tmp, path)
     return targets
+
+
+def teacher_ensemble(teachers: list[dict], policy: str):
+    """One Keras model whose output is the teachers' averaged probabilities, in the run's `policy`
+    (a float32 teacher would cost more than the student's own step on a bfloat16 CPU)."""
+    import keras
+
+    from training.export import load_float_model
+
+    def in_policy(layer):
+        config = layer.get_config()
+        if layer.name != "predictions" and "dtype" in config:  # probabilities stay float32, as in training
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    face = keras.Input((DEFAULT_SPEC.size, DEFAULT_SPEC.size, 1), name="face")
+    outputs = []
+    for i, t in enumerate(teachers):
+        if sha256_file(Path(t["file"])) != t["sha256"]:
+            raise ModelError(f"{t['file']}: changed since the run started")
+        loaded = load_float_model(Path(t["file"]), DEFAULT_SPEC)
+        model = keras.models.clone_model(loaded, clone_function=in_policy)
+        model.set_weights(loaded.get_weights())
+        model.name = f"teacher{i}"
+        model.trainable = False
+        outputs.append(model(face, training=False))
+    mean = outputs[0] if len(outputs) == 1 else keras.layers.Average(dtype="float32")(outputs)
+    return keras.Model(face, mean, name="teachers")

@@ -23,7 +23,7 @@ import numpy as np
 from device.model import ModelError
 from device.preprocess import CLASSES, DEFAULT_SPEC, InputSpec, predict_faces, preprocess
 from training import data as fer
-from training.distill import teacher_records, teacher_targets
+from training.distill import teacher_ensemble, teacher_records, teacher_targets
 from training.export import cpu_name, export_model, out_error, read_record, run_out, warm_start_lineage
 from training.metrics import report
 from training.run import STATE, XLA_ENGINE, clear_run, commit_files, finish_pending, holding, read_state
@@ -44,11 +44,12 @@ DEFAULTS = {
     "erase": 0.5,
     "distill": 0.0,
     "lr_floor": 0.0,
+    "teacher_sees": "faces",
     "seed": 1234,
 }
 # What a run whose saved config predates a setting ran with (not today's default): its resume and
 # the card's Reproduce read a missing key as this
-PREDATED = {"erase": 0.0, "distill": 0.0, "lr_floor": 0.0}
+PREDATED = {"erase": 0.0, "distill": 0.0, "lr_floor": 0.0, "teacher_sees": "faces"}
 RANGES = [
     ("epochs", lambda v, a: v >= 1, "at least 1"),
     ("batch_size", lambda v, a: v >= 1, "at least 1"),
@@ -61,13 +62,17 @@ RANGES = [
     ("width", lambda v, a: v > 0, "above 0"),
     ("erase", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
     ("lr_floor", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
+    ("teacher_sees", lambda v, a: v in ("faces", "batches"), "faces or batches"),
     ("limit", lambda v, a: v >= 0, "at least 0"),
     ("seed", lambda v, a: 0 <= v < 2**32, "from 0 to 2**32 - 1"),  # numpy's seeds
     ("stop_after", lambda v, a: v >= 0, "at least 0 (0: run to the end)"),  # -1 would stop every sitting at once
 ]
 # Settings whose flag alone does not say what they do
 HELP = {"lr_floor": "where the cosine ends, as a fraction of --lr (1: constant after warm-up, for a run whose "
-                    "epochs training.average averages); "}
+                    "epochs training.average averages); ",
+        "teacher_sees": "what the --teacher models read: faces (each un-augmented face and its mirror image, "
+                        "once per run) or batches (each augmented batch as the student sees it, every step: "
+                        "about 1.3x the time an epoch); "}
 HISTORY_FIELDS = ["epoch", "lr", "loss", "accuracy", "val_accuracy", "val_macro_f1", "seconds"]
 
 
@@ -159,7 +164,8 @@ def model_spec(cfg: dict, train_counts) -> InputSpec:
 
 def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
     """One epoch of shuffled, augmented batches; a pure function of (seed, epoch). The targets
-    are the one-hot labels, mixed with the `teacher` probabilities by weight cfg["distill"].
+    are the one-hot labels, mixed with the `teacher` probabilities by weight cfg["distill"]: one
+    row per training face, or a model that reads each augmented batch (cfg["teacher_sees"]).
 
     `epoch` counts from the start of the model's lineage (see `epoch_offset`), so a
     warm-restart cycle draws new orders and augmentations instead of replaying its
@@ -178,7 +184,8 @@ def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
                      erase=cfg.get("erase", PREDATED["erase"]))
         target = tf.gather(eye, tf.gather(y, idx))
         if mix:
-            target = (1 - mix) * target + mix * tf.gather(teacher, idx)
+            taught = tf.gather(teacher, idx) if isinstance(teacher, tf.Tensor) else teacher(xb, training=False)
+            target = (1 - mix) * target + mix * tf.cast(taught, target.dtype)
         return xb, target, tf.gather(w, idx)
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(cfg["batch_size"]).enumerate()
@@ -479,7 +486,11 @@ def run_training(args: argparse.Namespace) -> int:
     w_train = tf.constant(class_weights(train.y, cfg["class_weight_power"])[train.y], tf.float32)
     x_test = preprocess(test.x, DEFAULT_SPEC)
     try:
-        teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x)) if cfg.get("teachers") else None
+        teacher = None
+        if cfg.get("teachers") and cfg.get("teacher_sees", PREDATED["teacher_sees"]) == "batches":
+            teacher = teacher_ensemble(cfg["teachers"], policy)
+        elif cfg.get("teachers"):
+            teacher = tf.constant(teacher_targets(run, cfg["teachers"], train.x))
     except ModelError as e:  # a teacher that is not a model, changed, or does not take these faces
         print(f"error: --teacher {e}", file=sys.stderr)
         return 2
