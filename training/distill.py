@@ -63,7 +63,8 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
 
 def teacher_ensemble(teachers: list[dict], policy: str):
     """One Keras model whose output is the teachers' averaged probabilities, in the run's `policy`
-    (a float32 teacher would cost more than the student's own step on a bfloat16 CPU)."""
+    (on the AMX Xeon a teacher reads 600 faces a second in bfloat16 and 225 in float32, while the
+    student trains on about 90: two float32 teachers would nearly double an epoch)."""
     import keras
 
     from training.export import load_float_model
