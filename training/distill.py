@@ -28,6 +28,16 @@ def teacher_records(paths: list[str]) -> list[dict]:
     return [{"file": p, "sha256": sha256_file(Path(p))} for p in paths]
 
 
+def load_teacher(teacher: dict):
+    """The teacher's Keras model, refused by name when its file changed since the run started or
+    it does not take the device's faces (else a failure deep in Keras, after the data has loaded)."""
+    from training.export import load_float_model  # not at the top: training.train imports this module
+
+    if sha256_file(Path(teacher["file"])) != teacher["sha256"]:
+        raise ModelError(f"{teacher['file']}: changed since the run started")
+    return load_float_model(Path(teacher["file"]), DEFAULT_SPEC)
+
+
 def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.ndarray:
     """The teachers' averaged probabilities for `faces` (uint8), from the run folder when they were
     computed for these very teachers and faces (a resume trains toward the same numbers; a run
@@ -44,15 +54,11 @@ def teacher_targets(run: Path, teachers: list[dict], faces: np.ndarray) -> np.nd
                 return saved["targets"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # none yet, or cut short by a power cut: computed again
-    from training.export import load_float_model  # not at the top: training.train imports this module
-    from training.train import classify
+    from training.train import classify  # not at the top: training.train imports this module
 
     probs = []
     for t in teachers:
-        if sha256_file(Path(t["file"])) != t["sha256"]:
-            raise ModelError(f"{t['file']}: changed since the run started")
-        # its input checked too: a teacher for other faces would fail deep in Keras, after the data has loaded
-        probs.append(classify(load_float_model(Path(t["file"]), DEFAULT_SPEC), faces, DEFAULT_SPEC))
+        probs.append(classify(load_teacher(t), faces, DEFAULT_SPEC))
         print(f"teacher {t['file']}: {len(faces)} faces")
     targets = np.mean(probs, axis=0).astype(np.float32)
     tmp = path.with_suffix(".tmp.npz")
@@ -67,8 +73,6 @@ def teacher_ensemble(teachers: list[dict], policy: str):
     student trains on about 90: two float32 teachers would nearly double an epoch)."""
     import keras
 
-    from training.export import load_float_model
-
     def in_policy(layer):
         config = layer.get_config()
         if layer.name != "predictions" and "dtype" in config:  # probabilities stay float32, as in training
@@ -78,9 +82,7 @@ def teacher_ensemble(teachers: list[dict], policy: str):
     face = keras.Input((DEFAULT_SPEC.size, DEFAULT_SPEC.size, 1), name="face")
     outputs = []
     for i, t in enumerate(teachers):
-        if sha256_file(Path(t["file"])) != t["sha256"]:
-            raise ModelError(f"{t['file']}: changed since the run started")
-        loaded = load_float_model(Path(t["file"]), DEFAULT_SPEC)
+        loaded = load_teacher(t)
         model = keras.models.clone_model(loaded, clone_function=in_policy)
         model.set_weights(loaded.get_weights())
         model.name = f"teacher{i}"
