@@ -1386,3 +1386,40 @@ def test_a_teacher_that_sees_batches_reads_each_augmented_batch(tmp_path, fer_cs
     assert not (run / "teacher_targets.npz").exists()
     card = (out / "MODEL_CARD.md").read_text()
     assert "--teacher-sees batches" in card and "each augmented face as the student saw it" in card
+
+
+def test_mixup_blends_each_face_its_target_and_weight_with_its_mate(tmp_path, fer_csv, tiny_model):
+    """--mixup: face k of a batch is blended with face n-1-k by its own weight, its target and sample
+    weight by the same one, the same way at every resume; teachers reading batches read the blend."""
+    import keras
+    import tensorflow as tf
+
+    from training.distill import teacher_ensemble
+
+    x, y = synthetic_faces(2)
+    xs, ys, w = tf.constant(preprocess(x)), tf.constant(y), tf.constant(np.arange(1.0, len(y) + 1, dtype=np.float32))
+    cfg = dict(T.DEFAULTS, batch_size=len(y))
+    xb, target, wb = (t.numpy() for t in next(iter(T.train_dataset(xs, ys, w, cfg, 0))))
+    mixed = [t.numpy() for t in next(iter(T.train_dataset(xs, ys, w, dict(cfg, mixup=0.4), 0)))]
+    lam = (mixed[2] - wb[::-1]) / (wb - wb[::-1])  # every weight differs from its mate's
+    assert lam.min() >= 0 and lam.max() <= 1 and lam.std() > 0.05  # a draw per face, not per batch
+    np.testing.assert_allclose(mixed[0], lam[:, None, None, None] * xb + (1 - lam[:, None, None, None]) * xb[::-1],
+                               atol=1e-4)
+    np.testing.assert_allclose(mixed[1], lam[:, None] * target + (1 - lam[:, None]) * target[::-1], atol=1e-5)
+    again = next(iter(T.train_dataset(xs, ys, w, dict(cfg, mixup=0.4), 0)))
+    np.testing.assert_array_equal(again[0].numpy(), mixed[0])
+
+    teachers = [{"file": str(tiny_model), "sha256": sha256_file(tiny_model)}]
+    taught = dict(cfg, mixup=0.4, distill=0.25, teacher_sees="batches")
+    xm, tm, _ = next(iter(T.train_dataset(xs, ys, w, taught, 0, teacher_ensemble(teachers, "float32"))))
+    np.testing.assert_allclose(xm.numpy(), mixed[0], atol=1e-6)
+    seen = keras.saving.load_model(tiny_model)(xm, training=False).numpy()
+    np.testing.assert_allclose(tm.numpy(), 0.75 * mixed[1] + 0.25 * seen, atol=1e-5)
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    args = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--run-dir", str(run), "--out", str(out)]
+    with pytest.raises(SystemExit, match="2"):
+        T.main([*args, "--mixup", "-0.2"])
+    assert T.main([*args, "--mixup", "0.2"]) == 0
+    assert json.loads((run / "config.json").read_text())["mixup"] == 0.2
+    assert "(mixup, weight ~ Beta(0.2, 0.2))" in (out / "MODEL_CARD.md").read_text()

@@ -68,3 +68,19 @@ def erase_boxes(x: tf.Tensor, seed: tf.Tensor, p: float, area: tuple[float, floa
               & (cols >= x0[:, None, None]) & (cols < (x0 + bw)[:, None, None])
               & (u[:, 4] < p)[:, None, None])
     return tf.where(inside[..., None], tf.zeros_like(x), x)
+
+
+def mix_up(seed: tf.Tensor, alpha: float, *batches: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Mixup (Zhang et al. 2018): face k of each batch blended with face n-1-k (the batch reversed),
+    weight lambda ~ Beta(alpha, alpha) per face, and its targets and sample weight blended alike. With
+    teachers reading the blend (function matching, Beyer et al. 2022) the student is taught between
+    faces too, not only on them."""
+    n = tf.shape(batches[0])[0]
+    g = tf.random.stateless_gamma([2, n], seed, alpha=alpha)
+    lam = tf.math.divide_no_nan(g[0], g[0] + g[1])  # both draws can underflow to 0 at a small alpha
+
+    def blend(t: tf.Tensor) -> tf.Tensor:
+        share = tf.reshape(tf.cast(lam, t.dtype), tf.concat([[n], tf.ones([tf.rank(t) - 1], tf.int32)], 0))
+        return share * t + (1 - share) * tf.reverse(t, [0])
+
+    return tuple(blend(t) for t in batches)

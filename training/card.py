@@ -233,6 +233,8 @@ def write_card(record: dict, path: Path) -> Path:
         f"| {val['per_class'][c]['f1']:.3f} | {val['per_class'][c]['support']} |"
         for i, c in enumerate(CLASSES)
     )
+    a = cfg.get("mixup")
+    mixup = f"; each face blended with another of its batch (mixup, weight ~ Beta({a:g}, {a:g}))" if a else ""
     hp = "\n".join(f"| {k} | {v} |" for k, v in cfg.items() if k != "teachers")  # named below the table
     ws = record.get("warm_start_from")
     lineage = (
@@ -298,7 +300,7 @@ SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight d
 batch-norm or bias), label smoothing, class weights ~ count^-power against FER-2013's imbalance
 ({rare}), augmentation by random flip, rotation, scale, shift,
 brightness and contrast{f", and random erasing of one rectangle in {cfg['erase']:.0%} of the faces"
-                         if cfg.get("erase") else ""}.{_distilled(cfg)}{_class_scale(record)}
+                         if cfg.get("erase") else ""}{mixup}.{_distilled(cfg)}{_class_scale(record)}
 
 ## Reproduce
 

@@ -42,6 +42,7 @@ DEFAULTS = {
     "width": 1.0,
     "class_weight_power": 0.3,
     "erase": 0.5,
+    "mixup": 0.0,
     "distill": 0.0,
     "lr_floor": 0.0,
     "teacher_sees": "faces",
@@ -49,7 +50,7 @@ DEFAULTS = {
 }
 # What a run whose saved config predates a setting ran with (not today's default): its resume and
 # the card's Reproduce read a missing key as this
-PREDATED = {"erase": 0.0, "distill": 0.0, "lr_floor": 0.0, "teacher_sees": "faces"}
+PREDATED = {"erase": 0.0, "mixup": 0.0, "distill": 0.0, "lr_floor": 0.0, "teacher_sees": "faces"}
 RANGES = [
     ("epochs", lambda v, a: v >= 1, "at least 1"),
     ("batch_size", lambda v, a: v >= 1, "at least 1"),
@@ -61,6 +62,7 @@ RANGES = [
     ("dropout", lambda v, a: 0 <= v < 1, "from 0 up to (not including) 1"),
     ("width", lambda v, a: v > 0, "above 0"),
     ("erase", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
+    ("mixup", lambda v, a: v >= 0, "at least 0 (0: off)"),
     ("lr_floor", lambda v, a: 0 <= v <= 1, "between 0 and 1"),
     ("teacher_sees", lambda v, a: v in ("faces", "batches"), "faces or batches"),
     ("limit", lambda v, a: v >= 0, "at least 0"),
@@ -70,6 +72,8 @@ RANGES = [
 # Settings whose flag alone does not say what they do
 HELP = {"lr_floor": "where the cosine ends, as a fraction of --lr (1: constant after warm-up, for a run whose "
                     "epochs training.average averages); ",
+        "mixup": "blend each face with another of its batch, weight ~ Beta(a, a) per face (mixup; with "
+                 "--teacher-sees batches the teachers read the blend); 0: off; ",
         "teacher_sees": "what the --teacher models read: faces (each un-augmented face and its mirror image, "
                         "once per run) or batches (each augmented batch as the student sees it, every step: "
                         "about 1.3x the time an epoch); "}
@@ -165,28 +169,36 @@ def model_spec(cfg: dict, train_counts) -> InputSpec:
 def train_dataset(x, y, w, cfg: dict, epoch: int, teacher=None):
     """One epoch of shuffled, augmented batches; a pure function of (seed, epoch). The targets
     are the one-hot labels, mixed with the `teacher` probabilities by weight cfg["distill"]: one
-    row per training face, or a model that reads each augmented batch (cfg["teacher_sees"]).
+    row per training face, or a model that reads each augmented batch (cfg["teacher_sees"]), after
+    mixup (cfg["mixup"]) where that is on.
 
     `epoch` counts from the start of the model's lineage (see `epoch_offset`), so a
     warm-restart cycle draws new orders and augmentations instead of replaying its
     predecessor's epoch 1, 2, 3 (which the model had already fitted)."""
     import tensorflow as tf
 
-    from training.augment import augment
+    from training.augment import augment, mix_up
 
     order = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
     seed = cfg["seed"] * 100_003 + epoch
     eye = tf.eye(len(CLASSES))
     mix = cfg.get("distill", PREDATED["distill"]) if teacher is not None else 0.0
+    alpha = cfg.get("mixup", PREDATED["mixup"])
+
+    def teach(target, taught):
+        return (1 - mix) * target + mix * tf.cast(taught, target.dtype)
 
     def make_batch(i, idx):
-        xb = augment(tf.gather(x, idx), tf.stack([tf.constant(seed, tf.int64), i]),
-                     erase=cfg.get("erase", PREDATED["erase"]))
-        target = tf.gather(eye, tf.gather(y, idx))
-        if mix:
-            taught = tf.gather(teacher, idx) if isinstance(teacher, tf.Tensor) else teacher(xb, training=False)
-            target = (1 - mix) * target + mix * tf.cast(taught, target.dtype)
-        return xb, target, tf.gather(w, idx)
+        key = tf.stack([tf.constant(seed, tf.int64), i])
+        xb = augment(tf.gather(x, idx), key, erase=cfg.get("erase", PREDATED["erase"]))
+        target, wb = tf.gather(eye, tf.gather(y, idx)), tf.gather(w, idx)
+        if mix and isinstance(teacher, tf.Tensor):  # per-face targets: blended by mixup with the faces
+            target = teach(target, tf.gather(teacher, idx))
+        if alpha:
+            xb, target, wb = mix_up(tf.random.experimental.stateless_fold_in(key, 1), alpha, xb, target, wb)
+        if mix and not isinstance(teacher, tf.Tensor):  # the teachers read the very batch, mixed or not
+            target = teach(target, teacher(xb, training=False))
+        return xb, target, wb
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(cfg["batch_size"]).enumerate()
     return ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
