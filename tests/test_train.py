@@ -252,6 +252,14 @@ def test_the_defaults_are_the_recipe_from_scratch_that_learns():
     assert train_command(dict(older, lr=0.05)) == 'make train ARGS="--lr 0.05 --erase 0.0"'
 
 
+
+def test_the_card_gives_the_margin_of_a_met_target_in_faces():
+    from training.card import _verdict
+
+    assert _verdict(2513 / 3589, 3589) == ("This meets the 70% target: 2,513 of 3,589 faces right, 2,513 needed "
+                                           "(the goal is 73%).")
+    assert _verdict(2512 / 3589, 3589).startswith("**This falls short of the 70% target**")
+
 def test_an_export_never_replaces_a_model_that_scored_higher_unless_forced(tmp_path, fer_csv, capsys):
     out, run = tmp_path / "out", tmp_path / "second"
     command = ["--data", str(fer_csv), "--epochs", "1", *TINY, "--limit", "56", "--out", str(out)]
@@ -1114,7 +1122,8 @@ def test_the_card_states_the_lineage_wall_time_and_the_model_size(tmp_path):
     node = {"file": "fer_vgg16.keras", "config": record["config"], "publictest_accuracy": 0.6, "wall_seconds": None}
     chain = record["warm_start_from"] = dict(node, sha256="ab" * 32, epochs=5, warm_start_from=dict(
         node, sha256="cd" * 32, epochs=3, warm_start_from=None))
-    this = f"wall time {record['wall_seconds'] / 3600:.2f} h on\n  {record['cpu']} ({record['precision']}, XLA, oneDNN)"
+    this = (f"wall time {record['wall_seconds'] / 3600:.2f} h on\n  {record['cpu']} ({record['precision']}, "
+            f"{record['engine']})")  # XLA, oneDNN where it ran with XLA
 
     def card() -> str:
         return write_card(record, tmp_path / "MODEL_CARD.md").read_text()

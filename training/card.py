@@ -3,6 +3,7 @@ with the model beside it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from device.model import sha256_file
@@ -208,11 +209,14 @@ def _held_back(record: dict) -> str:
             "gives the unbiased one.")
 
 
-def _verdict(acc: float) -> str:
+def _verdict(acc: float, n: int) -> str:
+    """Met or not, with the margin in faces: a target met by one face says so."""
     if acc >= GOAL:
         return f"This meets the {GOAL:.0%} goal."
     if acc >= TARGET:
-        return f"This meets the {TARGET:.0%} target (the goal is {GOAL:.0%})."
+        right, needed = round(acc * n), math.ceil(TARGET * n - 1e-9)
+        return (f"This meets the {TARGET:.0%} target: {right:,} of {n:,} faces right, {needed:,} needed "
+                f"(the goal is {GOAL:.0%}).")
     return (f"**This falls short of the {TARGET:.0%} target** by {100 * (TARGET - acc):.1f} points. "
             "See *Status* below.")
 
@@ -265,7 +269,7 @@ differ from the float32 figure in the second decimal). The per-class table and t
 matrix are this float32 model's, scored the device's way; the int8 file the device runs is
 measured against it in `CONVERT_REPORT.md` (accuracy, agreement) when `make convert` makes it.
 
-{_verdict(val['accuracy'])} {_held_back(record)}
+{_verdict(val['accuracy'], val['n'])} {_held_back(record)}
 
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |
