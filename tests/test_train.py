@@ -252,13 +252,13 @@ def test_the_defaults_are_the_recipe_from_scratch_that_learns():
     assert train_command(dict(older, lr=0.05)) == 'make train ARGS="--lr 0.05 --erase 0.0"'
 
 
-
 def test_the_card_gives_the_margin_of_a_met_target_in_faces():
     from training.card import _verdict
 
     assert _verdict(2513 / 3589, 3589) == ("This meets the 70% target: 2,513 of 3,589 faces right, 2,513 needed "
                                            "(the goal is 73%).")
     assert _verdict(2512 / 3589, 3589).startswith("**This falls short of the 70% target**")
+
 
 def test_an_export_never_replaces_a_model_that_scored_higher_unless_forced(tmp_path, fer_csv, capsys):
     out, run = tmp_path / "out", tmp_path / "second"
